@@ -1,0 +1,209 @@
+"""The composition root: builds every component from the config and owns their lifecycles.
+
+    chat bridges / voice -> Director -> Engine (generator thread) -> Server -> OBS source
+
+``serve(cfg)`` runs the whole backend until Ctrl-C. ``chat(cfg, platform)`` runs one chat bridge and a
+director in a separate process that sends commands to a running ``liveidol serve`` over ``/control``.
+``obs_setup(cfg)`` adds the LiveIdol source to a running OBS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from backend.config import Config
+from backend.events import ChatEvent, Command
+
+__all__ = ["BackgroundGenerator", "chat", "obs_setup", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundGenerator:
+    """Wraps a generator so its frames get the character's background (colour or image) when configured."""
+
+    def __init__(self, generator: Any, character: Any) -> None:
+        from backend.world.character import load_image_rgb
+
+        self._gen = generator
+        self._character = character
+        path = character.resolve(character.background_image) if character.background == "image" else None
+        self._image = load_image_rgb(path, generator.output_size) if path is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._gen, name)
+
+    def next_chunk(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        from backend.world.character import apply_background
+
+        frames = self._gen.next_chunk(*args, **kwargs)
+        return apply_background(frames, self._character, self._image, premultiplied=False)
+
+
+def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
+    """The generator (background applied), the character's reference frame, and the character."""
+    from backend.model.generator import Generator
+    from backend.world.character import load_character
+    from backend.world.reference import reference_frame
+
+    character = load_character(cfg.character)
+    generator = Generator(cfg.model)
+    reference = reference_frame(character, generator.native_size)
+    if character.background != "transparent":
+        generator = BackgroundGenerator(generator, character)
+    return generator, reference, character
+
+
+def _bridges(cfg: Config) -> list[Any]:
+    bridges: list[Any] = []
+    if cfg.chat.twitch.channel:
+        from chat_bridges.twitch.client import TwitchBridge, TwitchEventSubClient, resolve_token
+
+        bridges.append(TwitchBridge(cfg.chat.twitch))
+        token = resolve_token(cfg.chat.twitch)
+        if token and cfg.chat.twitch.client_id:
+            bridges.append(TwitchEventSubClient(cfg.chat.twitch, token))
+    if cfg.chat.bilibili.room_id or cfg.chat.bilibili.open_platform_code:
+        from chat_bridges.bilibili.client import BilibiliBridge
+
+        bridges.append(BilibiliBridge(cfg.chat.bilibili, nav_url=cfg.chat.bilibili.nav_url))
+    return bridges
+
+
+async def _pump(bridge: Any, handle: Callable[[ChatEvent], Awaitable[Any]]) -> None:
+    """Feed one bridge's events to the director until cancelled; a bridge failure never stops the stream."""
+    name = getattr(bridge, "platform", type(bridge).__name__)
+    try:
+        async with bridge:
+            async for event in bridge.events():
+                try:
+                    await handle(event)
+                except Exception:
+                    log.exception("director failed on an event platform=%s", name)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error("chat bridge stopped platform=%s error=%s", name, exc)
+
+
+async def _replies(bridges: list[Any]) -> Callable[[str, str], Awaitable[bool]]:
+    by_platform = {getattr(b, "platform", ""): b for b in bridges}
+
+    async def reply(platform: str, text: str) -> bool:
+        bridge = by_platform.get(platform)
+        return bool(bridge and await bridge.send_reply(text))
+
+    return reply
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_signals() -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, character: Any, *,
+                      stop: asyncio.Event, ready: Callable[[Any], None] | None = None) -> None:
+    """Engine + server + director + chat bridges (+ voice) until ``stop`` is set."""
+    from backend.director.director import Director
+    from backend.engine.engine import Engine
+    from backend.server.auth import load_or_create_token
+    from backend.server.server import Server
+
+    token = load_or_create_token(cfg.server.token_file or None)
+    tts = None
+    listener = None
+    if cfg.voice.enabled:
+        from backend.voice.service import build_voice
+
+        tts, listener = build_voice(cfg.voice, character)
+    bridges = _bridges(cfg)
+    async with contextlib.AsyncExitStack() as stack:
+        engine = await stack.enter_async_context(Engine(
+            cfg.engine, generator, reference, max_steps=cfg.model.steps, max_chunk_frames=cfg.model.chunk_frames,
+            sample_rate=cfg.voice.sample_rate, tts=tts, character=character))
+        director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=await _replies(bridges)))
+        server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state))
+        if token.created:
+            log.warning("control token created at %s (shown once): %s", token.path, token.value)
+        log.info("LiveIdol is live: stream=%s/stream control=%s/control character=%s", server.url, server.url,
+                 character.name)
+        if ready is not None:
+            ready(server)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(_pump(b, director.handle)) for b in bridges]
+            if listener is not None:
+                tasks.append(tg.create_task(listener.run(director.handle_streamer)))
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+
+
+def serve(cfg: Config) -> int:
+    """`liveidol serve`: run until Ctrl-C."""
+    generator, reference, character = build_generator(cfg)
+
+    async def main() -> None:
+        async with _stop_on_signals() as stop:
+            await run_backend(cfg, generator, reference, character, stop=stop)
+
+    asyncio.run(main())
+    log.info("LiveIdol stopped")
+    return 0
+
+
+def chat(cfg: Config, platform: str) -> int:
+    """`liveidol chat PLATFORM`: a bridge + director in this process, commands to a running backend."""
+    from backend.director.director import Director
+    from backend.remote import ControlClient
+    from backend.server.auth import load_or_create_token
+
+    token = load_or_create_token(cfg.server.token_file or None)
+    if platform == "console":
+        from chat_bridges.console.client import ConsoleBridge
+
+        bridges: list[Any] = [ConsoleBridge()]
+    else:
+        bridges = [b for b in _bridges(cfg) if getattr(b, "platform", "") == platform]
+    url = f"ws://{cfg.server.host}:{cfg.server.port}/control"
+
+    async def main() -> None:
+        async with _stop_on_signals() as stop, ControlClient(url, token.value) as control:
+            async def sink(command: Command) -> object:
+                return await control.command(command)
+
+            async with Director(cfg.director, sink, reply=await _replies(bridges)) as director:
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [tg.create_task(_pump(b, director.handle)) for b in bridges]
+                    await stop.wait()
+                    for task in tasks:
+                        task.cancel()
+
+    asyncio.run(main())
+    return 0
+
+
+def obs_setup(cfg: Config, *, url: str | None, new_scene: bool) -> int:
+    """`liveidol obs setup`."""
+    from backend.server.auth import load_or_create_token
+    from obs_plugin.setup import SCRIPT_PATH, run_setup
+
+    token = load_or_create_token(cfg.server.token_file or None)
+    stream_url = url or f"ws://{cfg.server.host}:{cfg.server.port}/stream"
+    return run_setup(cfg.obs, SCRIPT_PATH, stream_url, token.value, new_scene)

@@ -1,0 +1,96 @@
+"""`liveidol bench`: generate for a while under the configured model and report speed and memory.
+
+The figures are for the generator alone (sampling, decode, upscale to the output size), run back to back in
+one thread, which is what the engine's worker thread does; pacing and the network are not included.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.actions import ACTIONS, EMOTIONS
+from backend.config import Config
+
+__all__ = ["run_bench"]
+
+log = logging.getLogger(__name__)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> dict[str, Any]:
+    """Generate for ``seconds`` (after warm-up) and return the figures as a dict (printed as one JSON line)."""
+    from backend.model.generator import Conditions, Generator
+    from backend.world.character import load_character, reference_frame
+
+    gen = Generator(cfg.model)
+    character = load_character(cfg.character)
+    gen.reset(reference_frame(character, gen.native_size), Conditions())
+    rng = random.Random(cfg.model.seed)
+    cuda = gen.state.device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def conditions(i: int) -> Conditions:  # a new command every 3 chunks, as a busy chat would send
+        return Conditions(action=ACTIONS[(i // 3) % len(ACTIONS)].name, emotion=EMOTIONS[(i // 7) % len(EMOTIONS)])
+
+    n = 0
+    for n in range(warmup_chunks):
+        gen.next_chunk(conditions(n))
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    latencies: list[float] = []
+    frames = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        n += 1
+        t0 = time.perf_counter()
+        mouth = np.asarray([rng.random() for _ in range(gen.frames_per_chunk())], dtype=np.float32)
+        out = gen.next_chunk(conditions(n), mouth=mouth)
+        sync()
+        latencies.append(time.perf_counter() - t0)
+        frames += out.shape[0]
+    elapsed = time.perf_counter() - start
+    state = gen.state
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        device_name = torch.cuda.get_device_name()
+    else:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = rss / 2**20 if sys.platform == "darwin" else rss / 1024
+        device_name = f"cpu ({torch.get_num_threads()} threads)"
+    native_w, native_h = gen.native_size
+    out_w, out_h = gen.output_size
+    return {
+        "device": device_name,
+        "dtype": state.dtype,
+        "attention": state.attention_backend,
+        "checkpoint": cfg.model.checkpoint,
+        "parameters": gen.parameter_count,
+        "native_resolution": f"{native_w}x{native_h}",
+        "output_resolution": f"{out_w}x{out_h}",
+        "steps": state.steps,
+        "chunk_latent_frames": state.chunk_frames,
+        "chunk_video_frames": gen.frames_per_chunk(),
+        "frames": frames,
+        "seconds": round(elapsed, 3),
+        "fps": round(frames / elapsed, 2),
+        "chunk_latency_ms_p50": round(1000 * _percentile(latencies, 50), 2),
+        "chunk_latency_ms_p95": round(1000 * _percentile(latencies, 95), 2),
+        "cache_mib": round(state.cache_bytes / 2**20, 2),
+        "peak_memory_mib": round(peak, 1),
+        "peak_memory_kind": "cuda_allocated" if cuda else "process_rss",
+    }

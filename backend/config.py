@@ -1,0 +1,438 @@
+"""Configuration: frozen dataclasses, TOML loading and validation.
+
+Every section of ``configs/default.toml`` is one frozen dataclass below; every field carries its
+documentation and its allowed range in ``field(metadata=...)`` (see :func:`opt`).  Loading is
+strict: an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the
+file, the dotted key, the value and what is allowed.  The CLI prints that one line, no traceback.
+
+Usage::
+
+    cfg = load_config(Path("configs/default.toml"), overrides={"server.port": 9000})
+    cfg.server.port  # 9000
+
+Components own their section (``cfg.engine``, ``cfg.server`` ...) and receive only that section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "CONFIG_DIR",
+    "REPO_ROOT",
+    "AutoencoderConfig",
+    "ChatConfig",
+    "Config",
+    "ConfigError",
+    "DirectorConfig",
+    "EngineConfig",
+    "ModelConfig",
+    "ObsConfig",
+    "ServerConfig",
+    "VoiceConfig",
+    "describe",
+    "from_mapping",
+    "load_config",
+    "opt",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag is wrong. The message names file, key, value and what is allowed."""
+
+
+def opt(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
+        secret: bool = False, factory: Any = None) -> Any:
+    """A documented config field. ``min``/``max`` bound numbers (and the items of number tuples).
+
+    ``secret`` fields are excluded from ``repr`` and never logged.
+    """
+    meta = {"doc": doc, "min": min, "max": max, "secret": secret}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiTSizes:
+    """Sizes of the causal video DiT (Wan2.1 block design). Wan2.1-1.3B: dim 1536, ffn 8960, 12 heads, 30 layers."""
+
+    dim: int = opt(256, "Hidden size of the transformer.", min=8)
+    ffn_dim: int = opt(512, "Hidden size of the feed-forward layers.", min=8)
+    num_heads: int = opt(4, "Attention heads; dim / num_heads is the head size.", min=1)
+    num_layers: int = opt(6, "Transformer blocks.", min=1)
+    in_dim: int = opt(16, "Latent channels in (the autoencoder's latent channels).", min=1)
+    out_dim: int = opt(16, "Latent channels out.", min=1)
+    patch_size: tuple[int, int, int] = opt((1, 2, 2), "Patch size (frames, height, width) of the patch embedding.", min=1)
+    freq_dim: int = opt(256, "Size of the sinusoidal timestep embedding.", min=2)
+    text_dim: int = opt(256, "Size of the conditioning tokens before text_embedding (umT5: 4096).", min=1)
+    text_len: int = opt(16, "Conditioning tokens per frame chunk (action, emotion, free text), zero-padded.", min=1)
+    num_actions: int = opt(16, "Rows of the action embedding table (>= the action library size).", min=1)
+    num_emotions: int = opt(8, "Rows of the emotion embedding table (>= the emotion list size).", min=1)
+    num_controls: int = opt(8, "Per-frame scalar controls (mouth openness per video frame, action progress ...).", min=0)
+    qk_norm: bool = opt(True, "RMSNorm on queries and keys.")
+    cross_attn_norm: bool = opt(True, "Affine LayerNorm (norm3) before cross-attention.")
+    eps: float = opt(1e-6, "Epsilon of the norms.", min=0.0)
+    rope_theta: float = opt(10000.0, "RoPE base.", min=1.0)
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """The small video autoencoder: RGBA pixels <-> latents."""
+
+    latent_channels: int = opt(16, "Latent channels (must equal model.dit.in_dim).", min=1)
+    spatial_factor: int = opt(8, "Pixels per latent cell along each side (power of two).", min=1, max=64)
+    temporal_factor: int = opt(4, "Video frames per latent frame.", min=1, max=16)
+    width: int = opt(64, "Base channel width of the encoder/decoder convolutions.", min=4)
+    native_width: int = opt(256, "Native frame width in pixels (16:9 with native_height).", min=16)
+    native_height: int = opt(144, "Native frame height in pixels.", min=16)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The generator: which weights, which sizes, how to sample."""
+
+    checkpoint: str = opt("builtin", "'builtin' for the shipped default model, 'random' for untrained weights, "
+                          "or a path to a .safetensors / Self-Forcing .pt checkpoint.")
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where the generator runs; 'auto' picks CUDA when present.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "Compute dtype; 'auto' is bfloat16 on CUDA, float32 on CPU.")
+    attention: Literal["auto", "sdpa", "sage"] = opt(
+        "auto", "Attention kernel: PyTorch SDPA, or 8-bit SageAttention (CUDA, if installed). 'auto' prefers SDPA on "
+        "Hopper and CPU and SageAttention on other CUDA GPUs.")
+    steps: int = opt(4, "Denoising steps per chunk (1-4); the engine may lower it to hold real time.", min=1, max=4)
+    timesteps: tuple[float, ...] = opt((1000.0, 750.0, 500.0, 250.0),
+                                       "Denoising timesteps before the shift warp (first `steps` are used).",
+                                       min=0.0, max=1000.0)
+    shift: float = opt(5.0, "Flow-matching timestep shift.", min=0.1, max=100.0)
+    chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
+    window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
+    sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)
+    seed: int = opt(0, "Seed of the sampling noise.", min=0)
+    output_width: int = opt(960, "Width of frames sent to OBS (upscaled from the native size).", min=16, max=7680)
+    output_height: int = opt(540, "Height of frames sent to OBS.", min=16, max=4320)
+    compile: bool = opt(False, "torch.compile the transformer (CUDA; slower start, faster steady state).")
+    dit: DiTSizes = opt(None, "Transformer sizes.", factory=DiTSizes)
+    autoencoder: AutoencoderConfig = opt(None, "Autoencoder sizes.", factory=AutoencoderConfig)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The streaming engine: pacing, look-ahead, dynamic compute."""
+
+    fps: float = opt(25.0, "Output frame rate.", min=1.0, max=120.0)
+    lookahead_frames: int = opt(24, "Frames generated ahead of the display clock (bounded buffer).", min=1, max=600)
+    min_steps: int = opt(1, "Fewest denoising steps the engine may drop to when behind real time.", min=1, max=4)
+    min_chunk_frames: int = opt(1, "Smallest chunk (latent frames) the engine may drop to when behind.", min=1)
+    idle_action: str = opt("idle", "Action played when no command is active.")
+    log_path: str = opt("", "Append-only input log (JSON lines); '' keeps it in memory only.")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The websocket server that serves frames to OBS and takes control commands."""
+
+    host: str = opt("127.0.0.1", "Address to bind. Only loopback by default; other addresses need allow_remote.")
+    port: int = opt(8765, "TCP port.", min=0, max=65535)
+    allow_remote: bool = opt(False, "Allow binding a non-loopback address (frames then go out as JPEG).")
+    token_file: str = opt("", "Control token file; '' means <user config dir>/liveidol/token (created 0600).")
+    jpeg_quality: int = opt(85, "JPEG quality for non-loopback clients.", min=1, max=100)
+    max_message_bytes: int = opt(65536, "Largest control message accepted from a client.", min=256)
+    client_slot_frames: int = opt(1, "Frames buffered per client; older ones are dropped for slow clients.", min=1, max=64)
+
+
+@dataclass(frozen=True)
+class DirectorConfig:
+    """Turns chat and voice into commands: grammar, moderation, priority."""
+
+    prefix: str = opt("!", "Command prefix in chat.")
+    allowed_actions: tuple[str, ...] = opt((), "Actions viewers may ask for; empty = all in the library.")
+    mod_only_actions: tuple[str, ...] = opt((), "Actions only the broadcaster and moderators may ask for.")
+    blocked_words: tuple[str, ...] = opt((), "Words refused in viewers' requests and in what the idol says.")
+    max_message_chars: int = opt(200, "Longest chat message considered.", min=1)
+    max_say_chars: int = opt(120, "Longest text the idol will say.", min=1)
+    user_cooldown_s: float = opt(20.0, "Seconds between two commands of one viewer.", min=0.0)
+    global_cooldown_s: float = opt(2.0, "Seconds between any two accepted viewer commands.", min=0.0)
+    cooldown_reply_interval_s: float = opt(30.0, "Least seconds between two 'wait N s' replies.", min=0.0)
+    dedup_window_s: float = opt(10.0, "Identical messages of one viewer within this window are dropped.", min=0.0)
+    per_user_limit: int = opt(0, "Commands per viewer per stream; 0 = unlimited.", min=0)
+    queue_size: int = opt(32, "Queued commands at most; the lowest priority is dropped beyond.", min=1)
+    free_text: bool = opt(True, "Match free text (no prefix) to the nearest allowed action.")
+    vote_window_s: float = opt(0.0, "Vote mode: chat votes on the next action in this window; 0 = off.", min=0.0)
+
+
+@dataclass(frozen=True)
+class TwitchConfig:
+    channel: str = opt("", "Channel to join (login name).")
+    nick: str = opt("", "Bot login; '' reads anonymously (justinfan).")
+    oauth_token: str = opt("", "OAuth token (chat:read chat:edit); env LIVEIDOL_TWITCH_TOKEN wins.", secret=True)
+    client_id: str = opt("", "App client id, for EventSub channel-point redemptions.")
+    url: str = opt("wss://irc-ws.chat.twitch.tv:443", "IRC websocket URL.")
+    eventsub_url: str = opt("wss://eventsub.wss.twitch.tv/ws", "EventSub websocket URL.")
+    helix_url: str = opt("https://api.twitch.tv/helix", "Helix API base URL.")
+
+
+@dataclass(frozen=True)
+class BilibiliConfig:
+    room_id: int = opt(0, "Live room id (short or long).", min=0)
+    cookie: str = opt("", "Optional login cookie (SESSDATA=...); env LIVEIDOL_BILIBILI_COOKIE wins.", secret=True)
+    open_platform_code: str = opt("", "Streamer IDCode for the open platform; '' uses the web protocol.", secret=True)
+    app_id: int = opt(0, "Open platform app id.", min=0)
+    access_key_id: str = opt("", "Open platform access key id.", secret=True)
+    access_key_secret: str = opt("", "Open platform access key secret.", secret=True)
+    api_url: str = opt("https://api.live.bilibili.com", "Web API base URL.")
+    nav_url: str = opt("https://api.bilibili.com/x/web-interface/nav", "Account API giving the WBI signing keys.")
+    open_api_url: str = opt("https://live-open.biliapi.com", "Open platform API base URL.")
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    twitch: TwitchConfig = opt(None, "Twitch chat.", factory=TwitchConfig)
+    bilibili: BilibiliConfig = opt(None, "Bilibili danmaku.", factory=BilibiliConfig)
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    enabled: bool = opt(False, "Listen to the streamer's microphone and speak with the idol's voice.")
+    asr_model: str = opt("", "Path to a CTranslate2 faster-whisper model directory.")
+    asr_compute_type: str = opt("auto", "faster-whisper compute type; 'auto' is int8 on CPU, float16 on CUDA.")
+    language: str = opt("en", "Language of the streamer's speech ('' = detect).")
+    wake_phrase: str = opt("idol", "Spoken commands start with this phrase; '' = every utterance is a command.")
+    push_to_talk: bool = opt(False, "Only listen while push-to-talk is held (control command 'ptt').")
+    input_device: str = opt("", "sounddevice input device name or index; '' = default microphone.")
+    tts_engine: Literal["auto", "piper", "coqui", "espeak"] = opt("auto", "Text-to-speech engine.")
+    tts_voice: str = opt("", "Piper voice .onnx path, or the coqui speaker sample .wav to clone.")
+    sample_rate: int = opt(48000, "Sample rate of audio sent to OBS.", min=8000, max=192000)
+
+
+@dataclass(frozen=True)
+class ObsConfig:
+    host: str = opt("127.0.0.1", "obs-websocket host.")
+    port: int = opt(4455, "obs-websocket port.", min=1, max=65535)
+    password: str = opt("", "obs-websocket password; env LIVEIDOL_OBS_PASSWORD wins.", secret=True)
+    scene: str = opt("", "Scene to add the source to; '' = the current scene.")
+    source_name: str = opt("LiveIdol", "Name of the source in OBS.")
+
+
+@dataclass(frozen=True)
+class Config:
+    character: str = opt("aiko", "Character: a name in configs/characters/ or a path to a character .toml.")
+    log_level: Literal["debug", "info", "warning", "error"] = opt("info", "Console log level.")
+    model: ModelConfig = opt(None, "The generator.", factory=ModelConfig)
+    engine: EngineConfig = opt(None, "The streaming engine.", factory=EngineConfig)
+    server: ServerConfig = opt(None, "The websocket server.", factory=ServerConfig)
+    director: DirectorConfig = opt(None, "Chat and voice commands.", factory=DirectorConfig)
+    chat: ChatConfig = opt(None, "Chat platforms.", factory=ChatConfig)
+    voice: VoiceConfig = opt(None, "Streamer voice and the idol's voice.", factory=VoiceConfig)
+    obs: ObsConfig = opt(None, "OBS auto-setup.", factory=ObsConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation (generic over the dataclasses above and any other frozen dataclass)
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} " + "/".join(_type_name(a) for a in args)
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
+    def fail(allowed: str) -> ConfigError:
+        shown = "<hidden>" if meta.get("secret") else repr(value)
+        return ConfigError(f"{where} = {shown}: expected {allowed}")
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise fail("a table")
+        return from_mapping(tp, value, _prefix=where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise fail(_type_name(tp))
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise fail(_type_name(tp))
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]", meta) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise fail(_type_name(tp))
+        return tuple(_convert(a, v, f"{where}[{i}]", meta) for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(arg, value, where, meta)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise fail(" or ".join(_type_name(a) for a in typing.get_args(tp)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        out: Any = value
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        out = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config field type {tp!r} at {where}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and out < lo) or (hi is not None and out > hi):
+        rng = f"{lo if lo is not None else '-inf'} to {hi if hi is not None else 'inf'}"
+        raise fail(f"{_type_name(tp)} from {rng}")
+    return out
+
+
+def from_mapping(cls: type, data: Mapping[str, Any], *, _prefix: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from a (TOML) mapping, strictly."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{_prefix}.{key}" if _prefix else key
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key (allowed here: {allowed})")
+        kwargs[key] = _convert(hints[key], value, where, fields[key].metadata)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is not a table")
+    node[parts[-1]] = value
+
+
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load ``path`` (default: configs/default.toml) and apply dotted ``overrides`` (CLI flags).
+
+    Errors name the file: ``configs/default.toml: server.port = 70000: expected an integer from 0 to 65535``.
+    """
+    path = path or CONFIG_DIR / "default.toml"
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        return from_mapping(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_table(cls: type, path: Path) -> Any:
+    """Load one TOML file into the frozen dataclass ``cls`` (used for characters)."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return from_mapping(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every field: the source of the documented default.toml."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe(hint, key + "."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((key, "<secret>" if f.metadata.get("secret") else repr(default), f.metadata.get("doc", "")))
+    return rows
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def default_toml() -> str:
+    """The documented default configuration, as configs/default.toml holds it (a test keeps them equal)."""
+    import textwrap
+
+    out = ["# LiveIdol configuration. Every key is optional: a missing key keeps the default shown here.",
+           "# CLI flags override (e.g. `liveidol serve --port 9000`, or `--set model.steps=2`).",
+           "# Unknown keys, wrong types and out-of-range values are refused with one clear error line.", ""]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        if prefix:
+            out.append(f"[{prefix}]")
+            if cls.__doc__:
+                out.extend(f"# {line}" for line in textwrap.wrap(cls.__doc__.strip().splitlines()[0], 108))
+        for f in fields:
+            if dataclasses.is_dataclass(hints[f.name]):
+                continue
+            m, rng = f.metadata, []
+            if m.get("min") is not None:
+                rng.append(f"min {m['min']}")
+            if m.get("max") is not None:
+                rng.append(f"max {m['max']}")
+            if typing.get_origin(hints[f.name]) is Literal:
+                rng.append("one of " + ", ".join(map(repr, typing.get_args(hints[f.name]))))
+            text = m.get("doc", "") + (f" ({'; '.join(rng)})" if rng else "")
+            out.extend(f"# {line}" for line in textwrap.wrap(text, 108))
+            out.append(f"{f.name} = {_toml_value(f.default)}")
+        out.append("")
+        for f in fields:
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}.{f.name}" if prefix else f.name)
+
+    walk(Config, "")
+    return "\n".join(out).rstrip() + "\n"

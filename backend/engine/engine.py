@@ -1,0 +1,562 @@
+"""The streaming engine: generator thread -> look-ahead buffer -> paced output -> subscribers.
+
+Two asyncio tasks and one thread:
+
+* the *producer* task plans each chunk from the :class:`~backend.engine.session.Session`, has the
+  :class:`~backend.engine.worker.GeneratorWorker` thread generate it (``snapshot()`` then
+  ``next_chunk()``) and keeps the look-ahead buffer filled up to ``lookahead_frames``;
+* the *pacer* task shows one frame per slot of an absolute ``t0 + n / fps`` schedule, publishing
+  :class:`~backend.events.VideoFrame` (``pts = seq / fps``) and the speech's
+  :class:`~backend.events.AudioChunk` s to every :class:`~backend.engine.broadcast.Subscription`; when the
+  buffer runs dry it repeats the last frame (counted) instead of stalling;
+* :class:`~backend.engine.compute.ComputePolicy` lowers steps, then chunk size, when generation falls
+  behind real time, and raises them again with headroom.
+
+Interruption: a command takes effect at the next chunk boundary. Chunks generated under the old
+directive that have not started showing are dropped and the generator is restored to the snapshot taken
+before the first dropped chunk, so the video stays continuous. The latency from ``submit`` to the first
+shown frame under the new directive is measured (``status()["latency_p50_s"]``).
+
+Usage::
+
+    async with Engine(cfg.engine, generator, reference_rgba, max_steps=cfg.model.steps,
+                      max_chunk_frames=cfg.model.chunk_frames, sample_rate=cfg.voice.sample_rate,
+                      tts=None) as engine:
+        sub = engine.subscribe()
+        ticket = await engine.submit(Command(CommandKind.ACT, "wave"))   # CommandError if unknown
+        seq = await ticket.shown          # output frame at which it took effect (None if superseded)
+        await engine.speak(pcm, 48000, text="hello")
+        async for item in sub: ...        # VideoFrame | AudioChunk
+
+``generator`` is anything with the :class:`FrameGenerator` methods (``backend.model.generator.Generator``).
+``tts(text) -> (pcm float32, sample_rate)`` is called in a helper thread for ``say`` commands.
+``conditions(action, emotion, prompt)`` builds the generator's conditions (default: :func:`default_conditions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from backend.config import EngineConfig
+from backend.engine.broadcast import Broadcaster, Subscription
+from backend.engine.compute import ComputePolicy
+from backend.engine.pacer import Pacer, RateMeter
+from backend.engine.session import (
+    Change,
+    CommandError,
+    EngineError,
+    InputRecord,
+    Session,
+    Speech,
+)
+from backend.engine.worker import GeneratorWorker
+from backend.events import AudioChunk, Command, CommandKind, Directive, VideoFrame
+from backend.voice.lipsync import mouth_envelope
+
+__all__ = ["ChunkConditions", "CommandError", "Engine", "EngineError", "FrameGenerator", "Ticket"]
+
+log = logging.getLogger(__name__)
+
+TTS = Callable[[str], tuple[np.ndarray, int]]
+
+
+class FrameGenerator(Protocol):
+    """What the engine needs from a generator (``backend.model.generator.Generator`` has it)."""
+
+    def reset(self, reference_rgba: np.ndarray | None, conditions: Any) -> None: ...
+
+    def next_chunk(self, conditions: Any, mouth: np.ndarray | None = None, steps: int | None = None,
+                   chunk_frames: int | None = None) -> np.ndarray: ...
+
+    def frames_per_chunk(self, chunk_frames: int | None = None) -> int: ...
+
+    @property
+    def output_size(self) -> tuple[int, int]: ...
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, snapshot: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChunkConditions:
+    """Stand-in for ``backend.model.generator.Conditions`` when that module cannot be imported."""
+
+    action: str = "idle"
+    emotion: str = "neutral"
+    text: Any = None
+
+
+ConditionsFactory = Callable[[str, str, str], Any]
+"""(action, emotion, prompt) -> the generator's conditions object."""
+
+
+def default_conditions() -> ConditionsFactory:
+    """Build ``backend.model.generator.Conditions(action, emotion)``; the free-text prompt is kept in the
+    directive but not passed on (the generator takes a text *embedding*: inject a factory that embeds it)."""
+    try:
+        from backend.model.generator import Conditions
+    except ImportError:
+        Conditions = ChunkConditions
+
+    def make(action: str, emotion: str, prompt: str) -> Any:
+        return Conditions(action=action, emotion=emotion)
+
+    return make
+
+
+@dataclass
+class Ticket:
+    """Handle of a submitted command. ``shown`` resolves to the output frame seq at which it took effect,
+    or None if a later command replaced it before any of its frames were shown."""
+
+    command_id: str
+    record: InputRecord
+    shown: asyncio.Future[int | None] = field(repr=False)
+
+
+@dataclass
+class _Chunk:
+    start_g: int
+    frames: np.ndarray = field(repr=False)  # (n, H, W, 4) uint8
+    directive: Directive  # what it was generated under (started_frame unset)
+    snapshot: Any = field(repr=False)  # generator state before this chunk; None once it started showing
+    shown: int = 0
+
+    @property
+    def left(self) -> int:
+        return int(self.frames.shape[0]) - self.shown
+
+
+@dataclass
+class _Playing:
+    speech: Speech
+    start_pts: float
+    pos: int = 0  # next sample
+
+
+def _percentile(values: collections.abc.Sequence[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values), q)) if values else None
+
+
+class Engine:
+    """The streaming engine (see module docstring). Use as ``async with Engine(...) as engine``."""
+
+    def __init__(self, cfg: EngineConfig, generator: FrameGenerator, reference_rgba: np.ndarray | None, *,
+                 max_steps: int = 4, max_chunk_frames: int = 2, sample_rate: int = 48000,
+                 tts: TTS | None = None, character: Any = None,
+                 conditions: ConditionsFactory | None = None,
+                 audio_chunk_s: float = 0.02, audio_lead_s: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self._gen = generator
+        self._tts = tts
+        self.sample_rate = sample_rate
+        self._conditions = conditions or default_conditions()
+        self._clock = clock
+        self._audio_chunk_s, self._audio_lead_s = audio_chunk_s, audio_lead_s
+        self.session = Session(reference_rgba, fps=cfg.fps, idle_action=cfg.idle_action, character=character,
+                               log_path=cfg.log_path or None)
+        self.policy = ComputePolicy(fps=cfg.fps, max_steps=max_steps, min_steps=min(cfg.min_steps, max_steps),
+                                    max_chunk=max_chunk_frames,
+                                    min_chunk=min(cfg.min_chunk_frames, max_chunk_frames))
+        self.pacer = Pacer(cfg.fps, clock=clock)
+        self._worker = GeneratorWorker()
+        self._out = Broadcaster()
+        self._buffer: collections.deque[_Chunk] = collections.deque()
+        self._next_g = 0
+        self._pending: list[tuple[Change, Ticket | None]] = []
+        self._tickets: list[Ticket] = []  # applied, waiting for their first shown frame
+        self._wake = asyncio.Event()
+        self._first_chunk = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last: VideoFrame | None = None
+        self.directive = Directive(action=cfg.idle_action)  # the one on screen (started_frame = output seq)
+        self._last_wall: float | None = None
+        self._scheduled_speech: tuple[Speech | None, int] | None = None
+        self._playing: _Playing | None = None
+        self._audio_seq = 0
+        self._rate = RateMeter(clock=clock)
+        self._latencies: collections.deque[float] = collections.deque(maxlen=512)
+        self.error: BaseException | None = None
+        self.counters = {"frames_made": 0, "frames_shown": 0, "frames_dropped": 0, "frames_repeated": 0,
+                         "chunks_made": 0, "chunks_dropped": 0, "audio_chunks": 0, "commands": 0,
+                         "commands_rejected": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._tasks:
+            raise EngineError("engine already started")
+        self._worker.start()
+        self._tasks = [asyncio.create_task(self._produce(), name="engine-producer"),
+                       asyncio.create_task(self._pace(), name="engine-pacer")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # a failed producer was logged already
+        self._tasks = []
+        await self._worker.stop()
+        self._out.close()
+        waiting = [t for _, t in self._pending if t is not None] + self._tickets
+        self._pending, self._tickets = [], []
+        for ticket in waiting:
+            self.session.log.resolve(ticket.record, "failed", error="engine stopped before it took effect")
+            if not ticket.shown.done():
+                ticket.shown.cancel()
+
+    async def wait_started(self) -> None:
+        """Wait until the first chunk exists (frames flow from then on); wrap in ``asyncio.timeout``."""
+        await self._first_chunk.wait()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def fps(self) -> float:
+        return self.cfg.fps
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return tuple(self._gen.output_size)  # type: ignore[return-value]
+
+    @property
+    def healthy(self) -> bool:
+        """Frames were shown within the last second and the generator has not failed."""
+        if self.error is not None or self._last_wall is None:
+            return False
+        return self._clock() - self._last_wall < 1.0
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._out)
+
+    def subscribe(self, *, video: bool = True, audio: bool = True, slot_frames: int = 1,
+                  audio_chunks: int = 512) -> Subscription:
+        """A new subscription to the output (newest frames, every audio chunk)."""
+        return self._out.subscribe(video=video, audio=audio, slot_frames=slot_frames, audio_chunks=audio_chunks)
+
+    async def submit(self, command: Command) -> Ticket:
+        """Queue ``command`` for the next chunk boundary. Raises :class:`CommandError` for unknown
+        actions/emotions or a ``say`` without TTS; the stream goes on either way."""
+        if not isinstance(command, Command):
+            raise CommandError(f"expected a Command, got {type(command).__name__}")
+        if command.kind is CommandKind.SAY:
+            return await self._say(command)
+        command, record = self._accept(command)
+        try:
+            self.session.validate(command)
+        except CommandError as exc:
+            self._reject(record, exc)
+            raise
+        return self._enqueue(Change(command, record))
+
+    async def reset(self, reference_rgba: np.ndarray | None = None, character: Any = None) -> Ticket:
+        """Restart the stream from a new reference (and character), or from the current one if None.
+        Rendering another character's reference is the caller's job."""
+        if reference_rgba is not None or character is not None:
+            self.session.set_character(reference_rgba if reference_rgba is not None else self.session.reference_rgba,
+                                       character if character is not None else self.session.character)
+        return await self.submit(Command(CommandKind.RESET, "", source="app"))
+
+    async def speak(self, pcm: np.ndarray, sample_rate: int, text: str = "", *,
+                    command: Command | None = None) -> Ticket:
+        """Speak ``pcm`` (float32 mono, or (samples, channels)) from the next chunk boundary on: the action
+        becomes "talk", the mouth follows the audio, audio chunks carry pts aligned to the frames."""
+        command, record = self._accept(command or Command(CommandKind.SAY, text, source="speak"))
+        try:
+            speech = self._make_speech(pcm, sample_rate, text, command.command_id)
+        except CommandError as exc:
+            self._reject(record, exc)
+            raise
+        return self._enqueue(Change(command, record, speech))
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot of the engine state."""
+        d = self.directive
+        lat = list(self._latencies)
+        state = getattr(self._gen, "state", None)
+        if dataclasses.is_dataclass(state) and not isinstance(state, type):
+            state = dataclasses.asdict(state)
+        elif state is not None and not isinstance(state, dict):
+            state = str(state)
+        return {
+            **self.counters,
+            "frames_skipped": self.pacer.skipped,
+            "fps_target": self.cfg.fps,
+            "fps_measured": round(self._rate.rate(), 3),
+            "steps": self.policy.steps,
+            "chunk_frames": self.policy.chunk,
+            "load": self.policy.load,
+            "buffer_frames": self.buffer_frames,
+            "lookahead_frames": self.cfg.lookahead_frames,
+            "latency_p50_s": _percentile(lat, 50),
+            "latency_p95_s": _percentile(lat, 95),
+            "latency_last_s": lat[-1] if lat else None,
+            "directive": {"action": d.action, "emotion": d.emotion, "prompt": d.prompt,
+                          "started_frame": d.started_frame, "command_id": d.command_id},
+            "speaking": self._playing is not None,
+            "subscribers": self.subscribers,
+            "character": self.session.character_name,
+            "healthy": self.healthy,
+            "error": repr(self.error) if self.error else None,
+            "generator": state,
+        }
+
+    @property
+    def buffer_frames(self) -> int:
+        return sum(c.left for c in self._buffer)
+
+    @property
+    def latencies(self) -> list[float]:
+        return list(self._latencies)
+
+    # ------------------------------------------------------------------ commands
+
+    def _accept(self, command: Command) -> tuple[Command, InputRecord]:
+        if not command.command_id:
+            command = dataclasses.replace(command, command_id=f"c{next(self._ids)}")
+        self.counters["commands"] += 1
+        record = self.session.log.add(InputRecord(
+            command.command_id, str(command.kind), command.argument, command.source, command.user_name,
+            arrival=self._clock()))
+        log.info("command id=%s kind=%s source=%s", command.command_id, command.kind, command.source)
+        return command, record
+
+    def _reject(self, record: InputRecord, exc: Exception) -> None:
+        self.counters["commands_rejected"] += 1
+        self.session.log.resolve(record, "rejected", error=str(exc))
+        log.info("command rejected id=%s error=%s", record.command_id, exc)
+
+    def _enqueue(self, change: Change) -> Ticket:
+        assert change.record is not None
+        if not self._tasks or self.error is not None:
+            err = EngineError("the engine is not running" if self.error is None else
+                              f"the engine stopped: {self.error!r}")
+            self.session.log.resolve(change.record, "failed", error=str(err))
+            raise err
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        ticket = Ticket(change.command.command_id, change.record, fut)
+        self._pending.append((change, ticket))
+        self._wake.set()
+        return ticket
+
+    async def _say(self, command: Command) -> Ticket:
+        command, record = self._accept(command)
+        try:
+            if self._tts is None:
+                raise CommandError("say: no text-to-speech engine configured")
+            if not command.argument.strip():
+                raise CommandError("say: empty text")
+            try:
+                pcm, sr = await asyncio.to_thread(self._tts, command.argument)
+            except Exception as exc:
+                raise CommandError(f"say: text-to-speech failed: {exc}") from exc
+            speech = self._make_speech(pcm, sr, command.argument, command.command_id)
+        except CommandError as exc:
+            self._reject(record, exc)
+            raise
+        return self._enqueue(Change(command, record, speech))
+
+    def _make_speech(self, pcm: np.ndarray, sample_rate: int, text: str, speech_id: str) -> Speech:
+        pcm = np.asarray(pcm)
+        if pcm.ndim == 1:
+            pcm = pcm[:, None]
+        if pcm.ndim != 2 or pcm.shape[0] == 0 or pcm.shape[1] > 8:
+            raise CommandError(f"speak: pcm must be (samples,) or (samples, channels), got shape {pcm.shape}")
+        if not np.issubdtype(pcm.dtype, np.floating):
+            raise CommandError(f"speak: pcm must be float in [-1, 1], got dtype {pcm.dtype}")
+        if int(sample_rate) <= 0:
+            raise CommandError(f"speak: sample_rate must be positive, got {sample_rate}")
+        pcm = np.ascontiguousarray(pcm, dtype=np.float32)
+        mouth = mouth_envelope(pcm, int(sample_rate), self.cfg.fps)
+        return Speech(pcm, int(sample_rate), mouth, text, speech_id)
+
+    # ------------------------------------------------------------------ producer
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        result, _ = await self._worker.call(fn, *args, **kwargs)
+        return result
+
+    def _gen_chunk(self, conditions: Any, mouth: np.ndarray | None, steps: int, chunk: int) -> tuple[Any, np.ndarray]:
+        """Runs in the worker thread: state before the chunk, then the chunk."""
+        snap = self._gen.snapshot()
+        frames = self._gen.next_chunk(conditions, mouth=mouth, steps=steps, chunk_frames=chunk)
+        return snap, frames
+
+    def _make_conditions(self, action: str, emotion: str, prompt: str) -> Any:
+        return self._conditions(action, emotion, prompt)
+
+    async def _produce(self) -> None:
+        try:
+            await self._call(self._gen.reset, self.session.reference_rgba,
+                             self._make_conditions(self.cfg.idle_action, "neutral", ""))
+            while True:
+                if self._pending:
+                    await self._apply_pending()
+                    continue
+                if self.buffer_frames >= self.cfg.lookahead_frames:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._generate_one()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.error = exc
+            log.exception("generator failed; output repeats the last frame")
+            raise
+
+    async def _generate_one(self) -> None:
+        policy = self.policy
+        n = self._gen.frames_per_chunk(policy.chunk)
+        plan = self.session.plan(self._next_g, n)
+        cond = self._make_conditions(plan.action, plan.emotion, plan.prompt)
+        policy.chunk_started()
+        snap, frames = await self._call(self._gen_chunk, cond, plan.mouth, policy.steps, policy.chunk)
+        policy.chunk_finished(len(frames))
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 4 or frames.dtype != np.uint8:
+            raise EngineError(f"generator returned frames of shape {frames.shape} dtype {frames.dtype}; "
+                              "expected (N, H, W, 4) uint8")
+        directive = Directive(plan.action, plan.emotion, plan.prompt, command_id=plan.directive_id)
+        self._buffer.append(_Chunk(self._next_g, frames, directive, snap))
+        self._next_g += len(frames)
+        self.counters["frames_made"] += len(frames)
+        self.counters["chunks_made"] += 1
+        self._first_chunk.set()
+
+    async def _apply_pending(self) -> None:
+        changes, self._pending = self._pending, []
+        # The boundary: the first chunk that has not started showing (or the end of what exists).
+        keep = 0
+        for chunk in self._buffer:
+            if chunk.shown == 0:
+                break
+            keep += 1
+        dropped = list(itertools.islice(self._buffer, keep, None))
+        boundary = dropped[0].start_g if dropped else self._next_g
+        for _ in dropped:
+            self._buffer.pop()
+        if dropped:
+            self.counters["frames_dropped"] += sum(c.left for c in dropped)
+            self.counters["chunks_dropped"] += len(dropped)
+        self._next_g = boundary
+        resetting = any(c.command.kind is CommandKind.RESET for c, _ in changes)
+        if resetting:
+            await self._call(self._gen.reset, self.session.reference_rgba,
+                             self._make_conditions(self.cfg.idle_action, "neutral", ""))
+        elif dropped:
+            await self._call(self._gen.restore, dropped[0].snapshot)
+        for change, ticket in changes:
+            self.session.apply(change, boundary)
+            if change.command.kind is CommandKind.SAY:
+                self._scheduled_speech = (change.speech, boundary)
+            elif change.command.kind is CommandKind.RESET:
+                self._scheduled_speech = (None, boundary)
+            if ticket is not None:
+                self._tickets.append(ticket)
+        log.debug("applied changes=%d boundary=%d dropped_chunks=%d", len(changes), boundary, len(dropped))
+
+    # ------------------------------------------------------------------ pacer
+
+    def _pop(self) -> tuple[np.ndarray, Directive, int] | None:
+        if not self._buffer:
+            return None
+        chunk = self._buffer[0]
+        i = chunk.shown
+        chunk.shown += 1
+        chunk.snapshot = None  # started showing: never restored to
+        if chunk.left == 0:
+            self._buffer.popleft()
+        return chunk.frames[i], chunk.directive, chunk.start_g + i
+
+    async def _pace(self) -> None:
+        await self._first_chunk.wait()
+        self.pacer.start()
+        while True:
+            seq = await self.pacer.next_slot()
+            self._show(seq)
+
+    def _show(self, seq: int) -> None:
+        pts = self.pacer.pts(seq)
+        item = self._pop()
+        if item is None:
+            if self._last is None:
+                return
+            rgba, did, g = self._last.rgba, self._last.directive_id, None
+            self.counters["frames_repeated"] += 1
+        else:
+            rgba, directive, g = item
+            did = directive.command_id
+            self._wake.set()
+            if self._last is None or did != self._last.directive_id:
+                self.directive = dataclasses.replace(directive, started_frame=seq)
+        frame = VideoFrame(seq, pts, rgba, did)
+        prev = self._last
+        self._last = frame
+        self._last_wall = self._clock()
+        self.counters["frames_shown"] += 1
+        self._rate.tick()
+        if g is not None and (prev is None or did != prev.directive_id):
+            self._took_effect(did, seq)
+        if g is not None and self._scheduled_speech is not None and g >= self._scheduled_speech[1]:
+            speech = self._scheduled_speech[0]
+            self._scheduled_speech = None
+            self._playing = _Playing(speech, pts) if speech is not None else None
+        self._out.publish_frame(frame)
+        self._emit_audio(pts)
+
+    def _took_effect(self, directive_id: str, seq: int) -> None:
+        idx = next((i for i, t in enumerate(self._tickets) if t.command_id == directive_id), None)
+        if idx is None:
+            return
+        now = self._clock()
+        for i, ticket in enumerate(self._tickets[:idx + 1]):
+            outcome = "shown" if i == idx else "superseded"
+            self.session.log.resolve(ticket.record, outcome, frame=seq, time=now)
+            if i == idx:
+                self._latencies.append(now - ticket.record.arrival)
+                log.info("command shown id=%s frame=%d latency_ms=%.0f", ticket.command_id, seq,
+                         1000 * (now - ticket.record.arrival))
+            if not ticket.shown.done():
+                ticket.shown.set_result(seq if i == idx else None)
+        del self._tickets[:idx + 1]
+
+    def _emit_audio(self, pts: float) -> None:
+        playing = self._playing
+        if playing is None:
+            return
+        sp = playing.speech
+        step = max(1, round(sp.sample_rate * self._audio_chunk_s))
+        total = sp.pcm.shape[0]
+        horizon = pts + self._audio_lead_s
+        while playing.pos < total:
+            chunk_pts = playing.start_pts + playing.pos / sp.sample_rate
+            if chunk_pts > horizon:
+                break
+            pcm = sp.pcm[playing.pos:playing.pos + step]
+            self._out.publish_audio(AudioChunk(self._audio_seq, chunk_pts, sp.sample_rate, pcm))
+            self._audio_seq += 1
+            self.counters["audio_chunks"] += 1
+            playing.pos += pcm.shape[0]
+        if playing.pos >= total:
+            self._playing = None

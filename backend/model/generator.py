@@ -1,0 +1,381 @@
+"""The generator: the one synchronous API the streaming engine uses.
+
+Per chunk: sample the chunk's latents with the causal DiT (``steps`` denoising passes plus one
+clean pass at t=0 that writes the KV cache), stream-decode them with the autoencoder, upscale to
+the output size, return RGBA uint8. Identity comes from the sink: :meth:`Generator.reset` encodes the
+reference image into one latent frame and writes it into the cache at frame position 0.
+
+Usage::
+
+    gen = Generator(model_cfg)
+    gen.reset(reference_rgba, Conditions())
+    frames = gen.next_chunk(Conditions(action="wave"), mouth=None)  # (N, out_h, out_w, 4) uint8
+
+Conditioning per chunk: ``Conditions`` (action, emotion, optional free-text embedding) become the
+cross-attention context (its cache is recomputed only when they change); per latent frame the
+controls are ``[mouth openness of its temporal_factor video frames..., action progress]``
+(:func:`control_vector`, shared with training). An action switch takes effect at the next chunk;
+frames already produced never change (causality).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from backend.actions import ACTION_INDEX, EMOTION_INDEX, action
+from backend.config import ModelConfig
+from backend.model.attention import select_attention
+from backend.model.autoencoder import VideoAutoencoder, to_uint8_hwc, upscale
+from backend.model.checkpoint import check_config, init_dit_, load_dit, load_into, load_weights, split_state
+from backend.model.dit import CausalDiT
+from backend.model.kv_cache import CrossAttentionCache, KVCache
+from backend.model.sampler import FlowMatchSchedule, sample_chunk
+
+__all__ = [
+    "ACTION_FPS",
+    "Conditions",
+    "Generator",
+    "GeneratorError",
+    "GeneratorState",
+    "action_progress",
+    "control_vector",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+ACTION_FPS = 25.0  # video frame rate at which backend.actions durations are counted
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class GeneratorError(ValueError):
+    """Bad input to the generator (unknown action, wrong mouth length, bad reference image ...).
+
+    Raised before any state changes: the stream can go on with corrected input.
+    """
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the idol should do from the next chunk on."""
+
+    action: str = "idle"
+    emotion: str = "neutral"
+    text: torch.Tensor | None = field(default=None, compare=False)  # (L, text_dim) free-text embedding
+    serial: int = 0  # bump it (e.g. the command id) to restart the same action from progress 0
+
+    def same_as(self, other: Conditions | None) -> bool:
+        """Same action, emotion and text (the serial does not change the context)."""
+        if other is None or (self.action, self.emotion) != (other.action, other.emotion):
+            return False
+        if self.text is None or other.text is None:
+            return self.text is other.text
+        return self.text is other.text or (self.text.shape == other.text.shape and torch.equal(self.text, other.text))
+
+
+@dataclass(frozen=True)
+class GeneratorState:
+    frames_made: int  # video frames returned since reset
+    latent_frames_made: int  # latent frames generated since reset (the sink not counted)
+    chunks_made: int
+    cache_frames: int  # latent frames now held in the KV cache
+    cache_bytes: int  # self-attention + cross-attention cache memory
+    steps: int
+    chunk_frames: int
+    attention_backend: str
+    device: str
+    dtype: str
+    action: str  # the current action
+    action_progress: float  # its progress at the next latent frame (1.0 = a one-shot action has finished)
+
+
+def resolve_device(cfg: ModelConfig) -> tuple[torch.device, torch.dtype]:
+    """``cfg.device`` / ``cfg.dtype`` with 'auto' resolved (CUDA + bfloat16 when present, else CPU + float32)."""
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif cfg.device == "cuda" and not torch.cuda.is_available():
+        raise GeneratorError("model.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    else:
+        device = torch.device(cfg.device)
+    if cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = _DTYPES[cfg.dtype]
+    return device, dtype
+
+
+def action_progress(name: str, frames_since_start: int, temporal_factor: int) -> float:
+    """Progress in [0, 1] of action ``name`` ``frames_since_start`` latent frames after it began.
+
+    One-shot actions: elapsed / duration, clipped at 1. Looping actions (idle, talk): the fraction
+    within the current loop period. Durations come from backend.actions at ACTION_FPS.
+    """
+    act = action(name)
+    duration = act.duration_s * ACTION_FPS / temporal_factor  # latent frames
+    if duration <= 0:
+        return 1.0
+    if act.loop:
+        return (frames_since_start % duration) / duration
+    return min(max(frames_since_start / duration, 0.0), 1.0)
+
+
+def control_vector(mouth_frames: Sequence[float] | np.ndarray | torch.Tensor | None, progress: float,
+                   cfg: ModelConfig) -> torch.Tensor:
+    """Controls of ONE latent frame: ``[mouth of its temporal_factor video frames..., progress]``,
+    zero-padded to ``cfg.dit.num_controls``; float32 ``(num_controls,)``. Shared with training.
+
+    ``mouth_frames``: openness in [0, 1] per video frame (None = closed); values are clipped.
+    """
+    tf, n = cfg.autoencoder.temporal_factor, cfg.dit.num_controls
+    out = torch.zeros(n, dtype=torch.float32)
+    if n == 0:
+        return out
+    if n < tf + 1:
+        raise GeneratorError(f"model.dit.num_controls = {n}: need at least temporal_factor + 1 = {tf + 1} "
+                             "(mouth per video frame + action progress), or 0 for none")
+    if mouth_frames is not None:
+        m = torch.as_tensor(np.asarray(mouth_frames, dtype=np.float32)).reshape(-1)
+        if m.numel() != tf:
+            raise GeneratorError(f"control_vector: {m.numel()} mouth values, expected temporal_factor = {tf}")
+        if not torch.isfinite(m).all():
+            raise GeneratorError("control_vector: mouth values must be finite")
+        out[:tf] = m.clamp(0.0, 1.0)
+    out[tf] = float(min(max(progress, 0.0), 1.0))
+    return out
+
+
+class Generator:
+    """Streaming video generator over a causal DiT, a bounded KV cache and a streaming decoder.
+
+    usage::
+
+        gen = Generator(model_cfg)                      # loads cfg.checkpoint unless weights are given
+        gen.reset(reference_rgba, Conditions())         # the reference image becomes the sink frame
+        frames = gen.next_chunk(Conditions(action="wave"), mouth=None)  # (N, out_h, out_w, 4) uint8
+
+    Not thread-safe; the engine runs it on one worker thread. Same seed + same inputs => same frames.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.cfg = cfg
+        ae_cfg, sizes = cfg.autoencoder, cfg.dit
+        if not (ae_cfg.latent_channels == sizes.in_dim == sizes.out_dim):
+            raise GeneratorError(f"model.autoencoder.latent_channels = {ae_cfg.latent_channels} must equal "
+                                 f"model.dit.in_dim = {sizes.in_dim} and out_dim = {sizes.out_dim}")
+        if sizes.patch_size[0] != 1:
+            raise GeneratorError(f"model.dit.patch_size = {sizes.patch_size}: the generator needs a time patch of 1")
+        if 0 < sizes.num_controls < ae_cfg.temporal_factor + 1:
+            raise GeneratorError(f"model.dit.num_controls = {sizes.num_controls}: need 0 or at least "
+                                 f"temporal_factor + 1 = {ae_cfg.temporal_factor + 1}")
+        if cfg.steps > min(4, len(cfg.timesteps)):
+            raise GeneratorError(f"model.steps = {cfg.steps} but model.timesteps has only {len(cfg.timesteps)} "
+                                 "values (at most 4 are used)")
+        if cfg.chunk_frames > cfg.window_frames:
+            raise GeneratorError(f"model.chunk_frames = {cfg.chunk_frames} exceeds model.window_frames = "
+                                 f"{cfg.window_frames}: a chunk must fit the cache window")
+        self.device, self.dtype = resolve_device(cfg)
+        attn = select_attention(cfg.attention, self.device, dtype=self.dtype)
+        self.dit = CausalDiT(sizes, attention=attn)
+        self.autoencoder = VideoAutoencoder(ae_cfg)
+        self._load(weights)
+        if cfg.compile:
+            logger.warning("model.compile is not implemented for the cached DiT yet; running eager")
+        self.dit.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.autoencoder.to(self.device, self.dtype).eval().requires_grad_(False)
+
+        sf, (_, ph, pw) = ae_cfg.spatial_factor, sizes.patch_size
+        self.latent_hw = (ae_cfg.native_height // sf, ae_cfg.native_width // sf)
+        if self.latent_hw[0] % ph or self.latent_hw[1] % pw:
+            raise GeneratorError(f"latent grid {self.latent_hw} (native size / spatial_factor) is not divisible "
+                                 f"by the patch {sizes.patch_size[1:]}")
+        self.frame_tokens = self.dit.frame_tokens(*self.latent_hw)
+        self.kv = KVCache(num_layers=sizes.num_layers, heads=sizes.num_heads, head_dim=self.dit.head_dim,
+                          frame_tokens=self.frame_tokens, sink_frames=cfg.sink_frames,
+                          window_frames=cfg.window_frames, dtype=self.dtype, device=self.device)
+        self.cross = CrossAttentionCache(sizes.num_layers)
+        self.schedule = FlowMatchSchedule(shift=cfg.shift)
+        self.decoder = self.autoencoder.decoder_stream()
+        self._noise = torch.Generator().manual_seed(cfg.seed)
+        self._conditions: Conditions | None = None
+        self._context: torch.Tensor | None = None
+        self._position = 0  # next absolute latent frame
+        self._action_start = 0
+        self._frames_made = self._latents_made = self._chunks_made = 0
+        self._last_steps, self._last_chunk = cfg.steps, cfg.chunk_frames
+        logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d output=%dx%d tokens_per_frame=%d "
+                    "cache_frames=%d cache_mb=%.1f", self.device, self.dtype, attn.name, *self.native_size,
+                    *self.output_size, self.frame_tokens, cfg.sink_frames + cfg.window_frames, self.kv.nbytes / 2**20)
+
+    # -- weights -------------------------------------------------------------------------------
+    def _load(self, flat: dict[str, torch.Tensor] | None) -> None:
+        weights = split_state(flat, "<weights>") if flat is not None else load_weights(self.cfg.checkpoint)
+        if weights is None:
+            init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
+            logger.info("generator weights source=random")
+            return
+        check_config(weights, self.cfg)
+        load_dit(self.dit, weights)
+        if weights.autoencoder is not None:
+            load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder")
+        else:
+            logger.warning("checkpoint has no autoencoder weights, the autoencoder stays untrained source=%s",
+                           weights.source)
+        logger.info("generator weights source=%s", weights.source)
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(width, height) of decoded frames before upscaling."""
+        return self.cfg.autoencoder.native_width, self.cfg.autoencoder.native_height
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of returned frames."""
+        return self.cfg.output_width, self.cfg.output_height
+
+    def frames_per_chunk(self, chunk_frames: int | None = None) -> int:
+        """Video frames returned by one :meth:`next_chunk` call."""
+        return (chunk_frames or self.cfg.chunk_frames) * self.cfg.autoencoder.temporal_factor
+
+    @property
+    def state(self) -> GeneratorState:
+        action_name = self._conditions.action if self._conditions is not None else "idle"
+        progress = action_progress(action_name, self._position - self._action_start, self.cfg.autoencoder.temporal_factor)
+        return GeneratorState(
+            frames_made=self._frames_made, latent_frames_made=self._latents_made, chunks_made=self._chunks_made,
+            cache_frames=self.kv.filled_frames, cache_bytes=self.kv.nbytes + self.cross.nbytes,
+            steps=self._last_steps, chunk_frames=self._last_chunk, attention_backend=self.dit.attention.name,
+            device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), action=action_name,
+            action_progress=progress)
+
+    # -- conditioning --------------------------------------------------------------------------
+    def _check_conditions(self, c: Conditions) -> tuple[int, int]:
+        s = self.cfg.dit
+        if c.action not in ACTION_INDEX:
+            raise GeneratorError(f"unknown action {c.action!r} (known: {', '.join(ACTION_INDEX)})")
+        if c.emotion not in EMOTION_INDEX:
+            raise GeneratorError(f"unknown emotion {c.emotion!r} (known: {', '.join(EMOTION_INDEX)})")
+        a, e = ACTION_INDEX[c.action], EMOTION_INDEX[c.emotion]
+        if a >= s.num_actions or e >= s.num_emotions:
+            raise GeneratorError(f"action {c.action!r} (row {a}) or emotion {c.emotion!r} (row {e}) is past the "
+                                 f"model's tables ({s.num_actions} actions, {s.num_emotions} emotions)")
+        if c.text is not None and (c.text.ndim != 2 or c.text.shape[1] != s.text_dim
+                                   or c.text.shape[0] > s.text_len - 2):
+            raise GeneratorError(f"Conditions.text: expected (L <= {s.text_len - 2}, {s.text_dim}), "
+                                 f"got {tuple(c.text.shape)}")
+        return a, e
+
+    def _apply_conditions(self, c: Conditions, indices: tuple[int, int]) -> None:
+        prev = self._conditions
+        if prev is None or (c.action, c.serial) != (prev.action, prev.serial):
+            self._action_start = self._position  # a new action (or a new play of it) starts at this chunk
+        self._conditions = c
+        if prev is not None and c.same_as(prev):
+            return
+        a, e = (torch.tensor([i], device=self.device) for i in indices)
+        text = None if c.text is None else c.text[None].to(self.device, self.dtype)
+        self._context = self.dit.build_context(a, e, text)
+        self.cross.reset()  # recomputed from the new context by the next pass
+
+    def _controls(self, mouth: np.ndarray | None, num_frames: int) -> torch.Tensor:
+        tf = self.cfg.autoencoder.temporal_factor
+        rows = []
+        for j in range(num_frames):
+            assert self._conditions is not None
+            prog = action_progress(self._conditions.action, self._position + j - self._action_start, tf)
+            rows.append(control_vector(None if mouth is None else mouth[j * tf:(j + 1) * tf], prog, self.cfg))
+        return torch.stack(rows)[None].to(self.device, self.dtype)  # (1, F, num_controls)
+
+    def _flow_fn(self, controls: torch.Tensor):
+        def flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x: (B, F, C, h, w)
+            assert self._context is not None
+            out = self.dit(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
+                           cache=self.kv, cross_cache=self.cross, controls=controls)
+            return out.permute(0, 2, 1, 3, 4)  # (B, F, C, h, w)
+        return flow
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def reset(self, reference_rgba: np.ndarray | None, conditions: Conditions) -> None:
+        """Start a new stream: clear caches, reseed the noise, write the reference as the sink frame.
+
+        ``reference_rgba``: (H, W, 4) (or (H, W, 3)) uint8 at any size, resized to the native size;
+        None starts without a reference (the first generated frames become the sink).
+        """
+        indices = self._check_conditions(conditions)
+        ref = self._reference_tensor(reference_rgba) if reference_rgba is not None else None
+        self.kv.reset()
+        self.cross.reset()
+        self.decoder.reset()
+        self._noise.manual_seed(self.cfg.seed)
+        self._conditions, self._context = None, None
+        self._position = self._action_start = 0
+        self._frames_made = self._latents_made = self._chunks_made = 0
+        self._apply_conditions(conditions, indices)
+        if ref is None:
+            return
+        tf = self.cfg.autoencoder.temporal_factor
+        video = ref[:, None].expand(1, tf, *ref.shape[1:])  # (1, tf, 4, H, W): the still image, tf times
+        latent = self.autoencoder.encode(video)  # (1, 1, C, h, w)
+        controls = self._controls(None, 1)
+        self._flow_fn(controls)(latent, torch.zeros((1, 1), device=self.device))  # t=0 pass writes the sink
+        self.decoder.step(latent)  # prime the decoder's temporal context with the reference
+        self._position = 1
+        self._action_start = 1
+
+    def _reference_tensor(self, image: np.ndarray) -> torch.Tensor:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+            got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+            raise GeneratorError(f"reference image: expected a (H, W, 4) or (H, W, 3) uint8 array, got {got}")
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            raise GeneratorError(f"reference image: empty shape {image.shape}")
+        if image.shape[2] == 3:
+            image = np.concatenate([image, np.full((*image.shape[:2], 1), 255, np.uint8)], axis=2)
+        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0  # (1, 4, H, W)
+        return upscale(t, self.native_size).to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def next_chunk(self, conditions: Conditions, *, mouth: np.ndarray | None = None,
+                   steps: int | None = None, chunk_frames: int | None = None) -> np.ndarray:
+        """Generate the next chunk: ``(frames_per_chunk, out_h, out_w, 4)`` RGBA uint8.
+
+        ``mouth``: openness in [0, 1] per VIDEO frame of this chunk (None = closed);
+        ``steps`` (1-4) and ``chunk_frames`` (latent frames) override the config for this chunk.
+        """
+        cfg, tf = self.cfg, self.cfg.autoencoder.temporal_factor
+        steps = cfg.steps if steps is None else steps
+        f = cfg.chunk_frames if chunk_frames is None else chunk_frames
+        max_steps = min(4, len(cfg.timesteps))
+        if not 1 <= steps <= max_steps:
+            raise GeneratorError(f"steps = {steps}: expected 1 to {max_steps}")
+        if not 1 <= f <= cfg.window_frames:
+            raise GeneratorError(f"chunk_frames = {f}: expected 1 to model.window_frames = {cfg.window_frames}")
+        if mouth is not None:
+            mouth = np.asarray(mouth, dtype=np.float32).reshape(-1)
+            if mouth.shape[0] != f * tf:
+                raise GeneratorError(f"mouth: {mouth.shape[0]} values, expected one per video frame = {f * tf}")
+            if not np.isfinite(mouth).all():
+                raise GeneratorError("mouth: values must be finite")
+        indices = self._check_conditions(conditions)
+        self._apply_conditions(conditions, indices)
+
+        h, w = self.latent_hw
+        noise = torch.randn((1, f, cfg.autoencoder.latent_channels, h, w), generator=self._noise)
+        noise = noise.to(self.device, self.dtype)
+        timesteps = self.schedule.warp_list(cfg.timesteps[:steps])
+        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f)), noise, timesteps, self.schedule, self._noise)
+        frames = self.decoder.step(x0)[0]  # (F*tf, 4, H, W)
+        frames = upscale(frames.float(), self.output_size)
+        out = to_uint8_hwc(frames)
+
+        self._position += f
+        self._latents_made += f
+        self._frames_made += out.shape[0]
+        self._chunks_made += 1
+        self._last_steps, self._last_chunk = steps, f
+        return out

@@ -1,0 +1,84 @@
+"""The control token: created once, stored 0600 in the user's config dir, compared in constant time.
+
+The token file is ``ServerConfig.token_file`` if set, else ``$XDG_CONFIG_HOME/liveidol/token`` or
+``~/.config/liveidol/token``. On first start a token is made with :func:`secrets.token_urlsafe` and
+written with mode 0600; :attr:`Token.created` tells the CLI to print it once. The token is never logged
+(``repr=False``).
+
+Usage::
+
+    token = load_or_create_token(cfg.server.token_file or None)
+    if token.created:
+        print(f"control token (shown once): {token.value}  stored in {token.path}")
+    check_token(token.value, given)   # hmac.compare_digest
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["AuthError", "Token", "check_token", "default_token_path", "load_or_create_token"]
+
+log = logging.getLogger(__name__)
+
+
+class AuthError(Exception):
+    """The token file cannot be read or created."""
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str = field(repr=False)
+    path: Path | None = None
+    created: bool = False  # True when this call created it: show it to the user once
+
+
+def default_token_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return Path(base) / "liveidol" / "token"
+
+
+def load_or_create_token(path: str | Path | None = None) -> Token:
+    """Read the token at ``path`` (default :func:`default_token_path`), creating it (0600) if missing."""
+    path = Path(path) if path else default_token_path()
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise AuthError(f"{path}: cannot read the control token: {exc.strerror}") from exc
+    else:
+        if not value:
+            raise AuthError(f"{path}: the control token file is empty (delete it to make a new token)")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("token file readable by others, fixing mode path=%s mode=%o", path, mode)
+            path.chmod(0o600)
+        return Token(value, path, created=False)
+    value = secrets.token_urlsafe(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # created by a concurrent start: read theirs
+        return load_or_create_token(path)
+    except OSError as exc:
+        raise AuthError(f"{path}: cannot create the control token: {exc.strerror}") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(value + "\n")
+    log.info("control token created path=%s", path)
+    return Token(value, path, created=True)
+
+
+def check_token(expected: str, given: object) -> bool:
+    """Constant-time comparison; anything but a non-empty str is wrong."""
+    if not isinstance(given, str) or not given or not expected:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))

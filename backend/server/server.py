@@ -1,0 +1,411 @@
+"""The websocket server: frames and audio to OBS on ``/stream``, commands on ``/control``,
+``GET /healthz`` and ``GET /metrics`` over plain HTTP (docs/protocol.md).
+
+Built on ``websockets.asyncio.server.serve``. Every ``/stream`` client has its own engine
+:class:`~backend.engine.broadcast.Subscription` with ONE bounded frame slot: a slow client loses frames
+and never stalls the engine or the other clients. The wire format lives in :mod:`backend.server.protocol`.
+
+Usage::
+
+    token = load_or_create_token(cfg.server.token_file or None)     # backend.server.auth
+    async with Server(cfg.server, engine, token=token.value, state_fn=director.state) as server:
+        print(server.url)                   # ws://127.0.0.1:8765
+        await server.serve_forever()        # or just keep the block open
+
+``token=None`` loads/creates the token file itself (``server.token.created`` says to show it once).
+``state_fn()`` (optional) returns the director's ``{"now": ..., "next": [...]}`` for the "state" topic.
+Binding a non-loopback host needs ``ServerConfig.allow_remote``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import http
+import ipaddress
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from backend.config import ServerConfig
+from backend.engine.broadcast import Subscription
+from backend.engine.session import CommandError, EngineError
+from backend.events import AudioChunk, Command, VideoFrame
+from backend.server import metrics as prom
+from backend.server.auth import Token, check_token, load_or_create_token
+from backend.server.protocol import (
+    FORMATS,
+    Close,
+    CloseCode,
+    CommandRequest,
+    ControlProtocol,
+    Dispatch,
+    Error,
+    ErrorCode,
+    Hello,
+    Ok,
+    Send,
+    State,
+    Status,
+    StatusRequest,
+    SubscribeRequest,
+    audio_message,
+    encode,
+    frame_message,
+)
+
+__all__ = ["Server", "ServerError", "StreamEngine"]
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+STATE_POLL_S = 0.2
+COMMAND_WAIT_S = 10.0
+
+
+class ServerError(Exception):
+    """The server cannot start (bad host, port in use ...)."""
+
+
+class StreamEngine(Protocol):
+    """What the server needs from the engine (``backend.engine.Engine`` has it)."""
+
+    fps: float
+    sample_rate: int
+
+    @property
+    def output_size(self) -> tuple[int, int]: ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def subscribe(self, *, video: bool = True, audio: bool = True, slot_frames: int = 1,
+                  audio_chunks: int = 512) -> Subscription: ...
+
+    async def submit(self, command: Command) -> Any: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket
+    return ip.is_loopback
+
+
+class _FrameCache:
+    """Each frame is encoded once per format, however many clients send it."""
+
+    def __init__(self, jpeg_quality: int, keep: int = 4) -> None:
+        self.jpeg_quality = jpeg_quality
+        self._cache: collections.OrderedDict[tuple[int, str], asyncio.Future[bytes]] = collections.OrderedDict()
+        self._keep = keep
+
+    async def encode(self, frame: VideoFrame, fmt: str) -> bytes:
+        key = (frame.seq, fmt)
+        fut = self._cache.get(key)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            if fmt == "jpeg":  # CPU work off the loop
+                fut = asyncio.ensure_future(asyncio.to_thread(self._encode, frame, fmt))
+            else:
+                fut = loop.create_future()
+                fut.set_result(self._encode(frame, fmt))
+            self._cache[key] = fut
+            while len(self._cache) > self._keep:
+                self._cache.popitem(last=False)
+        return await asyncio.shield(fut)
+
+    def _encode(self, frame: VideoFrame, fmt: str) -> bytes:
+        data = encode(frame_message(frame, fmt, jpeg_quality=self.jpeg_quality))
+        assert isinstance(data, bytes)
+        return data
+
+
+@dataclasses.dataclass
+class _StreamClient:
+    cid: int
+    remote: str
+    fmt: str
+    sub: Subscription
+    sent_frames: int = 0
+    sent_audio: int = 0
+
+
+class Server:
+    """The websocket server (see module docstring)."""
+
+    def __init__(self, cfg: ServerConfig, engine: StreamEngine, *, token: str | Token | None = None,
+                 state_fn: Callable[[], dict[str, Any]] | None = None) -> None:
+        if not cfg.allow_remote and not is_loopback(cfg.host):
+            raise ServerError(f"server.host = {cfg.host!r} is not a loopback address; set server.allow_remote = "
+                              "true to serve other machines (frames then go out as JPEG)")
+        self.cfg = cfg
+        self.engine = engine
+        if isinstance(token, str):
+            token = Token(token)
+        self.token: Token = token if token is not None else load_or_create_token(cfg.token_file or None)
+        self._state_fn = state_fn
+        self._ws: WsServer | None = None
+        self._frames = _FrameCache(cfg.jpeg_quality)
+        self._ids = itertools.count(1)
+        self._streams: dict[int, _StreamClient] = {}
+        self._controls = 0
+        self.counters = {"stream_connections": 0, "control_connections": 0, "auth_failures": 0,
+                         "bad_messages": 0, "commands": 0, "commands_rejected": 0,
+                         "client_frames_dropped": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        try:
+            self._ws = await serve(
+                self._handle, self.cfg.host, self.cfg.port, process_request=self._process_request,
+                max_size=self.cfg.max_message_bytes, compression=None, server_header=f"liveidol/{VERSION}")
+        except OSError as exc:
+            raise ServerError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}") from exc
+        log.info("server listening url=%s", self.url)
+
+    async def stop(self) -> None:
+        if self._ws is None:
+            return
+        for client in self._streams.values():
+            client.sub.close()
+        self._ws.close()
+        await self._ws.wait_closed()
+        self._ws = None
+
+    async def serve_forever(self) -> None:
+        if self._ws is None:
+            raise ServerError("server not started")
+        await self._ws.serve_forever()
+
+    @property
+    def port(self) -> int:
+        if self._ws is None:
+            raise ServerError("server not started")
+        return int(next(iter(self._ws.sockets)).getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.cfg.host if ":" not in self.cfg.host else f"[{self.cfg.host}]"
+        return f"ws://{host}:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters, "stream_clients": len(self._streams), "control_clients": self._controls,
+                "client_frames_dropped_now": sum(c.sub.dropped_frames for c in self._streams.values())}
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path in ("/stream", "/control"):
+            return None
+        if path == "/healthz":
+            ok = self.engine.healthy
+            return connection.respond(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                      "ok\n" if ok else "unavailable\n")
+        if path == "/metrics":
+            response = connection.respond(http.HTTPStatus.OK, self.metrics_text())
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = prom.CONTENT_TYPE
+            return response
+        return connection.respond(http.HTTPStatus.NOT_FOUND, f"no such path {path!r}: use /stream, /control, "
+                                  "/healthz or /metrics\n")
+
+    def metrics_text(self) -> str:
+        st = self.engine.status()
+        dropped_clients = self.counters["client_frames_dropped"] + sum(
+            c.sub.dropped_frames for c in self._streams.values())
+        M, S = prom.Metric, prom.Sample
+        frames = [S(st.get(f"frames_{k}", 0), {"kind": k}) for k in ("made", "shown", "dropped", "repeated")]
+        return prom.render([
+            M("liveidol_fps", "gauge", "Measured output frame rate.", [S(st.get("fps_measured"))]),
+            M("liveidol_fps_target", "gauge", "Configured output frame rate.", [S(st.get("fps_target"))]),
+            M("liveidol_frames_total", "counter", "Frames made, shown, dropped (interrupted) and repeated (buffer dry).",
+              frames),
+            M("liveidol_client_frames_dropped_total", "counter", "Frames slow clients did not get.", [S(dropped_clients)]),
+            M("liveidol_command_latency_seconds", "summary", "Command submit to first responding frame shown.",
+              [S(st.get("latency_p50_s"), {"quantile": "0.5"}), S(st.get("latency_p95_s"), {"quantile": "0.95"})]),
+            M("liveidol_buffer_frames", "gauge", "Frames generated ahead of the display clock (queue depth).",
+              [S(st.get("buffer_frames", 0))]),
+            M("liveidol_steps", "gauge", "Denoising steps per chunk now.", [S(st.get("steps"))]),
+            M("liveidol_chunk_frames", "gauge", "Latent frames per chunk now.", [S(st.get("chunk_frames"))]),
+            M("liveidol_clients", "gauge", "Connected clients.",
+              [S(len(self._streams), {"endpoint": "stream"}), S(self._controls, {"endpoint": "control"})]),
+            M("liveidol_commands_total", "counter", "Commands received on /control.", [S(self.counters["commands"])]),
+            M("liveidol_healthy", "gauge", "1 while the engine produces frames.", [S(1 if self.engine.healthy else 0)]),
+        ])
+
+    # ------------------------------------------------------------------ websockets
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        url = urlsplit(connection.request.path if connection.request else "/")
+        remote = connection.remote_address[0] if connection.remote_address else "?"
+        try:
+            if url.path == "/stream":
+                await self._stream(connection, parse_qs(url.query), str(remote))
+            else:
+                await self._control(connection, str(remote))
+        except ConnectionClosed as exc:
+            log.debug("connection closed path=%s remote=%s code=%s", url.path, remote,
+                      exc.rcvd.code if exc.rcvd else None)
+
+    async def _stream(self, connection: ServerConnection, query: dict[str, list[str]], remote: str) -> None:
+        local = is_loopback(remote)
+        fmt = query.get("format", ["rgba" if local else "jpeg"])[-1]
+        audio_flag = query.get("audio", ["1"])[-1]
+        if fmt not in FORMATS or audio_flag not in ("0", "1"):
+            msg = Error(ErrorCode.BAD_REQUEST, f"/stream: format must be rgba or jpeg and audio 0 or 1, got "
+                        f"format={fmt!r} audio={audio_flag!r}")
+            await connection.send(encode(msg))
+            await connection.close(CloseCode.POLICY, "bad query")
+            return
+        w, h = self.engine.output_size
+        sub = self.engine.subscribe(audio=audio_flag == "1", slot_frames=self.cfg.client_slot_frames)
+        client = _StreamClient(next(self._ids), remote, fmt, sub)
+        self._streams[client.cid] = client
+        self.counters["stream_connections"] += 1
+        log.info("stream client connected client=%d remote=%s format=%s", client.cid, remote, fmt)
+        try:
+            await connection.send(encode(Hello(int(w), int(h), float(self.engine.fps), fmt,
+                                               int(self.engine.sample_rate), 1, server=f"liveidol/{VERSION}")))
+            async for item in sub:
+                if isinstance(item, VideoFrame):
+                    await connection.send(await self._frames.encode(item, fmt))
+                    client.sent_frames += 1
+                elif isinstance(item, AudioChunk):
+                    await connection.send(encode(audio_message(item)))
+                    client.sent_audio += 1
+            await connection.close(CloseCode.NORMAL, "server stopping")
+        finally:
+            sub.close()
+            del self._streams[client.cid]
+            self.counters["client_frames_dropped"] += sub.dropped_frames
+            log.info("stream client gone client=%d sent_frames=%d dropped_frames=%d", client.cid,
+                     client.sent_frames, sub.dropped_frames)
+
+    async def _control(self, connection: ServerConnection, remote: str) -> None:
+        cid = next(self._ids)
+        proto = ControlProtocol(lambda given: check_token(self.token.value, given))
+        self._controls += 1
+        self.counters["control_connections"] += 1
+        tasks: set[asyncio.Task[None]] = set()
+        send_lock = asyncio.Lock()
+
+        async def send(payload: bytes | str) -> None:
+            async with send_lock:
+                await connection.send(payload)
+
+        try:
+            async for data in connection:
+                for action in proto.receive(data):
+                    if isinstance(action, Send):
+                        await send(action.payload)
+                    elif isinstance(action, Close):
+                        if action.code == CloseCode.BAD_TOKEN:
+                            self.counters["auth_failures"] += 1
+                        log.info("control client refused client=%d remote=%s code=%d reason=%s", cid, remote,
+                                 action.code, action.reason)
+                        await connection.close(action.code, action.reason)
+                        return
+                    elif isinstance(action, Dispatch):
+                        task = asyncio.create_task(self._dispatch(action, send, proto), name=f"control-{cid}")
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                if proto.errors:
+                    self.counters["bad_messages"] += proto.errors
+                    log.info("bad control message client=%d remote=%s", cid, remote)
+                    proto.errors = 0
+        finally:
+            self._controls -= 1
+            for task in tasks:
+                task.cancel()
+            for task in list(tasks):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await task
+
+    async def _dispatch(self, action: Dispatch, send: Callable[[bytes | str], Any],
+                        proto: ControlProtocol) -> None:
+        req, text = action.request, action.text
+        try:
+            if isinstance(req, CommandRequest):
+                reply = await self._command(req)
+            elif isinstance(req, StatusRequest):
+                reply = Status(req.id, self.engine.status(), self.stats())
+            elif isinstance(req, SubscribeRequest):
+                if proto.subscribed:
+                    reply = Ok(req.id)  # already pushing
+                else:
+                    proto.subscribed = True
+                    await send(encode(Ok(req.id), text=text))
+                    await self._push_state(send, text)
+                    return
+            else:  # pragma: no cover - decode_client only makes the types above
+                reply = Error(ErrorCode.INTERNAL, f"unhandled request {type(req).__name__}")
+            await send(encode(reply, text=text))
+        except ConnectionClosed:
+            pass
+
+    async def _command(self, req: CommandRequest) -> Ok | Error:
+        self.counters["commands"] += 1
+        try:
+            ticket = await self.engine.submit(Command(req.kind, req.argument, source="control"))
+        except CommandError as exc:
+            self.counters["commands_rejected"] += 1
+            return Error(ErrorCode.BAD_COMMAND, str(exc), req.id)
+        except EngineError as exc:
+            return Error(ErrorCode.UNAVAILABLE, str(exc), req.id)
+        command_id = getattr(ticket, "command_id", "")
+        if not req.wait:
+            return Ok(req.id, None, command_id)
+        try:
+            async with asyncio.timeout(COMMAND_WAIT_S):
+                seq = await ticket.shown
+        except TimeoutError:
+            return Ok(req.id, None, command_id)
+        latency = ticket.record.latency
+        return Ok(req.id, seq, command_id, None if latency is None else round(latency * 1000, 1))
+
+    def _state(self) -> dict[str, Any]:
+        if self._state_fn is not None:
+            state = self._state_fn()
+            return {"now": state.get("now"), "next": list(state.get("next", []))}
+        d = self.engine.status().get("directive") or {}
+        now = d if d.get("command_id") else None
+        return {"now": now, "next": []}
+
+    async def _push_state(self, send: Callable[[bytes | str], Any], text: bool) -> None:
+        last: dict[str, Any] | None = None
+        while True:
+            try:
+                state = self._state()
+            except Exception:
+                log.exception("state hook failed")
+                state = {"now": None, "next": []}
+            if state != last:
+                await send(encode(State(state["now"], state["next"]), text=text))
+                last = state
+            await asyncio.sleep(STATE_POLL_S)

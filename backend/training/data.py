@@ -1,0 +1,143 @@
+"""Training clips from the procedural world: random idols acting random scripts with mid-clip switches.
+
+A clip is rendered RGBA video plus what the generator is conditioned on at serve time, per latent frame:
+the action and emotion in force (the engine switches them only at chunk boundaries, so labels are
+latent-aligned), the action progress, and the mouth openness of each video frame. The same
+:func:`backend.model.generator.control_vector` turns mouth and progress into the DiT's controls here and
+in the generator, so training and serving agree.
+
+Pose trajectories are simulated on the CPU (numpy); rendering runs on the training device.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX
+from backend.world.character import identity_tensor, sample_identity
+from backend.world.pose import REST_POSE, random_script, simulate
+from backend.world.pose import _segments as segments  # TODO: public name once the world exports it
+from backend.world.render import render
+
+__all__ = ["ClipSpec", "Clips", "make_specs", "render_clips", "rest_reference", "straight_alpha"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything needed to render one clip and its conditioning (CPU, picklable)."""
+
+    identity: Tensor  # (IDENTITY_DIM,)
+    poses: Tensor  # (T, P)
+    actions: Tensor  # (T,) long, per video frame
+    emotions: Tensor  # (T,) long
+    progress: Tensor  # (T,) float
+    mouth: Tensor  # (T,) float in [0, 1]
+
+
+@dataclass
+class Clips:
+    """A batch of rendered clips on the training device."""
+
+    video: Tensor  # (B, T, 4, H, W) float [0, 1], premultiplied RGB + matte
+    reference: Tensor  # (B, tf, 4, H, W) the idol in the rest pose, repeated tf frames
+    actions: Tensor  # (B, F) long, per latent frame
+    emotions: Tensor  # (B, F) long
+    progress: Tensor  # (B, F) float
+    mouth: Tensor  # (B, T) float, per video frame
+
+
+def _babble(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A speech-like mouth envelope: syllables of 4-8 frames with pauses."""
+    env = np.zeros(n)
+    i = 0
+    while i < n:
+        if rng.random() < 0.15:
+            i += int(rng.integers(4, 12))  # pause
+            continue
+        length = int(rng.integers(3, 8))
+        peak = rng.uniform(0.35, 1.0)
+        env[i:i + length] = peak * np.sin(np.linspace(0, np.pi, length + 2)[1:-1])[: max(0, min(length, n - i))]
+        i += length
+    return env
+
+
+def _one_spec(args: tuple[int, int, int]) -> ClipSpec:
+    seed, n_frames, align = args
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    script = random_script(n_frames, gen, switch_every=(8, 72), align=align)
+    segs = segments(script, n_frames, 25.0)
+    action_of = np.zeros(n_frames, dtype=np.int64)
+    emotion_of = np.zeros(n_frames, dtype=np.int64)
+    for k, (start, name, emo) in enumerate(segs):
+        end = segs[k + 1][0] if k + 1 < len(segs) else n_frames
+        action_of[start:end] = ACTION_INDEX[name]
+        emotion_of[start:end] = EMOTION_INDEX[emo]
+    talking = action_of == ACTION_INDEX["talk"]
+    mouth = _babble(n_frames, rng) * talking
+    poses, progress = simulate(script, n_frames, fps=25.0, seed=seed, mouth=mouth)
+    return ClipSpec(identity=identity_tensor([sample_identity(gen)])[0], poses=poses,
+                    actions=torch.from_numpy(action_of), emotions=torch.from_numpy(emotion_of),
+                    progress=progress, mouth=torch.from_numpy(mouth.astype(np.float32)))
+
+
+def make_specs(n: int, n_frames: int, *, seed: int, align: int = 4, workers: int = 0) -> list[ClipSpec]:
+    """``n`` random clip specs of ``n_frames`` frames, deterministic for ``seed``; ``workers`` > 1 uses processes."""
+    jobs = [(seed * 1_000_003 + i, n_frames, align) for i in range(n)]
+    if workers > 1:  # spawn: the parent may already hold a CUDA context
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return list(pool.map(_one_spec, jobs, chunksize=16))
+    return [_one_spec(j) for j in jobs]
+
+
+def rest_reference(identity: Tensor, size: tuple[int, int], frames: int) -> Tensor:
+    """(B, frames, 4, H, W): each idol of ``identity`` (B, I) in the rest pose (the identity reference)."""
+    poses = torch.from_numpy(REST_POSE).to(identity.device)[None, None].expand(identity.shape[0], 1, -1)
+    return render(identity, poses.contiguous(), size).expand(-1, frames, -1, -1, -1)
+
+
+def straight_alpha(video: Tensor) -> Tensor:
+    """Premultiplied RGBA (what the world renders) -> straight alpha (what the autoencoder and OBS use).
+
+    Where alpha is (nearly) 0 the colour is undefined; it is set to 0.
+    """
+    rgb, a = video[..., :3, :, :], video[..., 3:4, :, :]
+    return torch.cat([torch.where(a > 1e-3, rgb / a.clamp(min=1e-3), 0.0).clamp(0, 1), a], dim=-3)
+
+
+def render_clips(specs: list[ClipSpec], size: tuple[int, int], temporal_factor: int, device: torch.device,
+                 *, labels: bool = True) -> Clips:
+    """Render ``specs`` on ``device``; labels are taken at each latent frame's first video frame.
+
+    ``labels=False`` renders only the video (the labels of a cropped spec would not line up).
+    """
+    identity = torch.stack([s.identity for s in specs]).to(device)
+    poses = torch.stack([s.poses for s in specs]).to(device)
+    video = render(identity, poses, size)
+    n_frames = poses.shape[1]
+    assert n_frames % temporal_factor == 0, f"clip of {n_frames} frames is not a multiple of {temporal_factor}"
+    if not labels:
+        empty = torch.zeros(0, device=device)
+        return Clips(video=video, reference=empty, actions=empty, emotions=empty, progress=empty, mouth=empty)
+    first = slice(0, n_frames, temporal_factor)
+    return Clips(
+        video=video,
+        reference=rest_reference(identity, size, temporal_factor),
+        actions=torch.stack([s.actions[first] for s in specs]).to(device),
+        emotions=torch.stack([s.emotions[first] for s in specs]).to(device),
+        progress=torch.stack([s.progress[first] for s in specs]).to(device),
+        mouth=torch.stack([s.mouth for s in specs]).to(device),
+    )
+
+
+def action_names() -> list[str]:
+    return [a.name for a in ACTIONS]

@@ -1,0 +1,239 @@
+"""A small CNN probe that reads the pose and the identity back from RGBA frames of the procedural world.
+
+Evaluation runs it on GENERATED frames: probe -> poses -> ``backend.world.pose.action_scores`` (did
+the commanded action become visible within 1 s?), identity drift over a long stream (the identity
+vector against the character's), and flicker (frame-to-frame pose jitter).
+
+Usage::
+
+    probe = train_probe(steps=3000, device="cuda")          # renders its own training frames
+    probe.save("backend/weights/probe.safetensors")
+    probe = Probe.load("backend/weights/probe.safetensors")
+    poses, ident = probe.predict(frames)                   # frames (N, 4, H, W) float [0, 1]
+    ident["hair_style"]  # ['twin_tails', ...]; ident["vector"] (N, IDENTITY_DIM) comparable to identity_tensor
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from backend.world.character import (
+    EYE_SHAPES,
+    HAIR_STYLES,
+    IDENTITY_DIM,
+    OUTFITS,
+    PALETTE_KEYS,
+    identity_tensor,
+    sample_identity,
+)
+from backend.world.pose import POSE_PARAMS, POSE_RANGES, random_script, simulate
+from backend.world.render import render
+
+__all__ = ["PROBE_PATH", "PROBE_SIZE", "Probe", "ProbeError", "render_batch", "train_probe"]
+
+log = logging.getLogger(__name__)
+
+PROBE_SIZE = (256, 144)  # (width, height) the probe reads; other frames are resized to it
+PROBE_PATH = Path(__file__).resolve().parents[1] / "weights" / "probe.safetensors"  # the shipped probe
+_N_POSE = len(POSE_PARAMS)
+_N_PAL = 3 * len(PALETTE_KEYS)
+_HEADS = (("pose", _N_POSE), ("hair_style", len(HAIR_STYLES)), ("eye_shape", len(EYE_SHAPES)),
+          ("outfit", len(OUTFITS)), ("palette", _N_PAL))
+
+
+class ProbeError(ValueError):
+    """A probe file is missing, corrupt or of another layout; the message names the file."""
+
+
+class Probe(nn.Module):
+    """Strided convs -> pooled 9x16 grid -> MLP -> pose (normalised 0..1) + identity heads."""
+
+    def __init__(self, width: int = 16, size: tuple[int, int] = PROBE_SIZE) -> None:
+        super().__init__()
+        self.width, self.size = width, size
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(4, w, 3, 2, 1), nn.SiLU(),
+            nn.Conv2d(w, 2 * w, 3, 2, 1), nn.SiLU(),
+            nn.Conv2d(2 * w, 3 * w, 3, 2, 1), nn.SiLU(),
+            nn.Conv2d(3 * w, 3 * w, 3, 1, 1), nn.SiLU(),
+            nn.Conv2d(3 * w, 8, 1),
+        )
+        self.pool = nn.AdaptiveAvgPool2d((9, 16))
+        self.mlp = nn.Sequential(nn.Linear(8 * 9 * 16, 6 * w), nn.SiLU())
+        self.head = nn.Linear(6 * w, sum(n for _, n in _HEADS))
+        lo = torch.tensor([r[0] for r in POSE_RANGES])
+        self.register_buffer("pose_lo", lo, persistent=False)
+        self.register_buffer("pose_span", torch.tensor([r[1] for r in POSE_RANGES]) - lo, persistent=False)
+
+    def _prepare(self, frames: Tensor) -> Tensor:
+        if frames.ndim != 4 or frames.shape[1] != 4:
+            raise ValueError(f"frames {tuple(frames.shape)}: expected (N, 4, H, W) RGBA in [0, 1]")
+        w, h = self.size
+        x = frames.to(self.head.weight.dtype)
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="area")
+        return x * 2.0 - 1.0
+
+    def forward(self, frames: Tensor) -> dict[str, Tensor]:
+        """Raw head outputs: pose (N, P) normalised to 0..1 of POSE_RANGES, class logits, palette (N, 18)."""
+        z = self.head(self.mlp(self.pool(self.features(self._prepare(frames))).flatten(1)))
+        out, i = {}, 0
+        for name, k in _HEADS:
+            out[name] = z[:, i:i + k]
+            i += k
+        return out
+
+    @torch.no_grad()
+    def predict(self, frames: Tensor, batch: int = 256) -> tuple[Tensor, dict[str, object]]:
+        """Poses (N, P) in POSE_PARAMS units and the identity read from ``frames`` (N, 4, H, W).
+
+        Identity: ``hair_style`` / ``eye_shape`` / ``outfit`` (lists of names), ``palette`` (N, 18) RGB,
+        and ``vector`` (N, IDENTITY_DIM): palette + class probabilities, laid out like ``identity_tensor``.
+        """
+        was = self.training
+        self.eval()
+        outs = [self(frames[i:i + batch].to(self.head.weight.device)) for i in range(0, frames.shape[0], batch)]
+        self.train(was)
+        o = {k: torch.cat([x[k] for x in outs]) for k in outs[0]} if outs else {}
+        poses = self.pose_lo + o["pose"].clamp(0.0, 1.0) * self.pose_span
+        probs = {k: o[k].softmax(-1) for k in ("hair_style", "eye_shape", "outfit")}
+        palette = o["palette"].clamp(0.0, 1.0)
+        ident: dict[str, object] = {
+            "hair_style": [HAIR_STYLES[i] for i in probs["hair_style"].argmax(-1).tolist()],
+            "eye_shape": [EYE_SHAPES[i] for i in probs["eye_shape"].argmax(-1).tolist()],
+            "outfit": [OUTFITS[i] for i in probs["outfit"].argmax(-1).tolist()],
+            "palette": palette,
+            "vector": torch.cat([palette, probs["hair_style"], probs["eye_shape"], probs["outfit"]], -1),
+        }
+        assert ident["vector"].shape[-1] == IDENTITY_DIM  # type: ignore[union-attr]
+        return poses, ident
+
+    def save(self, path: str | Path) -> None:
+        meta = {"format": "liveidol-probe-1", "width": str(self.width), "size": json.dumps(list(self.size)),
+                "pose_params": json.dumps(list(POSE_PARAMS))}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}, str(path),
+                  metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Probe:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            state = load_file(str(path), device=str(device))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ProbeError(f"{path}: cannot read probe: {exc}") from exc
+        if meta.get("format") != "liveidol-probe-1":
+            raise ProbeError(f"{path}: not a LiveIdol probe (format={meta.get('format')!r})")
+        if json.loads(meta["pose_params"]) != list(POSE_PARAMS):
+            raise ProbeError(f"{path}: trained for other pose parameters; retrain the probe")
+        probe = cls(width=int(meta["width"]), size=tuple(json.loads(meta["size"])))  # type: ignore[arg-type]
+        try:
+            probe.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ProbeError(f"{path}: {exc}") from exc
+        return probe.to(device).eval()
+
+
+def render_batch(n: int, gen: torch.Generator, device: torch.device | str, size: tuple[int, int],
+                 pose_pool: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` frames of random identities in poses drawn from ``pose_pool`` (M, P), jittered a little.
+
+    Returns frames (n, 4, H, W), poses (n, P), identities (n, IDENTITY_DIM).
+    """
+    ident = identity_tensor([sample_identity(gen) for _ in range(n)])
+    idx = torch.randint(pose_pool.shape[0], (n,), generator=gen)
+    span = torch.tensor([r[1] - r[0] for r in POSE_RANGES])
+    lo = torch.tensor([r[0] for r in POSE_RANGES])
+    poses = pose_pool[idx] + 0.03 * span * torch.randn(n, _N_POSE, generator=gen)
+    poses = torch.minimum(torch.maximum(poses, lo), lo + span)
+    frames = render(ident.to(device), poses.to(device)[:, None], size=size)[:, 0]
+    return frames, poses.to(device), ident.to(device)
+
+
+def _pose_pool(gen: torch.Generator, clips: int = 24, frames: int = 250) -> Tensor:
+    seeds = torch.randint(0, 2**31 - 1, (clips,), generator=gen).tolist()
+    pool = [simulate(random_script(frames, gen, switch_every=(20, 60)), frames, seed=s)[0] for s in seeds]
+    return torch.cat(pool)
+
+
+def train_probe(steps: int, device: torch.device | str = "cpu", *, batch: int = 64, lr: float = 2e-3,
+                seed: int = 0, width: int = 16, size: tuple[int, int] = PROBE_SIZE, pool: int = 0,
+                noise: float = 0.03, deadline: float | None = None) -> Probe:
+    """Train a probe on world renders of random identities in simulated poses.
+
+    ``pool`` > 0 pre-renders that many frames once and trains on them (fast on CPU); 0 renders a fresh
+    batch every step (use on a GPU). ``noise`` adds pixel noise so the probe tolerates generated frames.
+    ``deadline`` (a ``time.monotonic()`` value) stops training early when reached.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = Probe(width=width, size=size).to(device)
+    poses_pool = _pose_pool(gen)
+    if pool > 0:
+        chunks = [render_batch(min(64, pool - i), gen, device, size, poses_pool) for i in range(0, pool, 64)]
+        data = tuple(torch.cat([c[j] for c in chunks]) for j in range(3))
+    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
+    lo, span = probe.pose_lo, probe.pose_span
+    t0 = time.monotonic()
+    for step in range(steps):
+        if deadline is not None and time.monotonic() > deadline:
+            log.warning("probe training stopped at the deadline step=%d of steps=%d", step, steps)
+            break
+        if pool > 0:
+            idx = torch.randint(pool, (batch,), generator=gen).to(device)
+            frames, poses, ident = (d[idx] for d in data)
+        else:
+            frames, poses, ident = render_batch(batch, gen, device, size, poses_pool)
+        if noise > 0:
+            frames = (frames + noise * torch.randn(frames.shape, generator=gen).to(device)).clamp(0, 1)
+        out = probe(frames)
+        loss = F.mse_loss(out["pose"], (poses - lo) / span) * 10.0 + F.mse_loss(out["palette"], ident[:, :_N_PAL]) * 3.0
+        off = _N_PAL
+        for name, k in _HEADS[1:4]:
+            loss = loss + F.cross_entropy(out[name], ident[:, off:off + k].argmax(-1)) * 0.3
+            off += k
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            log.info("probe step=%d loss=%.4f elapsed_s=%.1f", step, loss.item(), time.monotonic() - t0)
+    return probe.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m backend.training.probe --steps 20000 --device cuda --out backend/weights/probe.safetensors``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Train the evaluation probe on procedural world renders.")
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--pool", type=int, default=0, help="pre-render this many frames (CPU); 0 = fresh every step")
+    ap.add_argument("--size", type=int, nargs=2, default=list(PROBE_SIZE), metavar=("W", "H"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    probe = train_probe(args.steps, args.device, batch=args.batch, lr=args.lr, pool=args.pool,
+                        size=(args.size[0], args.size[1]), seed=args.seed)
+    probe.save(args.out)
+    log.info("probe saved path=%s", args.out)
+
+
+if __name__ == "__main__":
+    main()

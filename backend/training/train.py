@@ -1,0 +1,461 @@
+"""`liveidol train STAGE`: train the embedded default model in resumable steps of at most --minutes.
+
+Stages, in order (each picks up where the last call stopped; state lives in the run directory):
+
+1. ``autoencoder`` — the video autoencoder on rendered idol clips (RGBA, straight alpha).
+2. ``dit`` — the causal DiT with diffusion forcing under teacher forcing: each training sequence is
+   ``[reference, clean clip, noisy clip]``; every chunk of the noisy copy gets its own noise level and
+   sees, through the attention mask, exactly what the streaming KV cache shows it at serve time: the
+   sink (reference), the clean frames of the window before it, and its own chunk. Clips include
+   mid-clip command switches, so the model learns to follow a new command at a chunk boundary.
+3. ``selfforcing`` — robustness to its own drift: the first chunks' context is the model's own
+   few-step rollout (no gradient) instead of the clean ground truth, and the model learns to bring the
+   next chunks back to the commanded trajectory (the Self-Forcing idea, with a regression target
+   from the world instead of a distillation critic).
+4. ``probe`` — the evaluation probe that reads pose and identity back from frames.
+5. ``export`` — the EMA weights as one small safetensors file: backend/weights/liveidol-small.safetensors.
+
+Temporal positions: the reference keeps RoPE position 0 for good while a stream runs for days, so
+the clip's positions are offset by a random amount (log-uniform up to 10^7 latent frames) and the
+model learns to read identity from the sink whatever the distance.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from backend.actions import ACTIONS
+from backend.config import Config, ModelConfig
+from backend.model.autoencoder import VideoAutoencoder
+from backend.model.checkpoint import BUILTIN_PATH, init_dit_, save_checkpoint
+from backend.model.dit import CausalDiT
+from backend.model.generator import ACTION_FPS
+from backend.model.sampler import FlowMatchSchedule
+from backend.training.data import ClipSpec, make_specs, render_clips, straight_alpha
+
+__all__ = ["block_causal_mask", "controls_from_labels", "progress_from_labels", "run_stage"]
+
+log = logging.getLogger(__name__)
+
+CLIP_LATENTS = 16  # latent frames per training clip
+MAX_OFFSET = 10**7  # largest random temporal offset of a clip behind its reference
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces shared with tests: masks, labels -> controls
+# ---------------------------------------------------------------------------------------------
+
+
+def block_causal_mask(n: int, chunk: int, window: int, sink: bool, device: torch.device | str = "cpu") -> Tensor:
+    """Frame-level mask (1 + 2n, 1 + 2n) over ``[reference, clean_1..n, noisy_1..n]``; True = may attend.
+
+    A frame of chunk c (latents s..e) sees what the streaming cache holds while chunk c is generated:
+    the sink (if kept), clean frames in [e - window + 1, s - 1], and its own chunk (clean frames see the
+    clean chunk, noisy frames the noisy chunk). The reference sees only itself.
+    """
+    total = 1 + 2 * n
+    m = torch.zeros(total, total, dtype=torch.bool, device=device)
+    m[0, 0] = True
+    for j in range(1, n + 1):
+        c = (j - 1) // chunk
+        s, e = c * chunk + 1, min((c + 1) * chunk, n)
+        lo = max(1, e - window + 1)
+        for q in (j, n + j):  # the clean copy and the noisy copy of latent j
+            m[q, 0] = sink
+            m[q, lo:s] = True  # clean history inside the window
+        m[j, s:e + 1] = True  # clean frame: its clean chunk
+        m[n + j, n + s:n + e + 1] = True  # noisy frame: its noisy chunk
+    return m
+
+
+def progress_from_labels(actions: Tensor, temporal_factor: int) -> Tensor:
+    """Per latent frame action progress (B, F) computed as the generator does (backend.model.generator.action_progress):
+    latent frames since the current action's run began, over its duration, clipped (one-shot) or wrapped (loop)."""
+    b, f = actions.shape
+    out = torch.zeros(b, f)
+    acts = actions.cpu()
+    for i in range(b):
+        start = 0
+        for j in range(f):
+            if j > 0 and acts[i, j] != acts[i, j - 1]:
+                start = j
+            a = ACTIONS[int(acts[i, j])]
+            duration = a.duration_s * ACTION_FPS / temporal_factor
+            k = j - start
+            out[i, j] = (k % duration) / duration if a.loop else min(k / duration, 1.0)
+    return out.to(actions.device)
+
+
+def controls_from_labels(mouth: Tensor, progress: Tensor, cfg: ModelConfig) -> Tensor:
+    """(B, F, num_controls): the batched twin of backend.model.generator.control_vector (a test keeps them equal)."""
+    tf, n = cfg.autoencoder.temporal_factor, cfg.dit.num_controls
+    b, f = progress.shape
+    out = torch.zeros(b, f, n, device=progress.device)
+    if n:
+        out[..., :tf] = mouth.reshape(b, f, tf).clamp(0, 1)
+        out[..., tf] = progress.clamp(0, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directory
+# ---------------------------------------------------------------------------------------------
+
+
+class Run:
+    """A run directory: autoencoder.pt, dit_model/dit_ema.safetensors (fp16) + dit_state.json, log.jsonl.
+
+    Every file stays under 16 MB (the optimiser state is not kept: a resumed call re-warms the learning
+    rate briefly), so a run directory can travel between machines.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        p = self.path / name
+        return torch.load(p, map_location="cpu", weights_only=False) if p.exists() else None
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        tmp = self.path / (name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path / name)
+
+    def load_weights(self, name: str) -> dict[str, Tensor] | None:
+        from safetensors.torch import load_file
+
+        p = self.path / name
+        return {k: v.float() for k, v in load_file(p).items()} if p.exists() else None
+
+    def save_weights(self, name: str, state: dict[str, Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.path / (name + ".tmp")
+        save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, self.path / name)
+
+    def meta(self) -> dict[str, Any]:
+        p = self.path / "dit_state.json"
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def log(self, **record: Any) -> None:
+        with open(self.path / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.model.device == "cpu" or (cfg.model.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def _workers() -> int:
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: autoencoder
+# ---------------------------------------------------------------------------------------------
+
+
+def _spec_pool(n: int, frames: int, seed: int, tf: int) -> list[ClipSpec]:
+    t0 = time.monotonic()
+    specs = make_specs(n, frames, seed=seed, align=tf, workers=_workers())
+    log.info("clip pool clips=%d frames=%d seconds=%.1f", n, frames, time.monotonic() - t0)
+    return specs
+
+
+def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torch.device) -> None:
+    from backend.training.train_autoencoder import fit_latent_stats, train_autoencoder
+
+    ae_cfg = cfg.model.autoencoder
+    tf, size = ae_cfg.temporal_factor, (ae_cfg.native_width, ae_cfg.native_height)
+    prev = run.load("autoencoder.pt")
+    pool_seed = 1000 + (prev["step"] if prev else 0)
+    specs = _spec_pool(512 if device.type == "cuda" else 16, 16 * tf, pool_seed, tf)
+
+    def clips(batch: int, gen: torch.Generator) -> Tensor:
+        idx = torch.randint(len(specs), (batch,), generator=gen).tolist()
+        start = int(torch.randint(0, 16 * tf - 2 * tf + 1, (1,), generator=gen).item())
+        sub = [ClipSpec(s.identity, s.poses[start:start + 2 * tf], s.actions, s.emotions, s.progress, s.mouth)
+               for s in (specs[i] for i in idx)]
+        return straight_alpha(render_clips(sub, size, tf, device, labels=False).video)
+
+    ae = VideoAutoencoder(ae_cfg)
+    total = 6000 if device.type == "cuda" else 40
+    state = train_autoencoder(ae, clips, steps=total, batch=24 if device.type == "cuda" else 2, device=device,
+                              state=prev, deadline=deadline, log_every=100, schedule_steps=total,
+                              latent_noise=0.05)
+    ae.to(device)
+    fit_latent_stats(ae, clips, n_batches=16 if device.type == "cuda" else 2)
+    state["latent_mean"], state["latent_std"] = ae.latent_mean.cpu(), ae.latent_std.cpu()
+    state["ae_state"] = {k: v.cpu() for k, v in ae.state_dict().items()}
+    state.pop("optimizer", None)  # keeps the file small; a resumed call starts a fresh optimiser
+    run.save("autoencoder.pt", state)
+    last = state["losses"][-1] if state["losses"] else {}
+    run.log(stage="autoencoder", step=state["step"], **{k: v for k, v in last.items() if k != "step"})
+    log.info("autoencoder step=%d loss=%s stopped=%s", state["step"], last.get("total"), state.get("stopped"))
+
+
+def _load_autoencoder(cfg: Config, run: Run, device: torch.device) -> VideoAutoencoder:
+    state = run.load("autoencoder.pt")
+    if state is None:
+        raise SystemExit(f"{run.path}/autoencoder.pt missing: run `liveidol train autoencoder --run {run.path}` first")
+    ae = VideoAutoencoder(cfg.model.autoencoder)
+    ae.load_state_dict(state["ae_state"])
+    return ae.to(device).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2/3: the causal DiT
+# ---------------------------------------------------------------------------------------------
+
+
+class LatentPool:
+    """Rendered and encoded clips kept on the device: latents, reference latents, labels."""
+
+    def __init__(self, cfg: Config, ae: VideoAutoencoder, n: int, seed: int, device: torch.device) -> None:
+        ae_cfg = cfg.model.autoencoder
+        tf, size = ae_cfg.temporal_factor, (ae_cfg.native_width, ae_cfg.native_height)
+        specs = _spec_pool(n, CLIP_LATENTS * tf, seed, tf)
+        lat, ref, acts, emos, mouth = [], [], [], [], []
+        t0 = time.monotonic()
+        with torch.no_grad():
+            for i in range(0, n, 32):
+                clips = render_clips(specs[i:i + 32], size, tf, device)
+                lat.append(ae.encode(straight_alpha(clips.video)).to(torch.bfloat16))
+                ref.append(ae.encode(straight_alpha(clips.reference)).to(torch.bfloat16))
+                acts.append(clips.actions)
+                emos.append(clips.emotions)
+                mouth.append(clips.mouth)
+        self.latents = torch.cat(lat)  # (N, F, C, h, w)
+        self.reference = torch.cat(ref)  # (N, 1, C, h, w)
+        self.actions = torch.cat(acts)
+        self.emotions = torch.cat(emos)
+        self.mouth = torch.cat(mouth)  # (N, F*tf)
+        self.progress = progress_from_labels(self.actions, tf)
+        log.info("latent pool clips=%d render+encode_s=%.1f latent_std=%.3f", n, time.monotonic() - t0,
+                 float(self.latents.float().std()))
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def batch(self, size: int, gen: torch.Generator) -> dict[str, Tensor]:
+        idx = torch.randint(len(self), (size,), generator=gen).to(self.latents.device)
+        return {k: getattr(self, k)[idx] for k in ("latents", "reference", "actions", "emotions", "mouth", "progress")}
+
+
+def _inference_timesteps(cfg: ModelConfig, sched: FlowMatchSchedule) -> Tensor:
+    ts: set[float] = set()
+    for steps in range(1, len(cfg.timesteps) + 1):
+        ts.update(sched.warp_list(cfg.timesteps[:steps]))
+    return torch.tensor(sorted(ts))
+
+
+def _sample_t(n_chunks: int, b: int, cfg: ModelConfig, sched: FlowMatchSchedule, gen: torch.Generator) -> Tensor:
+    """(B, n_chunks) timesteps: 60% the sampler's own timesteps, 40% the shifted continuum."""
+    inf = _inference_timesteps(cfg, sched)
+    pick = inf[torch.randint(len(inf), (b, n_chunks), generator=gen)]
+    u = torch.rand(b, n_chunks, generator=gen)
+    cont = 1000 * sched.shift * u / (1 + (sched.shift - 1) * u)
+    use_inf = torch.rand(b, n_chunks, generator=gen) < 0.6
+    return torch.where(use_inf, pick, cont)
+
+
+def _sequence_inputs(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], context_latents: Tensor,
+                     noisy: Tensor, t_noisy: Tensor, offset: int) -> dict[str, Tensor]:
+    """Build forward_train's inputs for ``[reference, context, noisy]`` frames."""
+    b, n = noisy.shape[:2]
+    device = noisy.device
+    x = torch.cat([batch["reference"].to(noisy.dtype), context_latents.to(noisy.dtype), noisy], dim=1)  # (B, 1+2n, C, h, w)
+    t = torch.cat([torch.zeros(b, 1 + n, device=device), t_noisy], dim=1)
+    idle = torch.zeros(b, 1, dtype=torch.long, device=device)
+    acts = torch.cat([idle, batch["actions"], batch["actions"]], 1)
+    emos = torch.cat([idle, batch["emotions"], batch["emotions"]], 1)
+    ctx = dit.build_context(acts.flatten(), emos.flatten()).unflatten(0, (b, 1 + 2 * n))  # (B, F, L, D)
+    ctrl = controls_from_labels(batch["mouth"], batch["progress"], cfg)
+    ctrl = torch.cat([torch.zeros_like(ctrl[:, :1]), ctrl, ctrl], 1)
+    pos = torch.arange(n, device=device) + 1 + offset
+    frame_pos = torch.cat([torch.zeros(1, dtype=torch.long, device=device), pos, pos])
+    return {"x": x.permute(0, 2, 1, 3, 4), "t": t, "context": ctx, "controls": ctrl, "frame_pos": frame_pos}
+
+
+def _random_offset(gen: torch.Generator) -> int:
+    if torch.rand((), generator=gen).item() < 0.3:
+        return 0
+    return int(10 ** (torch.rand((), generator=gen).item() * math.log10(MAX_OFFSET)))
+
+
+@torch.no_grad()
+def _rollout(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], n_latents: int, chunk: int, window: int,
+             sched: FlowMatchSchedule, gen: torch.Generator, offset: int, steps: int) -> Tensor:
+    """The model's own few-step rollout of the first ``n_latents`` frames, as the generator samples them."""
+    lat = batch["latents"].float()
+    b, n = lat.shape[:2]
+    out = lat.clone()
+    ts = sched.warp_list(cfg.timesteps[:steps])
+    mask = block_causal_mask(n, chunk, window, cfg.sink_frames > 0, lat.device)
+    for c0 in range(0, n_latents, chunk):
+        c1 = min(c0 + chunk, n_latents)
+        x = torch.randn(out[:, c0:c1].shape, generator=gen).to(lat.device, lat.dtype)
+        for i, tv in enumerate(ts):
+            noisy = out.clone()
+            noisy[:, c0:c1] = x
+            t_noisy = torch.zeros(b, n, device=lat.device)
+            t_noisy[:, c0:c1] = tv
+            inp = _sequence_inputs(dit, cfg, batch, out, noisy, t_noisy, offset)
+            flow = dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n + c0:1 + n + c1]
+            sigma = sched.sigma_nearest(torch.full((1,), tv)).item()
+            x0 = x.float() - sigma * flow.float()
+            if i + 1 < len(ts):
+                eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+                x = ((1 - ts[i + 1] / 1000) * x0 + ts[i + 1] / 1000 * eps).to(lat.dtype)
+            else:
+                out[:, c0:c1] = x0.to(lat.dtype)
+    return out
+
+
+def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool) -> None:
+    mcfg = cfg.model
+    ae = _load_autoencoder(cfg, run, device)
+    meta = run.meta()
+    weights, ema_weights = run.load_weights("dit_model.safetensors"), run.load_weights("dit_ema.safetensors")
+    dit = CausalDiT(mcfg.dit)
+    step, sf_step = int(meta.get("step", 0)), int(meta.get("sf_step", 0))
+    resumed_at = step
+    gen = torch.Generator().manual_seed(mcfg.seed + step)
+    if weights is None:
+        init_dit_(dit, generator=torch.Generator().manual_seed(mcfg.seed))
+    else:
+        dit.load_state_dict(weights)
+    dit.to(device)
+    ema = copy.deepcopy(dit).requires_grad_(False)
+    if ema_weights is not None:
+        ema.load_state_dict(ema_weights)
+    opt = torch.optim.AdamW(dit.parameters(), lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01)
+    cuda = device.type == "cuda"
+    pool = LatentPool(cfg, ae, 2048 if cuda else 8, seed=7 + step, device=device)
+    sched = FlowMatchSchedule(shift=mcfg.shift)
+    batch_size = 32 if cuda else 2
+    total_planned = 40_000
+    losses: list[float] = []
+    t_start = time.monotonic()
+    step_times: list[float] = []
+    while True:
+        if step_times and time.monotonic() + 2 * max(step_times[-20:]) > deadline:
+            break
+        if not step_times and time.monotonic() > deadline:
+            break
+        t0 = time.monotonic()
+        batch = pool.batch(batch_size, gen)
+        lat = batch["latents"]
+        b, n = lat.shape[:2]
+        chunk = int(torch.randint(1, mcfg.chunk_frames + 1, (1,), generator=gen).item())
+        offset = _random_offset(gen)
+        context = lat
+        first_loss_frame = 0
+        if selfforcing and torch.rand((), generator=gen).item() < 0.5:
+            dit.eval()
+            k = chunk * int(torch.randint(1, max(2, (n // 2) // chunk + 1), (1,), generator=gen).item())
+            steps = int(torch.randint(1, mcfg.steps + 1, (1,), generator=gen).item())
+            with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                context = _rollout(dit, mcfg, batch, k, chunk, mcfg.window_frames, sched, gen, offset, steps)
+            first_loss_frame = k
+            dit.train()
+            sf_step += 1
+        n_chunks = math.ceil(n / chunk)
+        t_chunk = _sample_t(n_chunks, b, mcfg, sched, gen).to(device)
+        t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n]
+        sigma = (t_noisy / 1000).view(b, n, 1, 1, 1)
+        eps = torch.randn(lat.shape, generator=gen).to(device)
+        x0 = lat.float()
+        noisy = ((1 - sigma) * x0 + sigma * eps)
+        target = eps - x0
+        mask = block_causal_mask(n, chunk, mcfg.window_frames, mcfg.sink_frames > 0, device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+            inp = _sequence_inputs(dit, mcfg, batch, context, noisy, t_noisy, offset)
+            flow = dit.forward_train(**inp, attn_mask=mask)
+        pred = flow.permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
+        loss = F.mse_loss(pred[:, first_loss_frame:], target[:, first_loss_frame:])
+        lr = 4e-4 * min(1.0, (step - resumed_at + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total_planned, 1.0))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(0.999, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), dit.parameters()):
+                pe.lerp_(p, 1 - decay)
+        step += 1
+        losses.append(float(loss))
+        step_times.append(time.monotonic() - t0)
+        if step % 100 == 0:
+            mean = sum(losses[-100:]) / len(losses[-100:])
+            log.info("dit step=%d loss=%.4f lr=%.2e step_ms=%.0f selfforcing=%s", step, mean, lr,
+                     1000 * sum(step_times[-100:]) / len(step_times[-100:]), selfforcing)
+            run.log(stage="selfforcing" if selfforcing else "dit", step=step, loss=mean, lr=lr)
+    run.save_weights("dit_model.safetensors", dit.state_dict())
+    run.save_weights("dit_ema.safetensors", ema.state_dict())
+    (run.path / "dit_state.json").write_text(json.dumps({"step": step, "sf_step": sf_step}))
+    log.info("dit saved step=%d selfforcing_steps=%d seconds=%.0f last_loss=%.4f", step, sf_step,
+             time.monotonic() - t_start, sum(losses[-100:]) / max(1, len(losses[-100:])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 4/5: probe, export
+# ---------------------------------------------------------------------------------------------
+
+
+def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.device) -> None:
+    from backend.training.probe import PROBE_PATH, train_probe
+
+    minutes = max(0.5, (deadline - time.monotonic()) / 60 - 0.5)
+    probe = train_probe(steps=3000 if device.type == "cuda" else 50, device=device, deadline=deadline)
+    probe.save(PROBE_PATH)
+    run.log(stage="probe", minutes=minutes, path=str(PROBE_PATH))
+
+
+def export_stage(cfg: Config, run: Run) -> None:
+    ae = _load_autoencoder(cfg, run, torch.device("cpu"))
+    ema = run.load_weights("dit_ema.safetensors")
+    if ema is None:
+        raise SystemExit(f"{run.path}/dit_ema.safetensors missing: train the dit stage first")
+    dit = CausalDiT(cfg.model.dit)
+    dit.load_state_dict(ema)
+    prev = run.meta()
+    save_checkpoint(BUILTIN_PATH, dit, ae, cfg.model, dtype=torch.float16)
+    size = BUILTIN_PATH.stat().st_size
+    log.info("exported %s bytes=%d dit_step=%d", BUILTIN_PATH, size, prev["step"])
+    run.log(stage="export", bytes=size, dit_step=prev["step"])
+
+
+def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float) -> int:
+    """Run one stage for at most ``minutes`` and save; calling again continues."""
+    deadline = time.monotonic() + minutes * 60
+    device = _device(cfg)
+    run = Run(run_dir)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    log.info("train stage=%s run=%s device=%s minutes=%.1f", stage, run_dir, device, minutes)
+    if stage == "autoencoder":
+        train_autoencoder_stage(cfg, run, deadline, device)
+    elif stage in ("dit", "selfforcing"):
+        train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing")
+    elif stage == "probe":
+        train_probe_stage(cfg, run, deadline, device)
+    elif stage == "export":
+        export_stage(cfg, run)
+    return 0

@@ -1,0 +1,110 @@
+"""Checkpoints: our safetensors (with embedded config), Wan / Self-Forcing layouts, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from model_kit import micro_config, random_weights
+from safetensors.torch import load_file, save_file
+
+from backend.model import checkpoint as ckpt
+from backend.model.checkpoint import CheckpointError, load_weights, save_checkpoint
+from backend.model.dit import CausalDiT
+from backend.model.generator import Conditions, Generator
+
+
+def _frames(gen: Generator) -> np.ndarray:
+    gen.reset(np.full((16, 32, 4), 200, np.uint8), Conditions())
+    return gen.next_chunk(Conditions(action="wave"), mouth=np.linspace(0, 1, 8))
+
+
+def test_save_and_load_roundtrip(tmp_path) -> None:
+    cfg = micro_config()
+    weights = random_weights(cfg)
+    gen = Generator(cfg, weights=weights)
+    path = save_checkpoint(tmp_path / "m.safetensors", gen.dit, gen.autoencoder, cfg, dtype=torch.float32)
+    loaded = Generator(dataclasses.replace(cfg, checkpoint=str(path)))
+    assert np.array_equal(_frames(gen), _frames(loaded))
+    small = save_checkpoint(tmp_path / "m16.safetensors", gen.dit, gen.autoencoder, cfg)  # bf16 by default
+    assert small.stat().st_size < 0.6 * path.stat().st_size
+    assert load_file(small)["dit.head.head.weight"].dtype == torch.bfloat16
+    Generator(dataclasses.replace(cfg, checkpoint=str(small)))  # loads and casts
+
+
+def test_config_mismatch_says_what_differs(tmp_path) -> None:
+    cfg = micro_config()
+    gen = Generator(cfg, weights=random_weights(cfg))
+    path = save_checkpoint(tmp_path / "m.safetensors", gen.dit, gen.autoencoder, cfg)
+    other = dataclasses.replace(cfg, checkpoint=str(path), dit=dataclasses.replace(cfg.dit, rope_theta=500.0))
+    with pytest.raises(CheckpointError, match=r"model\.dit\.rope_theta: checkpoint 10000\.0, config 500\.0"):
+        Generator(other)
+
+
+def test_bad_checkpoints_name_file_key_and_shapes(tmp_path) -> None:
+    cfg = micro_config()
+    flat = random_weights(cfg)
+    bad = dict(flat)
+    bad["dit.blocks.0.ffn.0.weight"] = torch.zeros(3, 32)
+    path = tmp_path / "shape.safetensors"
+    save_file(bad, str(path))
+    with pytest.raises(CheckpointError, match=r"shape\.safetensors: dit key blocks\.0\.ffn\.0\.weight has shape "
+                                              r"\(3, 32\) in the checkpoint but \(64, 32\) in the model"):
+        Generator(dataclasses.replace(cfg, checkpoint=str(path)))
+    missing = {k: v for k, v in flat.items() if k != "dit.head.head.bias"}
+    save_file(missing, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing\.safetensors: dit keys missing .*head\.head\.bias"):
+        Generator(dataclasses.replace(cfg, checkpoint=str(tmp_path / "missing.safetensors")))
+    extra = {**flat, "dit.blocks.9.ffn.0.weight": torch.zeros(1)}
+    save_file(extra, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected dit keys .*blocks\.9\.ffn\.0\.weight"):
+        Generator(dataclasses.replace(cfg, checkpoint=str(tmp_path / "extra.safetensors")))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.safetensors: not a readable safetensors file"):
+        load_weights(str(tmp_path / "junk.safetensors"))
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        load_weights(str(tmp_path / "nope.safetensors"))
+
+
+def test_builtin_missing_tells_how_to_get_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(ckpt, "BUILTIN_PATH", tmp_path / "liveidol-small.safetensors")
+    with pytest.raises(CheckpointError, match="trained in a separate step"):
+        load_weights("builtin")
+    assert load_weights("random") is None
+
+
+def test_self_forcing_pt_and_bare_wan_keys(tmp_path) -> None:
+    """A Self-Forcing .pt (generator_ema, 'model.' prefix) and a bare Wan state dict load; our
+    extra modules, absent from both, stay at zero."""
+    cfg = micro_config()
+    wan = {k[4:]: v for k, v in random_weights(cfg).items()
+           if k.startswith("dit.") and not k.startswith(("dit.cond_embedding", "dit.control_embedding"))}
+    torch.save({"generator": {f"model.{k}": torch.zeros_like(v) for k, v in wan.items()},
+                "generator_ema": {f"model.{k}": v for k, v in wan.items()}, "critic": {}}, tmp_path / "sf.pt")
+    gen = Generator(dataclasses.replace(cfg, checkpoint=str(tmp_path / "sf.pt")))
+    state = gen.dit.state_dict()
+    assert torch.equal(state["blocks.1.self_attn.q.weight"], wan["blocks.1.self_attn.q.weight"])  # the EMA copy
+    assert not state["cond_embedding.action.weight"].any() and not state["control_embedding.weight"].any()
+    save_file(wan, str(tmp_path / "wan.safetensors"))
+    gen2 = Generator(dataclasses.replace(cfg, checkpoint=str(tmp_path / "wan.safetensors")))
+    assert torch.equal(gen2.dit.state_dict()["head.head.weight"], wan["head.head.weight"])
+    torch.save({"critic": {}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: expected a state dict"):
+        load_weights(str(tmp_path / "bad.pt"))
+
+
+def test_random_init_is_training_ready() -> None:
+    cfg = micro_config()
+    gen = Generator(cfg)
+    state = gen.dit.state_dict()
+    assert not state["cond_embedding.emotion.weight"].any() and not state["control_embedding.bias"].any()
+    w = state["blocks.0.self_attn.q.weight"]
+    assert 0.05 < w.std() < 0.5 and torch.isfinite(w).all()
+    dit = CausalDiT(cfg.dit)
+    ckpt.init_dit_(dit, generator=torch.Generator().manual_seed(cfg.seed))
+    assert all(torch.equal(a, b) for a, b in zip(dit.state_dict().values(), state.values()))  # seeded
+    meta = json.loads(ckpt.config_metadata(cfg.dit, cfg.autoencoder))
+    assert meta["dit"]["dim"] == 32 and meta["autoencoder"]["temporal_factor"] == 4

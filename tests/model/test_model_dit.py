@@ -1,0 +1,126 @@
+"""The causal DiT beyond the reference: unbounded RoPE positions, cache == block-causal recompute,
+zero-initialised extras that leave Wan behaviour unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backend.config import DiTSizes
+from backend.model.dit import CausalDiT, Rope3D, rope_split
+from backend.model.kv_cache import CrossAttentionCache, KVCache
+
+SIZES = DiTSizes(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, text_len=8, num_controls=5)
+
+
+def _dit(seed: int = 0, std: float = 0.2) -> CausalDiT:
+    dit = CausalDiT(SIZES).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if name.startswith(("cond_embedding", "control_embedding")):
+                continue  # keep the zero init of the extras
+            p.copy_(torch.randn(p.shape, generator=gen) * std + (1.0 if "norm_" in name or "norm3" in name else 0.0))
+    return dit
+
+
+def _wan_rope_table(max_len: int, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """Wan's ``rope_params`` table (torch.polar of a float64 outer product), for comparison."""
+    def params(dim: int) -> torch.Tensor:
+        freqs = torch.outer(torch.arange(max_len), 1.0 / torch.pow(theta, torch.arange(0, dim, 2).to(torch.float64).div(dim)))
+        return torch.polar(torch.ones_like(freqs), freqs)
+    ft, fh, fw = rope_split(head_dim)
+    return [params(2 * ft), params(2 * fh), params(2 * fw)]
+
+
+def test_rope_equals_wan_table_and_keeps_going() -> None:
+    rope = Rope3D(64, 10000.0)
+    table = _wan_rope_table(1024, 64)
+    f, h, w = 3, 2, 4
+    for start in (0, 500, 1021):
+        cos, sin = rope.angles(start, f, h, w, torch.device("cpu"))
+        ang = torch.cat([
+            table[0][start:start + f].view(f, 1, 1, -1).expand(f, h, w, -1),
+            table[1][:h].view(1, h, 1, -1).expand(f, h, w, -1),
+            table[2][:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+        torch.testing.assert_close(cos, ang.real, atol=1e-12, rtol=0)
+        torch.testing.assert_close(sin, ang.imag, atol=1e-12, rtol=0)
+    cos, sin = rope.angles(10**6, f, h, w, torch.device("cpu"))
+    assert torch.isfinite(cos).all() and torch.allclose(cos**2 + sin**2, torch.ones_like(cos))
+
+
+@pytest.mark.parametrize("start_frame", [1022, 1024, 10**6])
+def test_chunks_past_1024_frames_run(start_frame: int) -> None:
+    dit = _dit()
+    x = torch.randn(1, 16, 3, 4, 4)
+    kv = KVCache(num_layers=2, heads=2, head_dim=16, frame_tokens=4, sink_frames=1, window_frames=4)
+    kv.global_end = start_frame * 4  # a stream that has run this long (sink and window cleared here)
+    with torch.inference_mode():
+        a = dit(x, torch.full((1, 3), 500.0), torch.randn(1, 8, 16), start_frame=start_frame, cache=kv)
+        b = dit(x, torch.full((1, 3), 500.0), torch.randn(1, 8, 16), start_frame=start_frame)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert kv.global_end == (start_frame + 3) * 4
+
+
+def test_cached_chunks_equal_block_causal_recompute() -> None:
+    """Chunk k computed with the cache (clean K/V of chunks < k written by t=0 passes) equals a
+    cache-free forward over [clean chunks < k at t=0, chunk k at t] with the block-causal mask."""
+    dit, chunk, n_chunks = _dit(), 2, 4
+    gen = torch.Generator().manual_seed(3)
+    ctx = torch.randn(1, 6, 16)
+    clean = torch.randn(1, 16, chunk * n_chunks, 4, 6, generator=gen)
+    noisy = torch.randn(1, 16, chunk * n_chunks, 4, 6, generator=gen)
+    controls = torch.rand(1, chunk * n_chunks, 5, generator=gen)
+    with torch.no_grad():
+        dit.control_embedding.weight.normal_(0, 0.3, generator=gen)
+    kv = KVCache(num_layers=2, heads=2, head_dim=16, frame_tokens=6, window_frames=None, capacity_frames=chunk * n_chunks)
+    cross = CrossAttentionCache(2)
+    with torch.inference_mode():
+        for c in range(n_chunks):
+            sl = slice(c * chunk, (c + 1) * chunk)
+            t = torch.full((1, chunk), 750.0)
+            cached = dit(noisy[:, :, sl], t, ctx, start_frame=c * chunk, cache=kv, cross_cache=cross, controls=controls[:, sl])
+            dit(clean[:, :, sl], torch.zeros(1, chunk), ctx, start_frame=c * chunk, cache=kv, cross_cache=cross,
+                controls=controls[:, sl])
+            seq = torch.cat([clean[:, :, :c * chunk], noisy[:, :, sl]], dim=2)
+            ts = torch.cat([torch.zeros(1, c * chunk), t], dim=1)
+            full = dit(seq, ts, ctx, controls=controls[:, :(c + 1) * chunk], causal_chunk=chunk)
+            torch.testing.assert_close(cached, full[:, :, c * chunk:], atol=1e-4, rtol=1e-4)
+            if c:  # the mask matters: without it the earlier frames would see the later ones
+                bidir = dit(seq, ts, ctx, controls=controls[:, :(c + 1) * chunk])
+                assert not torch.allclose(bidir[:, :, :c * chunk], full[:, :, :c * chunk], atol=1e-3)
+
+
+def test_zero_extras_behave_like_wan() -> None:
+    """With the extras at their zero init, actions, emotions and controls change nothing, and
+    [action, emotion, prompt] equals the bare Wan prompt (cross-attention has no positions)."""
+    dit = _dit()
+    x, t = torch.randn(1, 16, 2, 4, 4), torch.full((1, 2), 600.0)
+    prompt = torch.randn(1, 4, 16)
+    with torch.inference_mode():
+        wan = dit(x, t, prompt)
+        ours = dit(x, t, dit.build_context(torch.tensor([3]), torch.tensor([2]), prompt), controls=torch.rand(1, 2, 5))
+    torch.testing.assert_close(ours, wan, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        dit.cond_embedding.action.weight.normal_()
+    with torch.inference_mode():
+        trained = dit(x, t, dit.build_context(torch.tensor([3]), torch.tensor([2]), prompt))
+    assert not torch.allclose(trained, wan, atol=1e-3)
+
+
+def test_per_frame_timesteps_are_per_frame() -> None:
+    dit = _dit()
+    x = torch.randn(1, 16, 2, 4, 4)
+    ctx = torch.randn(1, 8, 16)
+    with torch.inference_mode():
+        a = dit(x, torch.tensor([[1000.0, 0.0]]), ctx)
+        b = dit(x, torch.tensor([[1000.0, 1000.0]]), ctx)
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_bad_context_is_named() -> None:
+    dit = _dit()
+    with pytest.raises(ValueError, match="at most text_len - 2 = 6"):
+        dit.build_context(torch.tensor([0]), torch.tensor([0]), torch.randn(1, 7, 16))
+    with pytest.raises(ValueError, match=r"expected \(B, L, 16\)"):
+        dit.build_context(torch.tensor([0]), torch.tensor([0]), torch.randn(1, 2, 15))

@@ -1,0 +1,146 @@
+"""The Generator API: shapes, determinism, causality, conditioning, bounded memory, bad input."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from model_kit import micro_config, random_weights
+
+from backend.actions import action
+from backend.model.generator import (
+    Conditions,
+    Generator,
+    GeneratorError,
+    action_progress,
+    control_vector,
+)
+
+
+def _ref(seed: int = 0, size: tuple[int, int] = (90, 70)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*size, 4), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return random_weights(micro_config())
+
+
+def _gen(weights, **overrides) -> Generator:
+    return Generator(micro_config(**overrides), weights=weights)
+
+
+def _stream(gen: Generator, actions: list[str], ref=None, mouth=None) -> list[np.ndarray]:
+    gen.reset(_ref() if ref is None else ref, Conditions())
+    return [gen.next_chunk(Conditions(action=a), mouth=mouth) for a in actions]
+
+
+def test_shapes_and_state(weights) -> None:
+    gen = _gen(weights)
+    assert gen.native_size == (32, 16) and gen.output_size == (48, 24) and gen.frames_per_chunk() == 8
+    frames = _stream(gen, ["idle", "idle"])
+    assert frames[0].shape == (8, 24, 48, 4) and frames[0].dtype == np.uint8
+    st = gen.state
+    assert (st.frames_made, st.latent_frames_made, st.chunks_made) == (16, 4, 2)
+    assert st.cache_frames == 5 and st.attention_backend == "sdpa" and st.device == "cpu" and st.dtype == "float32"
+    assert gen.next_chunk(Conditions(), steps=1, chunk_frames=3).shape == (12, 24, 48, 4)
+    assert gen.state.steps == 1 and gen.state.chunk_frames == 3
+
+
+def test_determinism_from_seed(weights) -> None:
+    a = _stream(_gen(weights), ["idle", "wave", "wave"])
+    b = _stream(_gen(weights), ["idle", "wave", "wave"])
+    c = _stream(_gen(weights, seed=7), ["idle", "wave", "wave"])
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[2], c[2])
+    gen = _gen(weights)  # reset() restarts the noise: a second stream repeats the first
+    first, second = _stream(gen, ["idle", "wave"]), _stream(gen, ["idle", "wave"])
+    assert all(np.array_equal(x, y) for x, y in zip(first, second))
+
+
+def test_causality_a_command_changes_only_later_frames(weights) -> None:
+    base = _stream(_gen(weights), ["idle", "idle", "idle", "idle"])
+    cmd = _stream(_gen(weights), ["idle", "idle", "wave", "wave"])
+    assert np.array_equal(base[0], cmd[0]) and np.array_equal(base[1], cmd[1])
+    assert not np.array_equal(base[2], cmd[2])  # the command does act, from its chunk on
+
+
+def test_reference_and_mouth_condition_the_output(weights) -> None:
+    a = _stream(_gen(weights), ["idle"], ref=_ref(0))
+    b = _stream(_gen(weights), ["idle"], ref=_ref(1, size=(40, 200)))
+    assert not np.array_equal(a[0], b[0])  # identity comes from the sink frame
+    closed = _stream(_gen(weights), ["talk"], mouth=np.zeros(8))
+    open_ = _stream(_gen(weights), ["talk"], mouth=np.ones(8))
+    assert not np.array_equal(closed[0], open_[0])
+    assert np.array_equal(closed[0], _stream(_gen(weights), ["talk"], mouth=None)[0])  # None = closed
+
+
+def test_bad_input_is_refused_and_the_stream_goes_on(weights) -> None:
+    gen = _gen(weights)
+    gen.reset(_ref(), Conditions())
+    gen.next_chunk(Conditions())
+    before = gen.state
+    with pytest.raises(GeneratorError, match="unknown action 'moonwalk'"):
+        gen.next_chunk(Conditions(action="moonwalk"))
+    with pytest.raises(GeneratorError, match="unknown emotion"):
+        gen.next_chunk(Conditions(emotion="bored"))
+    with pytest.raises(GeneratorError, match="mouth: 3 values, expected one per video frame = 8"):
+        gen.next_chunk(Conditions(), mouth=np.zeros(3))
+    with pytest.raises(GeneratorError, match="chunk_frames = 5"):
+        gen.next_chunk(Conditions(), chunk_frames=5)
+    with pytest.raises(GeneratorError, match="steps = 0"):
+        gen.next_chunk(Conditions(), steps=0)
+    with pytest.raises(GeneratorError, match=r"Conditions\.text"):
+        gen.next_chunk(Conditions(text=torch.zeros(2, 3)))
+    with pytest.raises(GeneratorError, match="reference image"):
+        gen.reset(np.zeros((8, 8, 4), np.float32), Conditions())
+    assert gen.state == before
+    assert gen.next_chunk(Conditions(text=torch.randn(2, 16))).shape == (8, 24, 48, 4)
+
+
+def test_memory_bounded_over_10k_frames_and_past_1024_latents() -> None:
+    """>= 10,000 video frames (2,560 latent frames, past the reference's 1,024 cap) with a constant cache."""
+    cfg = micro_config(chunk_frames=16, window_frames=16, steps=1, output_width=32, output_height=16)
+    gen = Generator(cfg, weights=random_weights(cfg))
+    gen.reset(_ref(), Conditions())
+    sizes, t0 = set(), time.perf_counter()
+    while gen.state.frames_made < 10_240:
+        out = gen.next_chunk(Conditions(action="wave" if gen.state.chunks_made % 7 == 3 else "idle"))
+        if gen.state.chunks_made >= 2:
+            sizes.add(gen.state.cache_bytes)
+    assert gen.state.latent_frames_made >= 2_560 and gen._position > 1024
+    assert len(sizes) == 1 and gen.state.cache_frames == 17
+    assert out.std() > 0 and out.shape == (64, 16, 32, 4)
+    assert time.perf_counter() - t0 < 30
+
+
+def test_control_vector_and_progress() -> None:
+    cfg = micro_config()
+    v = control_vector([0.1, 2.0, -1.0, 0.5], 0.25, cfg)
+    assert v.tolist() == pytest.approx([0.1, 1.0, 0.0, 0.5, 0.25, 0, 0, 0])
+    assert control_vector(None, 3.0, cfg).tolist() == [0, 0, 0, 0, 1.0, 0, 0, 0]
+    with pytest.raises(GeneratorError, match="3 mouth values"):
+        control_vector([0, 0, 0], 0.0, cfg)
+    dur = action("wave").duration_s * 25 / 4  # latent frames
+    assert action_progress("wave", 0, 4) == 0.0
+    assert action_progress("wave", int(dur // 2), 4) == pytest.approx(int(dur // 2) / dur)
+    assert action_progress("wave", 10_000, 4) == 1.0
+    period = action("idle").duration_s * 25 / 4
+    assert action_progress("idle", 30, 4) == pytest.approx((30 % period) / period)
+
+
+def test_action_progress_restarts_on_a_new_action_or_serial(weights) -> None:
+    gen = _gen(weights)
+    gen.reset(_ref(), Conditions())
+    dur = action("wave").duration_s * 25 / 4
+    gen.next_chunk(Conditions(action="wave"))
+    assert gen.state.action == "wave" and gen.state.action_progress == pytest.approx(2 / dur)
+    gen.next_chunk(Conditions(action="wave"))
+    assert gen.state.action_progress == pytest.approx(4 / dur)
+    gen.next_chunk(Conditions(action="wave", serial=1))  # the same action asked again: a new play
+    assert gen.state.action_progress == pytest.approx(2 / dur)
+    for _ in range(10):
+        gen.next_chunk(Conditions(action="wave", serial=1))
+    assert gen.state.action_progress == 1.0  # finished: the engine may go back to idle

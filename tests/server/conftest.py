@@ -1,0 +1,33 @@
+"""Fixtures for the server tests: a real engine (real tiny generator) behind a real server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+from server_helpers import TOKEN, real_generator
+
+from backend.config import EngineConfig, ServerConfig
+from backend.engine import Engine
+from backend.server import Server
+
+FPS = 20.0
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return real_generator()
+
+
+@pytest.fixture
+def server_cfg() -> ServerConfig:
+    return ServerConfig(host="127.0.0.1", port=0, max_message_bytes=4096)
+
+
+@pytest.fixture
+async def running(gen, server_cfg):
+    """(engine, server) running on 127.0.0.1 with a free port and TOKEN as the control token."""
+    state = {"now": None, "next": []}
+    engine = Engine(EngineConfig(fps=FPS, lookahead_frames=8), gen, None, max_steps=2, max_chunk_frames=1)
+    async with engine, Server(server_cfg, engine, token=TOKEN, state_fn=lambda: state) as server:
+        server.test_state = state  # the director's queue state, editable by tests
+        await engine.wait_started()
+        yield engine, server

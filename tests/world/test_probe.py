@@ -1,0 +1,75 @@
+"""The evaluation probe: a quick CPU training reads body pose and hair style back from renders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from backend.training.probe import Probe, ProbeError, _pose_pool, render_batch, train_probe
+from backend.world.character import HAIR_STYLES, IDENTITY_DIM
+from backend.world.pose import POSE_INDEX, POSE_PARAMS
+
+SIZE = (64, 36)  # tiny frames keep this CPU test fast; mouth and eyes need the native 256x144
+
+
+@pytest.fixture(scope="module")
+def trained() -> Probe:
+    return train_probe(400, "cpu", batch=32, pool=512, size=SIZE, width=8, lr=3e-3, seed=0)
+
+
+def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+@pytest.mark.slow
+def test_quick_training_reads_pose_and_identity_better_than_chance(trained: Probe):
+    gen = torch.Generator().manual_seed(123)  # held-out identities and poses
+    frames, poses, ident = render_batch(96, gen, "cpu", SIZE, _pose_pool(gen, clips=4))
+    pred, got = trained.predict(frames)
+    assert pred.shape == (96, len(POSE_PARAMS))
+    assert corr(pred[:, POSE_INDEX["body_bow"]], poses[:, POSE_INDEX["body_bow"]]) > 0.6
+    assert corr(pred[:, POSE_INDEX["r_shoulder"]], poses[:, POSE_INDEX["r_shoulder"]]) > 0.3  # arm raise
+    true_hair = [HAIR_STYLES[i] for i in ident[:, 18:22].argmax(-1).tolist()]
+    acc = sum(a == b for a, b in zip(true_hair, got["hair_style"])) / len(true_hair)
+    assert acc > 0.5  # chance is 0.25
+    assert got["vector"].shape == (96, IDENTITY_DIM)
+
+
+def test_save_load_round_trip_is_small_and_exact(trained: Probe, tmp_path):
+    path = tmp_path / "probe.safetensors"
+    trained.save(path)
+    assert path.stat().st_size < 1_000_000
+    again = Probe.load(path)
+    frames = torch.rand(3, 4, 144, 256)  # any size is resized to the probe's own
+    a, ia = trained.predict(frames)
+    b, ib = again.predict(frames)
+    assert torch.equal(a, b) and ia["hair_style"] == ib["hair_style"]
+
+
+def test_native_size_probe_is_under_a_megabyte(tmp_path):
+    Probe().save(tmp_path / "p.safetensors")
+    assert (tmp_path / "p.safetensors").stat().st_size < 1_000_000
+
+
+def test_loading_something_else_names_the_file(tmp_path):
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(ProbeError, match=r"other\.safetensors"):
+        Probe.load(other)
+    with pytest.raises(ProbeError, match="missing"):
+        Probe.load(tmp_path / "missing.safetensors")
+
+
+def test_bad_frames_are_refused(trained: Probe):
+    with pytest.raises(ValueError, match="frames"):
+        trained.predict(torch.rand(2, 3, 36, 64))
+
+
+def test_deadline_stops_training_early():
+    import time
+
+    t0 = time.monotonic()
+    probe = train_probe(10_000, "cpu", batch=4, pool=8, size=(32, 18), width=4, deadline=time.monotonic() + 1.0)
+    assert time.monotonic() - t0 < 20
+    assert isinstance(probe, Probe)
