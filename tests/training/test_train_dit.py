@@ -17,7 +17,7 @@ from backend.model.kv_cache import CrossAttentionCache, KVCache
 from backend.training.train import block_causal_mask, controls_from_labels, progress_from_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from model_kit import micro_config, random_weights  # noqa: E402
+from model_kit import micro_config, random_weights
 
 
 def _dit(cfg) -> CausalDiT:
