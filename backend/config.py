@@ -120,6 +120,9 @@ class ModelConfig:
                                        "Denoising timesteps before the shift warp (first `steps` are used).",
                                        min=0.0, max=1000.0)
     shift: float = opt(5.0, "Flow-matching timestep shift.", min=0.1, max=100.0)
+    context_noise: float = opt(0.1, "Noise level (sigma) of the generated frames written into the KV cache as "
+                               "context; the default model is trained with it, which keeps long rollouts from "
+                               "drifting. Use 0 for Self-Forcing / Wan checkpoints.", min=0.0, max=0.5)
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)

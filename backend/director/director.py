@@ -53,7 +53,7 @@ from backend.actions import ACTIONS, action
 from backend.config import DirectorConfig
 from backend.events import Ban, ChatEvent, ChatMessage, Command, CommandKind, Deletion, PaidMessage, Role
 
-from .grammar import Grammar, Request, is_cjk
+from .grammar import STREAMER_MIN_COVERAGE, Grammar, Request, is_cjk
 from .moderation import Moderator, Rejected, normalize
 from .policy import (
     CommandQueue,
@@ -215,7 +215,8 @@ class Director:
         control = await self._control(norm.removeprefix(self.grammar.prefix), user="streamer", platform=source)
         if control is not None:
             return control
-        parsed = self.grammar.parse(norm, free_text=True, bare_commands=True, any_action=True)
+        parsed = self.grammar.parse(norm, free_text=True, bare_commands=True, any_action=True,
+                                    min_coverage=STREAMER_MIN_COVERAGE)
         if parsed.request is None:
             return self._decide("rejected", parsed.reason.split(" ")[0], user="streamer", platform=source,
                                 detail=parsed.reason)

@@ -16,6 +16,8 @@ units ("wave please" -> wave; "nice smile" or "I love your wave" -> nothing).  F
 match (difflib, cutoff :data:`FUZZY_CUTOFF`) catches typos of a whole short request ("wavve", "hart").
 Greetings and emoji aliases ("你好", "hello", "❤") only work with the prefix: in free text they are ordinary
 chatter.
+Negated free text ("don't wave", "别挥手") asks for nothing.  The streamer's free text may use the looser
+:data:`STREAMER_MIN_COVERAGE` ("wave to chat" -> wave), passed as ``min_coverage``.
 
 The grammar is pure: no clock, no I/O, no knowledge of who sent the line (moderation and policy decide that).
 """
@@ -33,6 +35,7 @@ from backend.events import CommandKind
 __all__ = [
     "FREE_TEXT_MIN_COVERAGE",
     "FUZZY_CUTOFF",
+    "STREAMER_MIN_COVERAGE",
     "Alias",
     "Grammar",
     "ParseResult",
@@ -42,6 +45,9 @@ __all__ = [
 ]
 
 FREE_TEXT_MIN_COVERAGE = 0.6  # share of a message's content units an alias must cover in free text
+# The streamer talks to the idol in imperatives with a target ("wave to chat", "wave at the camera"): their
+# free text may be looser (viewers' chatter keeps FREE_TEXT_MIN_COVERAGE).
+STREAMER_MIN_COVERAGE = 0.5
 FUZZY_CUTOFF = 0.85  # difflib ratio for a typo of a whole request (free text); prefixed commands use PREFIX_FUZZY_CUTOFF
 PREFIX_FUZZY_CUTOFF = 0.75
 FUZZY_MIN_CHARS = 4  # shorter requests are never fuzzy-matched ("bow" vs "wow")
@@ -99,6 +105,8 @@ _EMOTION_WORDS: dict[str, tuple[str, ...]] = {
     "surprised": ("surprised", "shocked", "吃惊", "惊讶"),
     "sad": ("sad", "upset", "难过", "伤心", "悲伤"),
 }
+_NEGATIONS_EN = frozenset("don't dont not never stop no".split())  # "don't wave" asks for nothing
+_NEGATIONS_ZH = ("不要", "别")
 _EMOTION_LEADS = ("look", "be", "feel", "get")  # "look angry" -> emotion angry
 
 _GREETINGS: dict[str, str] = {"你好": "你好！", "大家好": "大家好！", "hello": "Hello!", "hi": "Hi!"}
@@ -216,10 +224,11 @@ class Grammar:
     # ------------------------------------------------------------------------- public
 
     def parse(self, text: str, *, free_text: bool | None = None, bare_commands: bool = False,
-              any_action: bool = False) -> ParseResult:
+              any_action: bool = False, min_coverage: float = FREE_TEXT_MIN_COVERAGE) -> ParseResult:
         """Parse one line. ``free_text`` overrides the configured setting (paid messages always use it);
-        ``bare_commands`` also accepts command words without the prefix ("say hello") and ``any_action`` lets
-        free text reach every action, not only ``free_text_actions`` - both for the streamer."""
+        ``bare_commands`` also accepts command words without the prefix ("say hello"), ``any_action`` lets
+        free text reach every action, not only ``free_text_actions``, and ``min_coverage`` is the share of
+        free text an alias must cover (:data:`STREAMER_MIN_COVERAGE` for the streamer)."""
         text = text.strip()
         if not text:
             return ParseResult(None, "empty")
@@ -231,7 +240,7 @@ class Grammar:
                 return result
         if not (self.free_text if free_text is None else free_text):
             return ParseResult(None, "no_command")
-        return self._match_free(text, any_action=any_action)
+        return self._match_free(text, any_action=any_action, min_coverage=min_coverage)
 
     def emotion(self, word: str) -> str | None:
         """The emotion named by ``word`` (English or Chinese alias, small typos allowed), or None."""
@@ -316,13 +325,14 @@ class Grammar:
             return False
         return any_action or alias.kind is not CommandKind.ACT or alias.argument in self.free_text_actions
 
-    def _best_cover(self, units: list[str], *, free_only: bool, any_action: bool = False) -> ParseResult | None:
+    def _best_cover(self, units: list[str], *, free_only: bool, any_action: bool = False,
+                    min_coverage: float = FREE_TEXT_MIN_COVERAGE) -> ParseResult | None:
         best: tuple[float, int, Alias] | None = None
         for alias, au in self._alias_units:
             if not self._usable(alias, free_only, any_action):
                 continue
             cov = _coverage(units, au)
-            if cov >= FREE_TEXT_MIN_COVERAGE and (best is None or (cov, len(au)) > best[:2]):
+            if cov >= min_coverage and (best is None or (cov, len(au)) > best[:2]):
                 best = (cov, len(au), alias)
         if best is None:
             return None
@@ -341,11 +351,12 @@ class Grammar:
         return ParseResult(Request(alias.kind, alias.argument, "fuzzy", round(score, 3)),
                            f"fuzzy {key!r} ~ {alias.phrase!r} ({score:.2f})")
 
-    def _match_free(self, text: str, *, any_action: bool = False) -> ParseResult:
+    def _match_free(self, text: str, *, any_action: bool = False,
+                    min_coverage: float = FREE_TEXT_MIN_COVERAGE) -> ParseResult:
         units = content_units(text)
-        if not units:
+        if not units or _NEGATIONS_EN.intersection(units) or any(n in text for n in _NEGATIONS_ZH):
             return ParseResult(None, "no_command")
-        hit = self._best_cover(units, free_only=True, any_action=any_action)
+        hit = self._best_cover(units, free_only=True, any_action=any_action, min_coverage=min_coverage)
         if hit is not None:
             return hit
         key = _joined(units)

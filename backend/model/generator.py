@@ -368,7 +368,8 @@ class Generator:
         noise = torch.randn((1, f, cfg.autoencoder.latent_channels, h, w), generator=self._noise)
         noise = noise.to(self.device, self.dtype)
         timesteps = self.schedule.warp_list(cfg.timesteps[:steps])
-        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f)), noise, timesteps, self.schedule, self._noise)
+        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f)), noise, timesteps, self.schedule, self._noise,
+                          context_t=1000.0 * cfg.context_noise)
         frames = self.decoder.step(x0)[0]  # (F*tf, 4, H, W)
         frames = upscale(frames.float(), self.output_size)
         out = to_uint8_hwc(frames)

@@ -65,12 +65,13 @@ class FlowMatchSchedule:
 
 
 def sample_chunk(flow_fn: FlowFn, noise: torch.Tensor, timesteps: Sequence[float], schedule: FlowMatchSchedule,
-                 generator: torch.Generator, *, cache_pass: bool = True) -> torch.Tensor:
+                 generator: torch.Generator, *, cache_pass: bool = True, context_t: float = 0.0) -> torch.Tensor:
     """Denoise ``noise`` ``(B, F, ...)`` over the warped ``timesteps`` (1..4); return x0.
 
     ``flow_fn(x, t)`` runs the model at per-frame timesteps ``t`` ``(B, F)``; every call is for the
     same chunk, so the KV cache slots of the chunk are overwritten each time. With ``cache_pass``
-    a last call at t=0 on the clean x0 leaves the clean K/V in the cache. Re-noising draws from
+    a last call at t=0 on the clean x0 leaves the clean K/V in the cache; with ``context_t`` > 0 (a model
+    trained with context noise) that pass sees x0 re-noised to ``context_t`` instead. Re-noising draws from
     ``generator`` (CPU) so the same seed gives the same frames on every device.
     """
     if not 1 <= len(timesteps) <= 4:
@@ -86,5 +87,9 @@ def sample_chunk(flow_fn: FlowFn, noise: torch.Tensor, timesteps: Sequence[float
             eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
             x = schedule.renoise(x0, eps, float(timesteps[i + 1]))
     if cache_pass:
-        flow_fn(x0, torch.zeros((b, f), dtype=torch.float32, device=noise.device))
+        ctx = x0
+        if context_t > 0:
+            eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+            ctx = schedule.renoise(x0, eps, context_t)
+        flow_fn(ctx, torch.full((b, f), float(context_t), dtype=torch.float32, device=noise.device))
     return x0

@@ -22,8 +22,7 @@ from torch import Tensor
 
 from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX
 from backend.world.character import identity_tensor, sample_identity
-from backend.world.pose import REST_POSE, random_script, simulate
-from backend.world.pose import _segments as segments  # TODO: public name once the world exports it
+from backend.world.pose import REST_POSE, random_script, segments, simulate
 from backend.world.render import render
 
 __all__ = ["ClipSpec", "Clips", "make_specs", "render_clips", "rest_reference", "straight_alpha"]
@@ -74,7 +73,7 @@ def _one_spec(args: tuple[int, int, int]) -> ClipSpec:
     seed, n_frames, align = args
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    script = random_script(n_frames, gen, switch_every=(8, 72), align=align)
+    script = random_script(n_frames, gen, switch_every=(8, 48), align=align)
     segs = segments(script, n_frames, 25.0)
     action_of = np.zeros(n_frames, dtype=np.int64)
     emotion_of = np.zeros(n_frames, dtype=np.int64)

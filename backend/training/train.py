@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from backend.actions import ACTIONS
@@ -49,7 +48,8 @@ __all__ = ["block_causal_mask", "controls_from_labels", "progress_from_labels", 
 log = logging.getLogger(__name__)
 
 CLIP_LATENTS = 16  # latent frames per training clip
-MAX_OFFSET = 10**7  # largest random temporal offset of a clip behind its reference
+MAX_OFFSET = 10**7
+ACTION_START_LATENTS = 6  # latent frames (about 1 s) after a command switch that the loss weighs up  # largest random temporal offset of a clip behind its reference
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,6 +95,15 @@ def progress_from_labels(actions: Tensor, temporal_factor: int) -> Tensor:
             k = j - start
             out[i, j] = (k % duration) / duration if a.loop else min(k / duration, 1.0)
     return out.to(actions.device)
+
+
+def frames_since_switch(actions: Tensor) -> Tensor:
+    """(B, F) latent frames since the action label last changed (the clip start counts as a change)."""
+    b, f = actions.shape
+    out = torch.zeros(b, f, dtype=torch.long, device=actions.device)
+    for j in range(1, f):
+        out[:, j] = torch.where(actions[:, j] == actions[:, j - 1], out[:, j - 1] + 1, 0)
+    return out
 
 
 def controls_from_labels(mouth: Tensor, progress: Tensor, cfg: ModelConfig) -> Tensor:
@@ -246,6 +255,7 @@ class LatentPool:
         self.emotions = torch.cat(emos)
         self.mouth = torch.cat(mouth)  # (N, F*tf)
         self.progress = progress_from_labels(self.actions, tf)
+        self.since = frames_since_switch(self.actions)
         log.info("latent pool clips=%d render+encode_s=%.1f latent_std=%.3f", n, time.monotonic() - t0,
                  float(self.latents.float().std()))
 
@@ -254,7 +264,8 @@ class LatentPool:
 
     def batch(self, size: int, gen: torch.Generator) -> dict[str, Tensor]:
         idx = torch.randint(len(self), (size,), generator=gen).to(self.latents.device)
-        return {k: getattr(self, k)[idx] for k in ("latents", "reference", "actions", "emotions", "mouth", "progress")}
+        return {k: getattr(self, k)[idx]
+                for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "since")}
 
 
 def _inference_timesteps(cfg: ModelConfig, sched: FlowMatchSchedule) -> Tensor:
@@ -274,13 +285,27 @@ def _sample_t(n_chunks: int, b: int, cfg: ModelConfig, sched: FlowMatchSchedule,
     return torch.where(use_inf, pick, cont)
 
 
+def _noised_context(context: Tensor, sigma: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Context latents re-noised to ``sigma`` (B,) as the generator's cache pass does; returns (latents, t (B,))."""
+    eps = torch.randn(context.shape, generator=gen).to(context.device, context.dtype)
+    s = sigma.view(-1, 1, 1, 1, 1).to(context.dtype)
+    return (1 - s) * context + s * eps, 1000 * sigma
+
+
+def _context_sigma(b: int, cfg: ModelConfig, gen: torch.Generator, device: torch.device) -> Tensor:
+    """Per sample: half exactly the serve-time ``context_noise``, half uniform in [0, 2 * context_noise]."""
+    exact = torch.full((b,), cfg.context_noise)
+    spread = torch.rand(b, generator=gen) * 2 * cfg.context_noise
+    return torch.where(torch.rand(b, generator=gen) < 0.5, exact, spread).to(device)
+
+
 def _sequence_inputs(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], context_latents: Tensor,
-                     noisy: Tensor, t_noisy: Tensor, offset: int) -> dict[str, Tensor]:
-    """Build forward_train's inputs for ``[reference, context, noisy]`` frames."""
+                     noisy: Tensor, t_noisy: Tensor, offset: int, t_context: Tensor) -> dict[str, Tensor]:
+    """Build forward_train's inputs for ``[reference, context, noisy]`` frames (context at ``t_context`` (B,))."""
     b, n = noisy.shape[:2]
     device = noisy.device
     x = torch.cat([batch["reference"].to(noisy.dtype), context_latents.to(noisy.dtype), noisy], dim=1)  # (B, 1+2n, C, h, w)
-    t = torch.cat([torch.zeros(b, 1 + n, device=device), t_noisy], dim=1)
+    t = torch.cat([torch.zeros(b, 1, device=device), t_context.view(b, 1).expand(b, n), t_noisy], dim=1)
     idle = torch.zeros(b, 1, dtype=torch.long, device=device)
     acts = torch.cat([idle, batch["actions"], batch["actions"]], 1)
     emos = torch.cat([idle, batch["emotions"], batch["emotions"]], 1)
@@ -301,30 +326,52 @@ def _random_offset(gen: torch.Generator) -> int:
 @torch.no_grad()
 def _rollout(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], n_latents: int, chunk: int, window: int,
              sched: FlowMatchSchedule, gen: torch.Generator, offset: int, steps: int) -> Tensor:
-    """The model's own few-step rollout of the first ``n_latents`` frames, as the generator samples them."""
+    """The model's own few-step rollout of the first ``n_latents`` frames, as the generator samples them
+    (its context re-noised to ``context_noise`` like the cache pass); later frames stay ground truth."""
     lat = batch["latents"].float()
     b, n = lat.shape[:2]
     out = lat.clone()
     ts = sched.warp_list(cfg.timesteps[:steps])
     mask = block_causal_mask(n, chunk, window, cfg.sink_frames > 0, lat.device)
+    sigma_ctx = torch.full((b,), cfg.context_noise, device=lat.device)
     for c0 in range(0, n_latents, chunk):
         c1 = min(c0 + chunk, n_latents)
-        x = torch.randn(out[:, c0:c1].shape, generator=gen).to(lat.device, lat.dtype)
+        x = torch.randn(out[:, c0:c1].shape, generator=gen).to(lat.device)
         for i, tv in enumerate(ts):
             noisy = out.clone()
             noisy[:, c0:c1] = x
             t_noisy = torch.zeros(b, n, device=lat.device)
             t_noisy[:, c0:c1] = tv
-            inp = _sequence_inputs(dit, cfg, batch, out, noisy, t_noisy, offset)
+            ctx, t_ctx = _noised_context(out, sigma_ctx, gen)
+            inp = _sequence_inputs(dit, cfg, batch, ctx, noisy, t_noisy, offset, t_ctx)
             flow = dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n + c0:1 + n + c1]
             sigma = sched.sigma_nearest(torch.full((1,), tv)).item()
-            x0 = x.float() - sigma * flow.float()
+            x0 = x - sigma * flow.float()
             if i + 1 < len(ts):
                 eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-                x = ((1 - ts[i + 1] / 1000) * x0 + ts[i + 1] / 1000 * eps).to(lat.dtype)
+                x = (1 - ts[i + 1] / 1000) * x0 + ts[i + 1] / 1000 * eps
             else:
-                out[:, c0:c1] = x0.to(lat.dtype)
+                out[:, c0:c1] = x0
     return out
+
+
+@torch.no_grad()
+def _self_predicted(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], chunk: int, sched: FlowMatchSchedule,
+                    gen: torch.Generator, offset: int) -> Tensor:
+    """One no-grad pass: every chunk's x0 predicted by the model from a sampler timestep (ground-truth context).
+    Used as the context of the training pass, it shows the model its own typical errors cheaply."""
+    lat = batch["latents"].float()
+    b, n = lat.shape[:2]
+    ts = torch.tensor(sched.warp_list(cfg.timesteps))
+    t_chunk = ts[torch.randint(len(ts), (b, math.ceil(n / chunk)), generator=gen)]
+    t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n].to(lat.device)
+    sig = (t_noisy / 1000).view(b, n, 1, 1, 1)
+    noisy = (1 - sig) * lat + sig * torch.randn(lat.shape, generator=gen).to(lat.device)
+    ctx, t_ctx = _noised_context(lat, torch.full((b,), cfg.context_noise, device=lat.device), gen)
+    mask = block_causal_mask(n, chunk, cfg.window_frames, cfg.sink_frames > 0, lat.device)
+    flow = dit.forward_train(**_sequence_inputs(dit, cfg, batch, ctx, noisy, t_noisy, offset, t_ctx),
+                             attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
+    return noisy - sig * flow
 
 
 def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool) -> None:
@@ -364,17 +411,27 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         b, n = lat.shape[:2]
         chunk = int(torch.randint(1, mcfg.chunk_frames + 1, (1,), generator=gen).item())
         offset = _random_offset(gen)
-        context = lat
+        context = lat.float()
         first_loss_frame = 0
-        if selfforcing and torch.rand((), generator=gen).item() < 0.5:
+        mode = torch.rand((), generator=gen).item() if selfforcing else 1.0
+        if mode < 0.3:  # a real few-step rollout of the first chunks: drift as it happens at serve time
             dit.eval()
-            k = chunk * int(torch.randint(1, max(2, (n // 2) // chunk + 1), (1,), generator=gen).item())
-            steps = int(torch.randint(1, mcfg.steps + 1, (1,), generator=gen).item())
+            k = chunk * int(torch.randint(1, max(2, 6 // chunk + 1), (1,), generator=gen).item())
+            steps = int(torch.randint(1, 3, (1,), generator=gen).item())
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
                 context = _rollout(dit, mcfg, batch, k, chunk, mcfg.window_frames, sched, gen, offset, steps)
             first_loss_frame = k
             dit.train()
             sf_step += 1
+        elif mode < 0.7:  # the model's own one-pass predictions as context, for a random share of frames
+            dit.eval()
+            with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                pred = _self_predicted(dit, mcfg, batch, chunk, sched, gen, offset)
+            dit.train()
+            use = (torch.rand(b, n, generator=gen) < torch.rand(b, 1, generator=gen)).to(device)
+            context = torch.where(use.view(b, n, 1, 1, 1), pred, context)
+            sf_step += 1
+        context, t_context = _noised_context(context, _context_sigma(b, mcfg, gen, device), gen)
         n_chunks = math.ceil(n / chunk)
         t_chunk = _sample_t(n_chunks, b, mcfg, sched, gen).to(device)
         t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n]
@@ -385,10 +442,13 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         target = eps - x0
         mask = block_causal_mask(n, chunk, mcfg.window_frames, mcfg.sink_frames > 0, device)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-            inp = _sequence_inputs(dit, mcfg, batch, context, noisy, t_noisy, offset)
+            inp = _sequence_inputs(dit, mcfg, batch, context, noisy, t_noisy, offset, t_context)
             flow = dit.forward_train(**inp, attn_mask=mask)
         pred = flow.permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
-        loss = F.mse_loss(pred[:, first_loss_frame:], target[:, first_loss_frame:])
+        # the first second after a command is where the model must act on the condition alone: weigh it up
+        weight = 1.0 + 2.0 * (batch["since"] < ACTION_START_LATENTS).float()  # (B, F)
+        err = (pred - target).square().mean(dim=(2, 3, 4)) * weight
+        loss = err[:, first_loss_frame:].sum() / weight[:, first_loss_frame:].sum()
         lr = 4e-4 * min(1.0, (step - resumed_at + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total_planned, 1.0))))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -401,7 +461,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
             for pe, p in zip(ema.parameters(), dit.parameters()):
                 pe.lerp_(p, 1 - decay)
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         step_times.append(time.monotonic() - t0)
         if step % 100 == 0:
             mean = sum(losses[-100:]) / len(losses[-100:])
@@ -429,7 +489,7 @@ def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
     run.log(stage="probe", minutes=minutes, path=str(PROBE_PATH))
 
 
-def export_stage(cfg: Config, run: Run) -> None:
+def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     ae = _load_autoencoder(cfg, run, torch.device("cpu"))
     ema = run.load_weights("dit_ema.safetensors")
     if ema is None:
@@ -437,13 +497,13 @@ def export_stage(cfg: Config, run: Run) -> None:
     dit = CausalDiT(cfg.model.dit)
     dit.load_state_dict(ema)
     prev = run.meta()
-    save_checkpoint(BUILTIN_PATH, dit, ae, cfg.model, dtype=torch.float16)
-    size = BUILTIN_PATH.stat().st_size
-    log.info("exported %s bytes=%d dit_step=%d", BUILTIN_PATH, size, prev["step"])
+    save_checkpoint(path, dit, ae, cfg.model, dtype=torch.float16)
+    size = path.stat().st_size
+    log.info("exported %s bytes=%d dit_step=%d", path, size, prev["step"])
     run.log(stage="export", bytes=size, dit_step=prev["step"])
 
 
-def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float) -> int:
+def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues."""
     deadline = time.monotonic() + minutes * 60
     device = _device(cfg)
@@ -457,5 +517,5 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float) -> int:
     elif stage == "probe":
         train_probe_stage(cfg, run, deadline, device)
     elif stage == "export":
-        export_stage(cfg, run)
+        export_stage(cfg, run, export_path)
     return 0

@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 import pytest
-from director_kit import FakeClock, Recorder, Replies
 
 from backend.config import DirectorConfig
 from backend.director import Director
+from tests.director.director_kit import FakeClock, Recorder, Replies
 
 
 @pytest.fixture

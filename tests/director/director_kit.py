@@ -1,4 +1,4 @@
-"""Helpers for the director tests (imported by conftest.py and the tests; tests/director is on sys.path)."""
+"""Helpers for the director tests (imported by conftest.py and the tests as tests.director.director_kit)."""
 
 from __future__ import annotations
 

@@ -8,12 +8,12 @@ import dataclasses
 import logging
 
 import pytest
-from director_kit import FakeClock, Recorder, Replies, chat, paid
 
 from backend.actions import action
 from backend.config import DirectorConfig
 from backend.director import Director, DirectorState, say_duration_s
 from backend.events import Ban, ChatMessage, Command, CommandKind, Deletion, Role
+from tests.director.director_kit import FakeClock, Recorder, Replies, chat, paid
 
 
 async def drain(d: Director, clock: FakeClock, sink: Recorder) -> list[tuple[str, str]]:
@@ -479,3 +479,21 @@ async def test_controls_from_mods_in_chat_and_from_the_streamer(make, clock, sin
     assert d.current.argument == "nod"
     assert (await d.handle_streamer("跳过")).decision == "skipped"
     assert (await d.handle_streamer("skip")).reason == "nothing_to_skip"
+
+
+async def test_streamer_free_text_is_looser_than_viewers(make, sink) -> None:
+    """The streamer's voice commands ("Idol, wave to chat." with the wake phrase stripped) work, though an
+    alias covers only part of the line; the same words from a viewer stay chatter."""
+    d = make()
+    for text, kind, arg in [("wave to chat", CommandKind.ACT, "wave"), ("Wave to chat.", CommandKind.ACT, "wave"),
+                            ("look surprised", CommandKind.EMOTION, "surprised"),
+                            ("wave at the camera", CommandKind.ACT, "wave"), ("make a heart", CommandKind.ACT, "heart")]:
+        r = await d.handle_streamer(text)
+        assert r.decision in ("queued", "immediate"), (text, r)  # an emotion plays at once, over the action
+        assert (r.kind, r.argument) == (kind.value, arg), text
+    for text in ("don't wave", "I really like this game", "what a game, chat", "dance like nobody"):
+        assert (await d.handle_streamer(text)).decision == "rejected", text
+    queued = len(d.state()["next"])
+    for text in ("wave to chat", "wave at the camera", "I love your wave"):
+        assert await d.handle(chat(text, user="viewer")) is None, text  # chatter: ignored, not queued
+    assert len(d.state()["next"]) == queued

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.director.grammar import Grammar, content_units
+from backend.director.grammar import STREAMER_MIN_COVERAGE, Grammar, content_units
 from backend.director.moderation import normalize
 from backend.events import CommandKind
 
@@ -136,3 +136,13 @@ def test_bare_commands_for_the_streamer(g: Grammar) -> None:
 def test_content_units_drop_filler() -> None:
     assert content_units("Can you 比心 please!!") == ["比", "心"]
     assert content_units("touch_nose") == ["touch", "nose"]
+
+
+def test_streamer_coverage_is_looser_and_negation_asks_for_nothing(g: Grammar) -> None:
+    loose = {"min_coverage": STREAMER_MIN_COVERAGE, "any_action": True}
+    for text, arg in [("wave to chat", "wave"), ("wave at the camera", "wave"), ("look surprised", "surprised")]:
+        assert g.parse(text, **loose).request.argument == arg, text
+    assert g.parse("wave to chat").request is None  # a viewer's line: half of it is not a request
+    assert g.parse("I love your wave", **loose).request is None  # a third is not enough even for the streamer
+    for text in ("don't wave", "never wave", "stop wave", "别挥手"):
+        assert g.parse(text, **loose).reason == "no_command", text

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import SlowStandIn, real_generator
 
 from backend.config import EngineConfig
 from backend.engine import CommandError, Engine
 from backend.engine.compute import ComputePolicy
 from backend.events import AudioChunk, Command, CommandKind, VideoFrame
+from tests.engine.engine_helpers import SlowStandIn, real_generator
 
 FPS = 20.0
 

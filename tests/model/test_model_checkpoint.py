@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from model_kit import micro_config, random_weights
 from safetensors.torch import load_file, save_file
 
 from backend.model import checkpoint as ckpt
 from backend.model.checkpoint import CheckpointError, load_weights, save_checkpoint
 from backend.model.dit import CausalDiT
 from backend.model.generator import Conditions, Generator
+from tests.model.model_kit import micro_config, random_weights
 
 
 def _frames(gen: Generator) -> np.ndarray:

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from model_kit import micro_config, random_weights
 
 from backend.actions import action
 from backend.model.generator import (
@@ -17,6 +16,7 @@ from backend.model.generator import (
     action_progress,
     control_vector,
 )
+from tests.model.model_kit import micro_config, random_weights
 
 
 def _ref(seed: int = 0, size: tuple[int, int] = (90, 70)) -> np.ndarray:

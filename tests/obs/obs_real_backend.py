@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import sys
 import threading
-from pathlib import Path
 
 from websockets.asyncio.client import connect
 
@@ -19,9 +17,7 @@ from backend.config import EngineConfig, ServerConfig
 from backend.engine import Engine
 from backend.server import Server
 from backend.server.protocol import decode_server
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_helpers import real_generator  # the server tests' tiny real generator (+ snapshot shim)
+from tests.server.server_helpers import real_generator  # the server tests' tiny real generator
 
 
 class RealBackend:

@@ -22,13 +22,13 @@ from dataclasses import replace
 import numpy as np
 import obsws_python as obsws
 import pytest
-from obs_fake_backend import FakeBackend
-from obs_harness import ObsProcess, decode_png, free_port, have_obs
-from obs_real_backend import RealBackend
 
 from backend.config import ObsConfig
 from obs_plugin import _stream
 from obs_plugin.setup import INPUT_KIND, ObsSetupError, run_setup, setup_obs
+from tests.obs.obs_fake_backend import FakeBackend
+from tests.obs.obs_harness import ObsProcess, decode_png, free_port, have_obs
+from tests.obs.obs_real_backend import RealBackend
 
 pytestmark = pytest.mark.obs
 

@@ -14,9 +14,9 @@ import time
 
 import msgpack
 import pytest
-from obs_fake_backend import FakeBackend
 
 from obs_plugin import _stream, liveidol_source
+from tests.obs.obs_fake_backend import FakeBackend
 
 
 def wait_until(cond, timeout=10.0, what="condition"):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from server_helpers import TOKEN, real_generator
 
 from backend.config import EngineConfig, ServerConfig
 from backend.engine import Engine
 from backend.server import Server
-
-FPS = 20.0
+from tests.server.server_helpers import FPS, TOKEN, real_generator
 
 
 @pytest.fixture(scope="module")

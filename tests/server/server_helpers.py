@@ -13,6 +13,7 @@ from backend.config import AutoencoderConfig, DiTSizes, ModelConfig
 from backend.server.protocol import decode_server
 
 TOKEN = "test-token-abc"
+FPS = 20.0  # the engine behind the `running` fixture
 
 
 def real_generator(width: int = 64, height: int = 36):

@@ -10,14 +10,13 @@ import urllib.request
 import msgpack
 import numpy as np
 import pytest
-from conftest import FPS
-from server_helpers import TOKEN, control, frames_for, recv_msg
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from backend.config import EngineConfig, ServerConfig
 from backend.engine import Engine
 from backend.server import Server, ServerError
+from tests.server.server_helpers import FPS, TOKEN, control, frames_for, recv_msg
 
 
 def http_get(url: str) -> tuple[int, str, str]:

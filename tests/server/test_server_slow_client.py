@@ -10,13 +10,13 @@ import socket
 
 import numpy as np
 import pytest
-from server_helpers import TOKEN, frames_for, real_generator, recv_msg
 from websockets.asyncio.client import connect
 
 from backend.config import EngineConfig, ServerConfig
 from backend.engine import Engine
 from backend.server import Server
 from backend.server.protocol import decode_server
+from tests.server.server_helpers import TOKEN, frames_for, real_generator, recv_msg
 
 FPS = 20.0
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,7 @@ from backend.model.dit import CausalDiT
 from backend.model.generator import action_progress, control_vector
 from backend.model.kv_cache import CrossAttentionCache, KVCache
 from backend.training.train import block_causal_mask, controls_from_labels, progress_from_labels
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
-from model_kit import micro_config, random_weights
+from tests.model.model_kit import micro_config, random_weights
 
 
 def _dit(cfg) -> CausalDiT:

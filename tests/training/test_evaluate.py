@@ -1,0 +1,214 @@
+"""``liveidol eval``: the command plan, the success rule, and a whole run on a micro random model.
+
+Real parts only: the world simulator and renderer, a real probe (trained here for a few seconds on
+world renders of the default character at the micro model's native size), a real micro generator.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backend.actions import action
+from backend.config import AutoencoderConfig, Config
+from backend.training.evaluate import (
+    COMMANDABLE,
+    EvalError,
+    chunk_conditions,
+    followed,
+    plan_commands,
+    run_eval,
+    world_script,
+)
+from backend.training.probe import Probe
+from backend.world import identity_tensor, load_character, render, simulate
+from backend.world.pose import action_scores
+from tests.model.model_kit import micro_config, random_weights
+
+NATIVE = (64, 32)  # big enough for a quick probe to see arms and the bow; the micro DiT stays tiny
+FPC = 8  # micro_config: chunk_frames 2 x temporal_factor 4
+
+
+@pytest.fixture(scope="module")
+def no_mkldnn():
+    """oneDNN's tiny-conv backward is ~7x slower than the plain kernels on this CPU; restore it after."""
+    was = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = was
+
+
+def quick_probe(steps: int = 200) -> Probe:
+    """A pose probe trained in a few seconds on renders of the default character acting a command plan."""
+    aiko = load_character("aiko")
+    plan = plan_commands(40, frames_per_chunk=FPC, seed=1)  # other seed than the evaluation's
+    poses, _ = simulate(world_script(plan), plan[-1].start + 25, seed=1)
+    poses = poses[torch.randperm(poses.shape[0], generator=torch.Generator().manual_seed(0))[:1024]]
+    frames = render(identity_tensor([aiko.identity]), poses[None], NATIVE)[0]
+    torch.manual_seed(0)
+    probe = Probe(width=8, size=NATIVE)
+    opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
+    target = (poses - probe.pose_lo) / probe.pose_span
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        b = torch.randint(0, frames.shape[0], (64,), generator=gen)
+        loss = F.mse_loss(probe(frames[b])["pose"], target[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return probe.eval()
+
+
+def micro_cfg() -> Config:
+    ae = AutoencoderConfig(width=8, native_width=NATIVE[0], native_height=NATIVE[1], spatial_factor=4, temporal_factor=4)
+    return Config(model=micro_config(autoencoder=ae))
+
+
+@pytest.fixture(scope="module")
+def probe(no_mkldnn) -> Probe:
+    return quick_probe()
+
+
+@pytest.fixture(scope="module")
+def result(probe: Probe) -> dict:
+    cfg = micro_cfg()
+    return run_eval(cfg, commands=24, minutes=0.1, seed=0, probe=probe, weights=random_weights(cfg.model))
+
+
+# -- the plan and the rule (pure) ---------------------------------------------------------------
+
+
+def test_plan_issues_n_commands_with_a_third_interrupting_on_chunk_boundaries():
+    plan = plan_commands(31, frames_per_chunk=FPC, seed=3)
+    assert len(plan) == 31 and [c.index for c in plan] == list(range(31))
+    assert sum(c.interrupts for c in plan) == 10 and not plan[0].interrupts
+    assert {c.action for c in plan} <= set(COMMANDABLE) and "idle" not in {c.action for c in plan}
+    assert any(c.emotion != "neutral" for c in plan) and any(c.emotion == "neutral" for c in plan)
+    for prev, c in itertools.pairwise(plan):
+        assert c.start % FPC == 0
+        end = prev.start + round(action(prev.action).duration_s * 25)
+        if c.interrupts:  # while the previous action plays, after its 1 s scoring window
+            assert prev.start + 25 <= c.start < end
+        else:
+            assert c.start >= end
+        assert prev.window == 25
+    assert plan == plan_commands(31, frames_per_chunk=FPC, seed=3)
+    assert plan != plan_commands(31, frames_per_chunk=FPC, seed=4)
+
+
+def test_chunk_conditions_follow_the_engine():
+    plan = plan_commands(3, frames_per_chunk=FPC, seed=3)
+    first = plan[0]
+    assert chunk_conditions(plan, 0).action == "idle"
+    c = chunk_conditions(plan, first.start)
+    assert (c.action, c.emotion, c.serial) == (first.action, first.emotion, 1)
+    end = first.start + round(action(first.action).duration_s * 25)
+    boundary = -(-end // FPC) * FPC  # the first chunk boundary at or after the end
+    assert chunk_conditions(plan, boundary - FPC).action == first.action
+    assert plan[1].start > boundary  # seed 3: the action ends a chunk or more before the next command
+    after = chunk_conditions(plan, boundary)
+    assert (after.action, after.emotion) == ("idle", first.emotion)  # idle, keeping the emotion
+    assert chunk_conditions(plan, plan[1].start).serial == 2
+
+
+def test_rule_passes_the_true_world_poses_and_fails_the_wrong_action():
+    plan = plan_commands(60, frames_per_chunk=FPC, seed=5)
+    poses, _ = simulate(world_script(plan), plan[-1].start + 25, seed=5)
+    scores = [action_scores(poses[c.start:c.start + c.window]) for c in plan]
+    right = sum(followed(s, c.action) for s, c in zip(scores, plan)) / len(plan)
+    wrong = sum(followed(s, n.action) for s, n in zip(scores, plan[1:]) if n.action != plan[n.index - 1].action)
+    assert right >= 0.95
+    assert wrong / len(plan) <= 0.1
+    still = action_scores(poses[:20])  # the idle lead-in: no commanded action shows
+    assert not any(followed(still, a) for a in COMMANDABLE)
+    with pytest.raises(ValueError, match="idle"):
+        followed(still, "idle")
+
+
+# -- a whole run --------------------------------------------------------------------------------
+
+
+def test_result_schema_and_counts(result: dict):
+    assert set(result) >= {"action_following", "identity", "temporal", "speed", "config"}
+    af = result["action_following"]
+    assert af["issued"] == 24 and af["interruptions"] == round(23 / 3)
+    assert 0.25 <= af["interruption_share"] <= 0.4
+    assert set(af["per_action"]) <= set(COMMANDABLE)
+    assert sum(v["n"] for v in af["per_action"].values()) == 24
+    for key in ("rate", "rate_world", "rate_interrupting", "rate_fresh"):
+        assert 0.0 <= af[key] <= 1.0
+    ident = result["identity"]
+    assert ident["frames"] == round(0.1 * 60 * 25)
+    assert ident["first"]["samples"] > 0 and ident["last"]["samples"] > 0
+    assert set(ident["drift"]) == {"agreement", "palette_dist", "idle_rgb", "diff1"}
+    assert ident["first"]["diff1"] > 0 and ident["drift"]["diff1"] == pytest.approx(
+        ident["last"]["diff1"] - ident["first"]["diff1"])
+    assert ident["first"]["idle_frames"] > 0 and len(ident["first"]["idle_rgb"]) == 3
+    t = result["temporal"]
+    assert t["world"]["diff1"] > 0 and t["generated"]["diff1"] > 0
+    assert t["flicker_ratio"] == pytest.approx(t["generated"]["diff1"] / t["world"]["diff1"])
+    assert 0.0 <= t["jump_fraction_world"] <= 0.05  # the threshold is 2x the world's 99th percentile
+    sp = result["speed"]
+    assert sp["fps"] > 0 and sp["output_size"] == [48, 24] and sp["native_size"] == list(NATIVE)
+    assert {k: result["config"][k] for k in ("checkpoint", "steps", "chunk_frames", "device")} == {
+        "checkpoint": "random", "steps": 4, "chunk_frames": 2, "device": "cpu"}
+
+
+def test_world_ceiling_is_read_from_renders_and_beats_a_random_model(result: dict):
+    af = result["action_following"]
+    assert af["rate_world"] >= af["rate"] + 0.3
+    # the same plan through an untrained probe: the world ceiling collapses, so it does come from the probe
+    cfg = micro_cfg()
+    blind = run_eval(cfg, commands=24, minutes=0.0, seed=0, probe=Probe(width=4, size=NATIVE),
+                     weights=random_weights(cfg.model))
+    assert blind["action_following"]["issued"] == 24
+    assert blind["action_following"]["rate_world"] <= af["rate_world"] - 0.3
+
+
+def test_missing_probe_names_the_file_and_the_command(tmp_path: Path):
+    missing = tmp_path / "probe.safetensors"
+    with pytest.raises(EvalError, match=r"probe\.safetensors.*liveidol train probe"):
+        run_eval(micro_cfg(), commands=2, minutes=0.0, probe=missing)
+
+
+def test_bad_counts_are_refused():
+    with pytest.raises(EvalError, match="commands = -1"):
+        run_eval(micro_cfg(), commands=-1, minutes=1.0)
+
+
+class WorldAsGenerator:
+    """A perfect "generator": it plays the world render of the evaluation's own command plan chunk by
+    chunk (a stand-in for Generator, so the test isolates the frame bookkeeping of the scoring)."""
+
+    def __init__(self, commands: int, seed: int) -> None:
+        from backend.training.evaluate import _world_chunks
+
+        plan = plan_commands(commands, frames_per_chunk=FPC, seed=seed)
+        poses, _ = simulate(world_script(plan), plan[-1].start + 40, seed=seed)
+        self.frames = torch.cat(list(_world_chunks(load_character("aiko"), poses, NATIVE, torch.device("cpu")))).numpy()
+        self.native_size, self.device, self.g = NATIVE, torch.device("cpu"), 0
+
+    def frames_per_chunk(self) -> int:
+        return FPC
+
+    def reset(self, reference, conditions) -> None:
+        self.g = 0
+
+    def next_chunk(self, conditions):
+        self.g += FPC
+        return self.frames[self.g - FPC:self.g]
+
+
+def test_generated_windows_line_up_with_the_world(probe: Probe):
+    from backend.training.evaluate import _action_following
+
+    aiko = load_character("aiko")
+    result, temporal, _ = _action_following(WorldAsGenerator(30, seed=2), probe, aiko, None, 30, 2, 25.0)
+    assert result["rate_world"] > 0.3
+    assert result["rate"] == result["rate_world"]  # the very same frames are scored
+    assert result["per_action"] == {k: v | {"rate": v["rate_world"]} for k, v in result["per_action"].items()}
+    assert temporal["flicker_ratio"] == pytest.approx(1.0)
