@@ -31,7 +31,8 @@ def _percentile(values: list[float], q: float) -> float:
 def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> dict[str, Any]:
     """Generate for ``seconds`` (after warm-up) and return the figures as a dict (printed as one JSON line)."""
     from backend.model.generator import Conditions, Generator
-    from backend.world.character import load_character, reference_frame
+    from backend.world.character import load_character
+    from backend.world.reference import reference_frame
 
     gen = Generator(cfg.model)
     character = load_character(cfg.character)

@@ -128,11 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean "fix your input or install something", printed as one line (no traceback).
+    Only from modules that import here (a training machine may lack the streaming packages)."""
+    import importlib
+
+    found: list[type[Exception]] = []
+    for module, name in (("backend.model.checkpoint", "CheckpointError"), ("backend.model.generator", "GeneratorError"),
+                         ("backend.training.evaluate", "EvalError"), ("backend.remote", "RemoteError"),
+                         ("backend.server.auth", "AuthError"), ("backend.server.server", "ServerError"),
+                         ("backend.voice.errors", "VoiceError"), ("obs_plugin.setup", "ObsSetupError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+    return tuple(found)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, CliError) as exc:
+    except (ConfigError, CliError, *_user_errors()) as exc:
         print(f"liveidol: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from backend.config import DiTSizes
@@ -129,7 +130,9 @@ class LayerNorm(nn.LayerNorm):
     """Wan LayerNorm: computed in float32 and cast back."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type_as(x)
+        w = None if self.weight is None else self.weight.float()  # weights may be bf16 after .to(dtype)
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
 
 
 class SelfAttention(nn.Module):

@@ -41,6 +41,7 @@ __all__ = [
     "Conditions",
     "Generator",
     "GeneratorError",
+    "GeneratorSnapshot",
     "GeneratorState",
     "action_progress",
     "control_vector",
@@ -149,6 +150,23 @@ def control_vector(mouth_frames: Sequence[float] | np.ndarray | torch.Tensor | N
     return out
 
 
+@dataclass(frozen=True)
+class GeneratorSnapshot:
+    """Opaque state of a :class:`Generator` at a chunk boundary (see :meth:`Generator.snapshot`)."""
+
+    k: torch.Tensor = field(repr=False)
+    v: torch.Tensor = field(repr=False)
+    ends: tuple[int, int]
+    cross: tuple[list, list] = field(repr=False)
+    cross_idle: tuple[list, list] = field(repr=False)
+    decoder: tuple[torch.Tensor | None, int] = field(repr=False)
+    noise: torch.Tensor = field(repr=False)
+    conditions: Conditions | None
+    context: torch.Tensor | None = field(repr=False)
+    idle_context: torch.Tensor | None = field(repr=False)
+    counters: tuple[int, ...]
+
+
 class Generator:
     """Streaming video generator over a causal DiT, a bounded KV cache and a streaming decoder.
 
@@ -198,6 +216,8 @@ class Generator:
                           frame_tokens=self.frame_tokens, sink_frames=cfg.sink_frames,
                           window_frames=cfg.window_frames, dtype=self.dtype, device=self.device)
         self.cross = CrossAttentionCache(sizes.num_layers)
+        self.cross_idle = CrossAttentionCache(sizes.num_layers)  # the idle context, for action guidance
+        self._idle_context: torch.Tensor | None = None
         self.schedule = FlowMatchSchedule(shift=cfg.shift)
         self.decoder = self.autoencoder.decoder_stream()
         self._noise = torch.Generator().manual_seed(cfg.seed)
@@ -237,6 +257,11 @@ class Generator:
     def output_size(self) -> tuple[int, int]:
         """(width, height) of returned frames."""
         return self.cfg.output_width, self.cfg.output_height
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the DiT and the autoencoder."""
+        return sum(p.numel() for m in (self.dit, self.autoencoder) for p in m.parameters())
 
     def frames_per_chunk(self, chunk_frames: int | None = None) -> int:
         """Video frames returned by one :meth:`next_chunk` call."""
@@ -281,6 +306,9 @@ class Generator:
         text = None if c.text is None else c.text[None].to(self.device, self.dtype)
         self._context = self.dit.build_context(a, e, text)
         self.cross.reset()  # recomputed from the new context by the next pass
+        idle = ACTION_INDEX[self.cfg.guidance_negative]
+        self._idle_context = None if indices[0] == idle else self.dit.build_context(torch.full_like(a, idle), e, text)
+        self.cross_idle.reset()
 
     def _controls(self, mouth: np.ndarray | None, num_frames: int) -> torch.Tensor:
         tf = self.cfg.autoencoder.temporal_factor
@@ -291,13 +319,52 @@ class Generator:
             rows.append(control_vector(None if mouth is None else mouth[j * tf:(j + 1) * tf], prog, self.cfg))
         return torch.stack(rows)[None].to(self.device, self.dtype)  # (1, F, num_controls)
 
-    def _flow_fn(self, controls: torch.Tensor):
+    def _flow_fn(self, controls: torch.Tensor, guidance: float = 0.0):
+        """The model's flow for the current chunk. With ``guidance`` > 0 and an action other than idle, the
+        prediction is pushed away from the idle prediction: ``f + g * (f - f_idle)`` (action guidance; both
+        passes write the chunk's own cache slots, the conditional one last; the cache pass is never guided)."""
+        def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache) -> torch.Tensor:
+            return self.dit(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, context, start_frame=self._position,
+                            cache=self.kv, cross_cache=cross, controls=controls).permute(0, 2, 1, 3, 4)
+
         def flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x: (B, F, C, h, w)
             assert self._context is not None
-            out = self.dit(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
-                           cache=self.kv, cross_cache=self.cross, controls=controls)
-            return out.permute(0, 2, 1, 3, 4)  # (B, F, C, h, w)
+            guided = guidance > 0 and self._idle_context is not None and bool((t > 0).any())
+            if not guided:
+                return run(x, t, self._context, self.cross)
+            assert self._idle_context is not None
+            uncond = run(x, t, self._idle_context, self.cross_idle)
+            cond = run(x, t, self._context, self.cross)
+            return cond + guidance * (cond - uncond)
         return flow
+
+    # -- snapshots (the engine rolls back unshown chunks when a command interrupts them) -----
+    @torch.inference_mode()
+    def snapshot(self) -> GeneratorSnapshot:
+        """Everything next_chunk depends on, at this chunk boundary. The self-attention cache (the only
+        state written in place) is copied; everything else is replaced, never mutated, so it is shared."""
+        return GeneratorSnapshot(
+            k=self.kv.k.clone(), v=self.kv.v.clone(), ends=(self.kv.global_end, self.kv.local_end),
+            cross=(list(self.cross._k), list(self.cross._v)),
+            cross_idle=(list(self.cross_idle._k), list(self.cross_idle._v)),
+            decoder=(self.decoder._prev, self.decoder.frames_decoded), noise=self._noise.get_state(),
+            conditions=self._conditions, context=self._context, idle_context=self._idle_context,
+            counters=(self._position, self._action_start, self._frames_made, self._latents_made,
+                      self._chunks_made, self._last_steps, self._last_chunk))
+
+    @torch.inference_mode()
+    def restore(self, snap: GeneratorSnapshot) -> None:
+        """Return to the state of :meth:`snapshot` (the snapshot stays valid for another restore)."""
+        self.kv.k.copy_(snap.k)
+        self.kv.v.copy_(snap.v)
+        self.kv.global_end, self.kv.local_end = snap.ends
+        self.cross._k, self.cross._v = list(snap.cross[0]), list(snap.cross[1])
+        self.cross_idle._k, self.cross_idle._v = list(snap.cross_idle[0]), list(snap.cross_idle[1])
+        self.decoder._prev, self.decoder.frames_decoded = snap.decoder
+        self._noise.set_state(snap.noise)
+        self._conditions, self._context, self._idle_context = snap.conditions, snap.context, snap.idle_context
+        (self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
+         self._last_steps, self._last_chunk) = snap.counters
 
     # -- lifecycle -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -311,6 +378,7 @@ class Generator:
         ref = self._reference_tensor(reference_rgba) if reference_rgba is not None else None
         self.kv.reset()
         self.cross.reset()
+        self.cross_idle.reset()
         self.decoder.reset()
         self._noise.manual_seed(self.cfg.seed)
         self._conditions, self._context = None, None
@@ -368,7 +436,7 @@ class Generator:
         noise = torch.randn((1, f, cfg.autoencoder.latent_channels, h, w), generator=self._noise)
         noise = noise.to(self.device, self.dtype)
         timesteps = self.schedule.warp_list(cfg.timesteps[:steps])
-        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f)), noise, timesteps, self.schedule, self._noise,
+        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f), cfg.guidance), noise, timesteps, self.schedule, self._noise,
                           context_t=1000.0 * cfg.context_noise)
         frames = self.decoder.step(x0)[0]  # (F*tf, 4, H, W)
         frames = upscale(frames.float(), self.output_size)
