@@ -128,17 +128,18 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
 
     token = load_or_create_token(cfg.server.token_file or None)
     tts = None
-    listener = None
+    listen = None
     if cfg.voice.enabled:
         from backend.voice.service import build_voice
 
-        tts, listener = build_voice(cfg.voice, character)
+        tts, listen = build_voice(cfg.voice, character, blocked_words=cfg.director.blocked_words)
     bridges = _bridges(cfg)
     async with contextlib.AsyncExitStack() as stack:
         engine = await stack.enter_async_context(Engine(
             cfg.engine, generator, reference, max_steps=cfg.model.steps, max_chunk_frames=cfg.model.chunk_frames,
             sample_rate=cfg.voice.sample_rate, tts=tts, character=character))
-        director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=await _replies(bridges)))
+        director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=await _replies(bridges),
+                                                            idle_action=cfg.engine.idle_action))
         server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state))
         if token.created:
             log.warning("control token created at %s (shown once): %s", token.path, token.value)
@@ -148,8 +149,8 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
             ready(server)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(_pump(b, director.handle)) for b in bridges]
-            if listener is not None:
-                tasks.append(tg.create_task(listener.run(director.handle_streamer)))
+            if listen is not None:
+                tasks.append(tg.create_task(listen(director.handle_streamer)))
             await stop.wait()
             for task in tasks:
                 task.cancel()
@@ -201,9 +202,8 @@ def chat(cfg: Config, platform: str) -> int:
 
 def obs_setup(cfg: Config, *, url: str | None, new_scene: bool) -> int:
     """`liveidol obs setup`."""
-    from backend.server.auth import load_or_create_token
     from obs_plugin.setup import SCRIPT_PATH, run_setup
 
-    token = load_or_create_token(cfg.server.token_file or None)
     stream_url = url or f"ws://{cfg.server.host}:{cfg.server.port}/stream"
-    return run_setup(cfg.obs, SCRIPT_PATH, stream_url, token.value, new_scene)
+    # /stream needs no token; the control token must not end up in OBS's scene collection.
+    return run_setup(cfg.obs, SCRIPT_PATH, stream_url, "", new_scene)

@@ -23,7 +23,7 @@ from torch import Tensor
 from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX
 from backend.world.character import identity_tensor, sample_identity
 from backend.world.pose import REST_POSE, random_script, segments, simulate
-from backend.world.render import render
+from backend.world.render import render, straight_alpha
 
 __all__ = ["ClipSpec", "Clips", "make_specs", "render_clips", "rest_reference", "straight_alpha"]
 
@@ -102,15 +102,6 @@ def rest_reference(identity: Tensor, size: tuple[int, int], frames: int) -> Tens
     """(B, frames, 4, H, W): each idol of ``identity`` (B, I) in the rest pose (the identity reference)."""
     poses = torch.from_numpy(REST_POSE).to(identity.device)[None, None].expand(identity.shape[0], 1, -1)
     return render(identity, poses.contiguous(), size).expand(-1, frames, -1, -1, -1)
-
-
-def straight_alpha(video: Tensor) -> Tensor:
-    """Premultiplied RGBA (what the world renders) -> straight alpha (what the autoencoder and OBS use).
-
-    Where alpha is (nearly) 0 the colour is undefined; it is set to 0.
-    """
-    rgb, a = video[..., :3, :, :], video[..., 3:4, :, :]
-    return torch.cat([torch.where(a > 1e-3, rgb / a.clamp(min=1e-3), 0.0).clamp(0, 1), a], dim=-3)
 
 
 def render_clips(specs: list[ClipSpec], size: tuple[int, int], temporal_factor: int, device: torch.device,

@@ -41,7 +41,8 @@ from backend.model.checkpoint import BUILTIN_PATH, init_dit_, save_checkpoint
 from backend.model.dit import CausalDiT
 from backend.model.generator import ACTION_FPS
 from backend.model.sampler import FlowMatchSchedule
-from backend.training.data import ClipSpec, make_specs, render_clips, straight_alpha
+from backend.training.data import ClipSpec, make_specs, render_clips
+from backend.world.render import straight_alpha
 
 __all__ = ["block_causal_mask", "controls_from_labels", "progress_from_labels", "run_stage"]
 

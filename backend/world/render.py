@@ -30,7 +30,7 @@ from backend.world.character import (
 )
 from backend.world.pose import ARM_FORE, HIP, POSE_INDEX, POSE_PARAMS, REST_POSE, Skeleton, skeleton
 
-__all__ = ["DESIGN_SIZE", "character_reference", "reference_frame", "render"]
+__all__ = ["DESIGN_SIZE", "character_reference", "reference_frame", "render", "straight_alpha"]
 
 DESIGN_SIZE = (256, 144)
 _P = len(POSE_PARAMS)
@@ -461,3 +461,12 @@ def _hand(cv: _Canvas, X: Tensor, Y: Tensor, side: str, s: float, hd: Tensor, di
     cv.fill(sd_capsule(X, Y, hx + 2.0 * dx, hy + 2.0 * dy, hx + (2.5 + 7.5 * w_point) * dx,
                        hy + (2.5 + 7.5 * w_point) * dy, 1.3), skin, weight=w_point, outline=0.5)
     cv.fill(sd_circle(X - hx, Y - hy, 4.0), skin, outline=0.7)
+
+
+def straight_alpha(video: Tensor) -> Tensor:
+    """Premultiplied RGBA (what the world renders) -> straight alpha (what the autoencoder and OBS use).
+
+    Where alpha is (nearly) 0 the colour is undefined; it is set to 0.
+    """
+    rgb, a = video[..., :3, :, :], video[..., 3:4, :, :]
+    return torch.cat([torch.where(a > 1e-3, rgb / a.clamp(min=1e-3), 0.0).clamp(0, 1), a], dim=-3)
