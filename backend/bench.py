@@ -95,3 +95,75 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         "peak_memory_mib": round(peak, 1),
         "peak_memory_kind": "cuda_allocated" if cuda else "process_rss",
     }
+
+
+def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float = 2.0) -> dict[str, Any]:
+    """The whole streaming engine, paced in real time, with a command every ``command_every_s``: the output
+    frame rate and its jitter as a subscriber sees them, and command-to-first-responding-frame latency."""
+    import asyncio
+
+    from backend.app import build_generator
+    from backend.engine.engine import Engine
+    from backend.events import Command, CommandKind, VideoFrame
+
+    generator, reference, character = build_generator(cfg)
+    actions = [a.name for a in ACTIONS if not a.loop]
+
+    async def main() -> dict[str, Any]:
+        async with Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
+                          max_chunk_frames=cfg.model.chunk_frames, character=character) as engine:
+            await engine.wait_started()
+            sub = engine.subscribe(audio=False)
+            arrivals: list[float] = []
+            latencies: list[float] = []
+
+            async def watch() -> None:
+                async for item in sub:
+                    if isinstance(item, VideoFrame):
+                        arrivals.append(time.perf_counter())
+
+            async def command(i: int) -> None:
+                t0 = time.perf_counter()
+                ticket = await engine.submit(Command(CommandKind.ACT, actions[i % len(actions)]))
+                if await ticket.shown is not None:
+                    latencies.append(time.perf_counter() - t0)
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(2.0)  # warm-up
+            arrivals.clear()
+            start = time.perf_counter()
+            commands = []
+            i = 0
+            while time.perf_counter() - start < seconds:
+                commands.append(asyncio.create_task(command(i)))
+                i += 1
+                await asyncio.sleep(command_every_s)
+            await asyncio.gather(*commands)
+            elapsed = time.perf_counter() - start
+            status = engine.status()
+            watcher.cancel()
+            intervals = np.diff(np.asarray(arrivals)) * 1000
+            return {
+                "device": gen_device(generator), "fps_target": cfg.engine.fps,
+                "fps_shown": round(len(arrivals) / elapsed, 2),
+                "frame_interval_ms_mean": round(float(intervals.mean()), 2) if intervals.size else None,
+                "jitter_ms_std": round(float(intervals.std()), 2) if intervals.size else None,
+                "jitter_ms_p99": round(float(np.percentile(np.abs(intervals - 1000 / cfg.engine.fps), 99)), 2)
+                if intervals.size else None,
+                "commands": len(latencies),
+                "command_to_frame_ms_p50": round(1000 * _percentile(latencies, 50), 1),
+                "command_to_frame_ms_p95": round(1000 * _percentile(latencies, 95), 1),
+                "frames_made": status["frames_made"], "frames_shown": status["frames_shown"],
+                "frames_repeated": status["frames_repeated"], "frames_dropped": status["frames_dropped"],
+                "steps_now": status["steps"], "chunk_frames_now": status["chunk_frames"],
+                "output_resolution": f"{cfg.model.output_width}x{cfg.model.output_height}",
+            }
+
+    return asyncio.run(main())
+
+
+def gen_device(generator: Any) -> str:
+    state = generator.state
+    if state.device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,7 +1,7 @@
 """`liveidol ...`: parse flags, load the config, run one subcommand.
 
     liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
-    liveidol bench [--seconds S] [--set key=value ...]        one JSON line of speed and memory figures
+    liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
     liveidol train {autoencoder,dit,probe} --run DIR [--minutes M]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M]
     liveidol obs setup [--host H] [--port P] [--new-scene]
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure generation speed and memory; prints one JSON line")
     _add_common(p)
     p.add_argument("--seconds", type=float, default=10.0, help="how long to generate (default 10)")
+    p.add_argument("--live", action="store_true",
+                   help="run the whole engine in real time with a command every 2 s: FPS, jitter, command latency")
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
@@ -179,9 +181,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "bench":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device})
-        from backend.bench import run_bench
+        from backend.bench import run_bench, run_live_bench
 
-        result = run_bench(cfg, seconds=args.seconds)
+        result = run_live_bench(cfg, seconds=args.seconds) if args.live else run_bench(cfg, seconds=args.seconds)
         print(json.dumps(result), flush=True)
         return 0
 
