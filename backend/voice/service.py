@@ -30,9 +30,12 @@ def build_voice(cfg: VoiceConfig, character: Any, *, blocked_words: Iterable[str
     Models are loaded here, before the stream starts, so a missing package or model fails at once with a
     clear :class:`backend.voice.errors.VoiceError` naming what to install or where to put it.
     """
+    from backend.voice.errors import VoiceError
     from backend.voice.listener import VoiceListener
-    from backend.voice.sources import Microphone
+    from backend.voice.sources import Microphone, _import_sounddevice
     from backend.voice.tts import IdolVoice
+
+    _import_sounddevice()  # fail before going live, with what to install, rather than mid-stream
 
     voice_path = character.resolve(character.voice) if character is not None and character.voice else None
     voice = IdolVoice.from_config(cfg, voice=str(voice_path or ""), blocked_words=tuple(blocked_words))
@@ -43,9 +46,12 @@ def build_voice(cfg: VoiceConfig, character: Any, *, blocked_words: Iterable[str
 
         listener = VoiceListener.from_config(cfg, command)
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every utterance at INFO
-        async with Microphone(cfg.input_device) as mic:
-            log.info("listening for spoken commands wake_phrase=%r push_to_talk=%s", cfg.wake_phrase,
-                     cfg.push_to_talk)
-            await listener.run(mic)
+        try:
+            async with Microphone(cfg.input_device) as mic:
+                log.info("listening for spoken commands wake_phrase=%r push_to_talk=%s", cfg.wake_phrase,
+                         cfg.push_to_talk)
+                await listener.run(mic)
+        except VoiceError as exc:  # e.g. the microphone went away: the stream goes on without voice commands
+            log.error("voice commands stopped: %s", exc)
 
     return voice, listen
