@@ -301,6 +301,22 @@ class CausalDiT(nn.Module):
         pad = ctx.new_zeros(ctx.shape[0], s.text_len - ctx.shape[1], s.text_dim)
         return torch.cat([ctx, pad], dim=1)
 
+    def _embed(self, x: torch.Tensor, t: torch.Tensor, controls: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+        """Patch tokens ``(B, F'*H'*W', C)`` (frame, then row, then column), the per-frame time(+controls)
+        embedding e ``(B*F, C)``, its 6-way projection ``(B, F, 6, C)``, and the token grid."""
+        s = self.sizes
+        x = self.patch_embedding(x)  # (B, C, F', H', W')
+        b, _, gf, gh, gw = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        e = self.time_embedding(sinusoidal_embedding(s.freq_dim, t.flatten()).type_as(x))  # (B*F, C)
+        if self.control_embedding is not None and controls is not None:
+            assert controls.shape == (b, gf, s.num_controls), (
+                f"controls must be (B, F, num_controls) = {(b, gf, s.num_controls)}, got {tuple(controls.shape)}")
+            e = e + self.control_embedding(controls.flatten(0, 1).type_as(e))
+        e0 = self.time_projection(e).unflatten(1, (6, s.dim)).unflatten(0, t.shape)  # (B, F, 6, C)
+        return x, e, e0, (gf, gh, gw)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, start_frame: int = 0,
                 cache: KVCache | None = None, cross_cache: CrossAttentionCache | None = None,
                 controls: torch.Tensor | None = None, causal_chunk: int | None = None) -> torch.Tensor:
@@ -320,17 +336,8 @@ class CausalDiT(nn.Module):
         assert context.ndim == 3 and context.shape[0] == b and context.shape[1] <= s.text_len, (
             f"context must be (B={b}, L<={s.text_len}, {s.text_dim}), got {tuple(context.shape)}")
 
-        x = self.patch_embedding(x)  # (B, C, F', H', W')
-        gf, gh, gw = x.shape[2:]
-        x = x.flatten(2).transpose(1, 2)  # (B, F'*H'*W', C), frame then row then column
+        x, e, e0, (gf, gh, gw) = self._embed(x, t, controls)
         frame_tokens = gh * gw
-
-        e = self.time_embedding(sinusoidal_embedding(s.freq_dim, t.flatten()).type_as(x))  # (B*F, C)
-        if self.control_embedding is not None and controls is not None:
-            assert controls.shape == (b, gf, s.num_controls), (
-                f"controls must be (B, F, num_controls) = {(b, gf, s.num_controls)}, got {tuple(controls.shape)}")
-            e = e + self.control_embedding(controls.flatten(0, 1).type_as(e))
-        e0 = self.time_projection(e).unflatten(1, (6, s.dim)).unflatten(0, t.shape)  # (B, F, 6, C)
 
         if cross_cache is None or not cross_cache.filled:  # else every layer reads its cached K/V
             if context.shape[1] < s.text_len:
@@ -373,16 +380,8 @@ class CausalDiT(nn.Module):
         assert frame_pos.shape == (f,), f"frame_pos must be (F,) = ({f},), got {tuple(frame_pos.shape)}"
         assert attn_mask.shape == (f, f) and attn_mask.dtype == torch.bool, (
             f"attn_mask must be bool (F, F) = {(f, f)}, got {tuple(attn_mask.shape)} {attn_mask.dtype}")
-        x = self.patch_embedding(x)  # (B, C, F, H', W')
-        _, _, gf, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)  # (B, F*H'*W', C)
+        x, e, e0, (gf, gh, gw) = self._embed(x, t, controls)
         frame_tokens = gh * gw
-        e = self.time_embedding(sinusoidal_embedding(s.freq_dim, t.flatten()).type_as(x))  # (B*F, C)
-        if self.control_embedding is not None and controls is not None:
-            assert controls.shape == (b, f, s.num_controls), (
-                f"controls must be (B, F, num_controls) = {(b, f, s.num_controls)}, got {tuple(controls.shape)}")
-            e = e + self.control_embedding(controls.flatten(0, 1).type_as(e))
-        e0 = self.time_projection(e).unflatten(1, (6, s.dim)).unflatten(0, t.shape)  # (B, F, 6, C)
         if context.shape[-2] < s.text_len:
             pad = context.new_zeros(*context.shape[:-2], s.text_len - context.shape[-2], context.shape[-1])
             context = torch.cat([context, pad], dim=-2)

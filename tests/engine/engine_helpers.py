@@ -25,41 +25,10 @@ def real_generator(**kw: object):
     from backend.model.generator import Conditions, Generator
 
     gen = Generator(tiny_model_config(**kw))
-    if not hasattr(gen, "snapshot"):
-        gen = SnapshotShim(gen)
     gen.reset(None, Conditions())
     for steps in (1, 2, 1, 2, 1, 2):  # warm-up (kernel selection per cache length) outside timed parts
         gen.next_chunk(Conditions(), steps=steps, chunk_frames=1)
     return gen
-
-
-class SnapshotShim:
-    """The real Generator plus snapshot()/restore() by deep copy of its mutable state, used only while
-    ``Generator.snapshot`` does not exist yet (the model is written in parallel). Tiny sizes make the
-    copy cheap."""
-
-    _STATE = ("kv", "cross", "decoder", "_conditions", "_context", "_position", "_action_start",
-              "_frames_made", "_latents_made", "_chunks_made", "_last_steps", "_last_chunk")
-
-    def __init__(self, gen) -> None:
-        self._gen = gen
-
-    def __getattr__(self, name: str):
-        return getattr(self._gen, name)
-
-    def snapshot(self):
-        import copy
-
-        state = {k: copy.deepcopy(getattr(self._gen, k)) for k in self._STATE}
-        state["_noise"] = self._gen._noise.get_state()
-        return state
-
-    def restore(self, snap) -> None:
-        import copy
-
-        for k in self._STATE:
-            setattr(self._gen, k, copy.deepcopy(snap[k]))
-        self._gen._noise.set_state(snap["_noise"])
 
 
 class SlowStandIn:

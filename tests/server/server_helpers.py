@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import time
 
@@ -25,36 +24,10 @@ def real_generator(width: int = 64, height: int = 36):
                       dit=DiTSizes(dim=32, ffn_dim=64, num_heads=2, num_layers=1, text_dim=16, freq_dim=16),
                       autoencoder=AutoencoderConfig(width=8, native_width=32, native_height=16))
     gen = Generator(cfg)
-    if not hasattr(gen, "snapshot"):
-        gen = SnapshotShim(gen)
     gen.reset(None, Conditions())
     for steps in (1, 2, 1, 2, 1, 2):
         gen.next_chunk(Conditions(), steps=steps, chunk_frames=1)
     return gen
-
-
-class SnapshotShim:
-    """Real Generator + snapshot()/restore() by deep copy, only while ``Generator.snapshot`` does not exist
-    yet (the model is written in parallel)."""
-
-    _STATE = ("kv", "cross", "decoder", "_conditions", "_context", "_position", "_action_start",
-              "_frames_made", "_latents_made", "_chunks_made", "_last_steps", "_last_chunk")
-
-    def __init__(self, gen) -> None:
-        self._gen = gen
-
-    def __getattr__(self, name: str):
-        return getattr(self._gen, name)
-
-    def snapshot(self):
-        state = {k: copy.deepcopy(getattr(self._gen, k)) for k in self._STATE}
-        state["_noise"] = self._gen._noise.get_state()
-        return state
-
-    def restore(self, snap) -> None:
-        for k in self._STATE:
-            setattr(self._gen, k, copy.deepcopy(snap[k]))
-        self._gen._noise.set_state(snap["_noise"])
 
 
 async def recv_msg(ws, wait_s: float = 5.0):
