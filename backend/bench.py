@@ -68,15 +68,13 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
     state = gen.state
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
-        device_name = torch.cuda.get_device_name()
     else:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = rss / 2**20 if sys.platform == "darwin" else rss / 1024
-        device_name = f"cpu ({torch.get_num_threads()} threads)"
     native_w, native_h = gen.native_size
     out_w, out_h = gen.output_size
     return {
-        "device": device_name,
+        "device": _device_name(gen),
         "dtype": state.dtype,
         "attention": state.attention_backend,
         "checkpoint": cfg.model.checkpoint,
@@ -144,7 +142,7 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
             watcher.cancel()
             intervals = np.diff(np.asarray(arrivals)) * 1000
             return {
-                "device": gen_device(generator), "fps_target": cfg.engine.fps,
+                "device": _device_name(generator), "fps_target": cfg.engine.fps,
                 "fps_shown": round(len(arrivals) / elapsed, 2),
                 "frame_interval_ms_mean": round(float(intervals.mean()), 2) if intervals.size else None,
                 "jitter_ms_std": round(float(intervals.std()), 2) if intervals.size else None,
@@ -162,7 +160,7 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
     return asyncio.run(main())
 
 
-def gen_device(generator: Any) -> str:
+def _device_name(generator: Any) -> str:
     state = generator.state
     if state.device.startswith("cuda"):
         return torch.cuda.get_device_name()

@@ -160,6 +160,15 @@ async def pumping(bridge: Any, idol: Idol) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
+async def _first_command_plays(idol, text: str, action: str):
+    """The first chat event is ``text``: it is queued and its action plays (the director is busy from then)."""
+    await idol.until(f"{text} to be handled", lambda: len(idol.handled) == 1)
+    decision = _decided(idol, text)
+    assert decision is not None and decision.decision == "queued"
+    await idol.plays(decision.command_id, action)
+    return decision
+
+
 def _decided(idol: Idol, text: str) -> Decision | None:
     [decision] = [d for e, d in idol.handled if getattr(e, "text", None) == text]
     return decision
@@ -209,10 +218,7 @@ async def test_twitch_chat_drives_the_idol_in_priority_order(gen) -> None:
     async with running_idol(gen) as idol, run_server(fake) as url:
         bridge = TwitchBridge(TwitchConfig(channel="dallas", url=url), env={}, backoff=Backoff(0.01, 0.05))
         async with pumping(bridge, idol):
-            await idol.until("!nod to be handled", lambda: len(idol.handled) == 1)
-            nod = _decided(idol, "!nod")
-            assert nod is not None and nod.decision == "queued"
-            await idol.plays(nod.command_id, "nod")
+            nod = await _first_command_plays(idol, "!nod", "nod")
             busy.set()
             await idol.until("all six chat events to be handled", lambda: len(idol.handled) == 6)
 
@@ -269,10 +275,7 @@ async def test_bilibili_danmaku_drives_the_idol_paid_first(gen, api) -> None:  #
         bridge = BilibiliBridge(web_cfg(api_url), backoff=Backoff(0.01, 0.05),
                                 nav_url=f"{api_url}/x/web-interface/nav", env={})
         async with pumping(bridge, idol):
-            await idol.until("!nod to be handled", lambda: len(idol.handled) == 1)
-            nod = _decided(idol, "!nod")
-            assert nod is not None and nod.decision == "queued"
-            await idol.plays(nod.command_id, "nod")
+            nod = await _first_command_plays(idol, "!nod", "nod")
             busy.set()
             await idol.until("the batch to be handled", lambda: len(idol.handled) == 4)
 

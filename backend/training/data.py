@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX
+from backend.actions import ACTION_INDEX, EMOTION_INDEX
 from backend.world.character import identity_tensor, sample_identity
 from backend.world.pose import REST_POSE, random_script, segments, simulate
 from backend.world.render import render, straight_alpha
@@ -127,7 +127,3 @@ def render_clips(specs: list[ClipSpec], size: tuple[int, int], temporal_factor: 
         progress=torch.stack([s.progress[first] for s in specs]).to(device),
         mouth=torch.stack([s.mouth for s in specs]).to(device),
     )
-
-
-def action_names() -> list[str]:
-    return [a.name for a in ACTIONS]
