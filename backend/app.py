@@ -93,7 +93,7 @@ async def _pump(bridge: Any, handle: Callable[[ChatEvent], Awaitable[Any]]) -> N
         log.error("chat bridge stopped platform=%s error=%s", name, exc)
 
 
-async def _replies(bridges: list[Any]) -> Callable[[str, str], Awaitable[bool]]:
+def _replies(bridges: list[Any]) -> Callable[[str, str], Awaitable[bool]]:
     by_platform = {getattr(b, "platform", ""): b for b in bridges}
 
     async def reply(platform: str, text: str) -> bool:
@@ -138,7 +138,7 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
         engine = await stack.enter_async_context(Engine(
             cfg.engine, generator, reference, max_steps=cfg.model.steps, max_chunk_frames=cfg.model.chunk_frames,
             sample_rate=cfg.voice.sample_rate, tts=tts, character=character))
-        director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=await _replies(bridges),
+        director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
                                                             idle_action=cfg.engine.idle_action))
         server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state))
         if token.created:
@@ -189,12 +189,31 @@ def chat(cfg: Config, platform: str) -> int:
             async def sink(command: Command) -> object:
                 return await control.command(command)
 
-            async with Director(cfg.director, sink, reply=await _replies(bridges)) as director:
-                async with asyncio.TaskGroup() as tg:
-                    tasks = [tg.create_task(_pump(b, director.handle)) for b in bridges]
-                    await stop.wait()
+            async with Director(cfg.director, sink, reply=_replies(bridges)) as director:
+                pumps = [asyncio.create_task(_pump(b, director.handle)) for b in bridges]
+                stopped = asyncio.create_task(stop.wait())
+                played_out = asyncio.Event()
+
+                def on_state(state: dict[str, Any]) -> None:
+                    if not state["now"] and not state["next"]:
+                        played_out.set()
+                    else:
+                        played_out.clear()
+
+                unsubscribe = director.subscribe(on_state)
+                on_state(director.state())
+                drained: asyncio.Task[Any] | None = None
+                try:
+                    await asyncio.wait([stopped, asyncio.gather(*pumps)], return_when=asyncio.FIRST_COMPLETED)
+                    # the bridges ended (e.g. console input closed): play the queue out, then leave
+                    drained = asyncio.create_task(played_out.wait())
+                    await asyncio.wait([stopped, drained], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    unsubscribe()
+                    tasks = [*pumps, stopped, *([drained] if drained else [])]
                     for task in tasks:
                         task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(main())
     return 0
