@@ -30,13 +30,11 @@ def _percentile(values: list[float], q: float) -> float:
 
 def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> dict[str, Any]:
     """Generate for ``seconds`` (after warm-up) and return the figures as a dict (printed as one JSON line)."""
-    from backend.model.generator import Conditions, Generator
-    from backend.world.character import load_character
-    from backend.world.reference import reference_frame
+    from backend.app import build_generator
+    from backend.model.generator import Conditions
 
-    gen = Generator(cfg.model)
-    character = load_character(cfg.character)
-    gen.reset(reference_frame(character, gen.native_size), Conditions())
+    gen, reference, _ = build_generator(cfg)  # exactly what `liveidol serve` runs (background included)
+    gen.reset(reference, Conditions())
     rng = random.Random(cfg.model.seed)
     cuda = gen.state.device.startswith("cuda")
 

@@ -40,6 +40,7 @@ from tests.chat.test_bilibili_client import (  # noqa: F401 - `api` is the loopb
     web_cfg,
 )
 from tests.chat.test_twitch_client import FakeTwitch, IrcPeer, run_server
+from tests.director.director_kit import FakeClock
 from tests.server.server_helpers import FPS, real_generator
 
 DEADLINE_S = 10.0  # generous: the whole suite may share the 2 cores
@@ -50,25 +51,12 @@ def gen():
     return real_generator()
 
 
-class ManualClock:
-    """The director's clock: it moves only when the test advances it, so an action ends on the director's
-    side exactly when the test has seen it on screen, however slow a loaded machine makes the engine."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @dataclass
 class Idol:
     engine: Engine
     director: Director
-    clock: ManualClock
+    clock: FakeClock  # the director's clock: it moves only when the test advances it, so an action ends on
+    # the director's side exactly when the test has seen it on screen, however slow the engine is
     handled: list[tuple[ChatEvent, Decision | None]] = field(default_factory=list)
     shown: list[str] = field(default_factory=list)  # directive ids of the shown frames, each change once
 
@@ -130,7 +118,7 @@ async def _record(engine: Engine, shown: list[str]) -> None:
 @contextlib.asynccontextmanager
 async def running_idol(gen: Any) -> AsyncIterator[Idol]:
     """Engine (real tiny generator, 20 fps) + director (small cooldowns, manual clock), frames recorded."""
-    clock = ManualClock()
+    clock = FakeClock()
     cfg = DirectorConfig(user_cooldown_s=1.0, global_cooldown_s=0.0, cooldown_reply_interval_s=1.0)
     engine = Engine(EngineConfig(fps=FPS, lookahead_frames=8), gen, None, max_steps=2, max_chunk_frames=1)
     async with engine:
@@ -138,20 +126,22 @@ async def running_idol(gen: Any) -> AsyncIterator[Idol]:
             await engine.wait_started()
         async with Director(cfg, engine.submit, clock=clock) as director:
             idol = Idol(engine, director, clock)
-            recorder = asyncio.create_task(_record(engine, idol.shown), name="test-frame-recorder")
-            try:
+            async with _background(_record(engine, idol.shown), "test-frame-recorder"):
                 yield idol
-            finally:
-                recorder.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await recorder
     assert engine.error is None
 
 
 @contextlib.asynccontextmanager
 async def pumping(bridge: Any, idol: Idol) -> AsyncIterator[asyncio.Task[None]]:
     """``backend.app._pump`` feeding the bridge's events to the director, as the app runs it."""
-    task = asyncio.create_task(_pump(bridge, idol.handle), name="test-pump")
+    async with _background(_pump(bridge, idol.handle), "test-pump") as task:
+        yield task
+
+
+@contextlib.asynccontextmanager
+async def _background(coro: Any, name: str) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run ``coro`` as a task for the block; cancel and await it on the way out."""
+    task = asyncio.create_task(coro, name=name)
     try:
         yield task
     finally:
