@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=["autoencoder", "dit", "selfforcing", "probe", "export"])
     p.add_argument("--run", default="runs/default", help="run directory holding checkpoints and logs")
     p.add_argument("--minutes", type=float, default=9.0, help="stop and save after this long (default 9)")
+    p.add_argument("--anneal", action="store_true",
+                   help="dit/selfforcing: decay the learning rate to 10%% by the end of this step (before export)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("eval", help="evaluate action following, identity and temporal stability, speed")
@@ -192,7 +194,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _setup_logging(cfg.log_level)
         from backend.training.train import run_stage
 
-        return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes)
+        return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device})

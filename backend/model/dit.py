@@ -10,6 +10,9 @@ upstream:
   so two zero tokens in front of a Wan prompt (with the padding shortened by two) change nothing.
 * ``control_embedding``: ``Linear(num_controls, dim)`` of per-latent-frame controls, added to the
   per-frame time embedding ``e`` (before ``time_projection`` and the head).
+* ``cond_modulation``: ``Linear(2 * text_dim, dim)`` of the first two context tokens (action and
+  emotion), also added to ``e``: the command modulates every block (adaLN, as class labels do in
+  class-conditional DiTs), not only through cross-attention.
 
 Layout: the model takes and returns ``(B, C, F, H, W)`` (Wan); timesteps are per frame ``(B, F)``.
 With a :class:`KVCache` the call covers latent frames ``[start_frame, start_frame + F)``; RoPE angles
@@ -37,7 +40,7 @@ from backend.model.kv_cache import CacheStep, CrossAttentionCache, KVCache
 __all__ = ["EXTRA_PREFIXES", "CausalDiT", "rope_split", "sinusoidal_embedding"]
 
 # State-dict prefixes of LiveIdol's own modules (absent from Wan / Self-Forcing checkpoints).
-EXTRA_PREFIXES = ("cond_embedding.", "control_embedding.")
+EXTRA_PREFIXES = ("cond_embedding.", "control_embedding.", "cond_modulation.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +274,9 @@ class CausalDiT(nn.Module):
         if self.control_embedding is not None:
             nn.init.zeros_(self.control_embedding.weight)
             nn.init.zeros_(self.control_embedding.bias)
+        self.cond_modulation = nn.Linear(2 * s.text_dim, s.dim)
+        nn.init.zeros_(self.cond_modulation.weight)
+        nn.init.zeros_(self.cond_modulation.bias)
         self.rope = Rope3D(s.dim // s.num_heads, s.rope_theta)
 
     @property
@@ -301,10 +307,11 @@ class CausalDiT(nn.Module):
         pad = ctx.new_zeros(ctx.shape[0], s.text_len - ctx.shape[1], s.text_dim)
         return torch.cat([ctx, pad], dim=1)
 
-    def _embed(self, x: torch.Tensor, t: torch.Tensor, controls: torch.Tensor | None
+    def _embed(self, x: torch.Tensor, t: torch.Tensor, controls: torch.Tensor | None, context: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int, int]]:
-        """Patch tokens ``(B, F'*H'*W', C)`` (frame, then row, then column), the per-frame time(+controls)
-        embedding e ``(B*F, C)``, its 6-way projection ``(B, F, 6, C)``, and the token grid."""
+        """Patch tokens ``(B, F'*H'*W', C)`` (frame, then row, then column), the per-frame time(+controls
+        +command) embedding e ``(B*F, C)``, its 6-way projection ``(B, F, 6, C)``, and the token grid.
+        ``context``: the raw conditioning tokens, ``(B, L, text_dim)`` or per frame ``(B, F, L, text_dim)``."""
         s = self.sizes
         x = self.patch_embedding(x)  # (B, C, F', H', W')
         b, _, gf, gh, gw = x.shape
@@ -314,6 +321,10 @@ class CausalDiT(nn.Module):
             assert controls.shape == (b, gf, s.num_controls), (
                 f"controls must be (B, F, num_controls) = {(b, gf, s.num_controls)}, got {tuple(controls.shape)}")
             e = e + self.control_embedding(controls.flatten(0, 1).type_as(e))
+        if context.shape[-2] >= 2:  # the command pair: [action, emotion] (zeros for a Wan prompt's padding)
+            command = context[..., :2, :].flatten(-2).type_as(e)  # (B, 2 * text_dim) or (B, F, 2 * text_dim)
+            command = command[:, None].expand(b, gf, -1) if command.ndim == 2 else command
+            e = e + self.cond_modulation(command.flatten(0, 1))
         e0 = self.time_projection(e).unflatten(1, (6, s.dim)).unflatten(0, t.shape)  # (B, F, 6, C)
         return x, e, e0, (gf, gh, gw)
 
@@ -336,7 +347,7 @@ class CausalDiT(nn.Module):
         assert context.ndim == 3 and context.shape[0] == b and context.shape[1] <= s.text_len, (
             f"context must be (B={b}, L<={s.text_len}, {s.text_dim}), got {tuple(context.shape)}")
 
-        x, e, e0, (gf, gh, gw) = self._embed(x, t, controls)
+        x, e, e0, (gf, gh, gw) = self._embed(x, t, controls, context)
         frame_tokens = gh * gw
 
         if cross_cache is None or not cross_cache.filled:  # else every layer reads its cached K/V
@@ -380,7 +391,7 @@ class CausalDiT(nn.Module):
         assert frame_pos.shape == (f,), f"frame_pos must be (F,) = ({f},), got {tuple(frame_pos.shape)}"
         assert attn_mask.shape == (f, f) and attn_mask.dtype == torch.bool, (
             f"attn_mask must be bool (F, F) = {(f, f)}, got {tuple(attn_mask.shape)} {attn_mask.dtype}")
-        x, e, e0, (gf, gh, gw) = self._embed(x, t, controls)
+        x, e, e0, (gf, gh, gw) = self._embed(x, t, controls, context)
         frame_tokens = gh * gw
         if context.shape[-2] < s.text_len:
             pad = context.new_zeros(*context.shape[:-2], s.text_len - context.shape[-2], context.shape[-1])

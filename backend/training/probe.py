@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from backend.model.autoencoder import VideoAutoencoder
 from backend.world.character import (
     EYE_SHAPES,
     HAIR_STYLES,
@@ -35,7 +37,7 @@ from backend.world.character import (
     sample_identity,
 )
 from backend.world.pose import POSE_PARAMS, POSE_RANGES, random_script, simulate
-from backend.world.render import render
+from backend.world.render import render, straight_alpha
 
 __all__ = ["PROBE_PATH", "PROBE_SIZE", "Probe", "ProbeError", "render_batch", "train_probe"]
 
@@ -45,6 +47,9 @@ PROBE_SIZE = (256, 144)  # (width, height) the probe reads; other frames are res
 PROBE_PATH = Path(__file__).resolve().parents[1] / "weights" / "probe.safetensors"  # the shipped probe
 _N_POSE = len(POSE_PARAMS)
 _N_PAL = 3 * len(PALETTE_KEYS)
+_GRID = (9, 16)  # (rows, cols) of the feature grid the MLP reads
+_GRID_CHANNELS = 32
+_FORMAT = "liveidol-probe-2"
 _HEADS = (("pose", _N_POSE), ("hair_style", len(HAIR_STYLES)), ("eye_shape", len(EYE_SHAPES)),
           ("outfit", len(OUTFITS)), ("palette", _N_PAL))
 
@@ -54,22 +59,27 @@ class ProbeError(ValueError):
 
 
 class Probe(nn.Module):
-    """Strided convs -> pooled 9x16 grid -> MLP -> pose (normalised 0..1) + identity heads."""
+    """Strided convs (GroupNorm + SiLU) down to a 9x16 grid -> MLP -> pose (normalised 0..1) + identity heads.
 
-    def __init__(self, width: int = 16, size: tuple[int, int] = PROBE_SIZE) -> None:
+    Four stride-2 stages keep 1/8-resolution detail (eyes, brows, mouth are a few pixels at 256x144)
+    through a full-resolution 3x3 stage before the last stride; ``width`` scales every stage.
+    """
+
+    def __init__(self, width: int = 24, size: tuple[int, int] = PROBE_SIZE) -> None:
         super().__init__()
         self.width, self.size = width, size
         w = width
+
+        def stage(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(min(8, cout // 4) or 1, cout), nn.SiLU()]
+
         self.features = nn.Sequential(
-            nn.Conv2d(4, w, 3, 2, 1), nn.SiLU(),
-            nn.Conv2d(w, 2 * w, 3, 2, 1), nn.SiLU(),
-            nn.Conv2d(2 * w, 3 * w, 3, 2, 1), nn.SiLU(),
-            nn.Conv2d(3 * w, 3 * w, 3, 1, 1), nn.SiLU(),
-            nn.Conv2d(3 * w, 8, 1),
+            *stage(4, w, 2), *stage(w, 2 * w, 2), *stage(2 * w, 4 * w, 2), *stage(4 * w, 4 * w, 1),
+            *stage(4 * w, 4 * w, 2), nn.Conv2d(4 * w, _GRID_CHANNELS, 1),
         )
-        self.pool = nn.AdaptiveAvgPool2d((9, 16))
-        self.mlp = nn.Sequential(nn.Linear(8 * 9 * 16, 6 * w), nn.SiLU())
-        self.head = nn.Linear(6 * w, sum(n for _, n in _HEADS))
+        self.pool = nn.AdaptiveAvgPool2d(_GRID)
+        self.mlp = nn.Sequential(nn.Linear(_GRID_CHANNELS * _GRID[0] * _GRID[1], 8 * w), nn.SiLU())
+        self.head = nn.Linear(8 * w, sum(n for _, n in _HEADS))
         lo = torch.tensor([r[0] for r in POSE_RANGES])
         self.register_buffer("pose_lo", lo, persistent=False)
         self.register_buffer("pose_span", torch.tensor([r[1] for r in POSE_RANGES]) - lo, persistent=False)
@@ -118,10 +128,10 @@ class Probe(nn.Module):
         return poses, ident
 
     def save(self, path: str | Path) -> None:
-        meta = {"format": "liveidol-probe-1", "width": str(self.width), "size": json.dumps(list(self.size)),
+        meta = {"format": _FORMAT, "width": str(self.width), "size": json.dumps(list(self.size)),
                 "pose_params": json.dumps(list(POSE_PARAMS))}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}, str(path),
+        save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.state_dict().items()}, str(path),
                   metadata=meta)
 
     @classmethod
@@ -134,69 +144,106 @@ class Probe(nn.Module):
             state = load_file(str(path), device=str(device))
         except (OSError, ValueError, RuntimeError) as exc:
             raise ProbeError(f"{path}: cannot read probe: {exc}") from exc
-        if meta.get("format") != "liveidol-probe-1":
-            raise ProbeError(f"{path}: not a LiveIdol probe (format={meta.get('format')!r})")
+        if meta.get("format") != _FORMAT:
+            hint = "; retrain it: liveidol train probe" if str(meta.get("format", "")).startswith("liveidol-probe") else ""
+            raise ProbeError(f"{path}: not a LiveIdol probe of format {_FORMAT} (format={meta.get('format')!r}){hint}")
         if json.loads(meta["pose_params"]) != list(POSE_PARAMS):
             raise ProbeError(f"{path}: trained for other pose parameters; retrain the probe")
         probe = cls(width=int(meta["width"]), size=tuple(json.loads(meta["size"])))  # type: ignore[arg-type]
         try:
-            probe.load_state_dict(state)
+            probe.load_state_dict({k: v.float() for k, v in state.items()})
         except RuntimeError as exc:
             raise ProbeError(f"{path}: {exc}") from exc
         return probe.to(device).eval()
 
 
 def render_batch(n: int, gen: torch.Generator, device: torch.device | str, size: tuple[int, int],
-                 pose_pool: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``n`` frames of random identities in poses drawn from ``pose_pool`` (M, P), jittered a little.
+                 pose_pool: Tensor, *, run: int = 1,
+                 autoencoder: VideoAutoencoder | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` frames: ``n // run`` random identities, each in ``run`` consecutive poses of ``pose_pool``
+    (clips, T, P), all jittered by one small offset per identity.
 
-    Returns frames (n, 4, H, W), poses (n, P), identities (n, IDENTITY_DIM).
+    With ``autoencoder`` the frames go through its encode and decode (``run`` must be a multiple of
+    its temporal factor), so the probe also learns to read the autoencoder's softer frames, which is
+    what the generator shows. Returns frames (n, 4, H, W) premultiplied, poses (n, P), identities (n, I).
     """
-    ident = identity_tensor([sample_identity(gen) for _ in range(n)])
-    idx = torch.randint(pose_pool.shape[0], (n,), generator=gen)
+    if n % run:
+        raise ValueError(f"render_batch: n = {n} is not a multiple of run = {run}")
+    k = n // run
+    clips, length, _ = pose_pool.shape
+    ident = identity_tensor([sample_identity(gen) for _ in range(k)])
+    clip = torch.randint(clips, (k,), generator=gen)
+    first = torch.randint(length - run + 1, (k,), generator=gen)
+    poses = pose_pool[clip[:, None], first[:, None] + torch.arange(run)]  # (k, run, P)
     span = torch.tensor([r[1] - r[0] for r in POSE_RANGES])
     lo = torch.tensor([r[0] for r in POSE_RANGES])
-    poses = pose_pool[idx] + 0.03 * span * torch.randn(n, _N_POSE, generator=gen)
+    poses = poses + 0.03 * span * torch.randn(k, 1, _N_POSE, generator=gen)
     poses = torch.minimum(torch.maximum(poses, lo), lo + span)
-    frames = render(ident.to(device), poses.to(device)[:, None], size=size)[:, 0]
-    return frames, poses.to(device), ident.to(device)
+    ident, poses = ident.to(device), poses.to(device)
+    video = render(ident, poses, size=size)  # (k, run, 4, H, W) premultiplied
+    if autoencoder is not None:
+        with torch.no_grad():
+            straight = autoencoder.decode(autoencoder.encode(straight_alpha(video))).float()
+        video = torch.cat([straight[:, :, :3] * straight[:, :, 3:], straight[:, :, 3:]], 2)
+    return (video.flatten(0, 1), poses.flatten(0, 1),
+            ident[:, None].expand(-1, run, -1).flatten(0, 1))
 
 
 def _pose_pool(gen: torch.Generator, clips: int = 24, frames: int = 250) -> Tensor:
+    """(clips, frames, P): simulated random scripts, the poses the probe learns to read."""
     seeds = torch.randint(0, 2**31 - 1, (clips,), generator=gen).tolist()
-    pool = [simulate(random_script(frames, gen, switch_every=(20, 60)), frames, seed=s)[0] for s in seeds]
-    return torch.cat(pool)
+    return torch.stack([simulate(random_script(frames, gen, switch_every=(20, 60)), frames, seed=s)[0]
+                        for s in seeds])
 
 
 def train_probe(steps: int, device: torch.device | str = "cpu", *, batch: int = 64, lr: float = 2e-3,
-                seed: int = 0, width: int = 16, size: tuple[int, int] = PROBE_SIZE, pool: int = 0,
-                noise: float = 0.03, deadline: float | None = None) -> Probe:
+                seed: int = 0, width: int = 24, size: tuple[int, int] = PROBE_SIZE, pool: int = 0,
+                noise: float = 0.03, deadline: float | None = None,
+                autoencoder: VideoAutoencoder | None = None, autoencoder_share: float = 0.5) -> Probe:
     """Train a probe on world renders of random identities in simulated poses.
 
     ``pool`` > 0 pre-renders that many frames once and trains on them (fast on CPU); 0 renders a fresh
-    batch every step (use on a GPU). ``noise`` adds pixel noise so the probe tolerates generated frames.
-    ``deadline`` (a ``time.monotonic()`` value) stops training early when reached.
+    batch every step (use on a GPU). ``noise`` adds pixel noise so the probe tolerates generated frames;
+    with ``autoencoder``, ``autoencoder_share`` of every batch is passed through it (see
+    :func:`render_batch`). The learning rate warms up, then follows a cosine to 0 over ``steps`` or
+    until ``deadline`` (a ``time.monotonic()`` value), whichever comes first, where training stops.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     probe = Probe(width=width, size=size).to(device)
+    if autoencoder is not None:
+        autoencoder = autoencoder.to(device).eval().requires_grad_(False)
+    run = autoencoder.cfg.temporal_factor if autoencoder is not None else 1
+    n_ae = 0 if autoencoder is None else run * round(batch * autoencoder_share / run)
     poses_pool = _pose_pool(gen)
+
+    def draw(n: int) -> tuple[Tensor, ...]:
+        parts = [render_batch(n - n_ae, gen, device, size, poses_pool)] if n > n_ae else []
+        if n_ae:
+            parts.append(render_batch(n_ae, gen, device, size, poses_pool, run=run, autoencoder=autoencoder))
+        return tuple(torch.cat([p[j] for p in parts]) for j in range(3))
+
     if pool > 0:
-        chunks = [render_batch(min(64, pool - i), gen, device, size, poses_pool) for i in range(0, pool, 64)]
-        data = tuple(torch.cat([c[j] for c in chunks]) for j in range(3))
+        chunks = [draw(batch) for _ in range(-(-pool // batch))]
+        data = tuple(torch.cat([c[j] for c in chunks])[:pool] for j in range(3))
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
     lo, span = probe.pose_lo, probe.pose_span
     t0 = time.monotonic()
     for step in range(steps):
-        if deadline is not None and time.monotonic() > deadline:
-            log.warning("probe training stopped at the deadline step=%d of steps=%d", step, steps)
-            break
+        now = time.monotonic()
+        progress = step / steps
+        if deadline is not None:
+            if now > deadline:
+                log.warning("probe training stopped at the deadline step=%d of steps=%d", step, steps)
+                break
+            progress = max(progress, (now - t0) / max(1e-9, deadline - t0))
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, 20.0 * progress + 0.01) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if pool > 0:
-            idx = torch.randint(pool, (batch,), generator=gen).to(device)
+            idx = torch.randint(data[0].shape[0], (batch,), generator=gen).to(device)
             frames, poses, ident = (d[idx] for d in data)
         else:
-            frames, poses, ident = render_batch(batch, gen, device, size, poses_pool)
+            frames, poses, ident = draw(batch)
         if noise > 0:
             frames = (frames + noise * torch.randn(frames.shape, generator=gen).to(device)).clamp(0, 1)
         out = probe(frames)
@@ -208,9 +255,9 @@ def train_probe(steps: int, device: torch.device | str = "cpu", *, batch: int = 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            log.info("probe step=%d loss=%.4f elapsed_s=%.1f", step, loss.item(), time.monotonic() - t0)
+        if step % 200 == 0 or step == steps - 1:
+            log.info("probe step=%d loss=%.4f progress=%.2f elapsed_s=%.1f", step, loss.item(), progress,
+                     time.monotonic() - t0)
     return probe.eval()
 
 

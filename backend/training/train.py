@@ -37,8 +37,8 @@ from torch import Tensor
 from backend.actions import ACTIONS
 from backend.config import Config, ModelConfig
 from backend.model.autoencoder import VideoAutoencoder
-from backend.model.checkpoint import BUILTIN_PATH, init_dit_, save_checkpoint
-from backend.model.dit import CausalDiT
+from backend.model.checkpoint import BUILTIN_PATH, init_dit_, load_into, load_weights, save_checkpoint
+from backend.model.dit import EXTRA_PREFIXES, CausalDiT
 from backend.model.generator import ACTION_FPS
 from backend.model.sampler import FlowMatchSchedule
 from backend.training.data import ClipSpec, make_specs, render_clips
@@ -375,7 +375,10 @@ def _self_predicted(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], 
     return noisy - sig * flow
 
 
-def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool) -> None:
+def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool,
+                    anneal: bool = False) -> None:
+    """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
+    planned schedule's value to 10% of it by the deadline (a final polish before export)."""
     mcfg = cfg.model
     ae = _load_autoencoder(cfg, run, device)
     meta = run.meta()
@@ -386,12 +389,14 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     gen = torch.Generator().manual_seed(mcfg.seed + step)
     if weights is None:
         init_dit_(dit, generator=torch.Generator().manual_seed(mcfg.seed))
-    else:
-        dit.load_state_dict(weights)
+    else:  # modules added since the run began (EXTRA_PREFIXES) start at their zero init
+        load_into(dit, weights, source=str(run.path / "dit_model.safetensors"), what="dit",
+                  optional_prefixes=EXTRA_PREFIXES)
     dit.to(device)
     ema = copy.deepcopy(dit).requires_grad_(False)
     if ema_weights is not None:
-        ema.load_state_dict(ema_weights)
+        load_into(ema, ema_weights, source=str(run.path / "dit_ema.safetensors"), what="dit",
+                  optional_prefixes=EXTRA_PREFIXES)
     opt = torch.optim.AdamW(dit.parameters(), lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01)
     cuda = device.type == "cuda"
     pool = LatentPool(cfg, ae, 2048 if cuda else 8, seed=7 + step, device=device)
@@ -451,6 +456,9 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         err = (pred - target).square().mean(dim=(2, 3, 4)) * weight
         loss = err[:, first_loss_frame:].sum() / weight[:, first_loss_frame:].sum()
         lr = 4e-4 * min(1.0, (step - resumed_at + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total_planned, 1.0))))
+        if anneal:
+            done = min(1.0, (time.monotonic() - t_start) / max(1.0, deadline - t_start))
+            lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done))
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -482,10 +490,26 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
 
 
 def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.device) -> None:
+    """Train the evaluation probe until ``deadline`` (a fresh probe each time: it trains in minutes).
+
+    Half of each batch goes through the autoencoder (the run's, else the configured checkpoint's), so
+    the probe reads the softer decoded frames the generator shows as well as clean renders.
+    """
     from backend.training.probe import PROBE_PATH, train_probe
 
-    minutes = max(0.5, (deadline - time.monotonic()) / 60 - 0.5)
-    probe = train_probe(steps=3000 if device.type == "cuda" else 50, device=device, deadline=deadline)
+    minutes = max(0.5, (deadline - time.monotonic()) / 60)
+    if (run.path / "autoencoder.pt").is_file():
+        ae = _load_autoencoder(cfg, run, device)
+    else:
+        weights = load_weights(cfg.model.checkpoint)
+        if weights is None or weights.autoencoder is None:
+            raise SystemExit(f"{run.path}/autoencoder.pt missing and model.checkpoint = {cfg.model.checkpoint!r} "
+                             "has no autoencoder: train the autoencoder stage first")
+        ae = VideoAutoencoder(cfg.model.autoencoder)
+        load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder")
+    cuda = device.type == "cuda"
+    probe = train_probe(steps=10**9 if cuda else 200, device=device, batch=128 if cuda else 32,
+                        deadline=deadline - 15.0, autoencoder=ae.float())
     probe.save(PROBE_PATH)
     run.log(stage="probe", minutes=minutes, path=str(PROBE_PATH))
 
@@ -504,7 +528,8 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     run.log(stage="export", bytes=size, dit_step=prev["step"])
 
 
-def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH) -> int:
+def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
+              anneal: bool = False) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues."""
     deadline = time.monotonic() + minutes * 60
     device = _device(cfg)
@@ -514,7 +539,7 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     if stage == "autoencoder":
         train_autoencoder_stage(cfg, run, deadline, device)
     elif stage in ("dit", "selfforcing"):
-        train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing")
+        train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal)
     elif stage == "probe":
         train_probe_stage(cfg, run, deadline, device)
     elif stage == "export":

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from backend.model import checkpoint as ckpt
 from backend.model.checkpoint import CheckpointError, load_weights, save_checkpoint
-from backend.model.dit import CausalDiT
+from backend.model.dit import EXTRA_PREFIXES, CausalDiT
 from backend.model.generator import Conditions, Generator
 from tests.model.model_kit import micro_config, random_weights
 
@@ -81,13 +81,14 @@ def test_self_forcing_pt_and_bare_wan_keys(tmp_path) -> None:
     extra modules, absent from both, stay at zero."""
     cfg = micro_config()
     wan = {k[4:]: v for k, v in random_weights(cfg).items()
-           if k.startswith("dit.") and not k.startswith(("dit.cond_embedding", "dit.control_embedding"))}
+           if k.startswith("dit.") and not k[4:].startswith(EXTRA_PREFIXES)}
     torch.save({"generator": {f"model.{k}": torch.zeros_like(v) for k, v in wan.items()},
                 "generator_ema": {f"model.{k}": v for k, v in wan.items()}, "critic": {}}, tmp_path / "sf.pt")
     gen = Generator(dataclasses.replace(cfg, checkpoint=str(tmp_path / "sf.pt")))
     state = gen.dit.state_dict()
     assert torch.equal(state["blocks.1.self_attn.q.weight"], wan["blocks.1.self_attn.q.weight"])  # the EMA copy
     assert not state["cond_embedding.action.weight"].any() and not state["control_embedding.weight"].any()
+    assert not state["cond_modulation.weight"].any()
     save_file(wan, str(tmp_path / "wan.safetensors"))
     gen2 = Generator(dataclasses.replace(cfg, checkpoint=str(tmp_path / "wan.safetensors")))
     assert torch.equal(gen2.dit.state_dict()["head.head.weight"], wan["head.head.weight"])
@@ -101,6 +102,7 @@ def test_random_init_is_training_ready() -> None:
     gen = Generator(cfg)
     state = gen.dit.state_dict()
     assert not state["cond_embedding.emotion.weight"].any() and not state["control_embedding.bias"].any()
+    assert not state["cond_modulation.weight"].any() and not state["cond_modulation.bias"].any()
     w = state["blocks.0.self_attn.q.weight"]
     assert 0.05 < w.std() < 0.5 and torch.isfinite(w).all()
     dit = CausalDiT(cfg.dit)

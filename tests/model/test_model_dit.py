@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend.config import DiTSizes
-from backend.model.dit import CausalDiT, Rope3D, rope_split
+from backend.model.dit import EXTRA_PREFIXES, CausalDiT, Rope3D, rope_split
 from backend.model.kv_cache import CrossAttentionCache, KVCache
 
 SIZES = DiTSizes(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, text_len=8, num_controls=5)
@@ -18,7 +18,7 @@ def _dit(seed: int = 0, std: float = 0.2) -> CausalDiT:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in dit.named_parameters():
-            if name.startswith(("cond_embedding", "control_embedding")):
+            if name.startswith(EXTRA_PREFIXES):
                 continue  # keep the zero init of the extras
             p.copy_(torch.randn(p.shape, generator=gen) * std + (1.0 if "norm_" in name or "norm3" in name else 0.0))
     return dit
@@ -106,6 +106,13 @@ def test_zero_extras_behave_like_wan() -> None:
     with torch.inference_mode():
         trained = dit(x, t, dit.build_context(torch.tensor([3]), torch.tensor([2]), prompt))
     assert not torch.allclose(trained, wan, atol=1e-3)
+    with torch.no_grad():  # the command also modulates every block once cond_modulation has learned
+        dit.cond_modulation.weight.normal_(0.0, 0.3)
+    with torch.inference_mode():
+        modulated = dit(x, t, dit.build_context(torch.tensor([3]), torch.tensor([2]), prompt))
+        other = dit(x, t, dit.build_context(torch.tensor([4]), torch.tensor([2]), prompt))
+    assert not torch.allclose(modulated, trained, atol=1e-3)
+    assert not torch.allclose(modulated, other, atol=1e-3)
 
 
 def test_per_frame_timesteps_are_per_frame() -> None:

@@ -51,7 +51,7 @@ def quick_probe(steps: int = 200) -> Probe:
     frames = render(identity_tensor([aiko.identity]), poses[None], NATIVE)[0]
     torch.manual_seed(0)
     probe = Probe(width=8, size=NATIVE)
-    opt = torch.optim.AdamW(probe.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(probe.parameters(), lr=1e-3)
     target = (poses - probe.pose_lo) / probe.pose_span
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):

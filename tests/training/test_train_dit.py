@@ -112,3 +112,44 @@ def test_batched_controls_and_progress_match_the_generator() -> None:
     assert {a.name for a in ACTIONS} >= set(names)
     assert np.isfinite(batched.numpy()).all()
     assert dataclasses.is_dataclass(cfg)
+
+
+def test_a_run_from_before_the_command_modulation_resumes_and_anneals(tmp_path, caplog) -> None:
+    """A run whose DiT weights predate ``cond_modulation`` resumes (the new module starts at zero and
+    learns), the step count goes on, and ``anneal`` lowers the learning rate to 10% by the deadline."""
+    import json
+    import logging
+    import time
+
+    from backend.config import Config
+    from backend.model.autoencoder import VideoAutoencoder
+    from backend.training.train import Run, train_dit_stage
+
+    cfg = Config(model=micro_config())
+    run = Run(tmp_path / "run")
+    run.save("autoencoder.pt", {"ae_state": VideoAutoencoder(cfg.model.autoencoder).state_dict()})
+    old = {k[4:]: v for k, v in random_weights(cfg.model, seed=5, std=0.05).items()
+           if k.startswith("dit.") and not k.startswith("dit.cond_modulation.")}
+    run.save_weights("dit_model.safetensors", old)
+    run.save_weights("dit_ema.safetensors", old)
+    (run.path / "dit_state.json").write_text(json.dumps({"step": 10, "sf_step": 0}))
+    lrs: list[float] = []
+    orig = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):  # the learning rate each step trains with
+        lrs.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.AdamW.step = spy
+    try:
+        with caplog.at_level(logging.INFO, logger="backend.training.train"):
+            train_dit_stage(cfg, run, time.monotonic() + 8.0, torch.device("cpu"), selfforcing=False, anneal=True)
+    finally:
+        torch.optim.AdamW.step = orig
+    state = json.loads((run.path / "dit_state.json").read_text())
+    assert state["step"] == 10 + len(lrs) and len(lrs) >= 3, len(lrs)
+    saved = run.load_weights("dit_model.safetensors")
+    assert saved is not None and saved["cond_modulation.weight"].abs().sum() > 0  # it learned from zero
+    planned = lrs[0] / min(1.0, 1 / 200)  # the first step: warm-up 1/200 and anneal ~1.0
+    assert lrs[-1] < 0.5 * planned * min(1.0, len(lrs) / 200)  # annealed well below the planned schedule
+    assert any("dit saved" in r.getMessage() for r in caplog.records)

@@ -36,7 +36,7 @@ def test_quick_training_reads_pose_and_identity_better_than_chance(trained: Prob
     assert got["vector"].shape == (96, IDENTITY_DIM)
 
 
-def test_save_load_round_trip_is_small_and_exact(trained: Probe, tmp_path):
+def test_save_load_round_trip_is_small_and_close(trained: Probe, tmp_path):
     path = tmp_path / "probe.safetensors"
     trained.save(path)
     assert path.stat().st_size < 1_000_000
@@ -44,12 +44,48 @@ def test_save_load_round_trip_is_small_and_exact(trained: Probe, tmp_path):
     frames = torch.rand(3, 4, 144, 256)  # any size is resized to the probe's own
     a, ia = trained.predict(frames)
     b, ib = again.predict(frames)
-    assert torch.equal(a, b) and ia["hair_style"] == ib["hair_style"]
+    span = trained.pose_span
+    assert ((a - b).abs() / span).max() < 0.01  # stored in fp16
+    assert ia["hair_style"] == ib["hair_style"]
 
 
-def test_native_size_probe_is_under_a_megabyte(tmp_path):
+def test_native_size_probe_is_small(tmp_path):
     Probe().save(tmp_path / "p.safetensors")
-    assert (tmp_path / "p.safetensors").stat().st_size < 1_000_000
+    assert (tmp_path / "p.safetensors").stat().st_size < 3_000_000
+
+
+def test_a_probe_of_the_old_layout_asks_for_retraining(tmp_path):
+    old = tmp_path / "old.safetensors"
+    save_file({"w": torch.zeros(2)}, str(old), metadata={"format": "liveidol-probe-1"})
+    with pytest.raises(ProbeError, match=r"old\.safetensors.*liveidol train probe"):
+        Probe.load(old)
+
+
+def test_render_batch_runs_are_consecutive_poses_of_one_idol():
+    gen = torch.Generator().manual_seed(5)
+    pool = _pose_pool(gen, clips=2, frames=40)
+    frames, poses, ident = render_batch(8, gen, "cpu", SIZE, pool, run=4)
+    assert frames.shape == (8, 4, SIZE[1], SIZE[0]) and poses.shape == (8, len(POSE_PARAMS))
+    assert torch.equal(ident[0], ident[3]) and not torch.equal(ident[0], ident[4])
+    # one jitter offset per run: within a run frames differ by 1/25 s of motion, across runs by much more
+    within = (poses[1:4] - poses[:3]).abs().mean()
+    assert within < 0.5 * (poses[4] - poses[3]).abs().mean()
+    with pytest.raises(ValueError, match="multiple"):
+        render_batch(6, gen, "cpu", SIZE, pool, run=4)
+
+
+def test_render_batch_through_the_autoencoder_gives_premultiplied_frames():
+    from backend.config import AutoencoderConfig
+    from backend.model.autoencoder import VideoAutoencoder
+
+    ae = VideoAutoencoder(AutoencoderConfig(width=8, native_width=64, native_height=40,
+                                            spatial_factor=4, temporal_factor=4))
+    gen = torch.Generator().manual_seed(6)
+    frames, _, _ = render_batch(8, gen, "cpu", (64, 40), _pose_pool(gen, clips=1, frames=20), run=4,
+                                    autoencoder=ae)
+    assert frames.shape == (8, 4, 40, 64)
+    assert (frames[:, :3] <= frames[:, 3:] + 1e-6).all()  # premultiplied: colour never exceeds the matte
+    assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
 
 
 def test_loading_something_else_names_the_file(tmp_path):
