@@ -2,7 +2,7 @@
 
     liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
-    liveidol train {autoencoder,dit,probe} --run DIR [--minutes M]
+    liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M]
     liveidol obs setup [--host H] [--port P] [--new-scene]
     liveidol chat {twitch CHANNEL | bilibili ROOM | console}
@@ -92,11 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the default model (resumable steps of at most --minutes)")
     _add_common(p)
-    p.add_argument("stage", choices=["autoencoder", "dit", "selfforcing", "probe", "export"])
+    p.add_argument("stage", choices=["autoencoder", "dit", "selfforcing", "probe", "export", "import"],
+                   help="import: seed a new run from --checkpoint (default: the shipped weights) to train on")
     p.add_argument("--run", default="runs/default", help="run directory holding checkpoints and logs")
     p.add_argument("--minutes", type=float, default=9.0, help="stop and save after this long (default 9)")
     p.add_argument("--anneal", action="store_true",
                    help="dit/selfforcing: decay the learning rate to 10%% by the end of this step (before export)")
+    p.add_argument("--checkpoint", help="import: the checkpoint to start from (default 'builtin', the shipped weights)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("eval", help="evaluate action following, identity and temporal stability, speed")
@@ -190,7 +192,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "train":
-        cfg = _config(args, **{"model.device": args.device})
+        cfg = _config(args, **{"model.device": args.device, "model.checkpoint": args.checkpoint})
         _setup_logging(cfg.log_level)
         from backend.training.train import run_stage
 

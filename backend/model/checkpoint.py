@@ -221,8 +221,11 @@ def config_metadata(dit: DiTSizes, autoencoder: AutoencoderConfig) -> str:
 
 
 def save_checkpoint(path: str | Path, dit: nn.Module, autoencoder: nn.Module | None, cfg: ModelConfig,
-                    dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write ``dit.*`` and ``autoencoder.*`` in ``dtype`` (bf16/fp16/fp32) with the config as metadata."""
+                    dtype: torch.dtype = torch.bfloat16, training: dict | None = None) -> Path:
+    """Write ``dit.*`` and ``autoencoder.*`` in ``dtype`` (bf16/fp16/fp32) with the config as metadata.
+
+    ``training`` (JSON-able, e.g. the DiT step counts) is kept beside the config under ``"training"``, so
+    ``liveidol train import`` can continue a run from the file."""
     if dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise ValueError(f"save_checkpoint: dtype must be bfloat16, float16 or float32, got {dtype}")
     path = Path(path)
@@ -232,5 +235,6 @@ def save_checkpoint(path: str | Path, dit: nn.Module, autoencoder: nn.Module | N
                         if not v.is_floating_point() else v.detach().to("cpu", dtype).contiguous()
                         for k, v in autoencoder.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: config_metadata(cfg.dit, cfg.autoencoder)})
+    meta = json.loads(config_metadata(cfg.dit, cfg.autoencoder)) | ({"training": training} if training else {})
+    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(meta)})
     return path

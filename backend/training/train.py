@@ -37,7 +37,15 @@ from torch import Tensor
 from backend.actions import ACTIONS
 from backend.config import Config, ModelConfig
 from backend.model.autoencoder import VideoAutoencoder
-from backend.model.checkpoint import BUILTIN_PATH, init_dit_, load_into, load_weights, save_checkpoint
+from backend.model.checkpoint import (
+    BUILTIN_PATH,
+    check_config,
+    init_dit_,
+    load_dit,
+    load_into,
+    load_weights,
+    save_checkpoint,
+)
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT
 from backend.model.generator import ACTION_FPS
 from backend.model.sampler import FlowMatchSchedule
@@ -193,6 +201,9 @@ def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torc
     ae_cfg = cfg.model.autoencoder
     tf, size = ae_cfg.temporal_factor, (ae_cfg.native_width, ae_cfg.native_height)
     prev = run.load("autoencoder.pt")
+    if prev is not None and "model" not in prev:
+        raise SystemExit(f"{run.path}/autoencoder.pt was imported from {prev.get('imported_from')}: it has no "
+                         "training state to resume; train the autoencoder in a new run directory")
     pool_seed = 1000 + (prev["step"] if prev else 0)
     specs = _spec_pool(512 if device.type == "cuda" else 16, 16 * tf, pool_seed, tf)
 
@@ -522,10 +533,38 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     dit = CausalDiT(cfg.model.dit)
     dit.load_state_dict(ema)
     prev = run.meta()
-    save_checkpoint(path, dit, ae, cfg.model, dtype=torch.float16)
+    save_checkpoint(path, dit, ae, cfg.model, dtype=torch.float16,
+                    training={"dit_step": int(prev.get("step", 0)), "sf_step": int(prev.get("sf_step", 0))})
     size = path.stat().st_size
     log.info("exported %s bytes=%d dit_step=%d", path, size, prev["step"])
     run.log(stage="export", bytes=size, dit_step=prev["step"])
+
+
+def import_stage(cfg: Config, run: Run) -> None:
+    """Seed an empty run from ``model.checkpoint`` (default: the shipped weights), so ``dit`` and
+    ``selfforcing`` continue from it: the autoencoder (frozen for the DiT stages), the DiT as model and
+    EMA, and the step counts the export recorded."""
+    taken = [n for n in ("autoencoder.pt", "dit_model.safetensors", "dit_ema.safetensors") if (run.path / n).exists()]
+    if taken:
+        raise SystemExit(f"{run.path}: already holds {', '.join(taken)}; import only into a new run directory")
+    weights = load_weights(cfg.model.checkpoint)
+    if weights is None or weights.autoencoder is None:
+        raise SystemExit(f"model.checkpoint = {cfg.model.checkpoint!r}: import needs a LiveIdol checkpoint with "
+                         "autoencoder weights (the shipped one, or a file written by `liveidol train export`)")
+    check_config(weights, cfg.model)
+    ae = VideoAutoencoder(cfg.model.autoencoder)
+    load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder")
+    dit = CausalDiT(cfg.model.dit)
+    load_dit(dit, weights)
+    trained = (weights.config or {}).get("training", {})
+    run.save("autoencoder.pt", {"ae_state": {k: v.float() for k, v in ae.state_dict().items()},
+                                "imported_from": weights.source})
+    run.save_weights("dit_model.safetensors", dit.state_dict())
+    run.save_weights("dit_ema.safetensors", dit.state_dict())
+    state = {"step": int(trained.get("dit_step", 0)), "sf_step": int(trained.get("sf_step", 0))}
+    (run.path / "dit_state.json").write_text(json.dumps(state))
+    run.log(stage="import", source=weights.source, **state)
+    log.info("imported %s into %s dit_step=%d", weights.source, run.path, state["step"])
 
 
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
@@ -544,4 +583,6 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
         train_probe_stage(cfg, run, deadline, device)
     elif stage == "export":
         export_stage(cfg, run, export_path)
+    elif stage == "import":
+        import_stage(cfg, run)
     return 0

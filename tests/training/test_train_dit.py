@@ -153,3 +153,39 @@ def test_a_run_from_before_the_command_modulation_resumes_and_anneals(tmp_path, 
     planned = lrs[0] / min(1.0, 1 / 200)  # the first step: warm-up 1/200 and anneal ~1.0
     assert lrs[-1] < 0.5 * planned * min(1.0, len(lrs) / 200)  # annealed well below the planned schedule
     assert any("dit saved" in r.getMessage() for r in caplog.records)
+
+
+def test_import_seeds_a_run_from_an_exported_checkpoint_and_training_continues(tmp_path) -> None:
+    """export -> import round trip: the new run holds the same autoencoder and DiT, resumes at the exported
+    step count; importing over a run, or resuming the autoencoder stage of an imported run, is refused."""
+    import json
+    import time
+
+    from backend.config import Config
+    from backend.model.autoencoder import VideoAutoencoder
+    from backend.model.checkpoint import load_weights, save_checkpoint
+    from backend.training.train import Run, import_stage, train_autoencoder_stage, train_dit_stage
+
+    cfg = Config(model=micro_config())
+    w = random_weights(cfg.model, seed=7, std=0.05)
+    dit, ae = CausalDiT(cfg.model.dit), VideoAutoencoder(cfg.model.autoencoder)
+    dit.load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("dit.")})
+    ae.load_state_dict({k[12:]: v for k, v in w.items() if k.startswith("autoencoder.")})
+    path = save_checkpoint(tmp_path / "m.safetensors", dit, ae, cfg.model, dtype=torch.float32,
+                           training={"dit_step": 123, "sf_step": 45})
+    assert load_weights(str(path)).config["training"] == {"dit_step": 123, "sf_step": 45}
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
+    run = Run(tmp_path / "run")
+    import_stage(cfg, run)
+    assert json.loads((run.path / "dit_state.json").read_text()) == {"step": 123, "sf_step": 45}
+    got = run.load_weights("dit_ema.safetensors")
+    assert torch.allclose(got["blocks.0.self_attn.q.weight"].float(), dit.state_dict()["blocks.0.self_attn.q.weight"],
+                          atol=1e-3)  # runs keep fp16
+    ae_state = run.load("autoencoder.pt")["ae_state"]
+    assert all(torch.equal(ae_state[k], v) for k, v in ae.state_dict().items())
+    train_dit_stage(cfg, run, time.monotonic() + 4.0, torch.device("cpu"), selfforcing=False)
+    assert json.loads((run.path / "dit_state.json").read_text())["step"] > 123
+    with pytest.raises(SystemExit, match="already holds"):
+        import_stage(cfg, run)
+    with pytest.raises(SystemExit, match="imported from"):
+        train_autoencoder_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"))
