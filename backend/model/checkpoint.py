@@ -216,8 +216,9 @@ def init_dit_(dit: CausalDiT, *, std: float = 0.02, generator: torch.Generator |
     return dit
 
 
-def config_metadata(dit: DiTSizes, autoencoder: AutoencoderConfig) -> str:
-    return json.dumps({"dit": dataclasses.asdict(dit), "autoencoder": dataclasses.asdict(autoencoder)})
+def config_metadata(dit: DiTSizes, autoencoder: AutoencoderConfig, training: dict | None = None) -> str:
+    meta = {"dit": dataclasses.asdict(dit), "autoencoder": dataclasses.asdict(autoencoder)}
+    return json.dumps(meta | ({"training": training} if training else {}))
 
 
 def save_checkpoint(path: str | Path, dit: nn.Module, autoencoder: nn.Module | None, cfg: ModelConfig,
@@ -235,6 +236,5 @@ def save_checkpoint(path: str | Path, dit: nn.Module, autoencoder: nn.Module | N
                         if not v.is_floating_point() else v.detach().to("cpu", dtype).contiguous()
                         for k, v in autoencoder.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.loads(config_metadata(cfg.dit, cfg.autoencoder)) | ({"training": training} if training else {})
-    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(meta)})
+    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: config_metadata(cfg.dit, cfg.autoencoder, training)})
     return path

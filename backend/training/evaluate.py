@@ -49,7 +49,7 @@ from backend.training.probe import PROBE_PATH, Probe
 from backend.world.character import CharacterConfig, identity_tensor, load_character
 from backend.world.pose import action_scores, simulate
 from backend.world.reference import reference_frame
-from backend.world.render import render
+from backend.world.render import premultiplied, render, straight_alpha
 
 __all__ = [
     "FOLLOW_MIN_SCORE",
@@ -197,15 +197,12 @@ def followed(scores: dict[str, Tensor], commanded: str, *, smooth: int = FOLLOW_
 
 def _premultiplied(frames: np.ndarray | Tensor, device: torch.device) -> Tensor:
     """(N, H, W, 4) uint8 straight alpha -> (N, 4, H, W) float [0, 1] premultiplied (what the probe reads)."""
-    x = torch.as_tensor(frames).to(device).permute(0, 3, 1, 2).float() / 255.0
-    return torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+    return premultiplied(torch.as_tensor(frames).to(device).permute(0, 3, 1, 2).float() / 255.0)
 
 
 def _world_uint8(video: Tensor) -> Tensor:
     """Premultiplied world renders (N, 4, H, W) -> (N, H, W, 4) uint8 straight alpha, the generator's output format."""
-    rgb, a = video[:, :3], video[:, 3:]
-    rgb = torch.where(a > 1e-3, rgb / a.clamp(min=1e-3), 0.0).clamp(0, 1)
-    return (torch.cat([rgb, a], 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+    return (straight_alpha(video).permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
 
 
 def _world_chunks(character: CharacterConfig, poses: Tensor, size: tuple[int, int], device: torch.device,

@@ -37,7 +37,7 @@ from backend.world.character import (
     sample_identity,
 )
 from backend.world.pose import POSE_PARAMS, POSE_RANGES, random_script, simulate
-from backend.world.render import render, straight_alpha
+from backend.world.render import premultiplied, render, straight_alpha
 
 __all__ = ["PROBE_PATH", "PROBE_SIZE", "Probe", "ProbeError", "render_batch", "train_probe"]
 
@@ -183,8 +183,7 @@ def render_batch(n: int, gen: torch.Generator, device: torch.device | str, size:
     video = render(ident, poses, size=size)  # (k, run, 4, H, W) premultiplied
     if autoencoder is not None:
         with torch.no_grad():
-            straight = autoencoder.decode(autoencoder.encode(straight_alpha(video))).float()
-        video = torch.cat([straight[:, :, :3] * straight[:, :, 3:], straight[:, :, 3:]], 2)
+            video = premultiplied(autoencoder.decode(autoencoder.encode(straight_alpha(video))).float())
     return (video.flatten(0, 1), poses.flatten(0, 1),
             ident[:, None].expand(-1, run, -1).flatten(0, 1))
 

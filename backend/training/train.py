@@ -39,6 +39,7 @@ from backend.config import Config, ModelConfig
 from backend.model.autoencoder import VideoAutoencoder
 from backend.model.checkpoint import (
     BUILTIN_PATH,
+    Weights,
     check_config,
     init_dit_,
     load_dit,
@@ -57,8 +58,8 @@ __all__ = ["block_causal_mask", "controls_from_labels", "progress_from_labels", 
 log = logging.getLogger(__name__)
 
 CLIP_LATENTS = 16  # latent frames per training clip
-MAX_OFFSET = 10**7
-ACTION_START_LATENTS = 6  # latent frames (about 1 s) after a command switch that the loss weighs up  # largest random temporal offset of a clip behind its reference
+MAX_OFFSET = 10**7  # largest random temporal offset of a clip behind its reference
+ACTION_START_LATENTS = 6  # latent frames (about 1 s) after a command switch that the loss weighs up
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +229,17 @@ def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torc
     last = state["losses"][-1] if state["losses"] else {}
     run.log(stage="autoencoder", step=state["step"], **{k: v for k, v in last.items() if k != "step"})
     log.info("autoencoder step=%d loss=%s stopped=%s", state["step"], last.get("total"), state.get("stopped"))
+
+
+def _checkpoint_autoencoder(cfg: Config, hint: str) -> tuple[Weights, VideoAutoencoder]:
+    """``model.checkpoint``'s weights and its autoencoder (CPU, float32); ``hint`` says what to do when the
+    checkpoint has no autoencoder."""
+    weights = load_weights(cfg.model.checkpoint)
+    if weights is None or weights.autoencoder is None:
+        raise SystemExit(f"model.checkpoint = {cfg.model.checkpoint!r} has no autoencoder weights: {hint}")
+    ae = VideoAutoencoder(cfg.model.autoencoder)
+    load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder")
+    return weights, ae
 
 
 def _load_autoencoder(cfg: Config, run: Run, device: torch.device) -> VideoAutoencoder:
@@ -512,12 +524,8 @@ def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
     if (run.path / "autoencoder.pt").is_file():
         ae = _load_autoencoder(cfg, run, device)
     else:
-        weights = load_weights(cfg.model.checkpoint)
-        if weights is None or weights.autoencoder is None:
-            raise SystemExit(f"{run.path}/autoencoder.pt missing and model.checkpoint = {cfg.model.checkpoint!r} "
-                             "has no autoencoder: train the autoencoder stage first")
-        ae = VideoAutoencoder(cfg.model.autoencoder)
-        load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder")
+        _, ae = _checkpoint_autoencoder(cfg, f"{run.path}/autoencoder.pt is missing too: train the autoencoder "
+                                             "stage first")
     cuda = device.type == "cuda"
     probe = train_probe(steps=10**9 if cuda else 200, device=device, batch=128 if cuda else 32,
                         deadline=deadline - 15.0, autoencoder=ae.float())
@@ -547,13 +555,9 @@ def import_stage(cfg: Config, run: Run) -> None:
     taken = [n for n in ("autoencoder.pt", "dit_model.safetensors", "dit_ema.safetensors") if (run.path / n).exists()]
     if taken:
         raise SystemExit(f"{run.path}: already holds {', '.join(taken)}; import only into a new run directory")
-    weights = load_weights(cfg.model.checkpoint)
-    if weights is None or weights.autoencoder is None:
-        raise SystemExit(f"model.checkpoint = {cfg.model.checkpoint!r}: import needs a LiveIdol checkpoint with "
-                         "autoencoder weights (the shipped one, or a file written by `liveidol train export`)")
+    weights, ae = _checkpoint_autoencoder(cfg, "import needs a LiveIdol checkpoint (the shipped one, or a file "
+                                               "written by `liveidol train export`)")
     check_config(weights, cfg.model)
-    ae = VideoAutoencoder(cfg.model.autoencoder)
-    load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder")
     dit = CausalDiT(cfg.model.dit)
     load_dit(dit, weights)
     trained = (weights.config or {}).get("training", {})

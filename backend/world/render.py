@@ -30,7 +30,7 @@ from backend.world.character import (
 )
 from backend.world.pose import ARM_FORE, HIP, POSE_INDEX, POSE_PARAMS, REST_POSE, Skeleton, skeleton
 
-__all__ = ["DESIGN_SIZE", "character_reference", "reference_frame", "render", "straight_alpha"]
+__all__ = ["DESIGN_SIZE", "character_reference", "premultiplied", "reference_frame", "render", "straight_alpha"]
 
 DESIGN_SIZE = (256, 144)
 _P = len(POSE_PARAMS)
@@ -470,3 +470,8 @@ def straight_alpha(video: Tensor) -> Tensor:
     """
     rgb, a = video[..., :3, :, :], video[..., 3:4, :, :]
     return torch.cat([torch.where(a > 1e-3, rgb / a.clamp(min=1e-3), 0.0).clamp(0, 1), a], dim=-3)
+
+
+def premultiplied(video: Tensor) -> Tensor:
+    """Straight alpha (decoded or served frames) -> premultiplied RGBA (what the world renders), channels at dim -3."""
+    return torch.cat([video[..., :3, :, :] * video[..., 3:4, :, :], video[..., 3:4, :, :]], dim=-3)
