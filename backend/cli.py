@@ -2,7 +2,7 @@
 
     liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
-    liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal]
+    liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M]
     liveidol obs setup [--host H] [--port P] [--new-scene]
     liveidol chat {twitch CHANNEL | bilibili ROOM | console}
@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anneal", action="store_true",
                    help="dit/selfforcing: decay the learning rate to 10%% by the end of this step (before export)")
     p.add_argument("--checkpoint", help="import: the checkpoint to start from (default 'builtin', the shipped weights)")
+    p.add_argument("--kernel", choices=["auto", "flex", "sdpa"], default="auto",
+                   help="dit/selfforcing: masked attention kernel; auto = block-sparse flex attention on CUDA, SDPA on CPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="dit/selfforcing: torch.compile the DiT blocks (default: on CUDA, 1.75x faster steps on an H100)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("eval", help="evaluate action following, identity and temporal stability, speed")
@@ -196,7 +200,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         _setup_logging(cfg.log_level)
         from backend.training.train import run_stage
 
-        return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal)
+        return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
+                         kernel=args.kernel, compile=args.compile)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device})

@@ -123,7 +123,7 @@ class ModelConfig:
     context_noise: float = opt(0.1, "Noise level (sigma) of the generated frames written into the KV cache as "
                                "context; the default model is trained with it, which keeps long rollouts from "
                                "drifting. Use 0 for Self-Forcing / Wan checkpoints.", min=0.0, max=0.5)
-    guidance: float = opt(2.0, "Action guidance: push each denoising step away from the prediction under "
+    guidance: float = opt(0.5, "Action guidance: push each denoising step away from the prediction under "
                           "`guidance_negative` (costs a second pass while an action plays; 0 = off).",
                           min=0.0, max=20.0)
     guidance_negative: str = opt("idle", "The action whose prediction guidance pushes away from.")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Attention", "AttentionBackendError", "SageAttention", "SdpaAttention", "select_attention"]
+__all__ = ["Attention", "AttentionBackendError", "FlexAttention", "SageAttention", "SdpaAttention", "select_attention"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,45 @@ class SageAttention(Attention):
 
 
 _SDPA = SdpaAttention()
+
+
+class FlexAttention(Attention):
+    """Training's block-sparse masked attention: ``torch.nn.attention.flex_attention`` with a block mask
+    built from the frame-level mask, so the fully masked tiles (about 70% of training's block-causal
+    window mask) are skipped instead of computed and discarded. Compiled on CUDA, eager elsewhere (tests).
+
+    ``frame_mask(mask, frame_tokens)`` turns a bool ``(F, F)`` frame mask into the block mask that
+    ``__call__`` takes (cached per distinct mask: training uses a handful). Calls without a mask
+    (cross-attention) go to SDPA.
+    """
+
+    name = "flex"
+
+    def __init__(self, *, compile: bool = True) -> None:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        self._create = create_block_mask
+        self._fn = torch.compile(flex_attention, dynamic=False) if compile else flex_attention
+        self._masks: dict[tuple[bytes, int, int, str], object] = {}
+
+    def frame_mask(self, mask: torch.Tensor, frame_tokens: int) -> object:
+        f = mask.shape[0]
+        key = (mask.cpu().numpy().tobytes(), f, frame_tokens, str(mask.device))
+        if key not in self._masks:
+            frames = mask.clone()
+
+            def mask_mod(b, h, q_idx, kv_idx):  # flex's signature
+                return frames[q_idx // frame_tokens, kv_idx // frame_tokens]
+
+            s = f * frame_tokens
+            self._masks[key] = self._create(mask_mod, None, None, s, s, device=mask.device)
+        return self._masks[key]
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object = None) -> torch.Tensor:
+        if mask is None:
+            return _SDPA(q, k, v)
+        out = self._fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask)  # (B, H, S, D)
+        return out.transpose(1, 2).type_as(q)
 
 
 def _is_hopper(device: torch.device) -> bool:

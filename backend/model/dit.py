@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.config import DiTSizes
-from backend.model.attention import Attention, SdpaAttention
+from backend.model.attention import Attention, FlexAttention, SdpaAttention
 from backend.model.kv_cache import CacheStep, CrossAttentionCache, KVCache
 
 __all__ = ["EXTRA_PREFIXES", "CausalDiT", "rope_split", "sinusoidal_embedding"]
@@ -375,13 +375,15 @@ class CausalDiT(nn.Module):
         return self._unpatchify(x, (gf, gh, gw))
 
     def forward_train(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, controls: torch.Tensor | None,
-                      frame_pos: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+                      frame_pos: torch.Tensor, attn_mask: torch.Tensor,
+                      flex: FlexAttention | None = None) -> torch.Tensor:
         """Training forward without a cache: flow ``(B, out_dim, F, H, W)`` for latents ``x`` ``(B, in_dim, F, H, W)``.
 
         ``t``: ``(B, F)``; ``context``: ``(B, F, L, text_dim)`` (each frame its own conditions) or ``(B, L, text_dim)``;
         ``controls``: ``(B, F, num_controls)`` or None; ``frame_pos``: ``(F,)`` temporal RoPE position of each
         frame (frames may share positions: a clean and a noisy copy of one latent frame); ``attn_mask``:
-        ``(F, F)`` bool, True where frame i may attend to frame j (expanded to tokens). RoPE is applied in
+        ``(F, F)`` bool, True where frame i may attend to frame j (expanded to tokens, or with ``flex`` to a
+        block mask that skips the masked tiles: same result, less work). RoPE is applied in
         float32 here (angles still computed in float64), the inference path keeps the reference's float64.
         """
         s = self.sizes
@@ -399,9 +401,13 @@ class CausalDiT(nn.Module):
         context = self.text_embedding(context.type_as(x))
         ang = self.rope.angles_at(frame_pos, gh, gw).to(x.device)
         rope = (torch.cos(ang).float(), torch.sin(ang).float())
-        mask = attn_mask.repeat_interleave(frame_tokens, 0).repeat_interleave(frame_tokens, 1)  # (S, S)
+        if flex is not None:
+            attn, mask = flex, flex.frame_mask(attn_mask, frame_tokens)
+        else:
+            attn = self.attention
+            mask = attn_mask.repeat_interleave(frame_tokens, 0).repeat_interleave(frame_tokens, 1)  # (S, S)
         for i, block in enumerate(self.blocks):
-            x = block(x, e0, context, rope, self.attention, None, None, None, i, mask)
+            x = block(x, e0, context, rope, attn, None, None, None, i, mask)
         x = self.head(x, e.unflatten(0, t.shape).unsqueeze(2))
         return self._unpatchify(x, (gf, gh, gw))
 

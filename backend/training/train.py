@@ -15,6 +15,10 @@ Stages, in order (each picks up where the last call stopped; state lives in the 
 4. ``probe`` — the evaluation probe that reads pose and identity back from frames.
 5. ``export`` — the EMA weights as one small safetensors file: backend/weights/liveidol-small.safetensors.
 
+Speed (H100, batch 32, 16-latent clips): the masked attention runs as block-sparse flex attention, the
+large noise tensors are drawn on the device, and each DiT block is compiled (``--no-compile`` to skip):
+~130 ms a teacher-forced step, against ~310 ms eager with SDPA and noise drawn on the CPU.
+
 Temporal positions: the reference keeps RoPE position 0 for good while a stream runs for days, so
 the clip's positions are offset by a random amount (log-uniform up to 10^7 latent frames) and the
 model learns to read identity from the sink whatever the distance.
@@ -36,6 +40,7 @@ from torch import Tensor
 
 from backend.actions import ACTIONS
 from backend.config import Config, ModelConfig
+from backend.model.attention import FlexAttention
 from backend.model.autoencoder import VideoAutoencoder
 from backend.model.checkpoint import (
     BUILTIN_PATH,
@@ -309,9 +314,15 @@ def _sample_t(n_chunks: int, b: int, cfg: ModelConfig, sched: FlowMatchSchedule,
     return torch.where(use_inf, pick, cont)
 
 
+def _randn(shape: torch.Size | tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """Standard normal noise drawn on ``gen``'s device (training's large noise tensors come from a generator on
+    the training device: drawing them on the CPU and copying cost tens of ms a step)."""
+    return torch.randn(shape, generator=gen, device=gen.device)
+
+
 def _noised_context(context: Tensor, sigma: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Context latents re-noised to ``sigma`` (B,) as the generator's cache pass does; returns (latents, t (B,))."""
-    eps = torch.randn(context.shape, generator=gen).to(context.device, context.dtype)
+    eps = _randn(context.shape, gen).to(context.device, context.dtype)
     s = sigma.view(-1, 1, 1, 1, 1).to(context.dtype)
     return (1 - s) * context + s * eps, 1000 * sigma
 
@@ -349,7 +360,8 @@ def _random_offset(gen: torch.Generator) -> int:
 
 @torch.no_grad()
 def _rollout(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], n_latents: int, chunk: int, window: int,
-             sched: FlowMatchSchedule, gen: torch.Generator, offset: int, steps: int) -> Tensor:
+             sched: FlowMatchSchedule, gen: torch.Generator, offset: int, steps: int,
+             flex: FlexAttention | None = None) -> Tensor:
     """The model's own few-step rollout of the first ``n_latents`` frames, as the generator samples them
     (its context re-noised to ``context_noise`` like the cache pass); later frames stay ground truth."""
     lat = batch["latents"].float()
@@ -360,7 +372,7 @@ def _rollout(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], n_laten
     sigma_ctx = torch.full((b,), cfg.context_noise, device=lat.device)
     for c0 in range(0, n_latents, chunk):
         c1 = min(c0 + chunk, n_latents)
-        x = torch.randn(out[:, c0:c1].shape, generator=gen).to(lat.device)
+        x = _randn(out[:, c0:c1].shape, gen).to(lat.device)
         for i, tv in enumerate(ts):
             noisy = out.clone()
             noisy[:, c0:c1] = x
@@ -368,11 +380,11 @@ def _rollout(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], n_laten
             t_noisy[:, c0:c1] = tv
             ctx, t_ctx = _noised_context(out, sigma_ctx, gen)
             inp = _sequence_inputs(dit, cfg, batch, ctx, noisy, t_noisy, offset, t_ctx)
-            flow = dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n + c0:1 + n + c1]
+            flow = dit.forward_train(**inp, attn_mask=mask, flex=flex).permute(0, 2, 1, 3, 4)[:, 1 + n + c0:1 + n + c1]
             sigma = sched.sigma_nearest(torch.full((1,), tv)).item()
             x0 = x - sigma * flow.float()
             if i + 1 < len(ts):
-                eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+                eps = _randn(x0.shape, gen).to(x0.device)
                 x = (1 - ts[i + 1] / 1000) * x0 + ts[i + 1] / 1000 * eps
             else:
                 out[:, c0:c1] = x0
@@ -381,25 +393,25 @@ def _rollout(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], n_laten
 
 @torch.no_grad()
 def _self_predicted(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], chunk: int, sched: FlowMatchSchedule,
-                    gen: torch.Generator, offset: int) -> Tensor:
+                    gen: torch.Generator, offset: int, flex: FlexAttention | None = None) -> Tensor:
     """One no-grad pass: every chunk's x0 predicted by the model from a sampler timestep (ground-truth context).
     Used as the context of the training pass, it shows the model its own typical errors cheaply."""
     lat = batch["latents"].float()
     b, n = lat.shape[:2]
     ts = torch.tensor(sched.warp_list(cfg.timesteps))
-    t_chunk = ts[torch.randint(len(ts), (b, math.ceil(n / chunk)), generator=gen)]
+    t_chunk = ts[torch.randint(len(ts), (b, math.ceil(n / chunk)), generator=gen, device=gen.device).cpu()]
     t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n].to(lat.device)
     sig = (t_noisy / 1000).view(b, n, 1, 1, 1)
-    noisy = (1 - sig) * lat + sig * torch.randn(lat.shape, generator=gen).to(lat.device)
+    noisy = (1 - sig) * lat + sig * _randn(lat.shape, gen).to(lat.device)
     ctx, t_ctx = _noised_context(lat, torch.full((b,), cfg.context_noise, device=lat.device), gen)
     mask = block_causal_mask(n, chunk, cfg.window_frames, cfg.sink_frames > 0, lat.device)
     flow = dit.forward_train(**_sequence_inputs(dit, cfg, batch, ctx, noisy, t_noisy, offset, t_ctx),
-                             attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
+                             attn_mask=mask, flex=flex).permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
     return noisy - sig * flow
 
 
 def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool,
-                    anneal: bool = False) -> None:
+                    anneal: bool = False, kernel: str = "auto", compile: bool | None = None) -> None:
     """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
     planned schedule's value to 10% of it by the deadline (a final polish before export)."""
     mcfg = cfg.model
@@ -410,6 +422,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     step, sf_step = int(meta.get("step", 0)), int(meta.get("sf_step", 0))
     resumed_at = step
     gen = torch.Generator().manual_seed(mcfg.seed + step)
+    noise_gen = torch.Generator(device).manual_seed(mcfg.seed + step)  # the big noise tensors, on the device
     if weights is None:
         init_dit_(dit, generator=torch.Generator().manual_seed(mcfg.seed))
     else:  # modules added since the run began (EXTRA_PREFIXES) start at their zero init
@@ -422,6 +435,22 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
                   optional_prefixes=EXTRA_PREFIXES)
     opt = torch.optim.AdamW(dit.parameters(), lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01)
     cuda = device.type == "cuda"
+    # block-sparse attention (skips the ~70% of tiles the training mask hides; same result); compiled on CUDA
+    if kernel not in ("auto", "flex", "sdpa"):
+        raise ValueError(f"kernel = {kernel!r}: expected 'auto', 'flex' or 'sdpa'")
+    if kernel == "flex" and not cuda:
+        raise SystemExit("--kernel flex trains on CUDA only (flex attention has no backward on CPU): use auto or sdpa")
+    flex = FlexAttention(compile=cuda) if kernel == "flex" or (kernel == "auto" and cuda) else None
+    if compile is None:
+        compile = cuda
+    if compile:  # each block compiled (fused norms, modulation, RoPE; flex traced into the block's graph)
+        from torch._dynamo import config as dynamo_config
+
+        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)  # 6 blocks x masks x grad modes
+        for block in dit.blocks:
+            block.compile()
+        flex = FlexAttention(compile=False) if flex is not None else None
+    log.info("dit training attention kernel=%s compiled=%s", "flex" if flex else "sdpa", compile)
     pool = LatentPool(cfg, ae, 2048 if cuda else 8, seed=7 + step, device=device)
     sched = FlowMatchSchedule(shift=mcfg.shift)
     batch_size = 32 if cuda else 2
@@ -430,7 +459,8 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     t_start = time.monotonic()
     step_times: list[float] = []
     while True:
-        if step_times and time.monotonic() + 2 * max(step_times[-20:]) > deadline:
+        recent = step_times[1:][-20:] or step_times  # the first step (compile, cudnn warm-up) is no forecast
+        if recent and time.monotonic() + 2 * max(recent) > deadline:
             break
         if not step_times and time.monotonic() > deadline:
             break
@@ -448,31 +478,32 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
             k = chunk * int(torch.randint(1, max(2, 6 // chunk + 1), (1,), generator=gen).item())
             steps = int(torch.randint(1, 3, (1,), generator=gen).item())
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-                context = _rollout(dit, mcfg, batch, k, chunk, mcfg.window_frames, sched, gen, offset, steps)
+                context = _rollout(dit, mcfg, batch, k, chunk, mcfg.window_frames, sched, noise_gen, offset, steps,
+                                   flex)
             first_loss_frame = k
             dit.train()
             sf_step += 1
         elif mode < 0.7:  # the model's own one-pass predictions as context, for a random share of frames
             dit.eval()
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-                pred = _self_predicted(dit, mcfg, batch, chunk, sched, gen, offset)
+                pred = _self_predicted(dit, mcfg, batch, chunk, sched, noise_gen, offset, flex)
             dit.train()
             use = (torch.rand(b, n, generator=gen) < torch.rand(b, 1, generator=gen)).to(device)
             context = torch.where(use.view(b, n, 1, 1, 1), pred, context)
             sf_step += 1
-        context, t_context = _noised_context(context, _context_sigma(b, mcfg, gen, device), gen)
+        context, t_context = _noised_context(context, _context_sigma(b, mcfg, gen, device), noise_gen)
         n_chunks = math.ceil(n / chunk)
         t_chunk = _sample_t(n_chunks, b, mcfg, sched, gen).to(device)
         t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n]
         sigma = (t_noisy / 1000).view(b, n, 1, 1, 1)
-        eps = torch.randn(lat.shape, generator=gen).to(device)
+        eps = _randn(lat.shape, noise_gen).to(device)
         x0 = lat.float()
         noisy = ((1 - sigma) * x0 + sigma * eps)
         target = eps - x0
         mask = block_causal_mask(n, chunk, mcfg.window_frames, mcfg.sink_frames > 0, device)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
             inp = _sequence_inputs(dit, mcfg, batch, context, noisy, t_noisy, offset, t_context)
-            flow = dit.forward_train(**inp, attn_mask=mask)
+            flow = dit.forward_train(**inp, attn_mask=mask, flex=flex)
         pred = flow.permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
         # the first second after a command is where the model must act on the condition alone: weigh it up
         weight = 1.0 + 2.0 * (batch["since"] < ACTION_START_LATENTS).float()  # (B, F)
@@ -572,8 +603,10 @@ def import_stage(cfg: Config, run: Run) -> None:
 
 
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
-              anneal: bool = False) -> int:
-    """Run one stage for at most ``minutes`` and save; calling again continues."""
+              anneal: bool = False, kernel: str = "auto", compile: bool | None = None) -> int:
+    """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
+    stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
+    the DiT blocks for those stages (None: on CUDA only)."""
     deadline = time.monotonic() + minutes * 60
     device = _device(cfg)
     run = Run(run_dir)
@@ -582,7 +615,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     if stage == "autoencoder":
         train_autoencoder_stage(cfg, run, deadline, device)
     elif stage in ("dit", "selfforcing"):
-        train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal)
+        train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal, kernel=kernel,
+                        compile=compile)
     elif stage == "probe":
         train_probe_stage(cfg, run, deadline, device)
     elif stage == "export":
