@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
     p.add_argument("--commands", type=int, default=100, help="random commands to test (default 100)")
     p.add_argument("--minutes", type=float, default=30.0, help="minutes of video for the identity test")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the command plan and identity script (another seed = a held-out plan)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("obs", help="OBS helpers")
@@ -208,7 +210,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _setup_logging(cfg.log_level)
         from backend.training.evaluate import run_eval
 
-        result = run_eval(cfg, commands=args.commands, minutes=args.minutes)
+        result = run_eval(cfg, commands=args.commands, minutes=args.minutes, seed=args.seed)
         print(json.dumps(result), flush=True)
         return 0
 

@@ -212,3 +212,23 @@ def test_generated_windows_line_up_with_the_world(probe: Probe):
     assert result["rate"] == result["rate_world"]  # the very same frames are scored
     assert result["per_action"] == {k: v | {"rate": v["rate_world"]} for k, v in result["per_action"].items()}
     assert temporal["flicker_ratio"] == pytest.approx(1.0)
+
+
+def test_cli_eval_passes_the_plan_seed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`liveidol eval --seed N` evaluates on another (held-out) plan: the seed reaches run_eval, and the JSON line
+    is what run_eval returned (run_eval itself is replaced here: the real one is exercised by the tests above)."""
+    import json
+
+    import backend.training.evaluate as evaluate
+    from backend.cli import main
+
+    seen: dict = {}
+
+    def fake_run_eval(cfg, **kw):
+        seen.update(kw)
+        return {"config": {"seed": kw["seed"]}}
+
+    monkeypatch.setattr(evaluate, "run_eval", fake_run_eval)
+    assert main(["eval", "--commands", "3", "--minutes", "0", "--seed", "7", "--device", "cpu"]) == 0
+    assert seen == {"commands": 3, "minutes": 0.0, "seed": 7}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"config": {"seed": 7}}
