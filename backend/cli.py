@@ -3,7 +3,7 @@
     liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
     liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
-    liveidol eval [--checkpoint F] [--commands N] [--minutes M]
+    liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N]
     liveidol obs setup [--host H] [--port P] [--new-scene]
     liveidol chat {twitch CHANNEL | bilibili ROOM | console}
     liveidol config [--check F]                                 print the documented defaults / check a file

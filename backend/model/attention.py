@@ -104,11 +104,11 @@ class FlexAttention(Attention):
 
         self._create = create_block_mask
         self._fn = torch.compile(flex_attention, dynamic=False) if compile else flex_attention
-        self._masks: dict[tuple[bytes, int, int, str], object] = {}
+        self._masks: dict[tuple[bytes, int, str], object] = {}
 
     def frame_mask(self, mask: torch.Tensor, frame_tokens: int) -> object:
         f = mask.shape[0]
-        key = (mask.cpu().numpy().tobytes(), f, frame_tokens, str(mask.device))
+        key = (mask.cpu().numpy().tobytes(), frame_tokens, str(mask.device))  # F*F bytes: the size is in the key
         if key not in self._masks:
             frames = mask.clone()
 

@@ -398,8 +398,8 @@ def _self_predicted(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], 
     Used as the context of the training pass, it shows the model its own typical errors cheaply."""
     lat = batch["latents"].float()
     b, n = lat.shape[:2]
-    ts = torch.tensor(sched.warp_list(cfg.timesteps))
-    t_chunk = ts[torch.randint(len(ts), (b, math.ceil(n / chunk)), generator=gen, device=gen.device).cpu()]
+    ts = torch.tensor(sched.warp_list(cfg.timesteps), device=gen.device)
+    t_chunk = ts[torch.randint(len(ts), (b, math.ceil(n / chunk)), generator=gen, device=gen.device)]
     t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n].to(lat.device)
     sig = (t_noisy / 1000).view(b, n, 1, 1, 1)
     noisy = (1 - sig) * lat + sig * _randn(lat.shape, gen).to(lat.device)
@@ -440,7 +440,6 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         raise ValueError(f"kernel = {kernel!r}: expected 'auto', 'flex' or 'sdpa'")
     if kernel == "flex" and not cuda:
         raise SystemExit("--kernel flex trains on CUDA only (flex attention has no backward on CPU): use auto or sdpa")
-    flex = FlexAttention(compile=cuda) if kernel == "flex" or (kernel == "auto" and cuda) else None
     if compile is None:
         compile = cuda
     if compile:  # each block compiled (fused norms, modulation, RoPE; flex traced into the block's graph)
@@ -449,7 +448,8 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)  # 6 blocks x masks x grad modes
         for block in dit.blocks:
             block.compile()
-        flex = FlexAttention(compile=False) if flex is not None else None
+    use_flex = kernel == "flex" or (kernel == "auto" and cuda)
+    flex = FlexAttention(compile=cuda and not compile) if use_flex else None  # compiled alone when blocks are not
     log.info("dit training attention kernel=%s compiled=%s", "flex" if flex else "sdpa", compile)
     pool = LatentPool(cfg, ae, 2048 if cuda else 8, seed=7 + step, device=device)
     sched = FlowMatchSchedule(shift=mcfg.shift)
