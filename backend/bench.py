@@ -194,7 +194,7 @@ def distinct_figures(before: dict[str, Any], after: dict[str, Any], seconds: flo
     out: dict[str, Any] = {
         "distinct_fps": round(distinct / seconds, 2) if seconds > 0 else None,
         "repeat_share": round(repeated / shown, 4) if shown else None,
-        "frames_shown_window": shown, "frames_repeated_window": repeated,
+        "frames_shown_window": shown, "frames_repeated_window": repeated, "window_s": round(seconds, 3),
     }
     if "frames_made" in after and "frames_made" in before:  # generated, including chunks dropped by an interruption
         out["generated_fps"] = round((after["frames_made"] - before["frames_made"]) / seconds, 2) if seconds > 0 else None

@@ -109,20 +109,22 @@ def draw_text(image: np.ndarray, text: str, x: int, y: int, scale: int = 2,
     return x
 
 
-def sheet_plan(frames_per_chunk: int, fps: float = ACTION_FPS) -> list[tuple[int, str]]:
+def sheet_plan(frames_per_chunk: int, fps: float = ACTION_FPS,
+               actions: tuple[str, ...] = SHEET_ACTIONS) -> list[tuple[int, str]]:
     """(start frame, action) of every sheet action, chunk-aligned, each after the previous one ended + an idle gap."""
     out, g = [], -(-round(0.6 * fps) // frames_per_chunk) * frames_per_chunk
-    for name in SHEET_ACTIONS:
+    for name in actions:
         out.append((g, name))
         g += round((action(name).duration_s + _GAP_S) * fps)
         g = -(-g // frames_per_chunk) * frames_per_chunk
     return out
 
 
-def _rollout(gen: Any, reference: np.ndarray, steps: int, fps: float) -> dict[str, list[np.ndarray]]:
+def _rollout(gen: Any, reference: np.ndarray, steps: int, fps: float,
+             actions: tuple[str, ...] = SHEET_ACTIONS) -> dict[str, list[np.ndarray]]:
     """The sheet plan at ``steps``: per action, the (H, W, 4) uint8 frames at ``SHEET_TIMES`` of its duration."""
     fpc = gen.frames_per_chunk()
-    plan = sheet_plan(fpc, fps)
+    plan = sheet_plan(fpc, fps, actions)
     wanted = {}
     for start, name in plan:
         dur = round(action(name).duration_s * fps)
@@ -209,13 +211,14 @@ def compose_sheet(rows: dict[str, dict[int, list[np.ndarray]]], *, cell_height: 
 
 
 def write_sheet(gen: Any, character: CharacterConfig, reference: np.ndarray, path: Path, *,
-                steps: tuple[int, ...] = (1, 4), fps: float = ACTION_FPS, cell_height: int = 128) -> dict[str, Any]:
+                steps: tuple[int, ...] = (1, 4), fps: float = ACTION_FPS, cell_height: int = 128,
+                actions: tuple[str, ...] = SHEET_ACTIONS) -> dict[str, Any]:
     """Roll out the sheet plan at each of ``steps`` with ``gen`` and write the contact sheet PNG to ``path``."""
     per_steps = {}
     for st in steps:
         log.info("contact sheet rollout character=%s steps=%d", character.name, st)
-        per_steps[st] = _rollout(gen, reference, st, fps)
-    rows = {name: {st: per_steps[st][name] for st in steps} for name in SHEET_ACTIONS}
+        per_steps[st] = _rollout(gen, reference, st, fps, actions)
+    rows = {name: {st: per_steps[st][name] for st in steps} for name in actions}
     w, h = gen.output_size
     title = f"{character.name}  {w}x{h}  chunk {gen.cfg.chunk_frames}  columns: share of the action's duration"
     image = compose_sheet(rows, cell_height=cell_height, title=title)
@@ -223,4 +226,4 @@ def write_sheet(gen: Any, character: CharacterConfig, reference: np.ndarray, pat
     write_png(path, image)
     log.info("contact sheet written path=%s size=%dx%d", path, image.shape[1], image.shape[0])
     return {"path": str(path), "size": [int(image.shape[1]), int(image.shape[0])], "steps": list(steps),
-            "times": list(SHEET_TIMES), "actions": list(SHEET_ACTIONS)}
+            "times": list(SHEET_TIMES), "actions": list(actions)}

@@ -106,7 +106,7 @@ def test_off_palette_is_per_character():
 
 def test_specks_above_the_head_are_counted(aiko_cal: Calibration, aiko_world: torch.Tensor):
     x = aiko_world.clone()
-    h, w = x.shape[-2:]
+    w = x.shape[-1]
     for dx in (-6, 0, 7):  # three small dark specks floating above the head
         y0, x0 = 1, w // 2 + dx
         x[:, :, y0:y0 + 2, x0:x0 + 2] = torch.tensor([0.05, 0.05, 0.08, 1.0])[:, None, None]
