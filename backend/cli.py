@@ -228,7 +228,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,
                                "character": args.character})
         _setup_logging(cfg.log_level)
-        from backend.training.evaluate import ALL_CHARACTERS, run_eval
+        from backend.training.evaluate import ALL_CHARACTERS, format_table, run_eval
 
         extra: dict[str, Any] = {}
         if args.all_characters:
@@ -241,6 +241,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.stride != 2:
             extra["stride"] = args.stride
         result = run_eval(cfg, commands=args.commands, minutes=args.minutes, seed=args.seed, **extra)
+        if "characters" in result:
+            print(format_table(result), file=sys.stderr, flush=True)  # for people; stdout stays one JSON line
         print(json.dumps(result), flush=True)
         return 0
 

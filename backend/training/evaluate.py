@@ -17,14 +17,26 @@ Four measurements, each on frames read back by the evaluation probe (``backend.t
   action-following video, divided by the same measure over its world render; plus the share of
   frame-to-frame jumps larger than twice the world's 99th percentile.
 * **speed** — a short timed run at the configured output size.
+* **picture quality** (``characters.<name>.levels.<steps=S,chunk=C>.quality``) — per character and per
+  compute level (``steps`` x ``chunks``), the same plan is rolled out and every ``stride``-th frame is
+  measured at the generator's OUTPUT size against the world rendered at that size for the same plan
+  (``backend.training.quality``): Frechet distance of the probe's penultimate features, off-palette pixel
+  rate, speck (alpha islands) and blotch (patch colour variance) rates, sharpness ratio; overall, per
+  action and per emotion. Per character also the autoencoder's round trip (PSNR / SSIM at the output
+  size), per-emotion recognition, and ``targets``: 1 step within 1.5x of 4 steps, no action worse than
+  2x idle, following >= 95%, every emotion >= 90%. ``config.tuning_seeds`` lists the plan seeds the
+  defaults were picked on (figures on other seeds are held out).
 
-The probe metrics run a generator built at output size = native size (no upscaling cost); only the
-speed run uses the configured output size. Everything is deterministic for ``seed`` and the model seed.
+The generator runs at the configured output size; the probe and the flicker statistics read its frames
+area-resized to the native size (where the world is rendered for them). Everything is deterministic for
+``seed`` and the model seed.
 
 Usage::
 
     result = run_eval(cfg, commands=100, minutes=30.0)   # a JSON-able dict
     print(result["action_following"]["rate"], result["action_following"]["rate_world"])
+    result = run_eval(cfg, characters=["aiko", "rin"], steps=[1, 4], chunks=[1, 2], seed=101, sheet="sheet.png")
+    print(format_table(result))                         # one line per character x level x action
 """
 
 from __future__ import annotations
@@ -64,6 +76,7 @@ __all__ = [
     "chunk_conditions",
     "emotion_templates",
     "followed",
+    "format_table",
     "plan_commands",
     "recognise_emotion",
     "run_eval",
@@ -804,3 +817,49 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
                    "probe": "<in memory>" if isinstance(probe, Probe) else str(probe or PROBE_PATH)},
         "seconds": time.perf_counter() - t_start,
     }
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The per-character, per-level figures of a ``run_eval`` result as a plain-text table (for people)."""
+    lines = []
+    cfg = result.get("config", {})
+    held = "held-out" if cfg.get("held_out") else f"TUNING seed (tuned on {cfg.get('tuning_seeds')})"
+    lines.append(f"plan seed {cfg.get('seed')} ({held}), {cfg.get('commands')} commands, output "
+                 f"{'x'.join(str(v) for v in cfg.get('output_size', []))}, quality on every "
+                 f"{cfg.get('quality_stride')}th frame")
+    head = (f"{'character':9} {'level':15} {'group':11} {'n':>4} {'follow':>6} {'FD':>7} {'offpal%':>7} "
+            f"{'speck%':>7} {'isl/f':>5} {'blotch%':>7} {'sharp':>5}")
+    for name, entry in result.get("characters", {}).items():
+        lines.append("")
+        rt = entry.get("autoencoder_roundtrip")
+        if rt:
+            lines.append(f"{name}: autoencoder round trip PSNR {rt['psnr']:.2f} dB, SSIM {rt['ssim']:.4f} at "
+                         f"{rt['size'][0]}x{rt['size'][1]}")
+        lines.append(head)
+        for key, lv in entry["levels"].items():
+            af = lv["action_following"]
+            emos = " ".join(f"{e} {v['rate']:.0%}/{v['n']}" for e, v in af.get("per_emotion", {}).items())
+            lines.append(f"{name:9} {key:15} following {_fmt(af['rate'], '.0%')} (world {_fmt(af['rate_world'], '.0%')}), "
+                         f"emotions: {emos}, flicker {_fmt(lv['temporal'].get('flicker_ratio'), '.2f')}")
+            q = lv.get("quality")
+            if not q:
+                continue
+            groups = [("ALL", q["overall"], af["rate"])]
+            groups += [(a, v, af["per_action"].get(a, {}).get("rate")) for a, v in q["per_action"].items()]
+            groups += [(f"emo:{e}", v, None) for e, v in q["per_emotion"].items()]
+            for g, v, fol in groups:
+                lines.append(f"{name:9} {key:15} {g:11} {v['n']:>4} {_fmt(fol, '.0%'):>6} {_fmt(v['fd'], '7.2f')} "
+                             f"{_fmt(v['off_palette'] * 100 if v['off_palette'] is not None else None, '7.3f')} "
+                             f"{_fmt(v['speck'] * 100 if v['speck'] is not None else None, '7.3f')} "
+                             f"{_fmt(v['islands'], '5.2f')} "
+                             f"{_fmt(v['blotch'] * 100 if v['blotch'] is not None else None, '7.3f')} "
+                             f"{_fmt(v['sharpness_ratio'], '5.2f')}")
+        t = entry.get("targets", {})
+        bad = [k for k, v in {**t.get("step_ratio", {}), **t.get("worst_vs_idle", {})}.items() if not v["ok"]]
+        lines.append(f"{name}: targets {'PASS' if t.get('pass') else 'FAIL'}; following ok {t.get('following_ok')}, "
+                     f"emotions ok {t.get('emotions_ok')}; missed: {', '.join(bad) or 'none'}")
+    return "\n".join(lines)

@@ -51,7 +51,7 @@ def test_a_commanded_action_shows_according_to_the_probe() -> None:
 def test_quality_eval_runs_on_the_shipped_weights(tmp_path) -> None:
     """`liveidol eval` with picture quality, two compute levels and a sheet, at tiny settings on the CPU: every
     figure is there and in range, world frames score clean, and the sheet PNG has one filled cell per frame."""
-    from backend.training.evaluate import run_eval
+    from backend.training.evaluate import format_table, run_eval
     from backend.training.sheet import SHEET_TIMES, write_sheet
     from backend.world.png import read_png
 
@@ -72,6 +72,8 @@ def test_quality_eval_runs_on_the_shipped_weights(tmp_path) -> None:
     assert {"step_ratio", "worst_vs_idle", "pass", "following_ok", "emotions_ok"} <= set(aiko["targets"])
     assert 15 < aiko["autoencoder_roundtrip"]["psnr"] < 60 and 0.5 < aiko["autoencoder_roundtrip"]["ssim"] <= 1
     assert r["action_following"] == aiko["levels"]["steps=1,chunk=1"]["action_following"]  # the old keys stay
+    table = format_table(r)
+    assert "held-out" in table and "steps=2,chunk=1" in table and "PSNR" in table and "targets" in table
 
     model = dataclasses.replace(cfg.model, device="cpu", output_width=192, output_height=108)
     gen = Generator(model)
