@@ -89,6 +89,9 @@ _GLYPHS: dict[str, tuple[str, ...]] = {
     "(": ("...#.", "..#..", ".#...", ".#...", ".#...", "..#..", "...#."),
     ")": (".#...", "..#..", "...#.", "...#.", "...#.", "..#..", ".#..."),
     "x": (".....", ".....", "#...#", ".#.#.", "..#..", ".#.#.", "#...#"),
+    "'": ("..#..", "..#..", ".#...", ".....", ".....", ".....", "....."),
+    "%": ("##..#", "##..#", "...#.", "..#..", ".#...", "#..##", "#..##"),
+    "+": (".....", "..#..", "..#..", "#####", "..#..", "..#..", "....."),
 }
 _UNKNOWN = ("#####",) + ("#...#",) * 5 + ("#####",)
 
@@ -179,7 +182,7 @@ def compose_sheet(rows: dict[str, dict[int, list[np.ndarray]]], *, cell_height: 
     cw = max(8, round(ch * (x1 - x0) / (y1 - y0)))
     scale = 2
     label_w = 6 * scale * max(len(n) for n in rows) + 16
-    pad, head = 4, 7 * scale * 2 + 20
+    pad, head = 4, 7 * scale * 2 + 32
     n_cols = len(SHEET_TIMES)
     block_w = n_cols * (cw + pad) + 12
     width = label_w + len(steps_list) * block_w
@@ -193,7 +196,7 @@ def compose_sheet(rows: dict[str, dict[int, list[np.ndarray]]], *, cell_height: 
         bx = label_w + b * block_w
         draw_text(sheet, f"{st} step" + ("s" if st != 1 else ""), bx, 4 + 7 * scale + 6, scale)
         for j, t in enumerate(SHEET_TIMES):
-            draw_text(sheet, f"{t:.1f}", bx + j * (cw + pad) + 2, head - 7 - 4, 1)
+            draw_text(sheet, f"{t:.1f}", bx + j * (cw + pad) + 2, head - 7 - 3, 1)
     for r, (name, by_steps) in enumerate(rows.items()):
         ry = head + r * (ch + pad)
         draw_text(sheet, name, 6, ry + ch // 2 - 7, scale)

@@ -191,7 +191,7 @@ def test_sheet_layout_has_every_cell_filled():
     sheet = compose_sheet(rows, cell_height=40, title="test")
     assert sheet.dtype == np.uint8 and sheet.ndim == 3 and sheet.shape[2] == 3
     # geometry as compose_sheet lays it out: 2 rows of 40 px cells, 2 blocks of len(SHEET_TIMES) columns
-    head, pad = 7 * 2 * 2 + 20, 4
+    head, pad = 7 * 2 * 2 + 32, 4
     assert sheet.shape[0] == head + 2 * (40 + pad) + 4
     label_w = 6 * 2 * 4 + 16
     cw = (sheet.shape[1] - label_w) // 2 // k - pad - 1  # a lower bound of the cell width
