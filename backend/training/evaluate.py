@@ -548,7 +548,8 @@ def _temporal(motion: dict[str, _Motion]) -> dict[str, Any]:
 def _stream_plan(n_frames: int, fpc: int, seed: int, fps: float) -> list[PlannedCommand]:
     """A sparse random script for the identity run: a command every 3-8 s, idle in between."""
     rng = np.random.default_rng([seed, 104729])
-    plan, g = [], _ceil_to(_frames(3.0, fps), fpc)
+    plan: list[PlannedCommand] = []
+    g = _ceil_to(_frames(3.0, fps), fpc)
     while g < n_frames:
         name = str(COMMANDABLE[rng.integers(len(COMMANDABLE))])
         emo = "neutral" if rng.random() >= 1 / 3 else str(EMOTIONS[1 + rng.integers(len(EMOTIONS) - 1)])
@@ -606,13 +607,13 @@ def _identity(gen: Generator, probe: Probe, character: CharacterConfig, referenc
         cond = chunk_conditions(plan, g0, fps)
         chunk = gen.next_chunk(cond)[: n_frames - g0]
         for part, lo, hi in ((first, 0, seg), (last, n_frames - seg, n_frames)):
-            a, b = max(lo, g0), min(hi, g0 + chunk.shape[0])
-            if a >= b:
+            s0, s1 = max(lo, g0), min(hi, g0 + chunk.shape[0])
+            if s0 >= s1:
                 continue
-            part.samples += [torch.from_numpy(chunk[g - g0].copy()) for g in range(a, b) if (g - lo) % every == 0]
-            part.motion.add(_premultiplied(chunk[a - g0:b - g0], device))
+            part.samples += [torch.from_numpy(chunk[g - g0].copy()) for g in range(s0, s1) if (g - lo) % every == 0]
+            part.motion.add(_premultiplied(chunk[s0 - g0:s1 - g0], device))
             if cond.action == "idle":
-                part.add_idle(chunk[a - g0:b - g0])
+                part.add_idle(chunk[s0 - g0:s1 - g0])
         if (g0 + fpc) // per_minute > g0 // per_minute:
             log.info("identity run minute=%d of minutes=%.2f frames=%d", (g0 + fpc) // per_minute, minutes, g0 + fpc)
     _, ref_ident = probe.predict(_premultiplied(reference[None], device))
@@ -671,7 +672,8 @@ def _roundtrip(gen: Generator, character: CharacterConfig, frames: int = 8, seed
     with torch.inference_mode():
         ae = gen.autoencoder
         z = ae.encode(straight_alpha(src).to(gen.dtype))
-        dec = (ae.decode(z, hires=True) if hires else ae.decode(z))[0].float()  # (T, 4, h', w') straight
+        decode: Any = ae.decode  # takes hires= once the autoencoder has a detail decoder
+        dec = (decode(z, hires=True) if hires else decode(z))[0].float()  # (T, 4, h', w') straight
         decoded = [int(dec.shape[-1]), int(dec.shape[-2])]
         dec = upscale(dec, gen.output_size) if tuple(dec.shape[-2:]) != tuple(ref.shape[-2:]) else dec
     out = premultiplied(dec)
@@ -774,12 +776,12 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
         worlds: dict[int, _WorldPlan] = {}
         levels: dict[str, dict[str, Any]] = {}
         for c in chunks:
-            for st in steps:
-                log.info("eval level character=%s steps=%d chunk=%d", name, st, c)
+            for n_steps in steps:
+                log.info("eval level character=%s steps=%d chunk=%d", name, n_steps, c)
                 following, temporal, level_fps = _action_following(gen, the_probe, character, reference, commands, seed,
-                                                                   fps, steps=st, chunk=c, quality=q, worlds=worlds)
+                                                                   fps, steps=n_steps, chunk=c, quality=q, worlds=worlds)
                 qual = following.pop("quality", None)
-                levels[_level_key(st, c)] = {"action_following": following, "temporal": temporal, "fps": level_fps,
+                levels[_level_key(n_steps, c)] = {"action_following": following, "temporal": temporal, "fps": level_fps,
                                              **({"quality": qual} if qual is not None else {})}
                 if first is None:
                     first = (following, temporal, level_fps)
@@ -841,7 +843,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("")
         rt = entry.get("autoencoder_roundtrip")
         if rt:
-            lines.append(f"{name}: autoencoder round trip PSNR {rt['psnr']:.2f} dB, SSIM {rt['ssim']:.4f} at "
+            lines.append(f"{name}: autoencoder round trip ({rt.get('decoder', 'native')} decoder) PSNR {rt['psnr']:.2f} dB, SSIM {rt['ssim']:.4f} at "
                          f"{rt['size'][0]}x{rt['size'][1]}")
         lines.append(head)
         for key, lv in entry["levels"].items():
