@@ -863,7 +863,7 @@ def format_table(result: dict[str, Any]) -> str:
                              f"{_fmt(v['speck'] * 100 if v['speck'] is not None else None, '7.3f')} "
                              f"{_fmt(v['islands'], '5.2f')} "
                              f"{_fmt(v['blotch'] * 100 if v['blotch'] is not None else None, '7.3f')} "
-                             f"{_fmt(v['sharpness_ratio'], '5.2f')}")
+                             f"{_fmt(v['sharpness_ratio'], '.3g')}")
         t = entry.get("targets", {})
         bad = [k for k, v in {**t.get("step_ratio", {}), **t.get("worst_vs_idle", {})}.items() if not v["ok"]]
         lines.append(f"{name}: targets {'PASS' if t.get('pass') else 'FAIL'}; following ok {t.get('following_ok')}, "

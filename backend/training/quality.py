@@ -14,8 +14,10 @@ score (about) zero:
 * **speck rate**: the share of the matte (alpha > 0.3) in islands apart from the largest one (specks
   floating around the idol), measured on the alpha mask max-pooled to at most ``SPECK_ROWS`` rows so a
   one-pixel speck counts at any size.
-* **blotch rate**: the share of matte patches (side = height / ``PATCH_PER_HEIGHT``) whose chromaticity
-  variance is above the calibration render's 99.9th percentile (rainbow blotches, colour noise).
+* **blotch rate**: the share of matte patches (side = height / ``PATCH_PER_HEIGHT``) that are blotchy: their
+  chromaticity variance is above the calibration render's 99.9th percentile (rainbow blotches, colour noise
+  at the pixel scale), or more than half of their pixels are off palette (a smooth wrong-colour blob, what an
+  upscaled or soft decoder makes of a blotch). Isolated off-palette pixels (a fringe) are not blotches.
 * **sharpness**: Laplacian energy of the luma inside the eroded matte, generated over world (1.0 = as
   crisp as the world at this size; an upscaled soft picture scores well below 1).
 * **autoencoder round trip**: PSNR and SSIM of world frames passed through the autoencoder (and whatever
@@ -65,6 +67,7 @@ PATCH_PER_HEIGHT = 60  # blotch patch side = height / this (9 px at 540 rows, 2 
 LUT_LEVELS = 32  # colour lookup table: LUT_LEVELS^3 bins over RGB
 MIN_PALETTE_THRESHOLD = 0.08  # at least ~20/255 from every world colour to be "off palette"
 BLOTCH_PERCENTILE = 99.9
+BLOTCH_OFF_SHARE = 0.5  # ... or a patch more than half of whose pixels are off palette (a smooth wrong-colour blob)
 _CAL_SEED = 9973  # the calibration script's seed (never an evaluation plan seed)
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -269,7 +272,7 @@ class FrameStats:
     off_palette: np.ndarray  # share of matte pixels off palette
     speck: np.ndarray  # share of the matte in islands apart from the largest
     islands: np.ndarray  # number of such islands
-    blotch: np.ndarray  # share of inside-matte patches with a colour variance above the world's
+    blotch: np.ndarray  # share of inside-matte patches that are blotchy (see the module docstring)
     sharpness: np.ndarray  # Laplacian energy inside the matte (compare as a ratio to the world's)
     matte: np.ndarray  # matte pixels (share of the frame)
 
@@ -288,7 +291,10 @@ class FrameStats:
         n_matte = matte.sum((1, 2)).clamp(min=1)
         off = ((dist > cal.palette_threshold) & matte).sum((1, 2)) / n_matte
         var, inside = patch_variance(frames)
-        blotch = ((var > cal.blotch_threshold) & inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1)
+        k = _patch(h)
+        off_share = F.avg_pool2d(((dist > cal.palette_threshold) & matte).float()[:, None], k, k)[:, 0]
+        blotchy = (var > cal.blotch_threshold) | (off_share > BLOTCH_OFF_SHARE)
+        blotch = (blotchy & inside).sum((1, 2)) / inside.sum((1, 2)).clamp(min=1)
         pool = max(1, math.ceil(h / SPECK_ROWS))
         sm = F.max_pool2d((st[:, 3:4] > SPECK_ALPHA).float(), pool, pool, ceil_mode=True)[:, 0].bool().cpu().numpy()
         speck, islands = np.zeros(len(sm)), np.zeros(len(sm))

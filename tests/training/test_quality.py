@@ -94,6 +94,13 @@ def test_rainbow_blotches_score_high(aiko_cal: Calibration, aiko_world: torch.Te
     bad = FrameStats.measure(blotched(aiko_world), aiko_cal)
     assert bad.off_palette.mean() > 0.03 and bad.off_palette.mean() > 20 * max(clean.off_palette.mean(), 1e-4)
     assert bad.blotch.mean() > 0.01 and bad.blotch.mean() > 4 * clean.blotch.mean()
+    # the same blotches as a soft decoder draws them (low-resolution, upscaled): smooth wrong-colour blobs
+    h, w = aiko_world.shape[-2:]
+    soft = F.interpolate(F.interpolate(blotched(aiko_world), size=(h // 2, w // 2), mode="area"), size=(h, w),
+                         mode="bilinear", align_corners=False)
+    clean_soft = F.interpolate(F.interpolate(aiko_world, size=(h // 2, w // 2), mode="area"), size=(h, w),
+                               mode="bilinear", align_corners=False)
+    assert FrameStats.measure(soft, aiko_cal).blotch.mean() > max(0.01, 4 * FrameStats.measure(clean_soft, aiko_cal).blotch.mean())
 
 
 def test_off_palette_is_per_character():
