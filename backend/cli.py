@@ -2,6 +2,7 @@
 
     liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
+    liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N]
     liveidol obs setup [--host H] [--port P] [--new-scene]
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="how long to generate (default 10)")
     p.add_argument("--live", action="store_true",
                    help="run the whole engine in real time with a command every 2 s: FPS, jitter, command latency")
+    p.add_argument("--minutes", type=float,
+                   help="with --live: a soak of this many minutes: memory slope, stalls, repeated frames, distinct FPS")
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
@@ -193,6 +196,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device})
         from backend.bench import run_bench, run_live_bench
 
+        if args.minutes is not None:
+            if not args.live:
+                raise CliError("bench --minutes needs --live (a soak runs the whole engine in real time)")
+            from backend.bench import run_soak
+
+            _setup_logging(cfg.log_level)
+            result = run_soak(cfg, minutes=args.minutes,
+                              progress=lambda p: print(json.dumps({"soak": p}), file=sys.stderr, flush=True))
+            print(json.dumps(result), flush=True)
+            return 0
         result = run_live_bench(cfg, seconds=args.seconds) if args.live else run_bench(cfg, seconds=args.seconds)
         print(json.dumps(result), flush=True)
         return 0
