@@ -2,7 +2,9 @@
 
     chat bridges / voice -> Director -> Engine (generator thread) -> Server -> OBS source
 
-``serve(cfg)`` runs the whole backend until Ctrl-C. ``chat(cfg, platform)`` runs one chat bridge and a
+``serve(cfg)`` runs the whole backend until Ctrl-C: the server opens first and shows a "starting" card
+while the model loads in the generator thread, which then starts at the compute level remembered for this
+device and model (``~/.cache/liveidol/compute.json``; on a CPU without one, the cheapest). ``chat(cfg, platform)`` runs one chat bridge and a
 director in a separate process that sends commands to a running ``liveidol serve`` over ``/control``.
 ``obs_setup(cfg)`` adds the LiveIdol source to a running OBS.
 """
@@ -59,6 +61,38 @@ def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
     if character.background != "transparent":
         generator = BackgroundGenerator(generator, character)
     return generator, reference, character
+
+
+def compute_key(cfg: Config, generator: Any) -> str:
+    """What the cost of a chunk depends on: the remembered compute level is kept per this key."""
+    import json
+
+    import torch
+
+    state = generator.state
+    m = cfg.model
+    return json.dumps([state.device, str(state.dtype), torch.get_num_threads(), m.checkpoint, m.steps,
+                       m.chunk_frames, m.guidance, list(generator.native_size), list(generator.output_size),
+                       cfg.engine.fps], separators=(",", ":"))
+
+
+def generator_loading(cfg: Config, memory: Any = None) -> Any:
+    """A :class:`backend.engine.engine.Loading` that builds the generator (in the engine's thread) and picks
+    the compute level to start at: the one ``memory`` (a ComputeMemory) recalls for it, else the cheapest
+    on a CPU (the policy raises it with headroom) and the full one on CUDA."""
+    from backend.engine.engine import Loaded, Loading
+
+    def load() -> Loaded:
+        generator, reference, character = build_generator(cfg)
+        level = None
+        if memory is not None:
+            memory.key = compute_key(cfg, generator)
+            level = memory.recall()
+        if level is None and not str(generator.state.device).startswith("cuda"):
+            level = (1, 1)  # clamped up to engine.min_steps / engine.min_chunk_frames
+        return Loaded(generator, reference, character, level)
+
+    return Loading(load, (cfg.model.output_width, cfg.model.output_height))
 
 
 def _bridges(cfg: Config) -> list[Any]:
@@ -118,35 +152,59 @@ async def _stop_on_signals() -> AsyncIterator[asyncio.Event]:
                 loop.remove_signal_handler(sig)
 
 
-async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, character: Any, *,
-                      stop: asyncio.Event, ready: Callable[[Any], None] | None = None) -> None:
-    """Engine + server + director + chat bridges (+ voice) until ``stop`` is set."""
+async def _loaded_or_stopped(engine: Any, stop: asyncio.Event) -> bool:
+    """True once the engine's generator is built, False if ``stop`` came first; raises what loading raised."""
+    loaded = asyncio.ensure_future(engine.wait_loaded())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (loaded, stopped):
+            task.cancel()
+        await asyncio.gather(loaded, stopped, return_exceptions=True)
+    if loaded.cancelled():
+        return False
+    loaded.result()  # the load error, if any: the backend stops with it
+    return True
+
+
+async def run_backend(cfg: Config, generator: Any, reference: np.ndarray | None, character: Any, *,
+                      stop: asyncio.Event, ready: Callable[[Any], None] | None = None,
+                      remember_level: Callable[[int, int], None] | None = None) -> None:
+    """Engine + server + director + chat bridges (+ voice) until ``stop`` is set. ``generator`` may be a
+    :class:`backend.engine.engine.Loading` (``reference`` and ``character`` then come from it): the server
+    opens and streams the starting card while it loads; voice and chat start once it is loaded."""
     from backend.director.director import Director
     from backend.engine.engine import Engine
     from backend.server.auth import load_or_create_token
     from backend.server.server import Server
 
     token = load_or_create_token(cfg.server.token_file or None)
-    tts = None
     listen = None
-    if cfg.voice.enabled:
-        from backend.voice.service import build_voice
-
-        tts, listen = build_voice(cfg.voice, character, blocked_words=cfg.director.blocked_words)
     bridges = _bridges(cfg)
     async with contextlib.AsyncExitStack() as stack:
-        engine = await stack.enter_async_context(Engine(
-            cfg.engine, generator, reference, max_steps=cfg.model.steps, max_chunk_frames=cfg.model.chunk_frames,
-            sample_rate=cfg.voice.sample_rate, tts=tts, character=character))
+        engine = Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
+                        max_chunk_frames=cfg.model.chunk_frames, sample_rate=cfg.voice.sample_rate, tts=None,
+                        character=character, remember_level=remember_level)
         director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
                                                             idle_action=cfg.engine.idle_action))
         server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state))
+        # The engine starts (and its thread begins loading torch and the model) only once the port is open:
+        # loading holds the interpreter for seconds at a time. It stops first (closing the streams).
+        await stack.enter_async_context(engine)
         if token.created:
             log.warning("control token created at %s (shown once): %s", token.path, token.value)
         log.info("LiveIdol is live: stream=%s/stream control=%s/control character=%s", server.url, server.url,
-                 character.name)
+                 cfg.character)
         if ready is not None:
             ready(server)
+        if not await _loaded_or_stopped(engine, stop):
+            return
+        if cfg.voice.enabled:
+            from backend.voice.service import build_voice
+
+            engine.tts, listen = await asyncio.to_thread(build_voice, cfg.voice, engine.session.character,
+                                                         blocked_words=cfg.director.blocked_words)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(_pump(b, director.handle)) for b in bridges]
             if listen is not None:
@@ -157,12 +215,15 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
 
 
 def serve(cfg: Config) -> int:
-    """`liveidol serve`: run until Ctrl-C."""
-    generator, reference, character = build_generator(cfg)
+    """`liveidol serve`: run until Ctrl-C. The port opens at once; the model loads behind the starting card."""
+    from backend.engine.compute import ComputeMemory
+
+    memory = ComputeMemory(ComputeMemory.default_path())
 
     async def main() -> None:
         async with _stop_on_signals() as stop:
-            await run_backend(cfg, generator, reference, character, stop=stop)
+            await run_backend(cfg, generator_loading(cfg, memory), None, None, stop=stop,
+                              remember_level=memory.remember)
 
     asyncio.run(main())
     log.info("LiveIdol stopped")

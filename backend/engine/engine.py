@@ -28,7 +28,10 @@ Usage::
         await engine.speak(pcm, 48000, text="hello")
         async for item in sub: ...        # VideoFrame | AudioChunk
 
-``generator`` is anything with the :class:`FrameGenerator` methods (``backend.model.generator.Generator``).
+``generator`` is anything with the :class:`FrameGenerator` methods (``backend.model.generator.Generator``),
+or a :class:`Loading`: then the engine builds it in its generator thread while the pacer already shows the
+"starting" card (:mod:`backend.engine.card`) on the same frame clock, so a server can open at once
+(``await engine.wait_loaded()`` raises what loading raised).
 ``tts(text) -> (pcm float32, sample_rate)`` is called in a helper thread for ``say`` commands.
 ``conditions(action, emotion, prompt)`` builds the generator's conditions (default: :func:`default_conditions`).
 """
@@ -49,6 +52,7 @@ import numpy as np
 
 from backend.config import EngineConfig
 from backend.engine.broadcast import Broadcaster, Subscription
+from backend.engine.card import starting_card
 from backend.engine.compute import ComputePolicy
 from backend.engine.pacer import Pacer, RateMeter
 from backend.engine.session import (
@@ -63,11 +67,13 @@ from backend.engine.worker import GeneratorWorker
 from backend.events import AudioChunk, Command, CommandKind, Directive, VideoFrame
 from backend.voice.lipsync import mouth_envelope
 
-__all__ = ["ChunkConditions", "CommandError", "Engine", "EngineError", "FrameGenerator", "Ticket"]
+__all__ = ["ChunkConditions", "CommandError", "Engine", "EngineError", "FrameGenerator", "Loaded", "Loading",
+           "Ticket"]
 
 log = logging.getLogger(__name__)
 
 TTS = Callable[[str], tuple[np.ndarray, int]]
+REMEMBER_AFTER_CHUNKS = 32  # a compute level that held this long is remembered for the next start
 
 
 class FrameGenerator(Protocol):
@@ -86,6 +92,43 @@ class FrameGenerator(Protocol):
     def snapshot(self) -> Any: ...
 
     def restore(self, snapshot: Any) -> None: ...
+
+
+@dataclass
+class Loaded:
+    """What :attr:`Loading.load` builds: the generator, the reference frame, the character, and the compute
+    level (steps, latent frames per chunk) to start at (None: the most the engine allows)."""
+
+    generator: FrameGenerator
+    reference_rgba: np.ndarray | None
+    character: Any = None
+    level: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Loading:
+    """A generator still to be built. ``load`` runs in the engine's generator thread; until the first chunk
+    exists the engine shows the starting card at ``output_size`` (width, height), ``card_fps`` times a second."""
+
+    load: Callable[[], Loaded]
+    output_size: tuple[int, int]
+    card_fps: float = 5.0
+
+
+class _NotLoaded:
+    """Stands in for the generator while :class:`Loading` builds it: only the output size is known."""
+
+    def __init__(self, output_size: tuple[int, int]) -> None:
+        self._size = output_size
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self._size
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise EngineError("the generator is still loading")
+
+    reset = next_chunk = frames_per_chunk = snapshot = restore = _refuse
 
 
 @dataclass(frozen=True)
@@ -152,15 +195,18 @@ def _percentile(values: collections.abc.Sequence[float], q: float) -> float | No
 class Engine:
     """The streaming engine (see module docstring). Use as ``async with Engine(...) as engine``."""
 
-    def __init__(self, cfg: EngineConfig, generator: FrameGenerator, reference_rgba: np.ndarray | None, *,
+    def __init__(self, cfg: EngineConfig, generator: FrameGenerator | Loading, reference_rgba: np.ndarray | None, *,
                  max_steps: int = 4, max_chunk_frames: int = 2, sample_rate: int = 48000,
                  tts: TTS | None = None, character: Any = None,
                  conditions: ConditionsFactory | None = None,
                  audio_chunk_s: float = 0.02, audio_lead_s: float = 0.1,
+                 remember_level: Callable[[int, int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
-        self._gen = generator
-        self._tts = tts
+        self._loading = generator if isinstance(generator, Loading) else None
+        self._gen: FrameGenerator = (_NotLoaded(generator.output_size) if isinstance(generator, Loading)
+                                     else generator)
+        self.tts = tts
         self.sample_rate = sample_rate
         self._conditions = conditions or default_conditions()
         self._clock = clock
@@ -179,6 +225,12 @@ class Engine:
         self._tickets: list[Ticket] = []  # applied, waiting for their first shown frame
         self._wake = asyncio.Event()
         self._first_chunk = asyncio.Event()
+        self._loaded: asyncio.Future[None] | None = None  # made in start(), on the running loop
+        self._cards: dict[int, np.ndarray] = {}
+        self._card_every = max(1, round(cfg.fps / generator.card_fps)) if isinstance(generator, Loading) else 1
+        self._remember_level = remember_level
+        self._level_held = 0  # chunks generated since the compute level last changed
+        self._level_remembered: tuple[int, int] | None = None
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._last: VideoFrame | None = None
@@ -192,7 +244,7 @@ class Engine:
         self.error: BaseException | None = None
         self.counters = {"frames_made": 0, "frames_shown": 0, "frames_dropped": 0, "frames_repeated": 0,
                          "chunks_made": 0, "chunks_dropped": 0, "audio_chunks": 0, "commands": 0,
-                         "commands_rejected": 0}
+                         "commands_rejected": 0, "frames_starting": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -207,6 +259,9 @@ class Engine:
         if self._tasks:
             raise EngineError("engine already started")
         self._worker.start()
+        self._loaded = asyncio.get_running_loop().create_future()
+        if self._loading is None:
+            self._loaded.set_result(None)
         self._tasks = [asyncio.create_task(self._produce(), name="engine-producer"),
                        asyncio.create_task(self._pace(), name="engine-pacer")]
 
@@ -223,6 +278,18 @@ class Engine:
             self.session.log.resolve(ticket.record, "failed", error="engine stopped before it took effect")
             if not ticket.shown.done():
                 ticket.shown.cancel()
+
+    async def wait_loaded(self) -> None:
+        """Wait until the generator is built (at once unless it came as a :class:`Loading`); raises what
+        loading raised. The engine must be started."""
+        if self._loaded is None:
+            raise EngineError("the engine is not running")
+        await asyncio.shield(self._loaded)
+
+    @property
+    def starting(self) -> bool:
+        """No generated frame shown yet (the starting card, if any, is on screen) and nothing failed."""
+        return self._last is None and self.error is None
 
     async def wait_started(self) -> None:
         """Wait until the first chunk exists (frames flow from then on); wrap in ``asyncio.timeout``."""
@@ -317,6 +384,7 @@ class Engine:
             "subscribers": self.subscribers,
             "character": self.session.character_name,
             "healthy": self.healthy,
+            "starting": self.starting,
             "error": repr(self.error) if self.error else None,
             "generator": state,
         }
@@ -362,12 +430,12 @@ class Engine:
     async def _say(self, command: Command) -> Ticket:
         command, record = self._accept(command)
         try:
-            if self._tts is None:
+            if self.tts is None:
                 raise CommandError("say: no text-to-speech engine configured")
             if not command.argument.strip():
                 raise CommandError("say: empty text")
             try:
-                pcm, sr = await asyncio.to_thread(self._tts, command.argument)
+                pcm, sr = await asyncio.to_thread(self.tts, command.argument)
             except Exception as exc:
                 raise CommandError(f"say: text-to-speech failed: {exc}") from exc
             speech = self._make_speech(pcm, sr, command.argument, command.command_id)
@@ -405,8 +473,33 @@ class Engine:
     def _make_conditions(self, action: str, emotion: str, prompt: str) -> Any:
         return self._conditions(action, emotion, prompt)
 
+    async def _load(self, loading: Loading) -> None:
+        t0 = self._clock()
+        loaded: Loaded = await self._call(loading.load)
+        if tuple(loaded.generator.output_size) != tuple(loading.output_size):
+            log.warning("generator output size %s differs from the announced %s", loaded.generator.output_size,
+                        loading.output_size)
+        self._gen = loaded.generator
+        self.session.set_character(loaded.reference_rgba, loaded.character if loaded.character is not None
+                                   else self.session.character)
+        if loaded.level is not None:
+            self.policy.set_level(*loaded.level)
+        self._loading = None
+        log.info("generator loaded seconds=%.1f steps=%d chunk=%d", self._clock() - t0, self.policy.steps,
+                 self.policy.chunk)
+
     async def _produce(self) -> None:
+        assert self._loaded is not None
         try:
+            if self._loading is not None:
+                try:
+                    await self._load(self._loading)
+                except BaseException as exc:
+                    if not self._loaded.done():
+                        self._loaded.set_exception(exc)
+                        self._loaded.exception()  # retrieved: a caller may never wait for it
+                    raise
+                self._loaded.set_result(None)
             await self._call(self._gen.reset, self.session.reference_rgba,
                              self._make_conditions(self.cfg.idle_action, "neutral", ""))
             while True:
@@ -432,7 +525,16 @@ class Engine:
         cond = self._make_conditions(plan.action, plan.emotion, plan.prompt)
         policy.chunk_started()
         snap, frames = await self._call(self._gen_chunk, cond, plan.mouth, policy.steps, policy.chunk)
-        policy.chunk_finished(len(frames))
+        if self.counters["chunks_made"] == 0:
+            policy.chunk_discarded()  # the first chunk pays the warm-up: not a measure of the level
+        else:
+            before = policy.level
+            policy.chunk_finished(len(frames))
+            self._level_held = 0 if policy.level != before else self._level_held + 1
+            if (self._remember_level is not None and self._level_held >= REMEMBER_AFTER_CHUNKS
+                    and policy.level != self._level_remembered):
+                self._level_remembered = policy.level
+                self._remember_level(*policy.level)
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 4 or frames.dtype != np.uint8:
             raise EngineError(f"generator returned frames of shape {frames.shape} dtype {frames.dtype}; "
@@ -490,7 +592,8 @@ class Engine:
         return chunk.frames[i], chunk.directive, chunk.start_g + i
 
     async def _pace(self) -> None:
-        await self._first_chunk.wait()
+        if self._loading is None:  # a generator given ready: the clock starts with its first chunk
+            await self._first_chunk.wait()
         self.pacer.start()
         while True:
             seq = await self.pacer.next_slot()
@@ -501,6 +604,7 @@ class Engine:
         item = self._pop()
         if item is None:
             if self._last is None:
+                self._show_card(seq, pts)
                 return
             rgba, did, g = self._last.rgba, self._last.directive_id, None
             self.counters["frames_repeated"] += 1
@@ -524,6 +628,19 @@ class Engine:
             self._playing = _Playing(speech, pts) if speech is not None else None
         self._out.publish_frame(frame)
         self._emit_audio(pts)
+
+    def _show_card(self, seq: int, pts: float) -> None:
+        """Before the first generated frame (only when built from a :class:`Loading`): the starting card."""
+        every = self._card_every
+        if self.error is not None or self._first_chunk.is_set() or seq % every:
+            return
+        phase = (seq // every) % 3
+        card = self._cards.get(phase)
+        if card is None:
+            w, h = self._gen.output_size
+            card = self._cards[phase] = starting_card(int(w), int(h), phase=phase)
+        self.counters["frames_starting"] += 1
+        self._out.publish_frame(VideoFrame(seq, pts, card, ""))
 
     def _took_effect(self, directive_id: str, seq: int) -> None:
         idx = next((i for i, t in enumerate(self._tickets) if t.command_id == directive_id), None)

@@ -225,8 +225,8 @@ class Server:
             return None
         if path == "/healthz":
             ok = self.engine.healthy
-            return connection.respond(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                      "ok\n" if ok else "unavailable\n")
+            body = "ok\n" if ok else "starting\n" if getattr(self.engine, "starting", False) else "unavailable\n"
+            return connection.respond(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE, body)
         if path == "/metrics":
             response = connection.respond(http.HTTPStatus.OK, self.metrics_text())
             del response.headers["Content-Type"]
