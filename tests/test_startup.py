@@ -28,6 +28,7 @@ from backend.config import Config, EngineConfig, ServerConfig
 from backend.engine.card import starting_card
 from backend.engine.compute import ComputeMemory
 from backend.engine.engine import Loaded, Loading
+from backend.model.checkpoint import CheckpointError
 from tests.model.model_kit import micro_config
 
 DEADLINE_S = 30.0
@@ -106,7 +107,7 @@ async def test_a_load_error_stops_the_backend_with_it(tmp_path) -> None:
     memory = ComputeMemory(tmp_path / "compute.json")
     bad = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(tmp_path / "missing.pt")))
     stop = asyncio.Event()
-    with pytest.raises(Exception, match="missing.pt"):
+    with pytest.raises(CheckpointError, match=r"missing\.pt"):
         async with asyncio.timeout(DEADLINE_S):
             await run_backend(bad, generator_loading(bad, memory), None, None, stop=stop)
 
