@@ -205,6 +205,8 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray | None,
 
             engine.tts, listen = await asyncio.to_thread(build_voice, cfg.voice, engine.session.character,
                                                          blocked_words=cfg.director.blocked_words)
+            if listen is not None:
+                server.push_to_talk = listen.set_push_to_talk
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(_pump(b, director.handle)) for b in bridges]
             if listen is not None:

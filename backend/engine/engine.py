@@ -32,7 +32,9 @@ Usage::
 or a :class:`Loading`: then the engine builds it in its generator thread while the pacer already shows the
 "starting" card (:mod:`backend.engine.card`) on the same frame clock, so a server can open at once
 (``await engine.wait_loaded()`` raises what loading raised).
-``tts(text) -> (pcm float32, sample_rate)`` is called in a helper thread for ``say`` commands.
+``tts(text) -> (pcm float32, sample_rate)`` is called in a helper thread for ``say`` commands, one sentence at a
+time: the first sentence starts speaking as soon as it is synthesized, the next ones are appended to the speech
+while it plays (``tts.prepare(text)``, when it has one, checks the whole text first).
 ``conditions(action, emotion, prompt)`` builds the generator's conditions (default: :func:`default_conditions`).
 """
 
@@ -66,6 +68,7 @@ from backend.engine.session import (
 from backend.engine.worker import GeneratorWorker
 from backend.events import AudioChunk, Command, CommandKind, Directive, VideoFrame
 from backend.voice.lipsync import mouth_envelope
+from backend.voice.sentences import split_sentences
 
 __all__ = ["ChunkConditions", "CommandError", "Engine", "EngineError", "FrameGenerator", "Loaded", "Loading",
            "Ticket"]
@@ -233,6 +236,7 @@ class Engine:
         self._level_remembered: tuple[int, int] | None = None
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
+        self._speaking_tasks: set[asyncio.Task[None]] = set()  # synthesizing the next sentences of a `say`
         self._last: VideoFrame | None = None
         self.directive = Directive(action=cfg.idle_action)  # the one on screen (started_frame = output seq)
         self._last_wall: float | None = None
@@ -266,8 +270,9 @@ class Engine:
                        asyncio.create_task(self._pace(), name="engine-pacer")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._speaking_tasks]:
             task.cancel()
+        await asyncio.gather(*self._speaking_tasks, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)  # a failed producer was logged already
         self._tasks = []
         await self._worker.stop()
@@ -434,15 +439,55 @@ class Engine:
                 raise CommandError("say: no text-to-speech engine configured")
             if not command.argument.strip():
                 raise CommandError("say: empty text")
+            tts = self.tts
             try:
-                pcm, sr = await asyncio.to_thread(self.tts, command.argument)
+                prepare = getattr(tts, "prepare", None)
+                text = prepare(command.argument) if prepare is not None else command.argument
+                first, *rest = split_sentences(text) or [text]
+                pcm, sr = await asyncio.to_thread(tts, first)
             except Exception as exc:
                 raise CommandError(f"say: text-to-speech failed: {exc}") from exc
-            speech = self._make_speech(pcm, sr, command.argument, command.command_id)
+            speech = self._make_speech(pcm, sr, first, command.command_id)
         except CommandError as exc:
             self._reject(record, exc)
             raise
-        return self._enqueue(Change(command, record, speech))
+        ticket = self._enqueue(Change(command, record, speech))
+        if rest:
+            task = asyncio.create_task(self._say_rest(command, tts, rest), name=f"say-{command.command_id}")
+            self._speaking_tasks.add(task)
+            task.add_done_callback(self._speaking_tasks.discard)
+        return ticket
+
+    async def _say_rest(self, command: Command, tts: TTS, sentences: list[str]) -> None:
+        """Synthesize the sentences after the first and append each to the speech while it plays."""
+        for i, sentence in enumerate(sentences, 2):
+            try:
+                pcm, sr = await asyncio.to_thread(tts, sentence)
+                more = self._make_speech(pcm, sr, sentence, command.command_id)
+            except Exception as exc:  # the sentences spoken so far stand; the stream goes on
+                log.warning("say: sentence %d of command id=%s not spoken: %s", i, command.command_id, exc)
+                return
+            if self._extend_speech(more):
+                continue
+            # the speech ended before this sentence was ready: it starts as a speech of its own
+            part = dataclasses.replace(command, argument=sentence, command_id=f"{command.command_id}.{i}")
+            part, record = self._accept(part)
+            more = dataclasses.replace(more, speech_id=part.command_id)
+            try:
+                self._enqueue(Change(part, record, more))
+            except EngineError:
+                return
+
+    def _extend_speech(self, more: Speech) -> bool:
+        extended = self.session.extend_speech(more, self._next_g)
+        if extended is None:
+            return False
+        if self._playing is not None and self._playing.speech.speech_id == extended.speech_id:
+            self._playing.speech = extended
+        scheduled = self._scheduled_speech
+        if scheduled is not None and scheduled[0] is not None and scheduled[0].speech_id == extended.speech_id:
+            self._scheduled_speech = (extended, scheduled[1])
+        return True
 
     def _make_speech(self, pcm: np.ndarray, sample_rate: int, text: str, speech_id: str) -> Speech:
         pcm = np.asarray(pcm)

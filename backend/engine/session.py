@@ -234,6 +234,24 @@ class Session:
             self._speech, self._action_end_g = None, None
             self.directive = Directive(action=self.idle_action, command_id=cid)
 
+    def extend_speech(self, more: Speech, frontier_g: int) -> Speech | None:
+        """Append ``more`` (the next sentence of the speech being spoken, same id) to the current speech, if
+        it is still speaking at ``frontier_g`` (the next frame to generate): the old audio is padded to its
+        last frame's end so audio and mouth stay aligned. Returns the extended speech, or None (it ended:
+        start ``more`` as a new speech)."""
+        old = self._speech
+        if old is None or old.speech_id != more.speech_id or not self._speaking(frontier_g):
+            return None
+        if more.sample_rate != old.sample_rate or more.pcm.shape[1] != old.pcm.shape[1]:
+            raise CommandError(f"say: the next sentence has {more.sample_rate} Hz x {more.pcm.shape[1]} channels, "
+                               f"the speech {old.sample_rate} Hz x {old.pcm.shape[1]}")
+        end = int(old.frames * old.sample_rate / self.fps)  # where frame `frames` begins (lipsync's edges)
+        pad = np.zeros((max(0, end - old.pcm.shape[0]), old.pcm.shape[1]), np.float32)
+        pcm = np.concatenate([old.pcm[:end], pad, more.pcm])
+        self._speech = Speech(pcm, old.sample_rate, np.concatenate([old.mouth, more.mouth]),
+                              f"{old.text} {more.text}".strip(), old.speech_id)
+        return self._speech
+
     def _speaking(self, g: int) -> bool:
         return self._speech is not None and g < self._speech_start_g + self._speech.frames
 

@@ -3,7 +3,7 @@
 Pure functions and one small state machine over bytes: no sockets, no clocks, no asyncio.
 
 * typed messages: client -> server :class:`Auth`, :class:`CommandRequest`, :class:`StatusRequest`,
-  :class:`SubscribeRequest`; server -> client :class:`Hello`, :class:`Frame`, :class:`Audio`, :class:`Ok`,
+  :class:`SubscribeRequest`, :class:`PushToTalkRequest`; server -> client :class:`Hello`, :class:`Frame`, :class:`Audio`, :class:`Ok`,
   :class:`Error`, :class:`Status`, :class:`State`;
 * :func:`decode_client` / :func:`decode_server` validate bytes (msgpack) or text (JSON) into them,
   raising :class:`ProtocolError` with a code; :func:`encode` is the inverse;
@@ -50,6 +50,7 @@ __all__ = [
     "Hello",
     "Ok",
     "ProtocolError",
+    "PushToTalkRequest",
     "Send",
     "ServerMessage",
     "State",
@@ -127,7 +128,14 @@ class SubscribeRequest:
     type = "subscribe"
 
 
-ClientMessage = Auth | CommandRequest | StatusRequest | SubscribeRequest
+@dataclass(frozen=True)
+class PushToTalkRequest:
+    held: bool  # the push-to-talk key is down (True) or released (False)
+    id: str = ""
+    type = "ptt"
+
+
+ClientMessage = Auth | CommandRequest | StatusRequest | SubscribeRequest | PushToTalkRequest
 
 # ------------------------------------------------------------------ messages, server -> client
 
@@ -283,6 +291,8 @@ def decode_client(data: bytes | bytearray | memoryview | str) -> ClientMessage:
                               _field(obj, "wait", bool, False, mid=mid))
     if mtype == "status":
         return StatusRequest(_field(obj, "id", str, ""))
+    if mtype == "ptt":
+        return PushToTalkRequest(_field(obj, "held", bool, mid=mid), _field(obj, "id", str, "", mid=mid))
     if mtype == "subscribe":
         topics = _field(obj, "topics", list, mid=mid)
         for t in topics:
@@ -358,7 +368,7 @@ class Close:
 class Dispatch:
     """A valid request for the server to carry out; reply in JSON text if ``text``."""
 
-    request: CommandRequest | StatusRequest | SubscribeRequest
+    request: CommandRequest | StatusRequest | SubscribeRequest | PushToTalkRequest
     text: bool
 
 

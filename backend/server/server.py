@@ -53,6 +53,7 @@ from backend.server.protocol import (
     ErrorCode,
     Hello,
     Ok,
+    PushToTalkRequest,
     Send,
     State,
     Status,
@@ -161,6 +162,7 @@ class Server:
             token = Token(token)
         self.token: Token = token if token is not None else load_or_create_token(cfg.token_file or None)
         self._state_fn = state_fn
+        self.push_to_talk: Callable[[bool], object] | None = None  # the voice listener's, set by the app
         self._ws: WsServer | None = None
         self._frames = _FrameCache(cfg.jpeg_quality)
         self._ids = itertools.count(1)
@@ -355,6 +357,8 @@ class Server:
                 reply = await self._command(req)
             elif isinstance(req, StatusRequest):
                 reply = Status(req.id, self.engine.status(), self.stats())
+            elif isinstance(req, PushToTalkRequest):
+                reply = self._push_to_talk(req)
             elif isinstance(req, SubscribeRequest):
                 if proto.subscribed:
                     reply = Ok(req.id)  # already pushing
@@ -368,6 +372,14 @@ class Server:
             await send(encode(reply, text=text))
         except ConnectionClosed:
             pass
+
+    def _push_to_talk(self, req: PushToTalkRequest) -> Ok | Error:
+        if self.push_to_talk is None:
+            return Error(ErrorCode.UNAVAILABLE, "ptt: nobody is listening to the microphone (start the backend with "
+                         "--voice; the microphone needs sounddevice and PortAudio)", req.id)
+        self.push_to_talk(req.held)
+        log.debug("push to talk held=%s", req.held)
+        return Ok(req.id)
 
     async def _command(self, req: CommandRequest) -> Ok | Error:
         self.counters["commands"] += 1
