@@ -196,6 +196,9 @@ def soak_figures(arrivals: list[float], memory: list[tuple[float, float]], *, fp
         t, m = np.asarray(points, dtype=np.float64).T
         slope = float(np.polyfit(t / 3600.0, m, 1)[0])
     mem = [m for _, m in memory]
+    quarter = max(1, len(points) // 4)  # RSS swings with the allocator: medians of the first/last quarter
+    first_q = float(np.median([m for _, m in points[:quarter]])) if points else None
+    last_q = float(np.median([m for _, m in points[-quarter:]])) if points else None
     return {
         "soak_seconds": round(seconds, 1),
         "fps_target": fps,
@@ -209,6 +212,8 @@ def soak_figures(arrivals: list[float], memory: list[tuple[float, float]], *, fp
         "memory_mib_end": round(mem[-1], 1) if mem else None,
         "memory_mib_max": round(max(mem), 1) if mem else None,
         "memory_slope_mib_per_hour": None if slope is None else round(slope, 2),
+        "memory_mib_median_first_quarter": None if first_q is None else round(first_q, 1),
+        "memory_mib_median_last_quarter": None if last_q is None else round(last_q, 1),
     }
 
 

@@ -201,7 +201,6 @@ def _dispatch(args: argparse.Namespace) -> int:
                 raise CliError("bench --minutes needs --live (a soak runs the whole engine in real time)")
             from backend.bench import run_soak
 
-            _setup_logging(cfg.log_level)
             result = run_soak(cfg, minutes=args.minutes,
                               progress=lambda p: print(json.dumps({"soak": p}), file=sys.stderr, flush=True))
             print(json.dumps(result), flush=True)
