@@ -59,7 +59,7 @@ def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
     generator = Generator(cfg.model)
     reference = reference_frame(character, generator.native_size)
     if character.background != "transparent":
-        generator = BackgroundGenerator(generator, character)
+        return BackgroundGenerator(generator, character), reference, character
     return generator, reference, character
 
 
@@ -267,7 +267,8 @@ def chat(cfg: Config, platform: str) -> int:
                 on_state(director.state())
                 drained: asyncio.Task[Any] | None = None
                 try:
-                    await asyncio.wait([stopped, asyncio.gather(*pumps)], return_when=asyncio.FIRST_COMPLETED)
+                    bridges_done: asyncio.Future[Any] = asyncio.gather(*pumps)
+                    await asyncio.wait([stopped, bridges_done], return_when=asyncio.FIRST_COMPLETED)
                     # the bridges ended (e.g. console input closed): play the queue out, then leave
                     drained = asyncio.create_task(played_out.wait())
                     await asyncio.wait([stopped, drained], return_when=asyncio.FIRST_COMPLETED)

@@ -164,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, CliError, *_user_errors()) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (ConfigError, CliError, *_user_errors())):  # imported only when needed
+            raise
         print(f"liveidol: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -274,7 +274,7 @@ def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
         return ConfigError(f"{where} = {shown}: expected {allowed}")
 
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise fail("a table")
         return from_mapping(tp, value, _prefix=where)
@@ -390,10 +390,15 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             rows.extend(describe(hint, key + "."))
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:  # pragma: no cover - every config field has a default
+                raise TypeError(f"config field {key} has no default")
             rows.append((key, "<secret>" if f.metadata.get("secret") else repr(default), f.metadata.get("doc", "")))
     return rows
 

@@ -338,7 +338,10 @@ class _Registration:
         )
         self.on_signal = SIGNAL_CALLBACK(self._on_end_signal)
         get_name, create, get_defaults, get_properties, update = self.callbacks
-        destroy = DESTROY(ctypes.cast(lib.lib.bfree, c_void_p).value)  # C, never enters Python
+        bfree = ctypes.cast(lib.lib.bfree, c_void_p).value
+        if bfree is None:
+            raise OSError("libobs has no bfree")
+        destroy = DESTROY(bfree)  # C, never enters Python
         self.info = ObsSourceInfo(id=self._id, type=OBS_SOURCE_TYPE_INPUT, output_flags=flags,
                                   get_name=get_name, create=create, destroy=destroy,
                                   get_defaults=get_defaults, get_properties=get_properties, update=update)

@@ -287,9 +287,10 @@ class Director:
             self._decide("finished", "duration_elapsed", item=cur.item)
             self._changed()
         while self._current is None:
-            item = self.queue.pop()
-            if item is None:
+            popped = self.queue.pop()
+            if popped is None:
                 break
+            item = popped
             item.command = dataclasses.replace(item.command, issued_at=now)
             if item.command.kind not in _IMMEDIATE:  # an approved emotion/prompt does not occupy the body
                 self._current = _Current(item, now, now + item.duration_s)
@@ -352,7 +353,7 @@ class Director:
         role = event.role
         tier = tier_for(role, paid=paid)
         user_key = self._user_key(event.platform, event.user_id, event.user_name)
-        who = {"user": event.user_name, "platform": event.platform}
+        who: dict[str, Any] = {"user": event.user_name, "platform": event.platform}
 
         try:
             text = self.moderator.clean_message(event.text)

@@ -150,13 +150,16 @@ ConditionsFactory = Callable[[str, str, str], Any]
 def default_conditions() -> ConditionsFactory:
     """Build ``backend.model.generator.Conditions(action, emotion)``; the free-text prompt is kept in the
     directive but not passed on (the generator takes a text *embedding*: inject a factory that embeds it)."""
+    conditions: Callable[..., Any]
     try:
         from backend.model.generator import Conditions
+
+        conditions = Conditions
     except ImportError:
-        Conditions = ChunkConditions
+        conditions = ChunkConditions
 
     def make(action: str, emotion: str, prompt: str) -> Any:
-        return Conditions(action=action, emotion=emotion)
+        return conditions(action=action, emotion=emotion)
 
     return make
 

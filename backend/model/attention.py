@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 __all__ = ["Attention", "AttentionBackendError", "FlexAttention", "SageAttention", "SdpaAttention", "select_attention"]
 
@@ -104,9 +108,9 @@ class FlexAttention(Attention):
 
         self._create = create_block_mask
         self._fn = torch.compile(flex_attention, dynamic=False) if compile else flex_attention
-        self._masks: dict[tuple[bytes, int, str], object] = {}
+        self._masks: dict[tuple[bytes, int, str], BlockMask] = {}
 
-    def frame_mask(self, mask: torch.Tensor, frame_tokens: int) -> object:
+    def frame_mask(self, mask: torch.Tensor, frame_tokens: int) -> BlockMask:
         f = mask.shape[0]
         key = (mask.cpu().numpy().tobytes(), frame_tokens, str(mask.device))  # F*F bytes: the size is in the key
         if key not in self._masks:
@@ -119,7 +123,8 @@ class FlexAttention(Attention):
             self._masks[key] = self._create(mask_mod, None, None, s, s, device=mask.device)
         return self._masks[key]
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object = None) -> torch.Tensor:
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # type: ignore[override]
+                 mask: BlockMask | None = None) -> torch.Tensor:
         if mask is None:
             return _SDPA(q, k, v)
         out = self._fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask)  # (B, H, S, D)

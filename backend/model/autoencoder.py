@@ -87,6 +87,7 @@ def _conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, gain: float = 2
     """A same-padded conv, He-initialised (``gain`` sqrt(2) before an activation, 1 for a linear output)."""
     conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
     nn.init.normal_(conv.weight, std=gain / (cin * kernel * kernel) ** 0.5)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -144,6 +145,9 @@ class Decoder(nn.Module):
 
 class VideoAutoencoder(nn.Module):
     """RGBA video (B, T, 4, H, W) in [0, 1] <-> normalised latents (B, T//tf, C, H/sf, W/sf)."""
+
+    latent_mean: Tensor  # (C,) buffers, registered in __init__
+    latent_std: Tensor
 
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from backend.config import REPO_ROOT, AutoencoderConfig, DiTSizes, ModelConfig
-from backend.model.dit import EXTRA_PREFIXES, CausalDiT
+from backend.model.dit import EXTRA_PREFIXES, Block, CausalDiT
 
 __all__ = [
     "BUILTIN_PATH",
@@ -202,10 +202,12 @@ def init_dit_(dit: CausalDiT, *, std: float = 0.02, generator: torch.Generator |
     pe = dit.patch_embedding
     bound = math.sqrt(6.0 / (pe.weight[0].numel() + pe.out_channels))
     pe.weight.uniform_(-bound, bound, generator=generator)
+    assert pe.bias is not None
     nn.init.zeros_(pe.bias)
     nn.init.zeros_(dit.head.head.weight)  # the flow starts at zero: a stable start for training
     nn.init.zeros_(dit.head.head.bias)
     for block in dit.blocks:
+        assert isinstance(block, Block)
         block.modulation.normal_(0.0, dit.sizes.dim ** -0.5, generator=generator)
     dit.head.modulation.normal_(0.0, dit.sizes.dim ** -0.5, generator=generator)
     nn.init.zeros_(dit.cond_embedding.action.weight)

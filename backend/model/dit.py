@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -401,6 +402,8 @@ class CausalDiT(nn.Module):
         context = self.text_embedding(context.type_as(x))
         ang = self.rope.angles_at(frame_pos, gh, gw).to(x.device)
         rope = (torch.cos(ang).float(), torch.sin(ang).float())
+        attn: Attention
+        mask: Any  # (S, S) bool tensor, or flex's BlockMask over the same tokens
         if flex is not None:
             attn, mask = flex, flex.frame_mask(attn_mask, frame_tokens)
         else:

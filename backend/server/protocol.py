@@ -277,7 +277,8 @@ def decode_client(data: bytes | bytearray | memoryview | str) -> ClientMessage:
     """Validate one client message (``/control``). Raises :class:`ProtocolError`."""
     obj = _parse(data)
     mtype = obj.get("type")
-    mid = obj.get("id") if isinstance(obj.get("id"), str) else ""
+    raw_id = obj.get("id")
+    mid = raw_id if isinstance(raw_id, str) else ""
     if mtype == "auth":
         return Auth(_field(obj, "token", str))
     if mtype == "command":
@@ -304,7 +305,7 @@ def decode_client(data: bytes | bytearray | memoryview | str) -> ClientMessage:
     raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown message type {mtype!r}", mid)
 
 
-_SERVER_TYPES: dict[str, type] = {c.type: c for c in (Hello, Frame, Audio, Ok, Error, Status, State)}  # type: ignore[attr-defined]
+_SERVER_TYPES: dict[str, type[ServerMessage]] = {c.type: c for c in (Hello, Frame, Audio, Ok, Error, Status, State)}  # type: ignore[attr-defined]
 
 
 def decode_server(data: bytes | bytearray | memoryview | str) -> ServerMessage:

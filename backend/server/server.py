@@ -80,8 +80,11 @@ class ServerError(Exception):
 class StreamEngine(Protocol):
     """What the server needs from the engine (``backend.engine.Engine`` has it)."""
 
-    fps: float
-    sample_rate: int
+    @property
+    def fps(self) -> float: ...
+
+    @property
+    def sample_rate(self) -> int: ...
 
     @property
     def output_size(self) -> tuple[int, int]: ...
@@ -352,6 +355,7 @@ class Server:
     async def _dispatch(self, action: Dispatch, send: Callable[[bytes | str], Any],
                         proto: ControlProtocol) -> None:
         req, text = action.request, action.text
+        reply: Ok | Error | Status
         try:
             if isinstance(req, CommandRequest):
                 reply = await self._command(req)

@@ -293,8 +293,8 @@ def _action_following(gen: Generator, probe: Probe, character: CharacterConfig, 
     # World: the same command sequence, simulated and rendered at the native size.
     if n_frames:
         poses, _ = simulate(world_script(plan), n_frames, fps=fps, seed=seed)
-        for chunk in _world_chunks(character, poses, gen.native_size, device):
-            motion["world"].add(_premultiplied(chunk, device))
+        for world_chunk in _world_chunks(character, poses, gen.native_size, device):
+            motion["world"].add(_premultiplied(world_chunk, device))
         for c in plan:
             window = torch.cat([_premultiplied(x, device) for x in _world_chunks(
                 character, poses[c.start:c.start + c.window], gen.native_size, device)])
@@ -359,7 +359,8 @@ def _temporal(motion: dict[str, _Motion]) -> dict[str, Any]:
 def _stream_plan(n_frames: int, fpc: int, seed: int, fps: float) -> list[PlannedCommand]:
     """A sparse random script for the identity run: a command every 3-8 s, idle in between."""
     rng = np.random.default_rng([seed, 104729])
-    plan, g = [], _ceil_to(_frames(3.0, fps), fpc)
+    plan: list[PlannedCommand] = []
+    g = _ceil_to(_frames(3.0, fps), fpc)
     while g < n_frames:
         name = str(COMMANDABLE[rng.integers(len(COMMANDABLE))])
         emo = "neutral" if rng.random() >= 1 / 3 else str(EMOTIONS[1 + rng.integers(len(EMOTIONS) - 1)])
@@ -432,17 +433,17 @@ def _identity(gen: Generator, probe: Probe, character: CharacterConfig, referenc
     ref_agree = float(np.mean([ref_ident[k][0] == getattr(character, k)  # type: ignore[index]
                                for k in ("hair_style", "eye_shape", "outfit")]))
     ref_mask = reference[..., 3] > 127
-    a = first.summary(probe, character, ref_palette, device)  # type: ignore[arg-type]
-    b = last.summary(probe, character, ref_palette, device)  # type: ignore[arg-type]
+    early = first.summary(probe, character, ref_palette, device)  # type: ignore[arg-type]
+    late = last.summary(probe, character, ref_palette, device)  # type: ignore[arg-type]
 
     def delta(key: str) -> float | None:
-        return b[key] - a[key] if a.get(key) is not None and b.get(key) is not None else None
+        return late[key] - early[key] if early.get(key) is not None and late.get(key) is not None else None
 
-    rgb_drift = (float(np.linalg.norm(np.subtract(b["idle_rgb"], a["idle_rgb"])))
-                 if a["idle_rgb"] is not None and b["idle_rgb"] is not None else None)
+    rgb_drift = (float(np.linalg.norm(np.subtract(late["idle_rgb"], early["idle_rgb"])))
+                 if early["idle_rgb"] is not None and late["idle_rgb"] is not None else None)
     return {
         "frames": n_frames, "minutes": minutes, "window_s": seg / fps, "sample_every_s": every / fps,
-        "first": a, "last": b,
+        "first": early, "last": late,
         "reference": {"agreement": ref_agree, "palette_dist_to_true": _palette_dist(ref_palette, true_palette),  # type: ignore[arg-type]
                       "rgb": reference[..., :3][ref_mask].astype(np.float64).mean(0).tolist() if ref_mask.any() else None},
         "drift": {"agreement": delta("agreement"), "palette_dist": delta("palette_dist"), "idle_rgb": rgb_drift,

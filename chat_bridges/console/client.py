@@ -38,14 +38,15 @@ async def stdin_lines(stream: TextIO | None = None) -> AsyncIterator[str]:
     shares that flag with the shell)."""
     stream = stream or sys.stdin
     loop = asyncio.get_running_loop()
-    reader: asyncio.StreamReader | None = asyncio.StreamReader()
+    stream_reader = asyncio.StreamReader()
+    reader: asyncio.StreamReader | None = stream_reader
     transport = None
     fd = -1
     pipe = None
     try:
         fd = os.dup(stream.fileno())
         pipe = os.fdopen(fd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream_reader), pipe)
     except (ValueError, OSError, NotImplementedError, AttributeError):
         reader = None  # a regular file, no file descriptor, or a platform without pipe support
         if pipe is not None:
