@@ -92,13 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the default model (resumable steps of at most --minutes)")
     _add_common(p)
-    p.add_argument("stage", choices=["autoencoder", "dit", "selfforcing", "probe", "export", "import"],
+    p.add_argument("stage", choices=["autoencoder", "hires", "dit", "selfforcing", "probe", "export", "import"],
                    help="import: seed a new run from --checkpoint (default: the shipped weights) to train on")
     p.add_argument("--run", default="runs/default", help="run directory holding checkpoints and logs")
     p.add_argument("--minutes", type=float, default=9.0, help="stop and save after this long (default 9)")
     p.add_argument("--anneal", action="store_true",
                    help="dit/selfforcing: decay the learning rate to 10%% by the end of this step (before export)")
     p.add_argument("--checkpoint", help="import: the checkpoint to start from (default 'builtin', the shipped weights)")
+    p.add_argument("--critic", action="store_true",
+                   help="hires: sharpen the detail decoder with a patch discriminator (crisper, but can dither edges)")
     p.add_argument("--kernel", choices=["auto", "flex", "sdpa"], default="auto",
                    help="dit/selfforcing: masked attention kernel; auto = block-sparse flex attention on CUDA, SDPA on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -203,7 +205,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from backend.training.train import run_stage
 
         return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
-                         kernel=args.kernel, compile=args.compile)
+                         kernel=args.kernel, compile=args.compile, critic=args.critic)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device})

@@ -101,6 +101,10 @@ class AutoencoderConfig:
     width: int = opt(64, "Base channel width of the encoder/decoder convolutions.", min=4)
     native_width: int = opt(256, "Native frame width in pixels (16:9 with native_height).", min=16)
     native_height: int = opt(144, "Native frame height in pixels.", min=16)
+    hires_factors: tuple[int, ...] = opt(
+        (2, 3, 5), "Up-sampling steps of the detail decoder, which renders the same latents at a larger size "
+        "(their product pixels per latent cell: 2*3*5 = 30 gives 960x540 from a 256x144 model's 32x18 grid); "
+        "[] for none.", min=1, max=8)
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,8 @@ class ModelConfig:
                           "`guidance_negative` (costs a second pass while an action plays; 0 = off).",
                           min=0.0, max=20.0)
     guidance_negative: str = opt("idle", "The action whose prediction guidance pushes away from.")
+    guidance_frames: int = opt(4, "Guide only the first this many latent frames of each action (the push that "
+                               "starts it; the model's own context carries it on); 0 = the whole action.", min=0)
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)
@@ -134,6 +140,10 @@ class ModelConfig:
     output_width: int = opt(960, "Width of frames sent to OBS (upscaled from the native size).", min=16, max=7680)
     output_height: int = opt(540, "Height of frames sent to OBS.", min=16, max=4320)
     compile: bool = opt(False, "torch.compile the transformer (CUDA; slower start, faster steady state).")
+    decoder: Literal["auto", "native", "hires"] = opt(
+        "auto", "Which decoder draws the frames: 'hires' renders the output size from the latents (sharp detail), "
+        "'native' draws the native size and upscales it (cheaper); 'auto' is 'hires' when the checkpoint has "
+        "its weights and the generator runs on CUDA.")
     dit: DiTSizes = opt(None, "Transformer sizes.", factory=DiTSizes)
     autoencoder: AutoencoderConfig = opt(None, "Autoencoder sizes.", factory=AutoencoderConfig)
 

@@ -219,7 +219,8 @@ class Generator:
         self.cross_idle = CrossAttentionCache(sizes.num_layers)  # the idle context, for action guidance
         self._idle_context: torch.Tensor | None = None
         self.schedule = FlowMatchSchedule(shift=cfg.shift)
-        self.decoder = self.autoencoder.decoder_stream()
+        self.hires = self._use_hires()
+        self.decoder = self.autoencoder.decoder_stream(hires=self.hires)
         self._noise = torch.Generator().manual_seed(cfg.seed)
         self._conditions: Conditions | None = None
         self._context: torch.Tensor | None = None
@@ -234,6 +235,7 @@ class Generator:
     # -- weights -------------------------------------------------------------------------------
     def _load(self, flat: dict[str, torch.Tensor] | None) -> None:
         weights = split_state(flat, "<weights>") if flat is not None else load_weights(self.cfg.checkpoint)
+        self._hires_trained = False
         if weights is None:
             init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
             logger.info("generator weights source=random")
@@ -241,13 +243,36 @@ class Generator:
         check_config(weights, self.cfg)
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
-            load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder")
+            load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",
+                      optional_prefixes=("hires.",))
+            self._hires_trained = any(k.startswith("hires.") for k in weights.autoencoder)
         else:
             logger.warning("checkpoint has no autoencoder weights, the autoencoder stays untrained source=%s",
                            weights.source)
         logger.info("generator weights source=%s", weights.source)
 
+    def _use_hires(self) -> bool:
+        """Whether frames come from the detail decoder (``model.decoder``, resolved)."""
+        mode, has = self.cfg.decoder, self.autoencoder.hires is not None
+        if mode == "native" or not has:
+            if mode == "hires":
+                raise GeneratorError("model.decoder = 'hires' but model.autoencoder.hires_factors is empty: "
+                                     "there is no detail decoder")
+            return False
+        if mode == "hires":
+            if not self._hires_trained and self.cfg.checkpoint != "random":
+                raise GeneratorError(f"model.decoder = 'hires' but checkpoint {self.cfg.checkpoint!r} has no detail "
+                                     "decoder weights (train them with `liveidol train hires`); use 'native'")
+            return True
+        return self._hires_trained and self.device.type == "cuda"
+
     # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def decoded_size(self) -> tuple[int, int]:
+        """(width, height) of frames as the decoder draws them, before resampling to the output size."""
+        size = self.autoencoder.hires_size if self.hires else None
+        return size or self.native_size
+
     @property
     def native_size(self) -> tuple[int, int]:
         """(width, height) of decoded frames before upscaling."""
@@ -319,10 +344,19 @@ class Generator:
             rows.append(control_vector(None if mouth is None else mouth[j * tf:(j + 1) * tf], prog, self.cfg))
         return torch.stack(rows)[None].to(self.device, self.dtype)  # (1, F, num_controls)
 
+    def _guidance_now(self) -> float:
+        """The guidance scale for the chunk about to be made: ``model.guidance`` while the action is younger
+        than ``model.guidance_frames`` latent frames (or always, when that is 0), else 0."""
+        cfg = self.cfg
+        if cfg.guidance <= 0 or (cfg.guidance_frames and self._position - self._action_start >= cfg.guidance_frames):
+            return 0.0
+        return cfg.guidance
+
     def _flow_fn(self, controls: torch.Tensor, guidance: float = 0.0):
         """The model's flow for the current chunk. With ``guidance`` > 0 and an action other than idle, the
         prediction is pushed away from the idle prediction: ``f + g * (f - f_idle)`` (action guidance; both
         passes write the chunk's own cache slots, the conditional one last; the cache pass is never guided)."""
+
         def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache) -> torch.Tensor:
             return self.dit(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, context, start_frame=self._position,
                             cache=self.kv, cross_cache=cross, controls=controls).permute(0, 2, 1, 3, 4)
@@ -436,7 +470,7 @@ class Generator:
         noise = torch.randn((1, f, cfg.autoencoder.latent_channels, h, w), generator=self._noise)
         noise = noise.to(self.device, self.dtype)
         timesteps = self.schedule.warp_list(cfg.timesteps[:steps])
-        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f), cfg.guidance), noise, timesteps, self.schedule, self._noise,
+        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f), self._guidance_now()), noise, timesteps, self.schedule, self._noise,
                           context_t=1000.0 * cfg.context_noise)
         frames = self.decoder.step(x0)[0]  # (F*tf, 4, H, W)
         frames = upscale(frames.float(), self.output_size)
