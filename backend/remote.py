@@ -16,6 +16,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from backend.errors import LiveIdolError
 from backend.events import Command
 from backend.server.protocol import (
     Auth,
@@ -33,7 +34,7 @@ __all__ = ["ControlClient", "RemoteError"]
 log = logging.getLogger(__name__)
 
 
-class RemoteError(RuntimeError):
+class RemoteError(LiveIdolError, RuntimeError):
     """The backend refused a request (or could not be reached); the message says why."""
 
 

@@ -2,14 +2,14 @@
 
 The token file is ``ServerConfig.token_file`` if set, else ``$XDG_CONFIG_HOME/liveidol/token`` or
 ``~/.config/liveidol/token``. On first start a token is made with :func:`secrets.token_urlsafe` and
-written with mode 0600; :attr:`Token.created` tells the CLI to print it once. The token is never logged
-(``repr=False``).
+written with mode 0600; :attr:`Token.created` tells the CLI to show it once with :func:`announce_token`,
+straight on the terminal: the token never goes through logging (``repr=False``), so no log handler, file
+or journal ever holds it.
 
 Usage::
 
     token = load_or_create_token(cfg.server.token_file or None)
-    if token.created:
-        print(f"control token (shown once): {token.value}  stored in {token.path}")
+    announce_token(token)                     # prints it once if just created (stderr, a terminal only)
     check_token(token.value, given)   # hmac.compare_digest
 """
 
@@ -20,16 +20,20 @@ import logging
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
-__all__ = ["AuthError", "Token", "check_token", "default_token_path", "load_or_create_token"]
+from backend.errors import LiveIdolError
+
+__all__ = ["AuthError", "Token", "announce_token", "check_token", "default_token_path", "load_or_create_token"]
 
 log = logging.getLogger(__name__)
 
 
-class AuthError(Exception):
+class AuthError(LiveIdolError):
     """The token file cannot be read or created."""
 
 
@@ -53,8 +57,13 @@ def load_or_create_token(path: str | Path | None = None) -> Token:
         value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         pass
+    except IsADirectoryError as exc:
+        raise AuthError(f"{path}: is a directory, not a control token file (server.token_file)") from exc
     except OSError as exc:
         raise AuthError(f"{path}: cannot read the control token: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise AuthError(f"{path}: the control token file is not UTF-8 text (byte {exc.start}); "
+                        "delete it to make a new token") from exc
     else:
         if not value:
             raise AuthError(f"{path}: the control token file is empty (delete it to make a new token)")
@@ -75,6 +84,22 @@ def load_or_create_token(path: str | Path | None = None) -> Token:
         fh.write(value + "\n")
     log.info("control token created path=%s", path)
     return Token(value, path, created=True)
+
+
+def announce_token(token: Token, stream: TextIO | None = None) -> None:
+    """Show a token this start created, once, on the terminal (``stream``, default stderr): never via logging.
+
+    When ``stream`` is not a terminal (redirected to a file, a pipe, a service journal) the token stays in its
+    0600 file and only the path is shown, so it is not copied into logs kept elsewhere.
+    """
+    if not token.created:
+        return
+    stream = sys.stderr if stream is None else stream
+    if stream.isatty():
+        text = f"LiveIdol control token (shown once; stored in {token.path}): {token.value}"
+    else:
+        text = f"LiveIdol control token created in {token.path} (not shown here: this output is not a terminal)"
+    print(text, file=stream, flush=True)
 
 
 def check_token(expected: str, given: object) -> bool:

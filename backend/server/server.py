@@ -39,6 +39,7 @@ from websockets.http11 import Request, Response
 from backend.config import ServerConfig
 from backend.engine.broadcast import Subscription
 from backend.engine.session import CommandError, EngineError
+from backend.errors import LiveIdolError
 from backend.events import AudioChunk, Command, VideoFrame
 from backend.server import metrics as prom
 from backend.server.auth import Token, check_token, load_or_create_token
@@ -72,7 +73,7 @@ STATE_POLL_S = 0.2
 COMMAND_WAIT_S = 10.0
 
 
-class ServerError(Exception):
+class ServerError(LiveIdolError):
     """The server cannot start (bad host, port in use ...)."""
 
 
