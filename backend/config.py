@@ -167,11 +167,18 @@ class ServerConfig:
 
     host: str = opt("127.0.0.1", "Address to bind. Only loopback by default; other addresses need allow_remote.")
     port: int = opt(8765, "TCP port.", min=0, max=65535)
-    allow_remote: bool = opt(False, "Allow binding a non-loopback address (frames then go out as JPEG).")
+    allow_remote: bool = opt(False, "Allow binding a non-loopback address (frames then go out as JPEG; every path "
+                             "then needs the token from other machines; use tls_cert).")
     token_file: str = opt("", "Control token file; '' means <user config dir>/liveidol/token (created 0600).")
     jpeg_quality: int = opt(85, "JPEG quality for non-loopback clients.", min=1, max=100)
     max_message_bytes: int = opt(65536, "Largest control message accepted from a client.", min=256)
     client_slot_frames: int = opt(1, "Frames buffered per client; older ones are dropped for slow clients.", min=1, max=64)
+    allowed_origins: tuple[str, ...] = opt((), "Web page origins (e.g. 'https://overlay.example') allowed to connect; "
+                                           "a request carrying any other Origin header is refused with 403, so a page "
+                                           "in your browser cannot reach the backend. OBS's script and the CLI send none.")
+    tls_cert: str = opt("", "PEM certificate (chain): serve wss:// and https:// so the token and frames are "
+                        "encrypted off loopback; '' = plain ws://.")
+    tls_key: str = opt("", "PEM private key of tls_cert; '' = the key is in the tls_cert file.")
 
 
 @dataclass(frozen=True)

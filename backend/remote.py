@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from backend.errors import LiveIdolError
 from backend.events import Command
+from backend.server.auth import wire_logger
 from backend.server.protocol import (
     Auth,
     CommandRequest,
@@ -49,7 +50,7 @@ class ControlClient:
 
     async def __aenter__(self) -> ControlClient:
         try:
-            self._ws = await connect(self.url, open_timeout=self._timeout)
+            self._ws = await connect(self.url, open_timeout=self._timeout, logger=wire_logger("websockets.client"))
         except OSError as exc:
             raise RemoteError(f"cannot reach the backend at {self.url} ({exc}); is `liveidol serve` running?") from exc
         await self._ws.send(encode(Auth(self._token)))

@@ -11,6 +11,11 @@ Usage::
     token = load_or_create_token(cfg.server.token_file or None)
     announce_token(token)                     # prints it once if just created (stderr, a terminal only)
     check_token(token.value, given)   # hmac.compare_digest
+
+    throttle = AuthThrottle()                 # per-address lockout after wrong tokens (the caller passes the clock)
+    if (wait := throttle.locked_for(peer, now)) > 0: refuse(retry_after=wait)
+    elif check_token(...): throttle.succeeded(peer)
+    else: throttle.failed(peer, now)
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import os
 import secrets
 import stat
 import sys
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +34,17 @@ from typing import TextIO
 
 from backend.errors import LiveIdolError
 
-__all__ = ["AuthError", "Token", "announce_token", "check_token", "default_token_path", "load_or_create_token"]
+__all__ = [
+    "AuthError",
+    "AuthThrottle",
+    "Token",
+    "announce_token",
+    "bearer_token",
+    "check_token",
+    "default_token_path",
+    "load_or_create_token",
+    "wire_logger",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +118,79 @@ def announce_token(token: Token, stream: TextIO | None = None) -> None:
     print(text, file=stream, flush=True)
 
 
+class _NoWireDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+def wire_logger(name: str) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """A logger for websockets' ``logger=``: the library's lines minus its debug ones, which echo every frame
+    and header sent or received (an auth message's token, an ``Authorization`` header) into the log."""
+    return _NoWireDebug(logging.getLogger(name), {})
+
+
 def check_token(expected: str, given: object) -> bool:
     """Constant-time comparison; anything but a non-empty str is wrong."""
     if not isinstance(given, str) or not given or not expected:
         return False
     return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None when there is no such header."""
+    if header is None:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+@dataclass
+class _Peer:
+    failures: int = 0
+    locked_until: float = 0.0
+    last_failure: float = 0.0
+
+
+class AuthThrottle:
+    """Per-address lockout after wrong tokens; sans-I/O (every call takes ``now``, monotonic seconds).
+
+    The first ``free`` wrong tokens from an address cost nothing; each one after that locks the address out
+    for ``base_s`` doubled per extra failure, at most ``max_s``. While locked out every attempt is refused
+    without looking at its token (so guessing in parallel gains nothing); a right token resets the address.
+    An address quiet for ``forget_s`` starts afresh; at most ``peers`` addresses are remembered (oldest
+    forgotten first), so memory stays bounded under a flood of addresses.
+    """
+
+    def __init__(self, *, free: int = 5, base_s: float = 1.0, max_s: float = 60.0, forget_s: float = 600.0,
+                 peers: int = 4096) -> None:
+        self.free, self.base_s, self.max_s, self.forget_s, self.peers = free, base_s, max_s, forget_s, peers
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
+
+    def locked_for(self, peer: str, now: float) -> float:
+        """Seconds ``peer`` stays locked out (0 when it may try a token)."""
+        state = self._peers.get(peer)
+        if state is None:
+            return 0.0
+        if now - state.last_failure > self.forget_s:
+            del self._peers[peer]
+            return 0.0
+        return max(0.0, state.locked_until - now)
+
+    def failed(self, peer: str, now: float) -> float:
+        """Record a wrong token from ``peer``; returns the lockout it starts (0 while still free)."""
+        state = self._peers.pop(peer, None) or _Peer()
+        if now - state.last_failure > self.forget_s:
+            state = _Peer()
+        self._peers[peer] = state  # most recent last
+        while len(self._peers) > self.peers:
+            self._peers.popitem(last=False)
+        state.failures += 1
+        state.last_failure = now
+        if state.failures <= self.free:
+            return 0.0
+        lockout = min(self.max_s, self.base_s * 2.0 ** min(state.failures - self.free - 1, 32))
+        state.locked_until = now + lockout
+        return lockout
+
+    def succeeded(self, peer: str) -> None:
+        self._peers.pop(peer, None)
