@@ -345,9 +345,9 @@ def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
 
 def _range_text(meta: Mapping[str, Any]) -> str:
     lo, hi = meta.get("min"), meta.get("max")
-    if lo is None and hi is None:
-        return ""
-    return f" from {lo if lo is not None else '-inf'} to {hi if hi is not None else 'inf'}"
+    if lo is None or hi is None:
+        return "" if lo is None and hi is None else f" >= {lo}" if hi is None else f" <= {hi}"
+    return f" from {lo} to {hi}"
 
 
 def from_mapping(cls: type, data: Mapping[str, Any], *, _prefix: str = "") -> Any:

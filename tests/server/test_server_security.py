@@ -297,3 +297,24 @@ async def test_serving_other_machines_without_tls_says_so(gen, caplog):
         assert server.url.startswith("ws://0.0.0.0:")
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "unencrypted" in warning and "server.tls_cert" in warning
+
+
+async def test_the_backend_never_logs_the_token_it_creates(gen, tmp_path, caplog, capsys):
+    """run_backend logged a new token with log.warning, so every log handler kept it (issue 16, point 6)."""
+    from backend.app import run_backend
+    from backend.config import load_config
+    from backend.world.character import load_character
+    from backend.world.reference import reference_frame
+
+    caplog.set_level(logging.DEBUG)
+    cfg = load_config(overrides={"server.port": 0, "server.token_file": str(tmp_path / "token"), "engine.fps": FPS,
+                                 "model.steps": 2, "model.chunk_frames": 1})
+    character = load_character(cfg.character)
+    stop = asyncio.Event()
+    await run_backend(cfg, gen, reference_frame(character, gen.native_size), character, stop=stop,
+                      ready=lambda server: stop.set())
+    token = (tmp_path / "token").read_text().strip()
+    assert len(token) >= 32
+    assert not [r for r in caplog.records if token in r.getMessage()]
+    err = capsys.readouterr().err  # pytest's capture is not a terminal: the path is shown, not the token
+    assert f"control token created in {tmp_path / 'token'}" in err and token not in err
