@@ -370,7 +370,8 @@ class Server:
         if given is None and is_loopback(remote):
             return None  # loopback needs no token; one that is sent must be right
         now = time.monotonic()
-        wait = self.throttle.locked_for(remote, now)
+        key = f"{remote} bearer"  # apart from /control's: an OBS source with a stale token locks out only itself
+        wait = self.throttle.locked_for(key, now)
         if wait > 0:
             response = connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
                                           f"too many wrong tokens: retry in {math.ceil(wait)} s\n")
@@ -378,12 +379,12 @@ class Server:
             return response
         if not check_token(self.token.value, given):
             self.counters["auth_failures"] += 1
-            self.throttle.failed(remote, now)
+            self.throttle.failed(key, now)
             response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "a missing or wrong token: send "
                                           "'Authorization: Bearer <control token>'\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="liveidol"'
             return response
-        self.throttle.succeeded(remote)
+        self.throttle.succeeded(key)
         return None
 
     def metrics_text(self) -> str:
@@ -467,6 +468,7 @@ class Server:
         send_lock = asyncio.Lock()
         bad_logs = _LogBudget()
         bad_total = 0
+        key = f"{remote} control"  # the throttle's: wrong tokens from this address on /control
 
         async def send(payload: bytes | str) -> None:
             async with send_lock:
@@ -476,7 +478,7 @@ class Server:
             async for data in connection:
                 authenticating = proto.state is ControlState.AWAITING_AUTH
                 if authenticating:
-                    wait = self.throttle.locked_for(remote, time.monotonic())
+                    wait = self.throttle.locked_for(key, time.monotonic())
                     if wait > 0:  # refused without looking at the token: parallel guessing gains nothing
                         self.counters["refused_requests"] += 1
                         log.info("control client refused client=%d remote=%s code=%d reason=locked out", cid,
@@ -497,14 +499,14 @@ class Server:
                         log.warning("control message not handled client=%d remote=%s error=%s", cid, remote,
                                     type(exc).__name__)
                 if authenticating and proto.state is ControlState.READY:
-                    self.throttle.succeeded(remote)
+                    self.throttle.succeeded(key)
                 for action in actions:
                     if isinstance(action, Send):
                         await send(action.payload)
                     elif isinstance(action, Close):
                         if action.code == CloseCode.BAD_TOKEN:
                             self.counters["auth_failures"] += 1
-                            self.throttle.failed(remote, time.monotonic())
+                            self.throttle.failed(key, time.monotonic())
                         log.info("control client refused client=%d remote=%s code=%d reason=%s", cid, remote,
                                  action.code, action.reason)
                         await connection.close(action.code, action.reason)

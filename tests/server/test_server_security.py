@@ -170,14 +170,20 @@ async def test_wrong_tokens_lock_the_address_out_then_it_may_try_again(running):
     async with ws_connect(server.url + "/control") as ws:  # now even the right token is not looked at
         await ws.send(json.dumps({"type": "auth", "token": TOKEN}))
         assert await close_code(ws) == 4029
+    # the bearer token (/stream, /metrics) is throttled apart: an OBS source with a stale token retrying
+    # forever locks out only itself, never `liveidol chat` on /control, and the other way round
     response = await http(server.port, get("/metrics", f"Authorization: Bearer {TOKEN}"))
+    assert status_of(response) == 200
+    for _ in range(free + 1):
+        assert status_of(await http(server.port, get("/metrics", "Authorization: Bearer guess"))) == 401
+    response = await http(server.port, get("/stream", f"Authorization: Bearer {TOKEN}"))
     assert status_of(response) == 429 and b"Retry-After: 1" in response
     await asyncio.sleep(server.throttle.base_s + 0.2)
     async with ws_connect(server.url + "/control") as ws:
         await ws.send(json.dumps({"type": "auth", "token": TOKEN}))
         assert (await recv_msg(ws)).type == "ok"
-    assert server.throttle.locked_for("127.0.0.1", 0.0) == 0.0  # the right token reset the address
-    assert server.stats()["auth_failures"] == free + 1
+    assert server.throttle.locked_for("127.0.0.1 control", 0.0) == 0.0  # the right token reset the address
+    assert server.stats()["auth_failures"] == 2 * (free + 1)
 
 
 async def test_no_token_reaches_the_log_even_at_debug_level(running, caplog):
@@ -318,3 +324,30 @@ async def test_the_backend_never_logs_the_token_it_creates(gen, tmp_path, caplog
     assert not [r for r in caplog.records if token in r.getMessage()]
     err = capsys.readouterr().err  # pytest's capture is not a terminal: the path is shown, not the token
     assert f"control token created in {tmp_path / 'token'}" in err and token not in err
+
+
+async def test_the_obs_sources_token_is_checked(running):
+    """The OBS source sent its token field as a Bearer header and /stream never looked at it (issue 16,
+    point 6). Its own stdlib client (obs_plugin/_stream.py), as OBS runs it, against the real server."""
+    import time
+
+    from obs_plugin import _stream
+    from tests.obs.test_obs_stream import RecordingSink
+
+    _, server = running
+    results = {}
+    for token in (TOKEN, "stale-token"):
+        sink = RecordingSink()
+        rx = _stream.StreamReceiver(_stream.normalize_url(server.url), token=token, sink=sink,
+                                    backoff=_stream.Backoff(initial=5.0, maximum=5.0, jitter=0))
+        rx.start()
+        end = time.monotonic() + 5
+        for _ in range(100):  # the receiver is a thread: poll its sink until a frame or a refusal
+            if time.monotonic() > end or sink.count("frame") or sink.count("disconnect"):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(rx.stop)
+        results[token] = sink.events
+    assert results[TOKEN][0][0] == "hello" and any(kind == "frame" for kind, _ in results[TOKEN])
+    (kind, reason), *_ = results["stale-token"]
+    assert kind == "disconnect" and "401" in reason
