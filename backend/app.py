@@ -170,7 +170,7 @@ def serve(cfg: Config) -> int:
 def chat(cfg: Config, platform: str) -> int:
     """`liveidol chat PLATFORM`: a bridge + director in this process, commands to a running backend."""
     from backend.director.director import Director
-    from backend.remote import ControlClient
+    from backend.remote import ControlClient, backend_url, client_tls
     from backend.server.auth import announce_token, load_or_create_token
 
     token = load_or_create_token(cfg.server.token_file or None)
@@ -181,10 +181,10 @@ def chat(cfg: Config, platform: str) -> int:
         bridges: list[Any] = [ConsoleBridge()]
     else:
         bridges = [b for b in _bridges(cfg) if getattr(b, "platform", "") == platform]
-    url = f"ws://{cfg.server.host}:{cfg.server.port}/control"
+    url = backend_url(cfg.server, "/control")
 
     async def main() -> None:
-        async with _stop_on_signals() as stop, ControlClient(url, token.value) as control:
+        async with _stop_on_signals() as stop, ControlClient(url, token.value, tls=client_tls(cfg.server)) as control:
             async def sink(command: Command) -> object:
                 return await control.command(command)
 
@@ -220,8 +220,9 @@ def chat(cfg: Config, platform: str) -> int:
 
 def obs_setup(cfg: Config, *, url: str | None, new_scene: bool) -> int:
     """`liveidol obs setup`."""
+    from backend.remote import backend_url
     from obs_plugin.setup import SCRIPT_PATH, run_setup
 
-    stream_url = url or f"ws://{cfg.server.host}:{cfg.server.port}/stream"
+    stream_url = url or backend_url(cfg.server, "/stream")
     # /stream needs no token; the control token must not end up in OBS's scene collection.
     return run_setup(cfg.obs, SCRIPT_PATH, stream_url, "", new_scene)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from backend.config import EngineConfig, ServerConfig
 from backend.engine import Engine
+from backend.remote import ControlClient, backend_url, client_tls
 from backend.server import Server, ServerError
 from backend.server import server as server_module
 from tests.server.server_helpers import FPS, TOKEN, recv_msg
@@ -187,8 +189,6 @@ async def test_wrong_tokens_lock_the_address_out_then_it_may_try_again(running):
 
 
 async def test_no_token_reaches_the_log_even_at_debug_level(running, caplog):
-    from backend.remote import ControlClient
-
     _, server = running
     caplog.set_level(logging.DEBUG)
     async with ws_connect(server.url + "/control") as ws:
@@ -278,6 +278,11 @@ async def test_tls_serves_wss_and_https(gen, caplog):
         with contextlib.suppress(ssl.SSLError, ConnectionError):
             await writer.wait_closed()
         assert response.startswith(b"HTTP/1.1 200 ")
+        # `liveidol chat` / `liveidol obs setup` find the backend's wss:// URL and trust its certificate
+        local = dataclasses.replace(cfg, port=server.port)
+        assert backend_url(local, "/control") == server.url + "/control"
+        async with ControlClient(backend_url(local, "/control"), TOKEN, tls=client_tls(local)) as control:
+            assert (await control.status()).type == "status"
         with pytest.raises((OSError, InvalidHandshake, TimeoutError)):  # plain ws:// to the TLS port
             async with ws_connect(server.url.replace("wss://", "ws://") + "/stream", open_timeout=3):
                 pass
