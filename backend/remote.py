@@ -73,8 +73,8 @@ class ControlClient:
 
     async def __aenter__(self) -> ControlClient:
         try:
-            self._ws = await connect(self.url, open_timeout=self._timeout, logger=wire_logger("websockets.client"),
-                                     **({"ssl": self._tls} if self._tls is not None else {}))
+            tls: dict[str, Any] = {"ssl": self._tls} if self._tls is not None else {}  # wss:// alone: system trust
+            self._ws = await connect(self.url, open_timeout=self._timeout, logger=wire_logger("websockets.client"), **tls)
         except OSError as exc:
             raise RemoteError(f"cannot reach the backend at {self.url} ({exc}); is `liveidol serve` running?") from exc
         await self._ws.send(encode(Auth(self._token)))
