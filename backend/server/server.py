@@ -16,7 +16,7 @@ Usage::
 ``state_fn()`` (optional) returns the director's ``{"now": ..., "next": [...]}`` for the "state" topic.
 Binding a non-loopback host needs ``ServerConfig.allow_remote``.
 
-Hostile clients (docs/protocol.md, "Security"): a request whose ``Origin`` header is not in
+Hostile clients (docs/protocol.md, "Endpoints" and "Errors and limits"): a request whose ``Origin`` header is not in
 ``server.allowed_origins`` gets 403 (a web page in the streamer's browser cannot reach the backend);
 off loopback every path needs the token (``Authorization: Bearer`` for HTTP and ``/stream``, the first
 message on ``/control``), and on loopback a token that is sent must be right; wrong tokens lock the address
@@ -359,9 +359,9 @@ class Server:
     def _refuse_request(self, connection: ServerConnection, request: Request, path: str,
                         remote: str) -> Response | None:
         """403 for a browser Origin not allowed, 429 while locked out, 401 for a missing or wrong token."""
-        origins = request.headers.get_all("Origin")
-        if any(origin not in self.cfg.allowed_origins for origin in origins):
-            return connection.respond(http.HTTPStatus.FORBIDDEN, f"origin {origins[0][:100]!r} not allowed: "
+        refused = [o for o in request.headers.get_all("Origin") if o not in self.cfg.allowed_origins]
+        if refused:  # a web page (browsers always send Origin); OBS's script and our clients send none
+            return connection.respond(http.HTTPStatus.FORBIDDEN, f"origin {refused[0][:100]!r} not allowed: "
                                       "web pages may connect only from server.allowed_origins\n")
         if path == "/control":
             return None  # the token is its first message (throttled in _control)
