@@ -118,12 +118,12 @@ def announce_token(token: Token, stream: TextIO | None = None) -> None:
     print(text, file=stream, flush=True)
 
 
-class _NoWireDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _NoWireDebug(logging.LoggerAdapter):
     def isEnabledFor(self, level: int) -> bool:
         return level > logging.DEBUG and self.logger.isEnabledFor(level)
 
 
-def wire_logger(name: str) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+def wire_logger(name: str) -> logging.LoggerAdapter:
     """A logger for websockets' ``logger=``: the library's lines minus its debug ones, which echo every frame
     and header sent or received (an auth message's token, an ``Authorization`` header) into the log."""
     return _NoWireDebug(logging.getLogger(name), {})
