@@ -30,12 +30,11 @@ class BackgroundGenerator:
     """Wraps a generator so its frames get the character's background (colour or image) when configured."""
 
     def __init__(self, generator: Any, character: Any) -> None:
-        from backend.world.character import load_image_rgb
+        from backend.world.character import load_background
 
         self._gen = generator
         self._character = character
-        path = character.resolve(character.background_image) if character.background == "image" else None
-        self._image = load_image_rgb(path, generator.output_size) if path is not None else None
+        self._image = load_background(character, generator.output_size)  # ConfigError naming file and key
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._gen, name)
@@ -123,7 +122,7 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
     """Engine + server + director + chat bridges (+ voice) until ``stop`` is set."""
     from backend.director.director import Director
     from backend.engine.engine import Engine
-    from backend.server.auth import load_or_create_token
+    from backend.server.auth import announce_token, load_or_create_token
     from backend.server.server import Server
 
     token = load_or_create_token(cfg.server.token_file or None)
@@ -141,8 +140,7 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
         director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
                                                             idle_action=cfg.engine.idle_action))
         server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state))
-        if token.created:
-            log.warning("control token created at %s (shown once): %s", token.path, token.value)
+        announce_token(token)  # on the terminal, once; never into a log handler
         log.info("LiveIdol is live: stream=%s/stream control=%s/control character=%s", server.url, server.url,
                  character.name)
         if ready is not None:
@@ -172,20 +170,21 @@ def serve(cfg: Config) -> int:
 def chat(cfg: Config, platform: str) -> int:
     """`liveidol chat PLATFORM`: a bridge + director in this process, commands to a running backend."""
     from backend.director.director import Director
-    from backend.remote import ControlClient
-    from backend.server.auth import load_or_create_token
+    from backend.remote import ControlClient, backend_url, client_tls
+    from backend.server.auth import announce_token, load_or_create_token
 
     token = load_or_create_token(cfg.server.token_file or None)
+    announce_token(token)
     if platform == "console":
         from chat_bridges.console.client import ConsoleBridge
 
         bridges: list[Any] = [ConsoleBridge()]
     else:
         bridges = [b for b in _bridges(cfg) if getattr(b, "platform", "") == platform]
-    url = f"ws://{cfg.server.host}:{cfg.server.port}/control"
+    url = backend_url(cfg.server, "/control")
 
     async def main() -> None:
-        async with _stop_on_signals() as stop, ControlClient(url, token.value) as control:
+        async with _stop_on_signals() as stop, ControlClient(url, token.value, tls=client_tls(cfg.server)) as control:
             async def sink(command: Command) -> object:
                 return await control.command(command)
 
@@ -221,8 +220,9 @@ def chat(cfg: Config, platform: str) -> int:
 
 def obs_setup(cfg: Config, *, url: str | None, new_scene: bool) -> int:
     """`liveidol obs setup`."""
+    from backend.remote import backend_url
     from obs_plugin.setup import SCRIPT_PATH, run_setup
 
-    stream_url = url or f"ws://{cfg.server.host}:{cfg.server.port}/stream"
+    stream_url = url or backend_url(cfg.server, "/stream")
     # /stream needs no token; the control token must not end up in OBS's scene collection.
     return run_setup(cfg.obs, SCRIPT_PATH, stream_url, "", new_scene)

@@ -16,25 +16,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.config import Config, ConfigError, load_config
+from backend.config import Config, load_config
+from backend.errors import LiveIdolError
 
 __all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
 
-class CliError(Exception):
+class CliError(LiveIdolError):
     """A user error on the command line or in a file; printed as one line."""
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """`--set model.steps=2 --set server.host="0.0.0.0"`: values are TOML literals, bare words are strings."""
+def _parse_set(items: Sequence[str], origins: dict[str, str] | None = None) -> dict[str, Any]:
+    """`--set model.steps=2 --set server.host="0.0.0.0"`: values are TOML literals, bare words are strings.
+
+    ``origins`` (if given) receives each key's flag as typed, for errors that name it."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -45,13 +49,30 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             value = raw
         out[key.strip()] = value
+        if origins is not None:
+            origins[key.strip()] = f"--set {item}"
     return out
 
 
 def _config(args: argparse.Namespace, **flags: Any) -> Config:
-    overrides = _parse_set(getattr(args, "set", []) or [])
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    return load_config(Path(args.config) if args.config else None, overrides)
+    origins: dict[str, str] = {}
+    overrides = _parse_set(getattr(args, "set", []) or [], origins)
+    for key, value in flags.items():
+        if value is not None:
+            overrides[key] = value
+            origins[key] = "command line"
+    return load_config(Path(args.config) if args.config else None, overrides, origins=origins)
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite number (nan and inf are refused like any other bad value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _setup_logging(level: str) -> None:
@@ -84,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure generation speed and memory; prints one JSON line")
     _add_common(p)
-    p.add_argument("--seconds", type=float, default=10.0, help="how long to generate (default 10)")
+    p.add_argument("--seconds", type=_finite, default=10.0, help="how long to generate (default 10)")
     p.add_argument("--live", action="store_true",
                    help="run the whole engine in real time with a command every 2 s: FPS, jitter, command latency")
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
@@ -95,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=["autoencoder", "hires", "dit", "selfforcing", "probe", "export", "import"],
                    help="import: seed a new run from --checkpoint (default: the shipped weights) to train on")
     p.add_argument("--run", default="runs/default", help="run directory holding checkpoints and logs")
-    p.add_argument("--minutes", type=float, default=9.0, help="stop and save after this long (default 9)")
+    p.add_argument("--minutes", type=_finite, default=9.0, help="stop and save after this long (default 9)")
     p.add_argument("--anneal", action="store_true",
                    help="dit/selfforcing: decay the learning rate to 10%% by the end of this step (before export)")
     p.add_argument("--checkpoint", help="import: the checkpoint to start from (default 'builtin', the shipped weights)")
@@ -111,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
     p.add_argument("--commands", type=int, default=100, help="random commands to test (default 100)")
-    p.add_argument("--minutes", type=float, default=30.0, help="minutes of video for the identity test")
+    p.add_argument("--minutes", type=_finite, default=30.0, help="minutes of video for the identity test")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the command plan and identity script (another seed = a held-out plan)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -142,28 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean "fix your input or install something", printed as one line (no traceback).
-    Only from modules that import here (a training machine may lack the streaming packages)."""
-    import importlib
-
-    found: list[type[Exception]] = []
-    for module, name in (("backend.model.checkpoint", "CheckpointError"), ("backend.model.generator", "GeneratorError"),
-                         ("backend.training.evaluate", "EvalError"), ("backend.remote", "RemoteError"),
-                         ("backend.server.auth", "AuthError"), ("backend.server.server", "ServerError"),
-                         ("backend.voice.errors", "VoiceError"), ("obs_plugin.setup", "ObsSetupError")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except ImportError:
-            continue
-    return tuple(found)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, CliError, *_user_errors()) as exc:
+    except LiveIdolError as exc:  # ConfigError, CheckpointError, AuthError, ServerError, VoiceError ...
         print(f"liveidol: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

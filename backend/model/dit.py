@@ -1,9 +1,9 @@
 """The causal video DiT: a re-implementation of Self-Forcing's ``CausalWanModel`` (Wan2.1 blocks).
 
 Parameter names follow the Wan state-dict layout exactly, so Wan2.1-T2V-1.3B and Self-Forcing
-checkpoints load unchanged (see checkpoint.py). Two extra modules carry LiveIdol's conditioning;
-their keys are absent from Wan checkpoints and they start at zero, so a Wan checkpoint behaves as
-upstream:
+checkpoints load unchanged (see checkpoint.py). Three extra modules (``EXTRA_PREFIXES``) carry
+LiveIdol's conditioning; their keys are absent from Wan checkpoints and they start at zero, so a Wan
+checkpoint behaves as upstream:
 
 * ``cond_embedding``: action and emotion tables giving one ``text_dim`` token each; the context is
   ``[action, emotion, free text...]`` zero-padded to ``text_len``. Cross-attention has no positions,

@@ -29,6 +29,7 @@ import torch
 
 from backend.actions import ACTION_INDEX, EMOTION_INDEX, action
 from backend.config import ModelConfig
+from backend.errors import LiveIdolError
 from backend.model.attention import select_attention
 from backend.model.autoencoder import VideoAutoencoder, to_uint8_hwc, upscale
 from backend.model.checkpoint import check_config, init_dit_, load_dit, load_into, load_weights, split_state
@@ -54,7 +55,7 @@ ACTION_FPS = 25.0  # video frame rate at which backend.actions durations are cou
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class GeneratorError(ValueError):
+class GeneratorError(LiveIdolError, ValueError):
     """Bad input to the generator (unknown action, wrong mouth length, bad reference image ...).
 
     Raised before any state changes: the stream can go on with corrected input.

@@ -1,8 +1,8 @@
 """KV caches of the causal DiT: a bounded self-attention cache (sink + rolling window) and a
 cross-attention cache.
 
-Self-attention cache semantics follow Self-Forcing's ``CausalWanSelfAttention`` exactly (see
-/work/shared/fixtures/wan_causal_ref/README.md, "Cache semantics"), with counters in tokens:
+Self-attention cache semantics follow Self-Forcing's ``CausalWanSelfAttention`` exactly (github
+guandeh17/Self-Forcing, ``wan/modules/causal_model.py``, commit 33593df), with counters in tokens:
 
 * ``global_end``: absolute tokens seen; ``local_end``: how far the physical buffer is filled.
 * A call for tokens ``[start, end)`` with ``n = end - start`` new tokens:
