@@ -93,6 +93,11 @@ async def _pump(bridge: Any, handle: Callable[[ChatEvent], Awaitable[Any]]) -> N
         log.error("chat bridge stopped platform=%s error=%s", name, exc)
 
 
+def _chat_status(bridges: list[Any]) -> list[dict[str, Any]]:
+    """Each bridge's :class:`chat_bridges.base.BridgeStatus` (``failed`` with the reason after a refused login)."""
+    return [b.status.as_dict() for b in bridges if getattr(b, "status", None) is not None]
+
+
 def _replies(bridges: list[Any]) -> Callable[[str, str], Awaitable[bool]]:
     by_platform = {getattr(b, "platform", ""): b for b in bridges}
 
@@ -140,7 +145,8 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
             sample_rate=cfg.voice.sample_rate, tts=tts, character=character))
         director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
                                                             idle_action=cfg.engine.idle_action))
-        server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state))
+        server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state,
+                                                        chat_fn=lambda: _chat_status(bridges)))
         if token.created:
             log.warning("control token created at %s (shown once): %s", token.path, token.value)
         log.info("LiveIdol is live: stream=%s/stream control=%s/control character=%s", server.url, server.url,

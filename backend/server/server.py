@@ -151,7 +151,8 @@ class Server:
     """The websocket server (see module docstring)."""
 
     def __init__(self, cfg: ServerConfig, engine: StreamEngine, *, token: str | Token | None = None,
-                 state_fn: Callable[[], dict[str, Any]] | None = None) -> None:
+                 state_fn: Callable[[], dict[str, Any]] | None = None,
+                 chat_fn: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         if not cfg.allow_remote and not is_loopback(cfg.host):
             raise ServerError(f"server.host = {cfg.host!r} is not a loopback address; set server.allow_remote = "
                               "true to serve other machines (frames then go out as JPEG)")
@@ -161,6 +162,7 @@ class Server:
             token = Token(token)
         self.token: Token = token if token is not None else load_or_create_token(cfg.token_file or None)
         self._state_fn = state_fn
+        self._chat_fn = chat_fn  # the chat bridges' statuses (chat_bridges.base.BridgeStatus), for "status"
         self._ws: WsServer | None = None
         self._frames = _FrameCache(cfg.jpeg_quality)
         self._ids = itertools.count(1)
@@ -354,7 +356,10 @@ class Server:
             if isinstance(req, CommandRequest):
                 reply = await self._command(req)
             elif isinstance(req, StatusRequest):
-                reply = Status(req.id, self.engine.status(), self.stats())
+                server = self.stats()
+                if self._chat_fn is not None:
+                    server["chat"] = self._chat_fn()
+                reply = Status(req.id, self.engine.status(), server)
             elif isinstance(req, SubscribeRequest):
                 if proto.subscribed:
                     reply = Ok(req.id)  # already pushing
