@@ -106,6 +106,7 @@ class CommandKind(enum.StrEnum):
     SAY = "say"  # argument: text the idol speaks
     PROMPT = "prompt"  # argument: free text conditioning
     RESET = "reset"  # argument: "" or a character name
+    CANCEL = "cancel"  # argument: the command id whose action or speech must stop (a deleted message, a ban)
 
 
 @dataclass(frozen=True)

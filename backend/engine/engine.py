@@ -95,22 +95,27 @@ class ChunkConditions:
     action: str = "idle"
     emotion: str = "neutral"
     text: Any = None
+    serial: int = 0
+    progress: Any = None
 
 
-ConditionsFactory = Callable[[str, str, str], Any]
-"""(action, emotion, prompt) -> the generator's conditions object."""
+ConditionsFactory = Callable[..., Any]
+"""(action, emotion, prompt, *, serial=0, progress=None) -> the generator's conditions object. ``serial``
+numbers the plays of actions (a new command, even the same action again, restarts it) and ``progress`` is
+the action's progress per video frame of the chunk: the session owns action timing and passes both down."""
 
 
 def default_conditions() -> ConditionsFactory:
-    """Build ``backend.model.generator.Conditions(action, emotion)``; the free-text prompt is kept in the
-    directive but not passed on (the generator takes a text *embedding*: inject a factory that embeds it)."""
+    """Build ``backend.model.generator.Conditions(action, emotion, serial=, progress=)``; the free-text prompt
+    is kept in the directive but not passed on (the generator takes a text *embedding*: inject a factory
+    that embeds it)."""
     try:
         from backend.model.generator import Conditions
     except ImportError:
         Conditions = ChunkConditions
 
-    def make(action: str, emotion: str, prompt: str) -> Any:
-        return Conditions(action=action, emotion=emotion)
+    def make(action: str, emotion: str, prompt: str, *, serial: int = 0, progress: np.ndarray | None = None) -> Any:
+        return Conditions(action=action, emotion=emotion, serial=serial, progress=progress)
 
     return make
 
@@ -132,6 +137,9 @@ class _Chunk:
     directive: Directive  # what it was generated under (started_frame unset)
     snapshot: Any = field(repr=False)  # generator state before this chunk; None once it started showing
     shown: int = 0
+    steps: int = 0  # denoising steps and latent frames it was made with (the input log keeps them for replay)
+    latents: int = 0
+    keep: bool = False  # it was in progress when a command came: kept, the command applies after it
 
     @property
     def left(self) -> int:
@@ -157,7 +165,7 @@ class Engine:
                  tts: TTS | None = None, character: Any = None,
                  conditions: ConditionsFactory | None = None,
                  audio_chunk_s: float = 0.02, audio_lead_s: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, log_header: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
         self._gen = generator
         self._tts = tts
@@ -192,7 +200,10 @@ class Engine:
         self.error: BaseException | None = None
         self.counters = {"frames_made": 0, "frames_shown": 0, "frames_dropped": 0, "frames_repeated": 0,
                          "chunks_made": 0, "chunks_dropped": 0, "audio_chunks": 0, "commands": 0,
-                         "commands_rejected": 0}
+                         "commands_rejected": 0, "commands_coalesced": 0, "commands_cancelled": 0}
+        self._generating = False  # the worker is making a chunk now
+        self._arrived_while_generating = False  # a command came while it was: that chunk is kept
+        self._log_header = dict(log_header or {})
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,6 +217,8 @@ class Engine:
     async def start(self) -> None:
         if self._tasks:
             raise EngineError("engine already started")
+        self.session.log.open({"fps": self.cfg.fps, "idle_action": self.cfg.idle_action,
+                               "character": self.session.character_name, **self._log_header})
         self._worker.start()
         self._tasks = [asyncio.create_task(self._produce(), name="engine-producer"),
                        asyncio.create_task(self._pace(), name="engine-pacer")]
@@ -262,6 +275,8 @@ class Engine:
         if command.kind is CommandKind.SAY:
             return await self._say(command)
         command, record = self._accept(command)
+        if command.kind is CommandKind.CANCEL:
+            self._cancel_now(command.argument)
         try:
             self.session.validate(command)
         except CommandError as exc:
@@ -332,14 +347,37 @@ class Engine:
     # ------------------------------------------------------------------ commands
 
     def _accept(self, command: Command) -> tuple[Command, InputRecord]:
-        if not command.command_id:
-            command = dataclasses.replace(command, command_id=f"c{next(self._ids)}")
+        if not command.command_id:  # unique across restarts: the session id is part of it
+            command = dataclasses.replace(command, command_id=f"{self.session.log.session_id}.c{next(self._ids)}")
         self.counters["commands"] += 1
         record = self.session.log.add(InputRecord(
             command.command_id, str(command.kind), command.argument, command.source, command.user_name,
             arrival=self._clock()))
         log.info("command id=%s kind=%s source=%s", command.command_id, command.kind, command.source)
         return command, record
+
+    def _cancel_now(self, target_id: str) -> None:
+        """What a ``cancel`` does at once, before its chunk boundary: a command not applied yet is withdrawn,
+        and speech of ``target_id`` goes silent now (its action ends at the next chunk, when the cancel applies)."""
+        for change, ticket in list(self._pending):
+            if change.command.command_id == target_id:
+                self._pending.remove((change, ticket))
+                if ticket is not None:
+                    self.session.log.resolve(ticket.record, "cancelled")
+                    if not ticket.shown.done():
+                        ticket.shown.set_result(None)
+                self.counters["commands_cancelled"] += 1
+        silenced = False
+        if self._scheduled_speech is not None and self._scheduled_speech[0] is not None \
+                and self._scheduled_speech[0].speech_id == target_id:
+            self._scheduled_speech = None
+            silenced = True
+        if self._playing is not None and self._playing.speech.speech_id == target_id:
+            self._playing = None
+            silenced = True
+        if silenced:
+            self.counters["commands_cancelled"] += 1
+        log.info("cancel target=%s speech_silenced=%s", target_id, silenced)
 
     def _reject(self, record: InputRecord, exc: Exception) -> None:
         self.counters["commands_rejected"] += 1
@@ -356,6 +394,8 @@ class Engine:
         fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         ticket = Ticket(change.command.command_id, change.record, fut)
         self._pending.append((change, ticket))
+        if self._generating:
+            self._arrived_while_generating = True
         self._wake.set()
         return ticket
 
@@ -402,8 +442,9 @@ class Engine:
         frames = self._gen.next_chunk(conditions, mouth=mouth, steps=steps, chunk_frames=chunk)
         return snap, frames
 
-    def _make_conditions(self, action: str, emotion: str, prompt: str) -> Any:
-        return self._conditions(action, emotion, prompt)
+    def _make_conditions(self, action: str, emotion: str, prompt: str, serial: int = 0,
+                         progress: np.ndarray | None = None) -> Any:
+        return self._conditions(action, emotion, prompt, serial=serial, progress=progress)
 
     async def _produce(self) -> None:
         try:
@@ -429,16 +470,23 @@ class Engine:
         policy = self.policy
         n = self._gen.frames_per_chunk(policy.chunk)
         plan = self.session.plan(self._next_g, n)
-        cond = self._make_conditions(plan.action, plan.emotion, plan.prompt)
+        cond = self._make_conditions(plan.action, plan.emotion, plan.prompt, plan.serial, plan.progress)
+        steps, latents = policy.steps, policy.chunk
         policy.chunk_started()
-        snap, frames = await self._call(self._gen_chunk, cond, plan.mouth, policy.steps, policy.chunk)
+        self._generating = True
+        try:
+            snap, frames = await self._call(self._gen_chunk, cond, plan.mouth, steps, latents)
+        finally:
+            self._generating = False
         policy.chunk_finished(len(frames))
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 4 or frames.dtype != np.uint8:
             raise EngineError(f"generator returned frames of shape {frames.shape} dtype {frames.dtype}; "
                               "expected (N, H, W, 4) uint8")
         directive = Directive(plan.action, plan.emotion, plan.prompt, command_id=plan.directive_id)
-        self._buffer.append(_Chunk(self._next_g, frames, directive, snap))
+        # A command that came while this chunk was being made does not throw it away (see _apply_pending).
+        keep, self._arrived_while_generating = self._arrived_while_generating, False
+        self._buffer.append(_Chunk(self._next_g, frames, directive, snap, steps=steps, latents=latents, keep=keep))
         self._next_g += len(frames)
         self.counters["frames_made"] += len(frames)
         self.counters["chunks_made"] += 1
@@ -446,12 +494,19 @@ class Engine:
 
     async def _apply_pending(self) -> None:
         changes, self._pending = self._pending, []
-        # The boundary: the first chunk that has not started showing (or the end of what exists).
+        # The boundary: after the chunks that started showing and the chunk that was in progress when a
+        # command came (never thrown away: when commands come faster than chunks are made, the picture still
+        # moves on); what was made earlier and has not started showing is dropped for a quick response.
         keep = 0
+        for i, chunk in enumerate(self._buffer):
+            if chunk.shown > 0 or chunk.keep:
+                keep = i + 1
         for chunk in self._buffer:
-            if chunk.shown == 0:
-                break
-            keep += 1
+            chunk.keep = False
+        if len(changes) > 1:
+            self.counters["commands_coalesced"] += len(changes) - 1
+            log.info("commands coalesced at one chunk boundary n=%d ids=%s (the newest wins)", len(changes),
+                     ",".join(c.command.command_id for c, _ in changes))
         dropped = list(itertools.islice(self._buffer, keep, None))
         boundary = dropped[0].start_g if dropped else self._next_g
         for _ in dropped:
@@ -468,10 +523,22 @@ class Engine:
             await self._call(self._gen.restore, dropped[0].snapshot)
         for change, ticket in changes:
             self.session.apply(change, boundary)
+            cmd = change.command
+            self.session.log.applied(cmd.command_id, cmd.kind.value, cmd.argument, boundary,
+                                     change.speech.mouth if change.speech is not None else None)
             if change.command.kind is CommandKind.SAY:
                 self._scheduled_speech = (change.speech, boundary)
             elif change.command.kind is CommandKind.RESET:
                 self._scheduled_speech = (None, boundary)
+            if cmd.kind is CommandKind.CANCEL and self.session.directive.command_id != cmd.command_id:
+                # nothing of the target was playing any more (or it was withdrawn before it applied)
+                if ticket is not None:
+                    self.session.log.resolve(ticket.record, "ignored", error="nothing of it was playing")
+                    if not ticket.shown.done():
+                        ticket.shown.set_result(None)
+                continue
+            if cmd.kind is CommandKind.CANCEL:
+                self.counters["commands_cancelled"] += 1
             if ticket is not None:
                 self._tickets.append(ticket)
         log.debug("applied changes=%d boundary=%d dropped_chunks=%d", len(changes), boundary, len(dropped))
@@ -483,6 +550,8 @@ class Engine:
             return None
         chunk = self._buffer[0]
         i = chunk.shown
+        if i == 0:  # it starts showing: it can no longer be dropped, so it is part of the session for good
+            self.session.log.chunk(chunk.start_g, int(chunk.frames.shape[0]), chunk.steps, chunk.latents)
         chunk.shown += 1
         chunk.snapshot = None  # started showing: never restored to
         if chunk.left == 0:

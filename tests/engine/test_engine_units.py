@@ -165,17 +165,29 @@ def test_session_validates_names():
         Session(np.zeros((4, 4, 3), np.uint8), fps=25.0)
 
 
-def test_input_log_writes_resolved_records_as_json_lines(tmp_path):
+def test_input_log_writes_each_command_when_accepted_then_its_outcome(tmp_path):
+    """Before: a record was written only once resolved, so a kill during a flood lost every pending command."""
     path = tmp_path / "log.jsonl"
-    log = InputLog(path)
-    r = log.add(InputRecord("c1", "act", "wave", "twitch", "bob", arrival=5.0))
-    assert not path.exists()  # pending records are written once resolved
+    log = InputLog(path, session_id="S1")
+    log.open({"fps": 25.0})
+    r = log.add(InputRecord("c1", "act", "wave", "twitch", "bob", arrival=5.0, wall_time=1_800_000_000.5))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]  # on disk before anyone is told
+    assert [row["event"] for row in rows] == ["session", "accepted"]
+    assert rows[0]["session"] == "S1" and rows[0]["fps"] == 25.0 and rows[0]["time"] > 1.7e9
+    assert rows[1] == {"event": "accepted", "session": "S1", "id": "c1", "kind": "act", "argument": "wave",
+                       "source": "twitch", "user": "bob", "time": 1_800_000_000.5}
     log.resolve(r, "shown", frame=42, time=5.25)
     log.resolve(r, "superseded", frame=50, time=6.0)  # resolving twice changes nothing
+    log.applied("c1", "act", "wave", 40)
+    log.chunk(40, 8, 2, 2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert rows == [{"command_id": "c1", "kind": "act", "argument": "wave", "source": "twitch", "user_name": "bob",
-                     "arrival": 5.0, "outcome": "shown", "effect_frame": 42, "effect_time": 5.25, "error": "",
-                     "latency": 0.25}]
+    assert [row["event"] for row in rows] == ["session", "accepted", "outcome", "applied", "chunk"]
+    outcome = rows[2]
+    assert (outcome["id"], outcome["outcome"], outcome["frame"], outcome["latency"]) == ("c1", "shown", 42, 0.25)
+    assert outcome["time"] > 1.7e9  # wall clock
+    assert rows[3] == {"event": "applied", "id": "c1", "kind": "act", "argument": "wave", "at_g": 40}
+    assert rows[4] == {"event": "chunk", "g": 40, "n": 8, "steps": 2, "latents": 2}
+    assert InputLog(path).session_id != InputLog(path).session_id  # a new session id per start
 
 
 # ------------------------------------------------------------------ broadcast
