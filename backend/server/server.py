@@ -258,6 +258,9 @@ class Server:
             M("liveidol_clients", "gauge", "Connected clients.",
               [S(len(self._streams), {"endpoint": "stream"}), S(self._controls, {"endpoint": "control"})]),
             M("liveidol_commands_total", "counter", "Commands received on /control.", [S(self.counters["commands"])]),
+            M("liveidol_commands_coalesced_total", "counter",
+              "Commands that arrived while a chunk was made and took effect together at its end (the newest wins).",
+              [S(st.get("commands_coalesced", 0))]),
             M("liveidol_healthy", "gauge", "1 while the engine produces frames.", [S(1 if self.engine.healthy else 0)]),
         ])
 
