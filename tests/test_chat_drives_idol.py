@@ -8,7 +8,9 @@ frames a subscriber receives, ``engine.status()["directive"]`` and the engine's 
 
 Nothing is mocked. One thing is injected: the director's clock (its documented test hook), so a test ends
 the playing action when it has seen it on screen instead of sleeping through its 1.6-2.4 s duration, and a
-slow machine cannot end it before the next chat batch has arrived. The engine runs on real time.
+slow machine cannot end it before the next chat batch has arrived. For that the director's sink does not hand
+back the engine's ticket (whose ``finished`` would otherwise time the action, as in ``liveidol serve``).
+The engine runs on real time.
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ async def running_idol(gen: Any) -> AsyncIterator[Idol]:
     async with engine:
         async with asyncio.timeout(DEADLINE_S):
             await engine.wait_started()
-        async with Director(cfg, engine.submit, clock=clock) as director:
+        async def submit(command: Any) -> None:  # the ticket is not handed back, so the director ends an
+            await engine.submit(command)  # action on its (manual) clock: the test decides when, see docstring
+
+        async with Director(cfg, submit, clock=clock) as director:
             idol = Idol(engine, director, clock)
             async with _background(_record(engine, idol.shown), "test-frame-recorder"):
                 yield idol

@@ -123,11 +123,15 @@ def default_conditions() -> ConditionsFactory:
 @dataclass
 class Ticket:
     """Handle of a submitted command. ``shown`` resolves to the output frame seq at which it took effect,
-    or None if a later command replaced it before any of its frames were shown."""
+    or None if a later command replaced it before any of its frames were shown. ``finished`` resolves to
+    the output frame seq at which what it started (an action's play, a speech) ended on screen -- by
+    itself, interrupted or cancelled -- or None if it never showed. The session's frame count is the one
+    clock of action timing: the director waits on ``finished``, not on its own clock."""
 
     command_id: str
     record: InputRecord
     shown: asyncio.Future[int | None] = field(repr=False)
+    finished: asyncio.Future[int | None] = field(repr=False)
 
 
 @dataclass
@@ -137,6 +141,7 @@ class _Chunk:
     directive: Directive  # what it was generated under (started_frame unset)
     snapshot: Any = field(repr=False)  # generator state before this chunk; None once it started showing
     shown: int = 0
+    play_id: str = ""  # the command whose play of an action it shows (ChunkPlan.play_id)
     steps: int = 0  # denoising steps and latent frames it was made with (the input log keeps them for replay)
     latents: int = 0
     keep: bool = False  # it was in progress when a command came: kept, the command applies after it
@@ -201,6 +206,8 @@ class Engine:
         self.counters = {"frames_made": 0, "frames_shown": 0, "frames_dropped": 0, "frames_repeated": 0,
                          "chunks_made": 0, "chunks_dropped": 0, "audio_chunks": 0, "commands": 0,
                          "commands_rejected": 0, "commands_coalesced": 0, "commands_cancelled": 0}
+        self._plays: dict[str, Ticket] = {}  # applied commands whose play has not ended on screen yet
+        self._shown_play = ""  # play_id of the last frame shown
         self._generating = False  # the worker is making a chunk now
         self._arrived_while_generating = False  # a command came while it was: that chunk is kept
         self._log_header = dict(log_header or {})
@@ -236,6 +243,10 @@ class Engine:
             self.session.log.resolve(ticket.record, "failed", error="engine stopped before it took effect")
             if not ticket.shown.done():
                 ticket.shown.cancel()
+        for ticket in [*waiting, *self._plays.values()]:
+            if not ticket.finished.done():
+                ticket.finished.cancel()
+        self._plays.clear()
 
     async def wait_started(self) -> None:
         """Wait until the first chunk exists (frames flow from then on); wrap in ``asyncio.timeout``."""
@@ -366,6 +377,7 @@ class Engine:
                     self.session.log.resolve(ticket.record, "cancelled")
                     if not ticket.shown.done():
                         ticket.shown.set_result(None)
+                    self._finish(ticket, None)
                 self.counters["commands_cancelled"] += 1
         silenced = False
         if self._scheduled_speech is not None and self._scheduled_speech[0] is not None \
@@ -391,8 +403,8 @@ class Engine:
                               f"the engine stopped: {self.error!r}")
             self.session.log.resolve(change.record, "failed", error=str(err))
             raise err
-        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(change.command.command_id, change.record, fut)
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(change.command.command_id, change.record, loop.create_future(), loop.create_future())
         self._pending.append((change, ticket))
         if self._generating:
             self._arrived_while_generating = True
@@ -486,7 +498,8 @@ class Engine:
         directive = Directive(plan.action, plan.emotion, plan.prompt, command_id=plan.directive_id)
         # A command that came while this chunk was being made does not throw it away (see _apply_pending).
         keep, self._arrived_while_generating = self._arrived_while_generating, False
-        self._buffer.append(_Chunk(self._next_g, frames, directive, snap, steps=steps, latents=latents, keep=keep))
+        self._buffer.append(_Chunk(self._next_g, frames, directive, snap, play_id=plan.play_id, steps=steps,
+                                   latents=latents, keep=keep))
         self._next_g += len(frames)
         self.counters["frames_made"] += len(frames)
         self.counters["chunks_made"] += 1
@@ -536,16 +549,18 @@ class Engine:
                     self.session.log.resolve(ticket.record, "ignored", error="nothing of it was playing")
                     if not ticket.shown.done():
                         ticket.shown.set_result(None)
+                    self._finish(ticket, None)
                 continue
             if cmd.kind is CommandKind.CANCEL:
                 self.counters["commands_cancelled"] += 1
             if ticket is not None:
                 self._tickets.append(ticket)
+                self._plays[cmd.command_id] = ticket
         log.debug("applied changes=%d boundary=%d dropped_chunks=%d", len(changes), boundary, len(dropped))
 
     # ------------------------------------------------------------------ pacer
 
-    def _pop(self) -> tuple[np.ndarray, Directive, int] | None:
+    def _pop(self) -> tuple[np.ndarray, Directive, int, str] | None:
         if not self._buffer:
             return None
         chunk = self._buffer[0]
@@ -556,7 +571,7 @@ class Engine:
         chunk.snapshot = None  # started showing: never restored to
         if chunk.left == 0:
             self._buffer.popleft()
-        return chunk.frames[i], chunk.directive, chunk.start_g + i
+        return chunk.frames[i], chunk.directive, chunk.start_g + i, chunk.play_id
 
     async def _pace(self) -> None:
         await self._first_chunk.wait()
@@ -574,8 +589,11 @@ class Engine:
             rgba, did, g = self._last.rgba, self._last.directive_id, None
             self.counters["frames_repeated"] += 1
         else:
-            rgba, directive, g = item
+            rgba, directive, g, play_id = item
             did = directive.command_id
+            if play_id != self._shown_play:
+                ended, self._shown_play = self._shown_play, play_id
+                self._finish(self._plays.pop(ended, None), seq)
             self._wake.set()
             if self._last is None or did != self._last.directive_id:
                 self.directive = dataclasses.replace(directive, started_frame=seq)
@@ -608,7 +626,15 @@ class Engine:
                          1000 * (now - ticket.record.arrival))
             if not ticket.shown.done():
                 ticket.shown.set_result(seq if i == idx else None)
+            kind = ticket.record.kind
+            if i != idx or kind in (CommandKind.EMOTION.value, CommandKind.PROMPT.value):
+                self._finish(ticket, seq if i == idx else None)  # never played / occupies no action
+                self._plays.pop(ticket.command_id, None)
         del self._tickets[:idx + 1]
+
+    def _finish(self, ticket: Ticket | None, seq: int | None) -> None:
+        if ticket is not None and not ticket.finished.done():
+            ticket.finished.set_result(seq)
 
     def _emit_audio(self, pts: float) -> None:
         playing = self._playing

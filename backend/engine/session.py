@@ -77,6 +77,7 @@ class ChunkPlan:
     directive_id: str
     mouth: np.ndarray | None = field(default=None, repr=False)  # (n,) or None when not speaking
     serial: int = 0  # which play of the action this is: a new command (even the same action again) bumps it
+    play_id: str = ""  # the command that started this play ("" when it began by itself: idle after an action)
     progress: np.ndarray | None = field(default=None, repr=False)  # (n,) the action's progress per frame, in [0, 1]
 
 
@@ -228,6 +229,7 @@ class Session:
         self._speech_start_g = 0
         self._serial = 0  # plays of actions so far: each command's action, and what follows when one ends
         self._play_start_g = 0  # generated frame at which the current play began
+        self._play_id = ""  # the command that started it
 
     @property
     def character_name(self) -> str:
@@ -268,7 +270,7 @@ class Session:
             act = actions.action(cmd.argument)
             self.directive = Directive(act.name, d.emotion, d.prompt, command_id=cid)
             self._action_end_g = None if act.loop else at_g + self._frames(act.duration_s)
-            self._start_play(at_g)
+            self._start_play(at_g, cid)
         elif cmd.kind is CommandKind.EMOTION:
             self.directive = dataclasses.replace(d, emotion=cmd.argument, command_id=cid)
         elif cmd.kind is CommandKind.PROMPT:
@@ -279,11 +281,11 @@ class Session:
             self._speech, self._speech_start_g = change.speech, at_g
             self.directive = dataclasses.replace(d, action="talk", command_id=cid)
             self._action_end_g = None
-            self._start_play(at_g)
+            self._start_play(at_g, cid)
         elif cmd.kind is CommandKind.RESET:
             self._speech, self._action_end_g = None, None
             self.directive = Directive(action=self.idle_action, command_id=cid)
-            self._start_play(at_g)
+            self._start_play(at_g, cid)
         elif cmd.kind is CommandKind.CANCEL:
             self.cancel(cmd.argument, at_g, cid)
 
@@ -299,7 +301,7 @@ class Session:
         d = self.directive
         self.directive = Directive(self.idle_action, d.emotion, d.prompt, command_id=command_id)
         self._action_end_g = None
-        self._start_play(at_g)
+        self._start_play(at_g, command_id)
         return True
 
     def stop_speech(self, speech_id: str) -> bool:
@@ -309,9 +311,10 @@ class Session:
     def _frames(self, seconds: float) -> int:
         return max(1, math.ceil(seconds * self.fps))
 
-    def _start_play(self, at_g: int) -> None:
+    def _start_play(self, at_g: int, command_id: str) -> None:
         self._serial += 1
         self._play_start_g = at_g
+        self._play_id = command_id
 
     def _speaking(self, g: int) -> bool:
         return self._speech is not None and g < self._speech_start_g + self._speech.frames
@@ -327,17 +330,18 @@ class Session:
             return Directive(self.idle_action, d.emotion, d.prompt)
         return d
 
-    def _phase(self, g: int) -> tuple[int, int]:
-        """(serial, first generated frame) of the play of the action in force at ``g``. When an action or a
-        speech ends by itself, what follows (idle, or talk) is the next play, from the frame it ended at."""
+    def _phase(self, g: int) -> tuple[int, int, str]:
+        """(serial, first generated frame, command id) of the play of the action in force at ``g``. When an
+        action or a speech ends by itself, what follows (idle, or talk) is the next play, from the frame it
+        ended at, started by no command."""
         if self._action_end_g is not None and g >= self._action_end_g:
-            return self._serial + 1, self._action_end_g
+            return self._serial + 1, self._action_end_g, ""
         if self.directive.action == "talk" and self._speech is not None and not self._speaking(g):
-            return self._serial + 1, self._speech_start_g + self._speech.frames
-        return self._serial, self._play_start_g
+            return self._serial + 1, self._speech_start_g + self._speech.frames, ""
+        return self._serial, self._play_start_g, self._play_id
 
     def _settle(self, g: int) -> None:
-        self._serial, self._play_start_g = self._phase(g)
+        self._serial, self._play_start_g, self._play_id = self._phase(g)
         self.directive = self._effective(g)
         if self._action_end_g is not None and g >= self._action_end_g:
             self._action_end_g = None
@@ -361,12 +365,12 @@ class Session:
         """Conditions for the chunk of generated frames ``[g0, g0 + n)``. Pure: planning a chunk that is
         later dropped (rollback) changes nothing."""
         d = self._effective(g0)
-        serial, start = self._phase(g0)
+        serial, start, play_id = self._phase(g0)
         mouth = None
         if self._speaking(g0) and self._speech is not None:
             mouth = np.zeros(n, dtype=np.float32)
             lo = g0 - self._speech_start_g
             src = self._speech.mouth[max(lo, 0):lo + n]
             mouth[max(-lo, 0):max(-lo, 0) + len(src)] = src
-        return ChunkPlan(d.action, d.emotion, d.prompt, d.command_id, mouth, serial=serial,
+        return ChunkPlan(d.action, d.emotion, d.prompt, d.command_id, mouth, serial=serial, play_id=play_id,
                          progress=self.progress(d.action, g0, n, start))
