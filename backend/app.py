@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -59,6 +60,12 @@ def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
     if character.background != "transparent":
         generator = BackgroundGenerator(generator, character)
     return generator, reference, character
+
+
+def replay_header(cfg: Config) -> dict[str, Any]:
+    """What `liveidol replay` needs to re-render a session, for the input log's session line: the model
+    section (seed, sizes, checkpoint) and the character. No secrets: those live in other sections."""
+    return {"config": {"model": dataclasses.asdict(cfg.model), "character": cfg.character}}
 
 
 def _bridges(cfg: Config) -> list[Any]:
@@ -142,7 +149,7 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
     async with contextlib.AsyncExitStack() as stack:
         engine = await stack.enter_async_context(Engine(
             cfg.engine, generator, reference, max_steps=cfg.model.steps, max_chunk_frames=cfg.model.chunk_frames,
-            sample_rate=cfg.voice.sample_rate, tts=tts, character=character))
+            sample_rate=cfg.voice.sample_rate, tts=tts, character=character, log_header=replay_header(cfg)))
         director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
                                                             idle_action=cfg.engine.idle_action))
         server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state,
