@@ -303,10 +303,10 @@ class Director:
                 current = self._current = _Current(item, now, now + item.duration_s)
             self._decide("dispatched", f"next_{item.tier.name.lower()}", item=item)
             self._changed()
-            result = await self._send(item.command)
+            sent = await self._send(item.command)
             if current is not None and self._current is current:
-                current.engine_id = str(getattr(result, "command_id", "") or item.command.command_id)
-                finished = getattr(result, "finished", None)
+                current.engine_id = str(getattr(sent, "command_id", "") or item.command.command_id)
+                finished = getattr(sent, "finished", None)
                 if isinstance(finished, asyncio.Future):  # the engine (in this process) times the action
                     current.finished = finished
                     finished.add_done_callback(lambda _: self._wake.set())
