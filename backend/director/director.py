@@ -85,6 +85,7 @@ _IMMEDIATE = frozenset({CommandKind.EMOTION, CommandKind.PROMPT, CommandKind.RES
 _CONTROLS = {"skip": "skip", "跳过": "skip", "approve": "approve", "批准": "approve", "remove": "remove",
              "veto": "remove", "删除": "remove"}
 _SILENT = frozenset({"no_command", "empty"})  # chatter: logged at debug level, not kept
+WATCHDOG_S = 30.0  # an action the engine has not reported finished this long after its estimate: go on anyway
 
 
 def say_duration_s(text: str) -> float:
@@ -289,6 +290,11 @@ class Director:
                 await self._accept(item)
             self._changed()
         cur = self._current
+        if cur is not None and cur.finished is not None and not cur.finished.done() \
+                and now >= cur.ends + WATCHDOG_S:  # a safety net only: the engine stopped answering
+            logger.warning("no word from the engine about command=%s %.0f s after its estimated end; going on",
+                           cur.item.command.command_id, WATCHDOG_S)
+            cur.finished = None
         if cur is not None and (cur.finished.done() if cur.finished is not None else now >= cur.ends):
             self._current = None
             self._decide("finished", "played" if cur.finished is not None else "duration_elapsed", item=cur.item)
@@ -307,7 +313,9 @@ class Director:
             if current is not None and self._current is current:
                 current.engine_id = str(getattr(sent, "command_id", "") or item.command.command_id)
                 finished = getattr(sent, "finished", None)
-                if isinstance(finished, asyncio.Future):  # the engine (in this process) times the action
+                looping = item.command.kind is CommandKind.ACT and action(item.command.argument).loop
+                if isinstance(finished, asyncio.Future) and not looping:  # the engine times the action
+                    # (a looping action, idle or talk, plays until replaced: its estimate ends it here)
                     current.finished = finished
                     finished.add_done_callback(lambda _: self._wake.set())
 

@@ -304,10 +304,6 @@ class Session:
         self._start_play(at_g, command_id)
         return True
 
-    def stop_speech(self, speech_id: str) -> bool:
-        """Whether ``speech_id`` is the speech now spoken (the engine silences its audio at once)."""
-        return self._speech is not None and self._speech.speech_id == speech_id
-
     def _frames(self, seconds: float) -> int:
         return max(1, math.ceil(seconds * self.fps))
 

@@ -245,3 +245,20 @@ async def test_worker_runs_calls_in_its_own_thread_in_order_and_joins():
     assert not any(t.name == "gen-test" for t in threading.enumerate())
     with pytest.raises(WorkerStopped):
         await w.call(job, 1)
+
+
+def test_session_numbers_each_play_and_counts_progress_at_its_fps():
+    """The session is the one owner of action timing: serial per play (the same action again is a new play),
+    progress per frame at ITS fps, and what follows a finished action (idle) is a play of its own."""
+    s = Session(None, fps=10.0)
+    s.apply(Change(Command(CommandKind.ACT, "blink", command_id="a")), at_g=0)  # 0.8 s = 8 frames at 10 fps
+    first = s.plan(0, 4)
+    assert first.play_id == "a" and np.allclose(first.progress, [0, 1 / 8, 2 / 8, 3 / 8])
+    s.apply(Change(Command(CommandKind.ACT, "blink", command_id="b")), at_g=4)  # the same action again
+    again = s.plan(4, 4)
+    assert again.serial != first.serial and again.play_id == "b" and again.progress[0] == 0.0
+    after = s.plan(12, 4)  # blink b ended at 4 + 8 = 12: idle, a play of its own from there
+    assert (after.action, after.play_id) == ("idle", "") and after.serial not in (first.serial, again.serial)
+    assert after.progress[0] == 0.0
+    s.apply(Change(Command(CommandKind.EMOTION, "happy", command_id="e")), at_g=16)  # no new play
+    assert s.plan(16, 4).serial == after.serial
