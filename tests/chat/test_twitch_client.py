@@ -203,6 +203,8 @@ async def test_refused_login_raises_auth_error_without_the_token(caplog):
                         pass
     assert "wrong-token" not in str(info.value) and "wrong-token" not in caplog.text
     assert fake.connections == 1  # a refused login is not retried
+    assert chat.status.state == "failed" and "Login authentication failed" in chat.status.error  # /control status
+    assert any(r.levelname == "ERROR" and "login refused" in r.getMessage() for r in caplog.records)
 
 
 async def test_unreachable_server_keeps_retrying_then_connects():

@@ -109,3 +109,16 @@ async def test_a_deleted_say_stops_speaking_at_once_and_a_banned_viewers_action_
     await until("the wave to end", lambda: engine.status()["directive"]["action"] == "idle", engine)
     waved = [f for f in seen if isinstance(f, VideoFrame) and f.directive_id == queued.command_id]
     assert len(waved) < 2.4 * FPS  # cut short: a wave lasts 2.4 s
+
+
+async def test_a_deleted_bilibili_super_chat_stops_its_action(idol) -> None:
+    """Bilibili's equivalent of a deletion: SUPER_CHAT_MESSAGE_DELETE (a Deletion of the super chat's id)."""
+    from backend.events import PaidMessage
+
+    engine, director, seen = idol
+    sc = PaidMessage("bilibili", "777", "42", "观众", "!wave", value_cents=420, kind="super_chat", message_id="5")
+    queued = await director.handle(sc)
+    await until("the wave to play", lambda: engine.status()["directive"]["action"] == "wave", engine)
+    decision = await director.handle(Deletion("bilibili", "777", "5"))
+    assert decision is not None and (decision.decision, decision.command_id) == ("cancelled", queued.command_id)
+    await until("the wave to end", lambda: engine.status()["directive"]["action"] == "idle", engine)
