@@ -115,7 +115,7 @@ async def test_a_deleted_bilibili_super_chat_stops_its_action(idol) -> None:
     """Bilibili's equivalent of a deletion: SUPER_CHAT_MESSAGE_DELETE (a Deletion of the super chat's id)."""
     from backend.events import PaidMessage
 
-    engine, director, seen = idol
+    engine, director, _ = idol
     sc = PaidMessage("bilibili", "777", "42", "观众", "!wave", value_cents=420, kind="super_chat", message_id="5")
     queued = await director.handle(sc)
     await until("the wave to play", lambda: engine.status()["directive"]["action"] == "wave", engine)
