@@ -507,13 +507,13 @@ class Engine:
 
     async def _apply_pending(self) -> None:
         changes, self._pending = self._pending, []
-        # The boundary: after the chunks that started showing and the chunk that was in progress when a
-        # command came (never thrown away: when commands come faster than chunks are made, the picture still
-        # moves on); what was made earlier and has not started showing is dropped for a quick response.
-        keep = 0
-        for i, chunk in enumerate(self._buffer):
-            if chunk.shown > 0 or chunk.keep:
-                keep = i + 1
+        # The boundary: after the chunk showing now, and after the chunk that was in progress when a command
+        # came if it is the next to show (never thrown away: when commands come faster than chunks are made,
+        # the picture still moves on). Chunks made ahead of that, not showing yet, are dropped for a quick
+        # response (the engine is ahead of real time then, so dropping them cannot freeze the picture).
+        keep = sum(1 for chunk in self._buffer if chunk.shown > 0)  # only the head can have started
+        if keep < len(self._buffer) and self._buffer[keep].keep:
+            keep += 1
         for chunk in self._buffer:
             chunk.keep = False
         if len(changes) > 1:
