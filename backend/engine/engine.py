@@ -14,8 +14,17 @@ Two asyncio tasks and one thread:
 
 Interruption: a command takes effect at the next chunk boundary. Chunks generated under the old
 directive that have not started showing are dropped and the generator is restored to the snapshot taken
-before the first dropped chunk, so the video stays continuous. The latency from ``submit`` to the first
+before the first dropped chunk, so the video stays continuous -- except the chunk that was being made when
+the command came, when it is the next to show: it is kept, and every command that arrived meanwhile takes
+effect together after it (coalesced, the newest winning, counted in ``commands_coalesced``), so commands
+coming faster than chunks are made cannot freeze the picture. The latency from ``submit`` to the first
 shown frame under the new directive is measured (``status()["latency_p50_s"]``).
+
+Action timing has one owner, the :class:`~backend.engine.session.Session`: it numbers each play of an
+action (``serial``; the same action again is a new play) and computes its progress per frame at the
+engine's fps; both go to the generator in its conditions. ``Ticket.finished`` says when a play ended on
+screen (the director waits on it). ``cancel`` stops a command's speech at once and its action at the next
+chunk. Every command is written to the input log when accepted (``InputLog``; ``liveidol replay``).
 
 Usage::
 
