@@ -7,8 +7,11 @@ The session is the engine's bookkeeping, free of threads, sockets and torch:
 * the current :class:`~backend.events.Directive` and when its action ends (non-looping actions return
   to ``idle_action`` by themselves);
 * the speech being played (its mouth envelope drives ``next_chunk(mouth=...)``);
-* an append-only :class:`InputLog`: every input with its arrival time and the output frame at which it
-  took effect, kept in memory (bounded) and written as JSON lines when a path is given.
+* the timing of actions, its one owner: each play of an action gets a ``serial`` (the same action again is
+  a new play) and its progress per generated frame at the session's fps (:meth:`Session.plan`);
+* an append-only :class:`InputLog`: every input written when it is accepted, then its outcome, the
+  boundaries where changes applied and the chunks that reached the screen (enough to replay a session),
+  kept in memory (bounded) and written as JSON lines when a path is given.
 
 Frame indices here are *generated* frame indices ``g`` (the generator's timeline); the engine maps them
 to output ``seq`` numbers when frames are shown.
@@ -17,7 +20,8 @@ Usage::
 
     session = Session(reference_rgba, fps=25.0, idle_action="idle")
     session.apply(Change(command=Command(CommandKind.ACT, "wave", command_id="c1")), at_g=48)
-    plan = session.plan(g0=48, n=8)        # ChunkPlan(action="wave", ..., directive_id="c1")
+    plan = session.plan(g0=48, n=8)        # ChunkPlan(action="wave", ..., directive_id="c1", serial=1,
+                                           #           play_id="c1", progress=[0, 1/60, ...])
 """
 
 from __future__ import annotations
