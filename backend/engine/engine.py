@@ -216,6 +216,7 @@ class Engine:
                          "chunks_made": 0, "chunks_dropped": 0, "audio_chunks": 0, "commands": 0,
                          "commands_rejected": 0, "commands_coalesced": 0, "commands_cancelled": 0}
         self._plays: dict[str, Ticket] = {}  # applied commands whose play has not ended on screen yet
+        self._cancelled: collections.deque[str] = collections.deque(maxlen=64)  # ids cancelled lately
         self._shown_play = ""  # play_id of the last frame shown
         self._generating = False  # the worker is making a chunk now
         self._arrived_while_generating = False  # a command came while it was: that chunk is kept
@@ -379,6 +380,7 @@ class Engine:
     def _cancel_now(self, target_id: str) -> None:
         """What a ``cancel`` does at once, before its chunk boundary: a command not applied yet is withdrawn,
         and speech of ``target_id`` goes silent now (its action ends at the next chunk, when the cancel applies)."""
+        self._cancelled.append(target_id)  # also what is still being prepared: a say waiting for its TTS
         for change, ticket in list(self._pending):
             if change.command.command_id == target_id:
                 self._pending.remove((change, ticket))
@@ -407,6 +409,14 @@ class Engine:
 
     def _enqueue(self, change: Change) -> Ticket:
         assert change.record is not None
+        if change.command.command_id in self._cancelled:  # cancelled while it was prepared (a say's TTS)
+            loop = asyncio.get_running_loop()
+            ticket = Ticket(change.command.command_id, change.record, loop.create_future(), loop.create_future())
+            self.session.log.resolve(change.record, "cancelled")
+            ticket.shown.set_result(None)
+            ticket.finished.set_result(None)
+            log.info("command cancelled before it was queued id=%s", change.command.command_id)
+            return ticket
         if not self._tasks or self.error is not None:
             err = EngineError("the engine is not running" if self.error is None else
                               f"the engine stopped: {self.error!r}")

@@ -137,3 +137,27 @@ async def test_a_command_storm_never_freezes_the_picture():
     assert len(generated) >= 16, f"picture froze: {len(generated)} distinct generated frames"
     assert len(shown_ids & {t.command_id for t in tickets}) >= 2, shown_ids
     assert status["commands_coalesced"] >= 1
+
+
+async def test_a_say_cancelled_while_its_speech_is_synthesized_never_speaks(gen, engine_cfg):
+    """A deletion can come while the TTS is still working on the `say` (seconds on a busy CPU)."""
+    started, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_tts(text: str):
+        loop.call_soon_threadsafe(started.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+        return np.zeros(16000, np.float32) + 0.2, 16000
+
+    async with Engine(engine_cfg, gen, None, max_steps=2, max_chunk_frames=1, tts=slow_tts) as engine:
+        say = asyncio.create_task(engine.submit(Command(CommandKind.SAY, "hello", command_id="say-1")))
+        await started.wait()
+        await engine.submit(Command(CommandKind.CANCEL, "say-1"))
+        release.set()
+        ticket = await say
+        async with asyncio.timeout(10):
+            assert await ticket.shown is None
+        await asyncio.sleep(0.3)
+        assert not engine.status()["speaking"] and engine.status()["directive"]["action"] == "idle"
+    outcomes = {r["command_id"]: r["outcome"] for r in read_log(engine_cfg.log_path)}
+    assert outcomes["say-1"] == "cancelled"
