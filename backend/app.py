@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +61,12 @@ def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
     return generator, reference, character
 
 
+def replay_header(cfg: Config) -> dict[str, Any]:
+    """What `liveidol replay` needs to re-render a session, for the input log's session line: the model
+    section (seed, sizes, checkpoint) and the character. No secrets: those live in other sections."""
+    return {"config": {"model": dataclasses.asdict(cfg.model), "character": cfg.character}}
+
+
 def _bridges(cfg: Config) -> list[Any]:
     bridges: list[Any] = []
     if cfg.chat.twitch.channel:
@@ -90,6 +97,11 @@ async def _pump(bridge: Any, handle: Callable[[ChatEvent], Awaitable[Any]]) -> N
         raise
     except Exception as exc:
         log.error("chat bridge stopped platform=%s error=%s", name, exc)
+
+
+def _chat_status(bridges: list[Any]) -> list[dict[str, Any]]:
+    """Each bridge's :class:`chat_bridges.base.BridgeStatus` (``failed`` with the reason after a refused login)."""
+    return [b.status.as_dict() for b in bridges if getattr(b, "status", None) is not None]
 
 
 def _replies(bridges: list[Any]) -> Callable[[str, str], Awaitable[bool]]:
@@ -136,10 +148,11 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
     async with contextlib.AsyncExitStack() as stack:
         engine = await stack.enter_async_context(Engine(
             cfg.engine, generator, reference, max_steps=cfg.model.steps, max_chunk_frames=cfg.model.chunk_frames,
-            sample_rate=cfg.voice.sample_rate, tts=tts, character=character))
+            sample_rate=cfg.voice.sample_rate, tts=tts, character=character, log_header=replay_header(cfg)))
         director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
                                                             idle_action=cfg.engine.idle_action))
-        server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state))
+        server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state,
+                                                        chat_fn=lambda: _chat_status(bridges)))
         announce_token(token)  # on the terminal, once; never into a log handler
         log.info("LiveIdol is live: stream=%s/stream control=%s/control character=%s", server.url, server.url,
                  character.name)

@@ -7,6 +7,7 @@
     liveidol obs setup [--host H] [--port P] [--new-scene]
     liveidol chat {twitch CHANNEL | bilibili ROOM | console}
     liveidol config [--check F]                                 print the documented defaults / check a file
+    liveidol replay LOG [--session ID] [--out DIR] [--frames N]  re-render a session from its input log
 
 Errors in the configuration or in flags print one line (no traceback) and exit with status 2.
 """
@@ -158,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = chat_sub.add_parser("console", help="type commands as the streamer or a viewer")
     _add_common(q)
 
+    p = sub.add_parser("replay", help="re-render a stream session from its input log (engine.log_path) and seed")
+    p.add_argument("--config", help="config file the session ran with (default: configs/default.toml); the log's "
+                   "model settings, fps and character override it")
+    p.add_argument("log", help="the input log (JSON lines)")
+    p.add_argument("--session", default="", help="session id (default: the last session in the log)")
+    p.add_argument("--out", help="write the frames here as PNG files (frame_000000.png, ...)")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+
     p = sub.add_parser("config", help="print the documented default config, or check a file")
     p.add_argument("--check", metavar="FILE", help="validate FILE and exit")
     return parser
@@ -175,6 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "replay":
+        from backend.replay import replay
+
+        result = replay(Path(args.config) if args.config else None, Path(args.log), session_id=args.session,
+                        out_dir=Path(args.out) if args.out else None, max_frames=args.frames)
+        print(json.dumps(result), flush=True)
+        return 0
+
     if args.command == "config":
         from backend.config import default_toml
 

@@ -168,7 +168,8 @@ class EngineConfig:
     min_steps: int = opt(1, "Fewest denoising steps the engine may drop to when behind real time.", min=1, max=4)
     min_chunk_frames: int = opt(1, "Smallest chunk (latent frames) the engine may drop to when behind.", min=1)
     idle_action: str = opt("idle", "Action played when no command is active.")
-    log_path: str = opt("", "Append-only input log (JSON lines); '' keeps it in memory only.")
+    log_path: str = opt("", "Append-only input log (JSON lines, each command written when accepted; "
+                        "`liveidol replay` re-renders a session from it); '' keeps it in memory only.")
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,10 @@ class Conditions:
     emotion: str = "neutral"
     text: torch.Tensor | None = field(default=None, compare=False)  # (L, text_dim) free-text embedding
     serial: int = 0  # bump it (e.g. the command id) to restart the same action from progress 0
+    # The action's progress in [0, 1] at each VIDEO frame of the next chunk, from its one timing owner (the
+    # engine's session, at the stream's fps); latent frame j takes the value of its first video frame. None:
+    # the generator counts it itself from the chunks it made, at ACTION_FPS (tools, training, eval).
+    progress: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def same_as(self, other: Conditions | None) -> bool:
         """Same action, emotion and text (the serial does not change the context)."""
@@ -339,9 +343,13 @@ class Generator:
     def _controls(self, mouth: np.ndarray | None, num_frames: int) -> torch.Tensor:
         tf = self.cfg.autoencoder.temporal_factor
         rows = []
+        given = None if self._conditions is None else self._conditions.progress
         for j in range(num_frames):
             assert self._conditions is not None
-            prog = action_progress(self._conditions.action, self._position + j - self._action_start, tf)
+            if given is not None and len(given) >= num_frames * tf:
+                prog = float(given[j * tf])
+            else:
+                prog = action_progress(self._conditions.action, self._position + j - self._action_start, tf)
             rows.append(control_vector(None if mouth is None else mouth[j * tf:(j + 1) * tf], prog, self.cfg))
         return torch.stack(rows)[None].to(self.device, self.dtype)  # (1, F, num_controls)
 
@@ -464,6 +472,11 @@ class Generator:
                 raise GeneratorError(f"mouth: {mouth.shape[0]} values, expected one per video frame = {f * tf}")
             if not np.isfinite(mouth).all():
                 raise GeneratorError("mouth: values must be finite")
+        if conditions.progress is not None:
+            progress = np.asarray(conditions.progress, dtype=np.float32).reshape(-1)
+            if progress.shape[0] != f * tf or not np.isfinite(progress).all():
+                raise GeneratorError(f"Conditions.progress: {progress.shape[0]} values, expected one finite value "
+                                     f"per video frame = {f * tf}")
         indices = self._check_conditions(conditions)
         self._apply_conditions(conditions, indices)
 

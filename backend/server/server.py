@@ -258,7 +258,8 @@ class Server:
     """The websocket server (see module docstring)."""
 
     def __init__(self, cfg: ServerConfig, engine: StreamEngine, *, token: str | Token | None = None,
-                 state_fn: Callable[[], dict[str, Any]] | None = None) -> None:
+                 state_fn: Callable[[], dict[str, Any]] | None = None,
+                 chat_fn: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         if not cfg.allow_remote and not is_loopback(cfg.host):
             raise ServerError(f"server.host = {cfg.host!r} is not a loopback address; set server.allow_remote = "
                               "true to serve other machines (frames then go out as JPEG)")
@@ -270,6 +271,7 @@ class Server:
         self.throttle = AuthThrottle()
         self._tls = _tls_context(cfg)
         self._state_fn = state_fn
+        self._chat_fn = chat_fn  # the chat bridges' statuses (chat_bridges.base.BridgeStatus), for "status"
         self._ws: WsServer | None = None
         self._frames = _FrameCache(cfg.jpeg_quality)
         self._ids = itertools.count(1)
@@ -408,6 +410,9 @@ class Server:
             M("liveidol_clients", "gauge", "Connected clients.",
               [S(len(self._streams), {"endpoint": "stream"}), S(self._controls, {"endpoint": "control"})]),
             M("liveidol_commands_total", "counter", "Commands received on /control.", [S(self.counters["commands"])]),
+            M("liveidol_commands_coalesced_total", "counter",
+              "Commands that arrived while a chunk was made and took effect together at its end (the newest wins).",
+              [S(st.get("commands_coalesced", 0))]),
             M("liveidol_healthy", "gauge", "1 while the engine produces frames.", [S(1 if self.engine.healthy else 0)]),
         ])
 
@@ -539,7 +544,10 @@ class Server:
             if isinstance(req, CommandRequest):
                 reply = await self._command(req)
             elif isinstance(req, StatusRequest):
-                reply = Status(req.id, self.engine.status(), self.stats())
+                server = self.stats()
+                if self._chat_fn is not None:
+                    server["chat"] = self._chat_fn()
+                reply = Status(req.id, self.engine.status(), server)
             elif isinstance(req, SubscribeRequest):
                 if proto.subscribed:
                     reply = Ok(req.id)  # already pushing
