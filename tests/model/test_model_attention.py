@@ -24,7 +24,7 @@ def test_auto_picks_sdpa_on_cpu_and_logs_it(caplog: pytest.LogCaptureFixture) ->
 def test_forcing_sage_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(AttentionBackendError, match="'sage' needs a CUDA device"):
         select_attention("sage", "cpu")
-    with pytest.raises(AttentionBackendError, match="expected 'auto', 'sdpa' or 'sage'"):
+    with pytest.raises(AttentionBackendError, match="expected 'auto', 'sdpa', 'sage' or 'sparse'"):
         select_attention("flash", "cpu")
 
 
