@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from backend.model.wan.weights import load_state_dict_into, read_state_dict
 
-__all__ = ["StreamingTAEHVDecoder", "TAEHV", "TAEHVConfig", "TAEHVError", "load_taehv"]
+__all__ = ["TAEHV", "StreamingTAEHVDecoder", "TAEHVConfig", "TAEHVError", "load_taehv"]
 
 
 class TAEHVError(ValueError):

@@ -34,6 +34,7 @@ Usage::
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +45,10 @@ from torch import Tensor, nn
 from backend.model.wan.weights import load_state_dict_into, read_state_dict
 
 __all__ = [
-    "CausalCache",
-    "StreamingWanDecoder",
     "WAN_LATENT_MEAN",
     "WAN_LATENT_STD",
+    "CausalCache",
+    "StreamingWanDecoder",
     "WanVAE",
     "WanVAEConfig",
     "WanVAEError",
@@ -302,7 +303,7 @@ class Encoder3d(nn.Module):
         dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]  # 96, 96, 192, 384, 384 at the defaults
         self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
         blocks: list[nn.Module] = []
-        for level, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        for level, (cin, cout) in enumerate(itertools.pairwise(dims)):
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResidualBlock(cin, cout))
                 cin = cout
@@ -332,7 +333,7 @@ class Decoder3d(nn.Module):
         self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]),
                                      ResidualBlock(dims[0], dims[0])])
         blocks: list[nn.Module] = []
-        for level, (cin, cout) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        for level, (cin, cout) in enumerate(itertools.pairwise(dims)):
             if level > 0:
                 cin //= 2  # the upsampler before this level halved the channels
             for _ in range(cfg.num_res_blocks + 1):
@@ -408,7 +409,7 @@ class WanVAE(nn.Module):
         if not isinstance(video, Tensor) or video.ndim != 5 or video.shape[1] != 3 or not video.is_floating_point():
             shape = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
             raise WanVAEError(f"WanVAE.encode(video): expected a float tensor (B, 3, T, H, W), got {shape}")
-        b, _, t, h, w = video.shape
+        _b, _, t, h, w = video.shape
         if (t - 1) % tf or h % sf or w % sf:
             raise WanVAEError(f"WanVAE.encode(video): need 1 + {tf}k frames and H, W multiples of {sf}, "
                               f"got T={t}, H={h}, W={w}")
@@ -469,7 +470,7 @@ class StreamingWanDecoder:
     def step(self, latents: Tensor) -> Tensor:
         """Normalised latents (B, z_dim, t, h, w) -> video frames (B, 3, T, 8h, 8w)."""
         self.vae.check_latents(latents, "StreamingWanDecoder.step(latents)")
-        b, _, t, h, w = latents.shape
+        b, _, _t, h, w = latents.shape
         if self._shape is not None and self._shape != (b, h, w):
             raise WanVAEError(f"StreamingWanDecoder.step(latents): shape {tuple(latents.shape)} does not continue "
                               f"the stream (batch {self._shape[0]}, latent {self._shape[1:]}); call reset() first")
