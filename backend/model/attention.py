@@ -20,9 +20,8 @@ slice is already contiguous.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -170,6 +169,7 @@ class SparseAttention(Attention):
         self.keep, self.block = keep, block
         self._block_mask = BlockMask
         self._fn = torch.compile(flex_attention, dynamic=False) if compile else flex_attention
+        self._selected: dict[tuple, tuple[torch.Tensor, Callable[..., torch.Tensor]]] = {}
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, S, D) -> (B, H, ceil(S / block), D) block means (a short last block averages what it has)."""
@@ -182,16 +182,39 @@ class SparseAttention(Attention):
         return sums / counts[:, None]
 
     def block_mask(self, qh: torch.Tensor, kh: torch.Tensor) -> object:
-        """The block mask of the top ``keep`` key blocks per query block; ``qh``/``kh``: (B, H, S, D)."""
+        """The block mask of the top ``keep`` key blocks per query block; ``qh``/``kh``: (B, H, S, D).
+
+        The picked blocks are given as full blocks (the fused kernel attends to them whole and skips the
+        rest) and as a mask function over a persistent selection buffer, refilled in place each call (the
+        unfused path, used off CUDA, applies it element-wise; one function object per shape, so the compiled
+        kernel is never rebuilt)."""
         b, h, sq, sk = qh.shape[0], qh.shape[1], qh.shape[2], kh.shape[2]
         scores = self._pool(qh) @ self._pool(kh).transpose(-1, -2)  # (B, H, nq, nk)
         nq, nk = scores.shape[-2:]
         n = max(1, min(nk, math.ceil(self.keep * nk)))
-        picked = scores.topk(n, dim=-1).indices.sort(dim=-1).values.to(torch.int32)  # ascending: key locality
+        picked = scores.topk(n, dim=-1).indices.sort(dim=-1).values  # ascending: key locality
+        key = (b, h, nq, nk, str(qh.device))
+        if key not in self._selected:
+            selected = torch.zeros((b, h, nq, nk), dtype=torch.bool, device=qh.device)
+            blk = self.block
+
+            def mask_mod(bi, hi, q_idx, kv_idx):  # flex's signature
+                return selected[bi, hi, q_idx // blk, kv_idx // blk]
+
+            self._selected[key] = (selected, mask_mod)
+        selected, mask_mod = self._selected[key]
+        selected.zero_()
+        selected.scatter_(-1, picked, True)
         indices = torch.zeros((b, h, nq, nk), dtype=torch.int32, device=qh.device)
-        indices[..., :n] = picked
+        indices[..., :n] = picked.to(torch.int32)
         counts = torch.full((b, h, nq), n, dtype=torch.int32, device=qh.device)
-        return self._block_mask.from_kv_blocks(counts, indices, BLOCK_SIZE=self.block, seq_lengths=(sq, sk))
+        none = torch.zeros_like(counts)
+        kwargs = dict(full_kv_num_blocks=counts, full_kv_indices=indices, BLOCK_SIZE=self.block,
+                      mask_mod=mask_mod, seq_lengths=(sq, sk))
+        try:
+            return self._block_mask.from_kv_blocks(none, indices, compute_q_blocks=False, **kwargs)
+        except TypeError:  # older torch: no compute_q_blocks
+            return self._block_mask.from_kv_blocks(none, indices, **kwargs)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object = None) -> torch.Tensor:
         if mask is not None or k.shape[1] <= self.block or self.keep >= 1.0:
