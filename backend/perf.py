@@ -159,6 +159,7 @@ class _PassBench:
                      controls=self.controls)
 
 
+@torch.inference_mode()
 def _pass_table(gen: Any, cuda: bool, *, sparse_keeps: tuple[float, ...] = (0.5, 0.25),
                 fp8: bool = True) -> list[dict[str, Any]]:
     """Time and deviation of one pass under each lever; the first row is the reference."""
@@ -232,6 +233,7 @@ def _active(fast: Any) -> Any:
     return fast
 
 
+@torch.inference_mode()
 def approximation_errors(gen: Any, *, sparse_keeps: tuple[float, ...] = (0.5, 0.25), seeds: int = 2
                          ) -> dict[str, float]:
     """Deviation (relative L2, worst over ``seeds`` inputs) of each approximation from the dense pass of
@@ -409,9 +411,10 @@ def run_model_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 
     log.info("generator %s", json.dumps(result))
 
     # one dense eager pass of the same shapes against the configured pass (both repeat the latest chunk)
-    pb = _PassBench(gen)
-    dense_ms = _time_ms(lambda: pb.run(eager_fast), cuda)
-    fast_ms = _time_ms(lambda: pb.run(gen.fast), cuda)
+    with torch.inference_mode():
+        pb = _PassBench(gen)
+        dense_ms = _time_ms(lambda: pb.run(eager_fast), cuda)
+        fast_ms = _time_ms(lambda: pb.run(gen.fast), cuda)
     result["dense_eager_pass_ms"] = dense_ms
     result["configured_pass_ms"] = fast_ms
     result["pass_speedup_vs_dense_eager"] = round(dense_ms / fast_ms, 2) if fast_ms else None
