@@ -202,7 +202,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             from backend.perf import format_table, preset_overrides, run_model_bench
 
             given = {k for k in _parse_set(args.set or [])} | {k for k, v in flags.items() if v is not None}
-            flags = {**{k: v for k, v in preset_overrides(args.model).items() if k not in given}, **flags}
+            flags = {**{k: v for k, v in preset_overrides(args.model).items() if k not in given},
+                     **{k: v for k, v in flags.items() if v is not None}}
             cfg = _config(args, **flags)
             _setup_logging(cfg.log_level)
             result = run_model_bench(cfg, seconds=args.seconds, fixtures=Path(args.fixtures) if args.fixtures else None)

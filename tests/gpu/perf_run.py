@@ -120,6 +120,7 @@ def main() -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--only-model", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"torch": torch.__version__, "device": torch.cuda.get_device_name()}
@@ -143,8 +144,9 @@ def main() -> int:
         if proc.returncode:
             print((args.out / "model_bench.log").read_text()[-3000:], flush=True)
 
-    for name, fn in (("fp8", check_fp8), ("sparse", check_sparse), ("idol_frames", check_idol_frames),
-                     ("idol_fps", lambda: idol_fps(args.seconds))):
+    checks = (("fp8", check_fp8), ("sparse", check_sparse), ("idol_frames", check_idol_frames),
+              ("idol_fps", lambda: idol_fps(args.seconds)))
+    for name, fn in () if args.only_model else checks:
         t1 = time.time()
         try:
             summary[name] = fn()
