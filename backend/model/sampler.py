@@ -16,13 +16,23 @@ Usage::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 
 __all__ = ["FlowMatchSchedule", "sample_chunk"]
 
-FlowFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x, t on the device, t as a host float)
+# flow_fn(x, t) or flow_fn(x, t, t_value): t on the device, t_value the same timestep as a host float
+FlowFn = Callable[..., torch.Tensor]
+
+
+def _takes_t_value(fn: FlowFn) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind == p.VAR_POSITIONAL for p in params) or len(params) >= 3
 
 
 class FlowMatchSchedule:
@@ -74,8 +84,8 @@ def sample_chunk(flow_fn: FlowFn, noise: torch.Tensor, timesteps: Sequence[float
                  generator: torch.Generator, *, cache_pass: bool = True, context_t: float = 0.0) -> torch.Tensor:
     """Denoise ``noise`` ``(B, F, ...)`` over the warped ``timesteps`` (1..4); return x0.
 
-    ``flow_fn(x, t, t_value)`` runs the model at per-frame timesteps ``t`` ``(B, F)`` (every entry equal
-    to the host float ``t_value``, so the caller can branch on it without reading the device); every call
+    ``flow_fn(x, t)`` runs the model at per-frame timesteps ``t`` ``(B, F)``; a ``flow_fn(x, t, t_value)``
+    also gets their common value as a host float, to branch on without reading the device. Every call
     is for the same chunk, so the KV cache slots of the chunk are overwritten each time. With ``cache_pass``
     a last call at t=0 on the clean x0 leaves the clean K/V in the cache; with ``context_t`` > 0 (a model
     trained with context noise) that pass sees x0 re-noised to ``context_t`` instead. Re-noising draws from
@@ -86,6 +96,12 @@ def sample_chunk(flow_fn: FlowFn, noise: torch.Tensor, timesteps: Sequence[float
     if not 1 <= len(timesteps) <= 4:
         raise ValueError(f"sampler: 1 to 4 timesteps, got {list(timesteps)}")
     b, f = noise.shape[:2]
+    with_value = _takes_t_value(flow_fn)
+
+    def call(x: torch.Tensor, t_val: float) -> torch.Tensor:
+        t = torch.full((b, f), t_val, dtype=torch.float32, device=noise.device)
+        return flow_fn(x, t, t_val) if with_value else flow_fn(x, t)
+
     draws = len(timesteps) - 1 + int(cache_pass and context_t > 0)
     eps_all = None
     if draws:
@@ -98,8 +114,7 @@ def sample_chunk(flow_fn: FlowFn, noise: torch.Tensor, timesteps: Sequence[float
     x = noise
     x0 = noise
     for i, t_val in enumerate(timesteps):
-        t = torch.full((b, f), float(t_val), dtype=torch.float32, device=noise.device)
-        flow = flow_fn(x, t, float(t_val))
+        flow = call(x, float(t_val))
         x0 = schedule.to_x0_at(x, flow, float(t_val))
         if i + 1 < len(timesteps):
             assert eps_all is not None
@@ -109,5 +124,5 @@ def sample_chunk(flow_fn: FlowFn, noise: torch.Tensor, timesteps: Sequence[float
         if context_t > 0:
             assert eps_all is not None
             ctx = schedule.renoise(x0, eps_all[-1], context_t)
-        flow_fn(ctx, torch.full((b, f), float(context_t), dtype=torch.float32, device=noise.device), float(context_t))
+        call(ctx, float(context_t))
     return x0

@@ -22,8 +22,7 @@ def test_sample_chunk_calls_steps_then_clean_pass() -> None:
     sched = FlowMatchSchedule(shift=5.0)
     calls = []
 
-    def flow_fn(x: torch.Tensor, t: torch.Tensor, t_value: float) -> torch.Tensor:
-        assert (t == t_value).all()  # the host float is the device timesteps' value
+    def flow_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # the two-argument form
         calls.append((x.clone(), t.clone()))
         return torch.full_like(x, 0.5)
 
@@ -45,7 +44,7 @@ def test_sample_chunk_calls_steps_then_clean_pass() -> None:
 def test_step_count_bounds() -> None:
     sched = FlowMatchSchedule()
     with pytest.raises(ValueError, match="1 to 4"):
-        sample_chunk(lambda x, t, tv: x, torch.zeros(1, 1, 1), [], sched, torch.Generator())
+        sample_chunk(lambda x, t: x, torch.zeros(1, 1, 1), [], sched, torch.Generator())
 
 
 def test_noise_drawn_up_front_keeps_the_one_by_one_order() -> None:
@@ -54,6 +53,7 @@ def test_noise_drawn_up_front_keeps_the_one_by_one_order() -> None:
     xs = []
 
     def flow_fn(x: torch.Tensor, t: torch.Tensor, t_value: float) -> torch.Tensor:
+        assert (t == t_value).all()  # the host float is the device timesteps' value
         xs.append(x.clone())
         return torch.zeros_like(x)
 
