@@ -27,7 +27,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -104,8 +104,8 @@ def _time_ms(fn: Callable[[], Any], cuda: bool, *, warmup: int = 3, reps: int = 
 def _randomize_head_(dit: nn.Module, seed: int) -> None:
     """Training's init zeroes the head (the flow starts at 0): give it random weights so a pass's output,
     and so its deviation, is not identically zero. Speed does not change."""
-    g = torch.Generator(device=dit.head.head.weight.device).manual_seed(seed)  # type: ignore[union-attr]
-    w = dit.head.head.weight  # type: ignore[union-attr]
+    w: torch.Tensor = cast(Any, dit).head.head.weight
+    g = torch.Generator(device=w.device).manual_seed(seed)
     bound = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
     with torch.no_grad():
         w.copy_(torch.empty(w.shape, device=w.device, dtype=torch.float32).uniform_(-bound, bound, generator=g))

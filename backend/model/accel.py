@@ -30,11 +30,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 
 from backend.model.attention import SdpaAttention
-from backend.model.dit import CausalDiT
+from backend.model.dit import Block, CausalDiT
 from backend.model.kv_cache import CacheStep, CrossAttentionCache, KVCache
 
 __all__ = ["FastDiT"]
@@ -73,15 +74,15 @@ class FastDiT:
         self.max_graphs = max_graphs
         self._graphs: dict[tuple, _Graph] = {}
         self._seen: dict[tuple, int] = {}
-        self._pool: tuple[int, int] | None = None
+        self._pool: Any = None  # one graph memory pool shared by this runner's graphs
         self._cross_attn = SdpaAttention()  # 512 prompt keys: cheap whatever the kernel
-        self._eager_in = [b.attn_in for b in dit.blocks]  # type: ignore[union-attr]
-        self._eager_out = [b.attn_out for b in dit.blocks]  # type: ignore[union-attr]
-        self._in: list[Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = self._eager_in
-        self._out: list[Callable[..., torch.Tensor]] = self._eager_out
+        blocks = cast("list[Block]", list(dit.blocks))
+        self._eager_in: list[Callable[..., Any]] = [b.attn_in for b in blocks]
+        self._eager_out: list[Callable[..., Any]] = [b.attn_out for b in blocks]
+        self._in, self._out = self._eager_in, self._eager_out
         if compile:
-            self._in = [torch.compile(b.attn_in, dynamic=False) for b in dit.blocks]  # type: ignore[union-attr]
-            self._out = [torch.compile(b.attn_out, dynamic=False) for b in dit.blocks]  # type: ignore[union-attr]
+            self._in = [torch.compile(b.attn_in, dynamic=False) for b in blocks]
+            self._out = [torch.compile(b.attn_out, dynamic=False) for b in blocks]
         self._shapes: dict[tuple[int, ...], int] = {}  # passes seen per input shape: compile only what repeats
         self.compiled = compile
         self.active = compile or graphs

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -181,7 +182,7 @@ class SparseAttention(Attention):
         counts[-1] = s - (nb - 1) * blk
         return sums / counts[:, None]
 
-    def block_mask(self, qh: torch.Tensor, kh: torch.Tensor) -> object:
+    def block_mask(self, qh: torch.Tensor, kh: torch.Tensor) -> Any:
         """The block mask of the top ``keep`` key blocks per query block; ``qh``/``kh``: (B, H, S, D).
 
         The picked blocks are given as full blocks (the fused kernel attends to them whole and skips the
@@ -209,8 +210,8 @@ class SparseAttention(Attention):
         indices[..., :n] = picked.to(torch.int32)
         counts = torch.full((b, h, nq), n, dtype=torch.int32, device=qh.device)
         none = torch.zeros_like(counts)
-        kwargs = dict(full_kv_num_blocks=counts, full_kv_indices=indices, BLOCK_SIZE=self.block,
-                      mask_mod=mask_mod, seq_lengths=(sq, sk))
+        kwargs: dict[str, Any] = dict(full_kv_num_blocks=counts, full_kv_indices=indices, BLOCK_SIZE=self.block,
+                                      mask_mod=mask_mod, seq_lengths=(sq, sk))
         try:
             return self._block_mask.from_kv_blocks(none, indices, compute_q_blocks=False, **kwargs)
         except TypeError:  # older torch: no compute_q_blocks

@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -398,7 +399,8 @@ class CausalDiT(nn.Module):
         ``context`` (``(B, L, C)``, or ``(B, F, L, C)`` per frame), stored into ``cache``."""
         kv = cache.get(layer) if cache is not None else None
         if kv is None:
-            kv = self.blocks[layer].cross_attn.kv(context.flatten(0, 1) if context.ndim == 4 else context)
+            block = cast(Block, self.blocks[layer])
+            kv = block.cross_attn.kv(context.flatten(0, 1) if context.ndim == 4 else context)
             if cache is not None:
                 cache.put(layer, *kv)
         return kv

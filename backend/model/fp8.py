@@ -42,6 +42,10 @@ def _row_scales(x: torch.Tensor) -> torch.Tensor:
 class Fp8Linear(nn.Module):
     """A frozen ``nn.Linear`` with e4m3 weights and per-row scales (inference only)."""
 
+    weight: torch.Tensor  # (N, K) float8_e4m3fn
+    scale: torch.Tensor  # (1, N) float32
+    bias: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         n, k = linear.weight.shape
