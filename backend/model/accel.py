@@ -180,7 +180,8 @@ class FastDiT:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize()
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
+            # thread_local: other threads (the voice model on the same GPU, say) may keep using CUDA meanwhile
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = self._pass(inputs["x"], inputs["t"], inputs["context"], inputs["cos"], inputs["sin"], cache,
                                  step, cross, inputs.get("controls"))
         except Exception as exc:  # a kernel that cannot be captured: run without graphs from now on
