@@ -2,6 +2,7 @@
 
     liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
+    liveidol bench --model wan-1.3b [--fixtures DIR]             the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N]
     liveidol obs setup [--host H] [--port P] [--new-scene]
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the whole engine in real time with a command every 2 s: FPS, jitter, command latency")
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model", choices=["wan-1.3b"],
+                   help="the open-model tier's speed bench at these sizes (random weights): per-stage times, FPS, "
+                        "prompt-switch latency, the ratio to a dense eager pass, each approximation's error")
+    p.add_argument("--fixtures", metavar="DIR",
+                   help="with --model: also measure the approximations on the equivalence fixtures in DIR "
+                        "(tests/fixtures/wan_causal_ref)")
 
     p = sub.add_parser("train", help="train the default model (resumable steps of at most --minutes)")
     _add_common(p)
@@ -213,7 +220,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return serve(cfg)
 
     if args.command == "bench":
-        cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device})
+        flags = {"model.checkpoint": args.checkpoint, "model.device": args.device}
+        if args.model:  # the preset's keys, under --set and the flags
+            from backend.perf import format_table, preset_overrides, run_model_bench
+
+            given = {k for k in _parse_set(args.set or [])} | {k for k, v in flags.items() if v is not None}
+            flags = {**{k: v for k, v in preset_overrides(args.model).items() if k not in given},
+                     **{k: v for k, v in flags.items() if v is not None}}
+            cfg = _config(args, **flags)
+            _setup_logging(cfg.log_level)
+            result = run_model_bench(cfg, seconds=args.seconds, fixtures=Path(args.fixtures) if args.fixtures else None)
+            print(json.dumps(result), flush=True)
+            print(format_table(result), flush=True)
+            return 0
+        cfg = _config(args, **flags)
         from backend.bench import run_bench, run_live_bench
 
         result = run_live_bench(cfg, seconds=args.seconds) if args.live else run_bench(cfg, seconds=args.seconds)
