@@ -75,6 +75,8 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         "device": _device_name(gen),
         "dtype": state.dtype,
         "attention": state.attention_backend,
+        "compiled": state.compiled,
+        "linears": state.linears,
         "checkpoint": cfg.model.checkpoint,
         "parameters": gen.parameter_count,
         "native_resolution": f"{native_w}x{native_h}",
