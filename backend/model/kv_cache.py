@@ -2,7 +2,7 @@
 cross-attention cache.
 
 Self-attention cache semantics follow Self-Forcing's ``CausalWanSelfAttention`` exactly (see
-/work/shared/fixtures/wan_causal_ref/README.md, "Cache semantics"), with counters in tokens:
+tests/fixtures/wan_causal_ref/README.md, "Cache semantics"), with counters in tokens:
 
 * ``global_end``: absolute tokens seen; ``local_end``: how far the physical buffer is filled.
 * A call for tokens ``[start, end)`` with ``n = end - start`` new tokens:
