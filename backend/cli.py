@@ -7,6 +7,10 @@
     liveidol obs setup [--host H] [--port P] [--new-scene]
     liveidol chat {twitch CHANNEL | bilibili ROOM | console}
     liveidol config [--check F]                                 print the documented defaults / check a file
+    liveidol models {list | pull NAME | verify [NAME ...]}      the Wan tier's open weights (~/.cache/liveidol/models)
+
+``serve``, ``bench`` and ``eval`` take ``--model wan-1.3b`` (configs/models/wan-1.3b.toml: the Wan2.1 tier's sizes and
+sampling) before any ``--set``.
 
 Errors in the configuration or in flags print one line (no traceback) and exit with status 2.
 """
@@ -48,8 +52,35 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _preset(name: str | None) -> dict[str, Any]:
+    """``--model NAME``: configs/models/NAME.toml as dotted overrides (below --set and the flags)."""
+    if not name:
+        return {}
+    from backend.config import CONFIG_DIR
+
+    path = CONFIG_DIR / "models" / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.toml")))
+        raise CliError(f"--model {name}: unknown model (known: {known})")
+    try:
+        return _flatten(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"{path}: not valid TOML: {exc}") from None
+
+
 def _config(args: argparse.Namespace, **flags: Any) -> Config:
-    overrides = _parse_set(getattr(args, "set", []) or [])
+    overrides = _preset(getattr(args, "model", None))
+    overrides.update(_parse_set(getattr(args, "set", []) or []))
     overrides.update({k: v for k, v in flags.items() if v is not None})
     return load_config(Path(args.config) if args.config else None, overrides)
 
@@ -63,6 +94,8 @@ def _setup_logging(level: str) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: configs/default.toml)")
+    if p.prog.split()[-1] in ("serve", "bench", "eval"):
+        p.add_argument("--model", metavar="NAME", help="a model preset from configs/models/ (e.g. wan-1.3b)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.steps=2 (repeatable)")
 
@@ -135,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = chat_sub.add_parser("console", help="type commands as the streamer or a viewer")
     _add_common(q)
 
+    p = sub.add_parser("models", help="the Wan tier's open weights: list, pull (Hugging Face) and verify")
+    models_sub = p.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="the known recipes, where they go and what is there")
+    q = models_sub.add_parser("pull", help="download one recipe into the cache and verify it")
+    q.add_argument("name")
+    q = models_sub.add_parser("verify", help="check sizes and sha256 of pulled recipes")
+    q.add_argument("names", nargs="*")
+
     p = sub.add_parser("config", help="print the documented default config, or check a file")
     p.add_argument("--check", metavar="FILE", help="validate FILE and exit")
     return parser
@@ -149,7 +190,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     for module, name in (("backend.model.checkpoint", "CheckpointError"), ("backend.model.generator", "GeneratorError"),
                          ("backend.training.evaluate", "EvalError"), ("backend.remote", "RemoteError"),
                          ("backend.server.auth", "AuthError"), ("backend.server.server", "ServerError"),
-                         ("backend.voice.errors", "VoiceError"), ("obs_plugin.setup", "ObsSetupError")):
+                         ("backend.voice.errors", "VoiceError"), ("obs_plugin.setup", "ObsSetupError"),
+                         ("backend.model.wan.hub", "HubError"), ("backend.model.wan.text", "TextEncoderError"),
+                         ("backend.model.wan.weights", "WeightsError")):
         try:
             found.append(getattr(importlib.import_module(module), name))
         except ImportError:
@@ -178,6 +221,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(default_toml())
         return 0
+
+    if args.command == "models":
+        from backend.model.wan.hub import run_models
+
+        return run_models(args.models_command, getattr(args, "name", None) or getattr(args, "names", None))
 
     if args.command == "serve":
         cfg = _config(args, **{"server.host": args.host, "server.port": args.port, "character": args.character,
