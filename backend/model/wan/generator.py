@@ -263,7 +263,9 @@ class WanGenerator:
         rgba = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
         if rgba.shape[1] == 4:  # straight alpha over white: a cut-out avatar on a plain studio wall
             rgba = torch.cat([rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]), rgba[:, 3:]], dim=1)
-        rgb = upscale(rgba[:, :3].clamp(0, 1), self.native_size)  # (1, 3, H, W)
+        w, h = self.native_size
+        rgb = torch.nn.functional.interpolate(rgba[:, :3], size=(h, w), mode="bicubic", antialias=True,
+                                              align_corners=False).clamp(0, 1)  # (1, 3, H, W)
         return (rgb * 2 - 1)[:, :, None].to(self.device, self.dtype)  # (1, 3, 1, H, W) in [-1, 1]
 
     @torch.inference_mode()

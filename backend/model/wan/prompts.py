@@ -79,8 +79,8 @@ class PromptTemplates:
                      "Shot, background and light (``{scene}``).")
     template: str = opt("{subject} {action}, {emotion}. {scene}",
                         "The prompt of an action: placeholders {subject}, {action}, {emotion}, {scene}.")
-    actions: Any = opt(None, "Prompt phrase per action.", factory=ActionPrompts)
-    emotions: Any = opt(None, "Prompt phrase per emotion.", factory=EmotionPrompts)
+    actions: ActionPrompts = opt(None, "Prompt phrase per action.", factory=ActionPrompts)  # type: ignore[valid-type]
+    emotions: EmotionPrompts = opt(None, "Prompt phrase per emotion.", factory=EmotionPrompts)  # type: ignore[valid-type]
 
     def check(self) -> None:
         """Raise ValueError naming the placeholder when ``template`` does not format."""
