@@ -350,12 +350,15 @@ def build_wan_generator(cfg: ModelConfig, templates: PromptTemplates | None = No
     """The Wan-tier generator from ``cfg`` (``model.family = 'wan'``): the DiT from ``model.checkpoint``, the
     VAE from ``model.wan.vae``, the decoder (``model.wan.decoder``: TAEHV from ``model.wan.taehv`` or the
     VAE's), the text encoder from ``model.wan.text_encoder``. ``''``: the `liveidol models pull` cache;
-    ``'random'``: random weights (benchmarks). ``vae_cfg`` / ``taehv_cfg``: other sizes than the public
-    weights' (tests)."""
-    w = cfg.wan
-    device, dtype = resolve_device(cfg)
+    ``'random'``: random weights (benchmarks; with ``model.checkpoint = 'random'`` every piece left at '' is random
+    too). ``vae_cfg`` / ``taehv_cfg``: other sizes than the public weights' (tests)."""
     if cfg.checkpoint in ("", "builtin"):
         cfg = dataclasses.replace(cfg, checkpoint=str(_path("", "model.checkpoint", "self-forcing-dmd")))
+    if cfg.checkpoint == "random":
+        cfg = dataclasses.replace(cfg, wan=dataclasses.replace(cfg.wan, **{
+            k: "random" for k in ("vae", "taehv", "text_encoder") if not getattr(cfg.wan, k)}))
+    w = cfg.wan
+    device, dtype = resolve_device(cfg)
     if w.vae == "random":
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
