@@ -116,9 +116,18 @@ def wan_to_hf_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _transformers(*names: str) -> tuple[Any, ...]:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise TextEncoderError("the Wan tier's text encoder needs transformers: pip install -e '.[wan]' "
+                               "(./run does it for --model wan-1.3b)") from exc
+    return tuple(getattr(transformers, n) for n in names)
+
+
 def _config_from_wan(state: dict[str, torch.Tensor], source: str) -> Any:
     """A ``UMT5Config`` whose sizes come from the shapes of Wan-layout encoder weights."""
-    from transformers import UMT5Config
+    (UMT5Config,) = _transformers("UMT5Config")
 
     try:
         vocab, dim = state["token_embedding.weight"].shape
@@ -190,8 +199,7 @@ class UMT5TextEncoder:
     def from_folder(cls, path: str | Path, *, text_len: int, device: torch.device, dtype: torch.dtype,
                     offload: bool = False) -> UMT5TextEncoder:
         """Load a local folder (transformers layout or Wan's, see module docstring) or Wan's ``.pth`` file."""
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
+        AutoTokenizer, UMT5EncoderModel = _transformers("AutoTokenizer", "UMT5EncoderModel")
         root = Path(path).expanduser()
         if not root.exists():
             raise TextEncoderError(f"{root}: text encoder folder not found (run `liveidol models pull umt5-xxl`, "
@@ -230,8 +238,7 @@ class UMT5TextEncoder:
                offload: bool = False) -> UMT5TextEncoder:
         """Random weights (benchmarks, tests): umT5-XXL's sizes at ``dim`` 4096, a 2-layer model otherwise;
         a byte-level stand-in tokenizer."""
-        from transformers import UMT5Config, UMT5EncoderModel
-
+        UMT5Config, UMT5EncoderModel = _transformers("UMT5Config", "UMT5EncoderModel")
         sizes = dict(UMT5_XXL) if dim == UMT5_XXL["d_model"] else {
             "vocab_size": _ByteTokenizer.vocab_size, "d_model": dim, "d_kv": max(1, dim // 4), "d_ff": 2 * dim,
             "num_layers": 2, "num_heads": 4}
