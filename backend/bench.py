@@ -125,8 +125,10 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
     actions = [a.name for a in ACTIONS if not a.loop]
 
     async def main() -> dict[str, Any]:
+        factory = getattr(generator, "conditions_factory", None)  # the Wan tier: commands -> prompt embeddings
         async with Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
-                          max_chunk_frames=cfg.model.chunk_frames, character=character) as engine:
+                          max_chunk_frames=cfg.model.chunk_frames, character=character,
+                          conditions=factory() if factory is not None else None) as engine:
             await engine.wait_started()
             sub = engine.subscribe(audio=False)
             arrivals: list[float] = []
@@ -174,7 +176,12 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 "output_resolution": f"{cfg.model.output_width}x{cfg.model.output_height}",
             }
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        close = getattr(generator, "close", None)  # the Wan tier's text-encoder thread
+        if close is not None:
+            close()
 
 
 def _device_name(generator: Any) -> str:

@@ -9,7 +9,7 @@
     liveidol config [--check F]                                 print the documented defaults / check a file
     liveidol models {list | pull NAME | verify [NAME ...]}      the Wan tier's open weights (~/.cache/liveidol/models)
 
-``serve``, ``bench`` and ``eval`` take ``--model wan-1.3b`` (configs/models/wan-1.3b.toml: the Wan2.1 tier's sizes and
+``serve`` and ``bench`` take ``--model wan-1.3b`` (configs/models/wan-1.3b.toml: the Wan2.1 tier's sizes and
 sampling) before any ``--set``.
 
 Errors in the configuration or in flags print one line (no traceback) and exit with status 2.
@@ -94,7 +94,7 @@ def _setup_logging(level: str) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: configs/default.toml)")
-    if p.prog.split()[-1] in ("serve", "bench", "eval"):
+    if p.prog.split()[-1] in ("serve", "bench"):
         p.add_argument("--model", metavar="NAME", help="a model preset from configs/models/ (e.g. wan-1.3b)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.steps=2 (repeatable)")

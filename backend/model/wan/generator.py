@@ -355,8 +355,8 @@ def build_wan_generator(cfg: ModelConfig, templates: PromptTemplates | None = No
     if cfg.checkpoint in ("", "builtin"):
         cfg = dataclasses.replace(cfg, checkpoint=str(_path("", "model.checkpoint", "self-forcing-dmd")))
     if cfg.checkpoint == "random":
-        cfg = dataclasses.replace(cfg, wan=dataclasses.replace(cfg.wan, **{
-            k: "random" for k in ("vae", "taehv", "text_encoder") if not getattr(cfg.wan, k)}))
+        unset: dict[str, Any] = {k: "random" for k in ("vae", "taehv", "text_encoder") if not getattr(cfg.wan, k)}
+        cfg = dataclasses.replace(cfg, wan=dataclasses.replace(cfg.wan, **unset))
     w = cfg.wan
     device, dtype = resolve_device(cfg)
     if w.vae == "random":

@@ -159,7 +159,7 @@ def verify(names: list[str] | None = None, *, root: Path | None = None, hashes: 
     root = root or cache_dir()
     if names is None:
         names = [n for n in RECIPES if (root / n).is_dir()]
-    out = []
+    out: list[FileStatus] = []
     for name in names:
         r = recipe(name)
         out.extend(check_file(r, f, root / r.name / f.path, hashes=hashes) for f in r.files)

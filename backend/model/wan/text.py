@@ -192,7 +192,7 @@ class UMT5TextEncoder:
         self.device, self.dtype, self.offload = device, dtype, offload and device.type != "cpu"
         self.source = source
         self.model.to("cpu" if self.offload else device, dtype)
-        self.dim = int(model.config.d_model)
+        self.dim = int(getattr(model, "config").d_model)  # noqa: B009 - nn.Module's __getattr__ is typed Tensor | Module
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
