@@ -126,3 +126,17 @@ def test_loader_names_keys_and_fits_a_preview_decoder(tmp_path: Path, io: dict[s
     assert "\n" not in msg and msg.startswith("TAEHV:") and "taew2_1" in msg
     assert "1 missing: decoder.1.bias" in msg and "1 unexpected: encoder.99.weight" in msg
     assert "decoder.22.weight (3, 8, 1, 1) vs (3, 8, 3, 3)" in msg
+
+
+def test_snapshot_and_restore_roll_the_stream_back(tae: TAEHV, io: dict[str, torch.Tensor]) -> None:
+    dec = StreamingTAEHVDecoder(tae, clamp=False)
+    z = latents(io)
+    first = dec.step(z[:, :, :2])
+    snap = dec.snapshot()
+    expected = dec.step(z[:, :, 2:])
+    dec.step(torch.randn_like(z[:, :, 2:]))  # a chunk that gets thrown away
+    dec.restore(snap)
+    again = dec.step(z[:, :, 2:])
+    torch.testing.assert_close(again, expected, atol=0, rtol=0)
+    torch.testing.assert_close(torch.cat([first, again], dim=2), ours(io["decode.raw"]), **TOL)
+    assert dec.latent_frames == 5

@@ -154,3 +154,17 @@ def test_loader_reads_the_public_pth_format(tmp_path: Path, io: dict[str, torch.
         load_wan_vae(tmp_path / "absent.pth")
     with pytest.raises(WeightsError, match="does not fit the model"):
         load_wan_vae(path)  # tiny weights into the full-size config
+
+
+def test_snapshot_and_restore_roll_the_stream_back(vae: WanVAE, io: dict[str, torch.Tensor]) -> None:
+    dec = StreamingWanDecoder(vae, clamp=False)
+    z = io["latents"]
+    first = dec.step(z[:, :, :2])
+    snap = dec.snapshot()
+    expected = dec.step(z[:, :, 2:])
+    dec.step(torch.randn_like(z[:, :, 2:]))  # a chunk that gets thrown away
+    dec.restore(snap)
+    again = dec.step(z[:, :, 2:])
+    torch.testing.assert_close(again, expected, atol=0, rtol=0)
+    torch.testing.assert_close(torch.cat([first, again], dim=2), io["decode.video"], **TOL)
+    assert dec.latent_frames == 4
