@@ -33,7 +33,7 @@ Usage::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from backend.model.wan.weights import load_state_dict_into, read_state_dict
 
-__all__ = ["TAEHV", "StreamingTAEHVDecoder", "TAEHVConfig", "TAEHVError", "load_taehv"]
+__all__ = ["TAEHV", "StreamingTAEHVDecoder", "TAEHVConfig", "TAEHVDecoderSnapshot", "TAEHVError", "load_taehv"]
 
 
 class TAEHVError(ValueError):
@@ -138,7 +138,8 @@ def _run_stack(stack: nn.Sequential, x: Tensor, memory: dict[int, Tensor] | None
     """Apply ``stack`` to frames (B, T, C, H, W), all frames of a layer at once -> (B, T', C', H', W').
 
     ``memory[i]`` is MemBlock i's input at the last frame of the previous chunk (absent: zeros, the
-    stream's start); it is updated in place.  TPool needs T to be a multiple of its stride here.
+    stream's start); its entries are replaced by new tensors (never written in place, so a shallow copy
+    of the dict is a snapshot).  TPool needs T to be a multiple of its stride here.
     """
     b = x.shape[0]
     memory = {} if memory is None else memory
@@ -235,6 +236,18 @@ class TAEHV(nn.Module):
         return f"params={n}, latent_channels={self.cfg.latent_channels}, decoder_widths={self.cfg.decoder_widths}"
 
 
+@dataclass(frozen=True)
+class TAEHVDecoderSnapshot:
+    """A :class:`StreamingTAEHVDecoder`'s state between two steps (for rolling a stream back).
+
+    It shares the memory's tensors: a step replaces them with new tensors and never writes them in place."""
+
+    memory: dict[int, Tensor] = field(repr=False)
+    latent_frames: int
+    shape: tuple[int, int, int] | None
+    out: tuple[int, int, int, torch.device, torch.dtype] | None
+
+
 class StreamingTAEHVDecoder:
     """Decodes latents chunk by chunk with TAEHV; equal to :meth:`TAEHV.decode` of the whole sequence.
 
@@ -246,6 +259,8 @@ class StreamingTAEHVDecoder:
         for chunk in chunks:                # latents (B, 16, t, h, w), any t >= 1
             frames = dec.step(chunk)        # (B, 3, 4t, 8h, 8w) in [-1, 1]; the first chunk: 4t - 3
         rest = dec.flush()                  # (B, 3, 0, H, W): every latent's frames come out at once
+
+        snap = dec.snapshot()               # roll back: dec.restore(snap) continues from here again
 
     (The reference's ``StreamingTAEHV.decode`` returns one frame per call; here a whole chunk is decoded
     per call, every layer over all its frames at once, which is what a GPU wants.)
@@ -264,6 +279,15 @@ class StreamingTAEHVDecoder:
         self.memory.clear()
         self.latent_frames = 0
         self._shape = None
+
+    def snapshot(self) -> TAEHVDecoderSnapshot:
+        """The stream's state now (cheap: no tensor is copied)."""
+        return TAEHVDecoderSnapshot(dict(self.memory), self.latent_frames, self._shape, self._out)
+
+    def restore(self, snap: TAEHVDecoderSnapshot) -> None:
+        """Go back to ``snap``: the next step continues the stream as it was then."""
+        self.memory, self.latent_frames = dict(snap.memory), snap.latent_frames
+        self._shape, self._out = snap.shape, snap.out
 
     @torch.no_grad()
     def step(self, latents: Tensor) -> Tensor:

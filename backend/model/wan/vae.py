@@ -35,7 +35,7 @@ Usage::
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,6 +49,7 @@ __all__ = [
     "WAN_LATENT_STD",
     "CausalCache",
     "StreamingWanDecoder",
+    "WanDecoderSnapshot",
     "WanVAE",
     "WanVAEConfig",
     "WanVAEError",
@@ -434,6 +435,19 @@ class WanVAE(nn.Module):
         return f"params={n}, base_dim={c.base_dim}, z_dim={c.z_dim}, dim_mult={c.dim_mult}"
 
 
+@dataclass(frozen=True)
+class WanDecoderSnapshot:
+    """A :class:`StreamingWanDecoder`'s state between two steps (for rolling a stream back).
+
+    It shares the cache's tensors: a step replaces the tails with new tensors and never writes them in
+    place, so a snapshot stays valid however far the stream goes on."""
+
+    tails: dict[int, Tensor] = field(repr=False)
+    frames: int
+    shape: tuple[int, int, int] | None
+    out: tuple[int, int, int, torch.device, torch.dtype] | None
+
+
 class StreamingWanDecoder:
     """Decodes Wan latents chunk by chunk; equal to decoding the whole sequence at once.
 
@@ -445,6 +459,8 @@ class StreamingWanDecoder:
         for chunk in chunks:                # normalised latents (B, 16, t, h, w), any t >= 1
             frames = dec.step(chunk)        # (B, 3, 4t, 8h, 8w) in [-1, 1]; the first chunk: 1 + 4(t-1)
         rest = dec.flush()                  # (B, 3, 0, H, W): a causal decoder holds nothing back
+
+        snap = dec.snapshot()               # roll back: dec.restore(snap) continues from here again
 
     Memory: the cache holds two frames per causal conv at that conv's resolution; it does not grow.
     """
@@ -465,6 +481,15 @@ class StreamingWanDecoder:
     def latent_frames(self) -> int:
         """Latent frames decoded since :meth:`reset`."""
         return self.cache.frames
+
+    def snapshot(self) -> WanDecoderSnapshot:
+        """The stream's state now (cheap: no tensor is copied)."""
+        return WanDecoderSnapshot(dict(self.cache.tails), self.cache.frames, self._shape, self._out)
+
+    def restore(self, snap: WanDecoderSnapshot) -> None:
+        """Go back to ``snap``: the next step continues the stream as it was then."""
+        self.cache.tails, self.cache.frames = dict(snap.tails), snap.frames
+        self._shape, self._out = snap.shape, snap.out
 
     @torch.no_grad()
     def step(self, latents: Tensor) -> Tensor:

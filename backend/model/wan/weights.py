@@ -37,6 +37,11 @@ def _listed(items: list[str]) -> str:
     return ", ".join(items[:_MAX_LISTED]) + more
 
 
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_state_dict(path: str | Path, *, what: str, strip_prefix: str = "") -> dict[str, Tensor]:
     """Read a flat ``{key: tensor}`` dict from ``path`` (CPU tensors, file dtype).
 
@@ -51,12 +56,12 @@ def read_state_dict(path: str | Path, *, what: str, strip_prefix: str = "") -> d
         try:
             obj: object = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises SafetensorError / OSError
-            raise WeightsError(f"{what}: {path} is not a readable safetensors file: {exc}") from exc
+            raise WeightsError(f"{what}: {path} is not a readable safetensors file: {_one_line(exc)}") from exc
     elif path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # zip / unpickling errors of many kinds
-            raise WeightsError(f"{what}: {path} is not a loadable torch file (weights_only): {exc}") from exc
+            raise WeightsError(f"{what}: {path} is not a loadable torch file (weights_only): {_one_line(exc)}") from exc
     else:
         raise WeightsError(f"{what}: {path} has an unknown suffix {path.suffix!r} (expected .safetensors or .pth)")
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
