@@ -48,29 +48,21 @@ from backend.model.generator import (
 from backend.model.kv_cache import CrossAttentionCache, KVCache
 from backend.model.sampler import FlowMatchSchedule, sample_chunk
 from backend.model.wan.prompts import PromptTemplates
-from backend.model.wan.taehv import TAEHV, StreamingTAEHVDecoder, TAEHVConfig, load_taehv
+from backend.model.wan.taehv import (
+    TAEHV,
+    StreamingTAEHVDecoder,
+    TAEHVConfig,
+    TAEHVDecoderSnapshot,
+    load_taehv,
+)
 from backend.model.wan.text import PromptEncoder, UMT5TextEncoder
-from backend.model.wan.vae import StreamingWanDecoder, WanVAE, WanVAEConfig, load_wan_vae
+from backend.model.wan.vae import StreamingWanDecoder, WanDecoderSnapshot, WanVAE, WanVAEConfig, load_wan_vae
 
 __all__ = ["PromptConditions", "WanGenerator", "WanSnapshot", "build_wan_generator"]
 
 log = logging.getLogger(__name__)
 
 Decoder = StreamingWanDecoder | StreamingTAEHVDecoder
-
-
-def _decoder_state(dec: Decoder) -> tuple[Any, ...]:
-    """The streaming decoder's memory (its entries are replaced, never written in place: a shallow copy holds)."""
-    if isinstance(dec, StreamingWanDecoder):
-        return dict(dec.cache.tails), dec.cache.frames, dec._shape, dec._out
-    return dict(dec.memory), dec.latent_frames, dec._shape, dec._out
-
-
-def _set_decoder_state(dec: Decoder, state: tuple[Any, ...]) -> None:
-    if isinstance(dec, StreamingWanDecoder):
-        dec.cache.tails, dec.cache.frames, dec._shape, dec._out = dict(state[0]), state[1], state[2], state[3]
-    else:
-        dec.memory, dec.latent_frames, dec._shape, dec._out = dict(state[0]), state[1], state[2], state[3]
 
 
 @dataclass(frozen=True)
@@ -81,7 +73,7 @@ class WanSnapshot:
     v: torch.Tensor = field(repr=False)
     ends: tuple[int, int]
     cross: tuple[list, list] = field(repr=False)
-    decoder: tuple[Any, ...] = field(repr=False)
+    decoder: WanDecoderSnapshot | TAEHVDecoderSnapshot = field(repr=False)
     noise: torch.Tensor = field(repr=False)
     conditions: Conditions | None
     context: torch.Tensor | None = field(repr=False)
@@ -238,7 +230,7 @@ class WanGenerator:
     def snapshot(self) -> WanSnapshot:
         return WanSnapshot(
             k=self.kv.k.clone(), v=self.kv.v.clone(), ends=(self.kv.global_end, self.kv.local_end),
-            cross=(list(self.cross._k), list(self.cross._v)), decoder=_decoder_state(self.decoder),
+            cross=(list(self.cross._k), list(self.cross._v)), decoder=self.decoder.snapshot(),
             noise=self._noise.get_state(), conditions=self._conditions, context=self._context,
             counters=(self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
                       self._last_steps, self._last_chunk))
@@ -249,7 +241,7 @@ class WanGenerator:
         self.kv.v.copy_(snap.v)
         self.kv.global_end, self.kv.local_end = snap.ends
         self.cross._k, self.cross._v = list(snap.cross[0]), list(snap.cross[1])
-        _set_decoder_state(self.decoder, snap.decoder)
+        self.decoder.restore(snap.decoder)  # type: ignore[arg-type]
         self._noise.set_state(snap.noise)
         self._conditions, self._context = snap.conditions, snap.context
         (self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,

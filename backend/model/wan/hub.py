@@ -216,7 +216,8 @@ def run_models(command: str, names: str | list[str] | None) -> int:
             files = verify([r.name], root=root, hashes=False)
             there = "pulled" if all(s.ok for s in files) else "partial" if any(s.ok for s in files) else "-"
             size = sum(f.size or 0 for f in r.files)
-            print(f"{r.name:17} {there:8} {r.repo}  {size / 2**30:6.2f} GiB  [{r.sizes_known}]  {r.license}")
+            shown = f"{size / 2**30:6.2f} GiB" if size else "size not published"
+            print(f"{r.name:17} {there:8} {r.repo}  {shown}  [{r.sizes_known}]  {r.license}")
             print(f"{'':17} {r.what}; --set {r.key}={local_path(r.name, root)}")
             if r.note:
                 print(f"{'':17} note: {r.note}")
