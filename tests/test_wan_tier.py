@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from websockets.asyncio.client import connect
 
 from backend.app import run_backend
@@ -21,7 +22,7 @@ from backend.model.wan.generator import build_wan_generator
 from backend.server.auth import load_or_create_token
 from backend.world.character import load_character
 from backend.world.reference import reference_frame
-from tests.model.wan.wan_kit import TINY_TAEHV, TINY_VAE, tiny_model_config
+from tests.model.wan.wan_kit import FIXTURES, TINY_TAEHV, TINY_VAE, tiny_model_config
 from tests.server.server_helpers import frames_for, recv_msg
 
 PROMPT = "she sings on a stage under pink lights"
@@ -85,3 +86,21 @@ def test_serve_without_weights_says_what_to_pull(tmp_path: Path, monkeypatch: py
     assert main(["serve", "--model", "wan-1.3b", "--character", "sakura", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "run `liveidol models pull self-forcing-dmd`" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_wan_preset_builds_the_wan21_1p3b_dit_exactly() -> None:
+    """`--model wan-1.3b` gives a DiT whose state dict is Wan2.1-T2V-1.3B's (825 keys, their shapes; the fixture
+    lists them from the reference code) plus only LiveIdol's optional extras, which Wan checkpoints lack."""
+    from backend.cli import _preset
+    from backend.config import load_config
+    from backend.model.dit import EXTRA_PREFIXES, CausalDiT
+
+    cfg = load_config(None, _preset("wan-1.3b"))
+    assert (cfg.model.family, cfg.model.chunk_frames, cfg.model.context_noise, cfg.model.guidance) == ("wan", 3, 0.0, 0.0)
+    with torch.device("meta"):
+        dit = CausalDiT(cfg.model.dit)
+    ours = {k: list(v.shape) for k, v in dit.state_dict().items() if not k.startswith(EXTRA_PREFIXES)}
+    lines = (FIXTURES / "wan_causal_ref" / "key_shapes_1p3b.txt").read_text().splitlines()
+    theirs = {k: json.loads(shape) for k, shape in (line.split("\t") for line in lines if line.strip())}
+    assert len(theirs) == 825 and ours == theirs
+    assert sum(v.numel() for k, v in dit.state_dict().items() if not k.startswith(EXTRA_PREFIXES)) == 1_418_996_800
