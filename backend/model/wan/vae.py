@@ -167,14 +167,16 @@ class RMSNorm(nn.Module):
         self.scale = dim ** 0.5
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+        return F.normalize(x, dim=1) * (self.gamma * self.scale)  # one full-size temporary, not two
 
 
 class _NearestUp2x(nn.Module):
-    """2x nearest-exact spatial upsampling of (N, C, H, W), computed in float32 (bf16 support)."""
+    """2x nearest-exact spatial upsampling of (N, C, H, W).
+
+    A pure copy, so bf16 gives the same values as the reference's float32 round trip, without it."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(x.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest-exact")
 
 
 def _frames_to_batch(x: Tensor) -> Tensor:
@@ -205,8 +207,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         norm1, _, conv1, norm2, _, _, conv2 = self.residual
-        h = conv1(F.silu(norm1(x)), cache)
-        h = conv2(F.silu(norm2(h)), cache)
+        h = conv1(F.silu(norm1(x), inplace=True), cache)  # in place on the norm's fresh output
+        h = conv2(F.silu(norm2(h), inplace=True), cache)
         return h + self.shortcut(x)
 
 
@@ -293,7 +295,7 @@ def _norm_act_conv(cin: int, cout: int) -> nn.Sequential:
 
 def _apply_head(head: nn.Sequential, x: Tensor, cache: CausalCache) -> Tensor:
     norm, _, conv = head
-    return conv(F.silu(norm(x)), cache)
+    return conv(F.silu(norm(x), inplace=True), cache)
 
 
 class Encoder3d(nn.Module):

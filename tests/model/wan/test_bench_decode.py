@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from backend.model.wan.bench_decode import bench_decode, main
+from backend.model.wan.bench_decode import bench_decode, flops_per_chunk, main
 from backend.model.wan.taehv import TAEHVConfig
 from backend.model.wan.vae import WanVAEConfig
 
@@ -22,6 +22,13 @@ def test_bench_decode_reports_time_and_memory(which: str) -> None:
     assert result["latent"] == "3x4x6" and result["output"] == "12x32x48"  # steady state: 4 frames per latent
     assert 0 < result["ms_per_chunk_p50"] <= result["ms_per_chunk_max"] and result["video_fps"] > 0
     assert result["parameters"] > 0 and result["peak_memory_mib"] > 0 and result["stream_state_mib"] > 0
+    assert result["tflop_per_chunk"] > 0 and result["tflops_achieved"] > 0
+
+
+def test_flops_at_960x544() -> None:
+    """The full-size arithmetic of a 3-latent-frame chunk (counted on the meta device, no compute)."""
+    assert 2.0e12 < flops_per_chunk("taehv", latent_hw=(68, 120), latent_frames=3) < 2.3e12
+    assert 52e12 < flops_per_chunk("wan-vae", latent_hw=(68, 120), latent_frames=3) < 54.5e12
 
 
 def test_bench_decode_refuses_an_unknown_decoder() -> None:
