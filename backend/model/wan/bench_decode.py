@@ -2,6 +2,7 @@
 
     python -m backend.model.wan.bench_decode --device cuda --dtype bf16           # TAEHV and the Wan VAE
     python -m backend.model.wan.bench_decode --which taehv --latent 68x120 --chunks 20
+    python -m backend.model.wan.bench_decode --which wan-vae --frames-per-pass 1   # less memory (24 GB GPUs)
 
 One JSON line per decoder: milliseconds per chunk of ``latent_frames`` latent frames (3 by default:
 12 video frames, one Self-Forcing chunk) in the steady state of a stream (the stream's first chunk,
@@ -39,7 +40,7 @@ def _peak_rss_mib() -> float:
 
 
 def _build(which: str, device: torch.device, dtype: torch.dtype, vae_cfg: WanVAEConfig | None,
-           taehv_cfg: TAEHVConfig | None) -> tuple[torch.nn.Module, Any, int]:
+           taehv_cfg: TAEHVConfig | None, frames_per_pass: int | None = None) -> tuple[torch.nn.Module, Any, int]:
     """(model, streaming decoder, latent channels) with random weights, built on ``device``."""
     with torch.device(device):
         if which == "taehv":
@@ -47,7 +48,7 @@ def _build(which: str, device: torch.device, dtype: torch.dtype, vae_cfg: WanVAE
             return tae, StreamingTAEHVDecoder(tae), tae.cfg.latent_channels
         if which == "wan-vae":
             vae = WanVAE(vae_cfg or WanVAEConfig()).to(dtype).eval().requires_grad_(False)
-            return vae, StreamingWanDecoder(vae), vae.cfg.z_dim
+            return vae, StreamingWanDecoder(vae, frames_per_pass=frames_per_pass), vae.cfg.z_dim
     raise ValueError(f"bench_decode: unknown decoder {which!r} (choose from {', '.join(DECODERS)})")
 
 
@@ -67,8 +68,11 @@ def flops_per_chunk(which: str, *, latent_hw: tuple[int, int], latent_frames: in
 def bench_decode(which: str, *, latent_hw: tuple[int, int] = (68, 120), latent_frames: int = 3,
                  chunks: int = 10, warmup: int = 2, device: str | torch.device = "cuda",
                  dtype: torch.dtype = torch.bfloat16, vae_cfg: WanVAEConfig | None = None,
-                 taehv_cfg: TAEHVConfig | None = None, seed: int = 0) -> dict[str, Any]:
-    """Decode ``warmup + chunks`` chunks of one stream and time the last ``chunks`` of them."""
+                 taehv_cfg: TAEHVConfig | None = None, seed: int = 0,
+                 frames_per_pass: int | None = None) -> dict[str, Any]:
+    """Decode ``warmup + chunks`` chunks of one stream and time the last ``chunks`` of them.
+
+    ``frames_per_pass``: the Wan VAE's latent frames per decoder pass (None: the whole chunk)."""
     if chunks < 1 or warmup < 1 or latent_frames < 1:
         raise ValueError("bench_decode: chunks, warmup and latent_frames must be >= 1 "
                          f"(got {chunks}, {warmup}, {latent_frames})")
@@ -76,7 +80,7 @@ def bench_decode(which: str, *, latent_hw: tuple[int, int] = (68, 120), latent_f
     cuda = dev.type == "cuda"
     sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
     torch.manual_seed(seed)
-    model, stream, channels = _build(which, dev, dtype, vae_cfg, taehv_cfg)
+    model, stream, channels = _build(which, dev, dtype, vae_cfg, taehv_cfg, frames_per_pass)
     h, w = latent_hw
     gen = torch.Generator(device=dev).manual_seed(seed)
     latents = [torch.randn(1, channels, latent_frames, h, w, generator=gen, device=dev, dtype=dtype)
@@ -107,6 +111,7 @@ def bench_decode(which: str, *, latent_hw: tuple[int, int] = (68, 120), latent_f
         "dtype": str(dtype).removeprefix("torch."),
         "parameters": sum(p.numel() for p in model.parameters()),
         "latent": f"{latent_frames}x{h}x{w}",
+        "frames_per_pass": frames_per_pass if which == "wan-vae" else None,
         "output": "x".join(map(str, shape[2:])),  # frames x H x W of a steady-state chunk
         "ms_per_chunk_p50": round(ms, 2),
         "ms_per_chunk_mean": round(statistics.fmean(times_ms), 2),
@@ -130,11 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latent-frames", type=int, default=3)
     ap.add_argument("--chunks", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--frames-per-pass", type=int, default=None, help="Wan VAE: latent frames per decoder pass")
     args = ap.parse_args(argv)
     h, w = (int(s) for s in args.latent.lower().split("x"))
     for which in args.which.split(","):
         result = bench_decode(which.strip(), latent_hw=(h, w), latent_frames=args.latent_frames,
-                              chunks=args.chunks, warmup=args.warmup, device=args.device, dtype=_DTYPES[args.dtype])
+                              chunks=args.chunks, warmup=args.warmup, device=args.device, dtype=_DTYPES[args.dtype],
+                              frames_per_pass=args.frames_per_pass)
         print(json.dumps(result), flush=True)
 
 

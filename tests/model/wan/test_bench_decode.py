@@ -25,6 +25,12 @@ def test_bench_decode_reports_time_and_memory(which: str) -> None:
     assert result["tflop_per_chunk"] > 0 and result["tflops_achieved"] > 0
 
 
+def test_bench_decode_wan_vae_in_passes_of_one_latent_frame() -> None:
+    result = bench_decode("wan-vae", latent_hw=(4, 6), latent_frames=3, chunks=1, warmup=1, device="cpu",
+                          dtype=torch.float32, vae_cfg=WanVAEConfig(base_dim=4), frames_per_pass=1)
+    assert result["frames_per_pass"] == 1 and result["output"] == "12x32x48"
+
+
 def test_flops_at_960x544() -> None:
     """The full-size arithmetic of a 3-latent-frame chunk (counted on the meta device, no compute)."""
     assert 2.0e12 < flops_per_chunk("taehv", latent_hw=(68, 120), latent_frames=3) < 2.3e12
