@@ -55,10 +55,19 @@ class TAEHVConfig:
 
     latent_channels: int = 16
     encoder_width: int = 64
-    decoder_widths: tuple[int, int, int, int] = (256, 128, 64, 64)  # per decoder level, then the last conv
-    encoder_time_downscale: tuple[bool, bool, bool] = (True, True, False)
-    decoder_time_upscale: tuple[bool, bool, bool] = (False, True, True)
-    decoder_space_upscale: tuple[bool, bool, bool] = (True, True, True)
+    decoder_widths: tuple[int, ...] = (256, 128, 64, 64)  # per decoder level, then the last conv
+    encoder_time_downscale: tuple[bool, ...] = (True, True, False)
+    decoder_time_upscale: tuple[bool, ...] = (False, True, True)
+    decoder_space_upscale: tuple[bool, ...] = (True, True, True)
+
+    def __post_init__(self) -> None:
+        levels = len(self.encoder_time_downscale)
+        if len(self.decoder_time_upscale) != levels or len(self.decoder_space_upscale) != levels:
+            raise TAEHVError(f"TAEHVConfig: encoder_time_downscale, decoder_time_upscale and decoder_space_upscale "
+                             f"need one entry per level ({levels})")
+        if len(self.decoder_widths) != levels + 1:
+            raise TAEHVError(f"TAEHVConfig: decoder_widths needs {levels + 1} entries (one per level and the "
+                             f"last conv), got {len(self.decoder_widths)}")
 
     @property
     def t_downscale(self) -> int:
@@ -70,11 +79,7 @@ class TAEHVConfig:
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** 3  # the encoder always halves three times (its upscales may be turned off for previews)
-
-    @property
-    def decoder_spatial_factor(self) -> int:
-        return 2 ** sum(self.decoder_space_upscale)
+        return 2 ** len(self.encoder_time_downscale)  # the encoder halves H and W once per level
 
 
 IMAGE_CHANNELS = 3
@@ -179,13 +184,12 @@ class TAEHV(nn.Module):
 
         n = cfg.decoder_widths
         dec: list[nn.Module] = [Clamp(), _conv(z, n[0]), nn.ReLU()]
-        for level in range(3):
+        for level, (grow, up) in enumerate(zip(cfg.decoder_time_upscale, cfg.decoder_space_upscale, strict=True)):
             ch = n[level]
             dec += [MemBlock(ch, ch), MemBlock(ch, ch), MemBlock(ch, ch),
-                    nn.Upsample(scale_factor=2 if cfg.decoder_space_upscale[level] else 1),
-                    TGrow(ch, 2 if cfg.decoder_time_upscale[level] else 1),
+                    nn.Upsample(scale_factor=2 if up else 1), TGrow(ch, 2 if grow else 1),
                     _conv(ch, n[level + 1], bias=False)]
-        dec += [nn.ReLU(), _conv(n[3], IMAGE_CHANNELS)]
+        dec += [nn.ReLU(), _conv(n[-1], IMAGE_CHANNELS)]
         self.decoder = nn.Sequential(*dec)
 
     @classmethod

@@ -93,6 +93,13 @@ def test_stream_refuses_another_shape_and_bad_input(tae: TAEHV, io: dict[str, to
         tae.encode(torch.zeros(1, 3, 4, 30, 48))
 
 
+def test_config_is_checked() -> None:
+    with pytest.raises(TAEHVError, match="decoder_widths needs 4 entries"):
+        TAEHVConfig(decoder_widths=(64, 32, 16))
+    with pytest.raises(TAEHVError, match="one entry per level"):
+        TAEHVConfig(decoder_time_upscale=(True, True))
+
+
 def test_full_size_keys_and_shapes_are_taew2_1() -> None:
     expected = []
     for line in (FIXTURES / "key_shapes_taew2_1.txt").read_text().splitlines():

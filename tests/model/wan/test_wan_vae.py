@@ -60,10 +60,11 @@ def test_whole_decode_matches_reference(vae: WanVAE, io: dict[str, torch.Tensor]
     torch.testing.assert_close(vae.decode(io["encode.mu"], clamp=False), io["roundtrip.video"], **TOL)
 
 
-@pytest.mark.parametrize("chunks", [(1, 1, 1, 1), (1, 3), (3, 1), (2, 2)])
+@pytest.mark.parametrize(("chunks", "per_pass"), [((1, 1, 1, 1), None), ((1, 3), None), ((3, 1), None),
+                                                  ((2, 2), None), ((4,), 1), ((4,), 2), ((1, 3), 2)])
 def test_streaming_decode_chunk_by_chunk_matches_reference(vae: WanVAE, io: dict[str, torch.Tensor],
-                                                           chunks: tuple[int, ...]) -> None:
-    dec = StreamingWanDecoder(vae, clamp=False)
+                                                           chunks: tuple[int, ...], per_pass: int | None) -> None:
+    dec = StreamingWanDecoder(vae, clamp=False, frames_per_pass=per_pass)
     latents, start, outs = io["latents"], 0, []
     for i, t in enumerate(chunks):
         frames = dec.step(latents[:, :, start:start + t])
