@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.actions import ACTION_INDEX, EMOTION_INDEX
+from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX
 from backend.config import ModelConfig
 from backend.model.attention import select_attention
 from backend.model.autoencoder import to_uint8_hwc, upscale
@@ -315,12 +315,14 @@ class PromptConditions:
     """The engine's conditions factory for the Wan tier: (action, emotion, prompt) -> ``Conditions(text=...)``.
 
     Never blocks once the first prompt is encoded: a prompt not yet embedded is queued on the encoder's
-    thread and the previous embedding is used until it is ready (then the next chunk switches).
+    thread and the previous embedding is used until it is ready (then the next chunk switches). Every action's
+    prompt at the current emotion is prefetched in the background, so a command usually finds it ready.
     """
 
     def __init__(self, prompts: PromptEncoder, templates: PromptTemplates, *, idle_action: str = "idle") -> None:
         self.prompts, self.templates, self.idle_action = prompts, templates, idle_action
         self._current: tuple[str, torch.Tensor] | None = None
+        self._prefetched: str | None = None  # the emotion whose action prompts were queued for prefetch
 
     @property
     def current_text(self) -> str:
@@ -334,6 +336,9 @@ class PromptConditions:
             self._current = (text, emb)
         elif self._current is None:
             self._current = (text, self.prompts.encode_now(text))  # the very first prompt: nothing to fall back on
+        if emotion != self._prefetched:  # every action's prompt at this emotion, so a command finds it ready
+            self._prefetched = emotion
+            self.prompts.prefetch([self.templates.text(a.name, emotion, idle_action=self.idle_action) for a in ACTIONS])
         return Conditions(action=action, emotion=emotion, text=self._current[1])
 
 

@@ -298,8 +298,10 @@ class PromptEncoder:
         self.on_ready = on_ready
         self._cache: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self._pending: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._later: collections.deque[str] = collections.deque(maxlen=capacity)  # prefetch, after _pending
         self._last: torch.Tensor | None = None
         self._lock = threading.Condition()
+        self._encoding = threading.Lock()  # one encoding at a time (encode_now and the thread share the model)
         self._thread: threading.Thread | None = None
         self._closed = False
         self._busy = False  # the thread is encoding (guarded by _lock)
@@ -318,6 +320,7 @@ class PromptEncoder:
         with self._lock:
             self._closed = True
             self._pending.clear()
+            self._later.clear()
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join()
@@ -336,7 +339,8 @@ class PromptEncoder:
             hit = self._get(prompt)
         if hit is not None:
             return hit
-        emb = self.encoder.embed(prompt)
+        with self._encoding:
+            emb = self.encoder.embed(prompt)
         with self._lock:
             self._put(prompt, emb)
         return emb
@@ -357,6 +361,15 @@ class PromptEncoder:
                 self._pending.move_to_end(prompt)
             return self._last, False
 
+    def prefetch(self, prompts: list[str]) -> None:
+        """Encode ``prompts`` in the background when nothing else waits (e.g. every action's prompt, so a
+        command finds its embedding ready); never evicts a requested prompt's place in the queue."""
+        with self._lock:
+            fresh = [p for p in prompts if p not in self._cache and p not in self._later and p not in self._pending]
+            self._later.extend(fresh)
+            if fresh:
+                self._lock.notify_all()
+
     def ready(self, prompt: str) -> bool:
         with self._lock:
             return prompt in self._cache
@@ -369,7 +382,7 @@ class PromptEncoder:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is pending (tests, start-up); False on timeout."""
         with self._lock:
-            return self._lock.wait_for(lambda: not self._pending and not self._busy, timeout)
+            return self._lock.wait_for(lambda: not self._pending and not self._later and not self._busy, timeout)
 
     # -- internals -------------------------------------------------------------------------------
     def _get(self, prompt: str) -> torch.Tensor | None:
@@ -389,13 +402,19 @@ class PromptEncoder:
     def _run(self) -> None:
         while True:
             with self._lock:
-                self._lock.wait_for(lambda: self._closed or bool(self._pending))
+                self._lock.wait_for(lambda: self._closed or bool(self._pending) or bool(self._later))
                 if self._closed:
                     return
-                prompt = next(reversed(self._pending))  # the newest request first
+                if self._pending:
+                    prompt = next(reversed(self._pending))  # the newest request first
+                else:
+                    prompt = self._later.popleft()
+                    if prompt in self._cache:
+                        continue
                 self._busy = True
             try:
-                emb = self.encoder.embed(prompt)
+                with self._encoding:
+                    emb = self.encoder.embed(prompt)
             except Exception as exc:  # a bad prompt must not end the stream: log, drop it, go on
                 log.error("text encoding failed prompt_chars=%d error=%s", len(prompt), exc)
                 with self._lock:

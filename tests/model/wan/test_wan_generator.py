@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend.actions import ACTIONS
 from backend.model.generator import Conditions, GeneratorError
 from backend.model.kv_cache import CrossAttentionCache, KVCache
 from backend.model.wan.generator import WanGenerator, build_wan_generator
@@ -115,6 +116,8 @@ def test_prompt_conditions_never_wait_for_the_text_encoder(gen: WanGenerator) ->
         assert gen.prompts.wait_idle(30)
         now = make("idle", "neutral", "a brand new prompt nobody asked before")
         assert now.text is not old.text and make.current_text == "a brand new prompt nobody asked before"
+        # every action's prompt at this emotion was prefetched meanwhile: a command finds its embedding ready
+        assert all(gen.prompts.ready(gen.templates.text(a.name, "neutral")) for a in ACTIONS)
     finally:
         encoder.embed = real  # type: ignore[method-assign]
     make("wave", "happy", "a brand new prompt nobody asked before")  # a one-shot action plays its template
