@@ -407,9 +407,14 @@ class PromptEncoder:
                     return
                 if self._pending:
                     prompt = next(reversed(self._pending))  # the newest request first
+                    if prompt in self._cache:  # encoded meanwhile by encode_now
+                        del self._pending[prompt]
+                        self._lock.notify_all()
+                        continue
                 else:
                     prompt = self._later.popleft()
                     if prompt in self._cache:
+                        self._lock.notify_all()
                         continue
                 self._busy = True
             try:
