@@ -111,6 +111,9 @@ class WanGenerator:
                                  f"{cfg.window_frames}: a chunk must fit the cache window")
         if cfg.steps > min(4, len(cfg.timesteps)):
             raise GeneratorError(f"model.steps = {cfg.steps} but model.timesteps has only {len(cfg.timesteps)} values")
+        if cfg.guidance > 0 or cfg.compile:
+            log.warning("model.guidance and model.compile are not used by the Wan tier (guidance=%s compile=%s)",
+                        cfg.guidance, cfg.compile)
         self.device, self.dtype = resolve_device(cfg)
         attn = select_attention(cfg.attention, self.device, dtype=self.dtype)
         self.dit = CausalDiT(s, attention=attn)
