@@ -48,12 +48,22 @@ class BackgroundGenerator:
 
 
 def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
-    """The generator (background applied), the character's reference frame, and the character."""
+    """The generator (background applied), the character's reference frame, and the character.
+
+    ``model.family = 'wan'``: the Wan-tier generator (backend/model/wan), the character's reference image (its
+    ``reference_image``, else the rendered idol) becomes the sink frame; frames are opaque, so no background."""
     from backend.model.generator import Generator
     from backend.world.character import load_character
     from backend.world.reference import reference_frame
 
     character = load_character(cfg.character)
+    if cfg.model.family == "wan":
+        from backend.model.wan.generator import build_wan_generator
+
+        wan = build_wan_generator(cfg.model, character.prompts, idle_action=cfg.engine.idle_action)
+        if not character.reference_image:
+            log.warning("character %s has no reference_image: the avatar is the rendered idol", character.name)
+        return wan, reference_frame(character, wan.native_size), character
     generator = Generator(cfg.model)
     reference = reference_frame(character, generator.native_size)
     if character.background != "transparent":
@@ -146,11 +156,14 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
         tts, listen = build_voice(cfg.voice, character, blocked_words=cfg.director.blocked_words)
     bridges = _bridges(cfg)
     async with contextlib.AsyncExitStack() as stack:
+        factory = getattr(generator, "conditions_factory", None)  # the Wan tier: commands -> prompt embeddings
         engine = await stack.enter_async_context(Engine(
             cfg.engine, generator, reference, max_steps=cfg.model.steps, max_chunk_frames=cfg.model.chunk_frames,
-            sample_rate=cfg.voice.sample_rate, tts=tts, character=character, log_header=replay_header(cfg)))
+            sample_rate=cfg.voice.sample_rate, tts=tts, character=character, log_header=replay_header(cfg),
+            conditions=factory() if factory is not None else None))
         director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
-                                                            idle_action=cfg.engine.idle_action))
+                                                            idle_action=cfg.engine.idle_action,
+                                                            free_text_prompts=cfg.model.family == "wan"))
         server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state,
                                                         chat_fn=lambda: _chat_status(bridges)))
         announce_token(token)  # on the terminal, once; never into a log handler
@@ -175,7 +188,12 @@ def serve(cfg: Config) -> int:
         async with _stop_on_signals() as stop:
             await run_backend(cfg, generator, reference, character, stop=stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        close = getattr(generator, "close", None)  # the Wan tier's text-encoder thread
+        if close is not None:
+            close()
     log.info("LiveIdol stopped")
     return 0
 
