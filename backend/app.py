@@ -50,12 +50,22 @@ class BackgroundGenerator:
 
 
 def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
-    """The generator (background applied), the character's reference frame, and the character."""
+    """The generator (background applied), the character's reference frame, and the character.
+
+    ``model.family = 'wan'``: the Wan-tier generator (backend/model/wan), the character's reference image (its
+    ``reference_image``, else the rendered idol) becomes the sink frame; frames are opaque, so no background."""
     from backend.model.generator import Generator
     from backend.world.character import load_character
     from backend.world.reference import reference_frame
 
     character = load_character(cfg.character)
+    if cfg.model.family == "wan":
+        from backend.model.wan.generator import build_wan_generator
+
+        wan = build_wan_generator(cfg.model, character.prompts, idle_action=cfg.engine.idle_action)
+        if not character.reference_image:
+            log.warning("character %s has no reference_image: the avatar is the rendered idol", character.name)
+        return wan, reference_frame(character, wan.native_size), character
     generator = Generator(cfg.model)
     reference = reference_frame(character, generator.native_size)
     if character.background != "transparent":
@@ -69,28 +79,34 @@ def compute_key(cfg: Config, generator: Any) -> str:
 
     import torch
 
-    state = generator.state
+    state = getattr(generator, "state", None)
     m = cfg.model
-    return json.dumps([state.device, str(state.dtype), torch.get_num_threads(), m.checkpoint, m.steps,
-                       m.chunk_frames, m.guidance, list(generator.native_size), list(generator.output_size),
-                       cfg.engine.fps], separators=(",", ":"))
+    return json.dumps([str(getattr(state, "device", "")), str(getattr(state, "dtype", "")), torch.get_num_threads(),
+                       m.family, m.checkpoint, m.steps, m.chunk_frames, m.guidance,
+                       list(getattr(generator, "native_size", ())), list(generator.output_size), cfg.engine.fps],
+                      separators=(",", ":"))
 
 
-def generator_loading(cfg: Config, memory: Any = None) -> Any:
+def generator_loading(cfg: Config, memory: Any = None, on_built: Callable[[Any], None] | None = None) -> Any:
     """A :class:`backend.engine.engine.Loading` that builds the generator (in the engine's thread) and picks
     the compute level to start at: the one ``memory`` (a ComputeMemory) recalls for it, else the cheapest
-    on a CPU (the policy raises it with headroom) and the full one on CUDA."""
+    on a CPU (the policy raises it with headroom) and the full one on CUDA. ``on_built(generator)`` is told
+    of the generator (to close it later); the Wan tier's own conditions factory comes with it."""
     from backend.engine.engine import Loaded, Loading
 
     def load() -> Loaded:
         generator, reference, character = build_generator(cfg)
+        if on_built is not None:
+            on_built(generator)
         level = None
         if memory is not None:
             memory.key = compute_key(cfg, generator)
             level = memory.recall()
-        if level is None and not str(generator.state.device).startswith("cuda"):
+        device = str(getattr(getattr(generator, "state", None), "device", "cpu"))
+        if level is None and not device.startswith("cuda"):
             level = (1, 1)  # clamped up to engine.min_steps / engine.min_chunk_frames
-        return Loaded(generator, reference, character, level)
+        factory = getattr(generator, "conditions_factory", None)  # the Wan tier: commands -> prompt embeddings
+        return Loaded(generator, reference, character, level, factory() if factory is not None else None)
 
     return Loading(load, (cfg.model.output_width, cfg.model.output_height))
 
@@ -194,11 +210,14 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray | None,
     listen = None
     bridges = _bridges(cfg)
     async with contextlib.AsyncExitStack() as stack:
+        factory = getattr(generator, "conditions_factory", None)  # the Wan tier: commands -> prompt embeddings
         engine = Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
                         max_chunk_frames=cfg.model.chunk_frames, sample_rate=cfg.voice.sample_rate, tts=None,
-                        character=character, log_header=replay_header(cfg), remember_level=remember_level)
+                        character=character, log_header=replay_header(cfg), remember_level=remember_level,
+                        conditions=factory() if factory is not None else None)
         director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
-                                                            idle_action=cfg.engine.idle_action))
+                                                            idle_action=cfg.engine.idle_action,
+                                                            free_text_prompts=cfg.model.family == "wan"))
         server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state,
                                                         chat_fn=lambda: _chat_status(bridges)))
         # The engine starts (and its thread begins loading torch and the model) only once the port is open:
@@ -232,13 +251,20 @@ def serve(cfg: Config) -> int:
     from backend.engine.compute import ComputeMemory
 
     memory = ComputeMemory(ComputeMemory.default_path())
+    built: list[Any] = []
 
     async def main() -> None:
         async with _stop_on_signals() as stop:
-            await run_backend(cfg, generator_loading(cfg, memory), None, None, stop=stop,
+            await run_backend(cfg, generator_loading(cfg, memory, built.append), None, None, stop=stop,
                               remember_level=memory.remember)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        for generator in built:
+            close = getattr(generator, "close", None)  # the Wan tier's text-encoder thread
+            if close is not None:
+                close()
     log.info("LiveIdol stopped")
     return 0
 

@@ -3,13 +3,17 @@
     liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
-    liveidol bench --model wan-1.3b [--fixtures DIR]             the open tier's speed by stage, and each approximation's error
+    liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N]
     liveidol obs setup [--host H] [--port P] [--new-scene]
     liveidol chat {twitch CHANNEL | bilibili ROOM | console}
     liveidol config [--check F]                                 print the documented defaults / check a file
     liveidol replay LOG [--session ID] [--out DIR] [--frames N]  re-render a session from its input log
+    liveidol models {list | pull NAME | verify [NAME ...]}      the Wan tier's open weights (~/.cache/liveidol/models)
+
+``serve`` and ``bench`` take ``--model wan-1.3b`` (configs/models/wan-1.3b.toml: the Wan2.1 tier's sizes and
+sampling) before any ``--set``.
 
 Errors in the configuration or in flags print one line (no traceback) and exit with status 2.
 """
@@ -57,9 +61,38 @@ def _parse_set(items: Sequence[str], origins: dict[str, str] | None = None) -> d
     return out
 
 
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _preset(name: str | None) -> dict[str, Any]:
+    """``--model NAME``: configs/models/NAME.toml as dotted overrides (below --set and the flags)."""
+    if not name:
+        return {}
+    from backend.config import CONFIG_DIR
+
+    path = CONFIG_DIR / "models" / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.toml")))
+        raise CliError(f"--model {name}: unknown model (known: {known})")
+    try:
+        return _flatten(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"{path}: not valid TOML: {exc}") from None
+
+
 def _config(args: argparse.Namespace, **flags: Any) -> Config:
     origins: dict[str, str] = {}
-    overrides = _parse_set(getattr(args, "set", []) or [], origins)
+    model = getattr(args, "model", None)
+    overrides = _preset(model)
+    origins.update({k: f"--model {model} (configs/models/{model}.toml)" for k in overrides})
+    overrides.update(_parse_set(getattr(args, "set", []) or [], origins))
     for key, value in flags.items():
         if value is not None:
             overrides[key] = value
@@ -87,6 +120,8 @@ def _setup_logging(level: str) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: configs/default.toml)")
+    if p.prog.split()[-1] in ("serve", "bench"):
+        p.add_argument("--model", metavar="NAME", help="a model preset from configs/models/ (e.g. wan-1.3b)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.steps=2 (repeatable)")
 
@@ -115,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --live: a soak of this many minutes: memory slope, stalls, repeated frames, distinct FPS")
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--model", choices=["wan-1.3b"],
-                   help="the open-model tier's speed bench at these sizes (random weights): per-stage times, FPS, "
+    p.add_argument("--stages", action="store_true",
+                   help="with --model: the speed harness at the tier's sizes (random weights): per-stage times, FPS, "
                         "prompt-switch latency, the ratio to a dense eager pass, each approximation's error")
     p.add_argument("--fixtures", metavar="DIR",
                    help="with --model: also measure the approximations on the equivalence fixtures in DIR "
@@ -177,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the frames here as PNG files (frame_000000.png, ...)")
     p.add_argument("--frames", type=int, help="stop after this many frames")
 
+    p = sub.add_parser("models", help="the Wan tier's open weights: list, pull (Hugging Face) and verify")
+    models_sub = p.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="the known recipes, where they go and what is there")
+    q = models_sub.add_parser("pull", help="download one recipe into the cache and verify it")
+    q.add_argument("name")
+    q = models_sub.add_parser("verify", help="check sizes and sha256 of pulled recipes")
+    q.add_argument("names", nargs="*")
+
     p = sub.add_parser("config", help="print the documented default config, or check a file")
     p.add_argument("--check", metavar="FILE", help="validate FILE and exit")
     return parser
@@ -225,6 +268,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             sys.stdout.write(default_toml())
         return 0
 
+    if args.command == "models":
+        from backend.model.wan.hub import run_models
+
+        return run_models(args.models_command, getattr(args, "name", None) or getattr(args, "names", None))
+
     if args.command == "serve":
         cfg = _config(args, **{"server.host": args.host, "server.port": args.port, "character": args.character,
                                "model.checkpoint": args.checkpoint, "model.device": args.device,
@@ -237,7 +285,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "bench":
         flags = {"model.checkpoint": args.checkpoint, "model.device": args.device}
-        if args.model:  # the preset's keys, under --set and the flags
+        if args.model and args.stages:  # the tier's speed harness: its sizes under --set and the flags
             from backend.perf import format_table, preset_overrides, run_model_bench
 
             given = {k for k in _parse_set(args.set or [])} | {k for k, v in flags.items() if v is not None}

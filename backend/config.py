@@ -40,6 +40,7 @@ __all__ = [
     "ObsConfig",
     "ServerConfig",
     "VoiceConfig",
+    "WanConfig",
     "describe",
     "from_mapping",
     "load_config",
@@ -119,9 +120,32 @@ class AutoencoderConfig:
 
 
 @dataclass(frozen=True)
+class WanConfig:
+    """The Wan2.1 tier (model.family = 'wan'): the pieces around a Wan-based DiT (see `liveidol models list`)."""
+
+    text_encoder: str = opt("", "umT5-XXL: a folder with Wan's models_t5_umt5-xxl-enc-bf16.pth (+ google/umt5-xxl/ "
+                            "tokenizer) or a transformers UMT5 folder; '' = the `liveidol models pull umt5-xxl` "
+                            "cache; 'random' = random weights (benchmarks).")
+    text_encoder_device: Literal["auto", "cpu", "cuda"] = opt(
+        "auto", "Where the text encoder runs. 'cpu' keeps its ~11 GB off the GPU (the 24 GB mode): a new prompt "
+        "then takes seconds to embed while the stream keeps the old one.")
+    text_encoder_offload: bool = opt(False, "Keep the text encoder on the CPU and move it to the GPU only to "
+                                     "embed a new prompt (GPU memory between prompts, speed when they change).")
+    prompt_cache: int = opt(64, "Prompt embeddings kept (least recently used dropped first).", min=1)
+    vae: str = opt("", "Wan2.1_VAE.pth: encodes the avatar image (and decodes with decoder = 'vae'); '' = the "
+                   "`liveidol models pull wan-vae` cache; 'random' = random weights.")
+    decoder: Literal["taehv", "vae"] = opt("taehv", "Frame decoder: TAEHV (fast, real time) or the Wan VAE's "
+                                           "causal decoder (full quality, slower).")
+    taehv: str = opt("", "taew2_1.pth for decoder = 'taehv'; '' = the `liveidol models pull taehv` cache; 'random'.")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The generator: which weights, which sizes, how to sample."""
 
+    family: Literal["liveidol", "wan"] = opt(
+        "liveidol", "Model family: 'liveidol' (the embedded default: actions and emotions as tokens) or 'wan' "
+        "(Wan2.1-based AR checkpoints: text prompts, an avatar image, [model.wan]; `--model wan-1.3b`).")
     checkpoint: str = opt("builtin", "'builtin' for the shipped default model, 'random' for untrained weights, "
                           "or a path to a .safetensors / Self-Forcing .pt checkpoint.")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where the generator runs; 'auto' picks CUDA when present.")
@@ -165,6 +189,7 @@ class ModelConfig:
         "its weights and the generator runs on CUDA.")
     dit: DiTSizes = opt(None, "Transformer sizes.", factory=DiTSizes)
     autoencoder: AutoencoderConfig = opt(None, "Autoencoder sizes.", factory=AutoencoderConfig)
+    wan: WanConfig = opt(None, "The Wan2.1 tier's text encoder and decoders.", factory=WanConfig)
 
 
 @dataclass(frozen=True)

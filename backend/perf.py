@@ -1,4 +1,4 @@
-"""`liveidol bench --model wan-1.3b`: the open-model tier's speed, stage by stage, and every approximation's error.
+"""`liveidol bench --model wan-1.3b --stages`: the open-model tier's speed, stage by stage, and every approximation's error.
 
 One run reports, for the configured generator at the preset's sizes (random weights: speed does not depend
 on their values):

@@ -63,7 +63,7 @@ def test_serve_after_test_installs_nothing_more(sandbox) -> None:
     run(repo, env, "serve", "--port", "9")
     run(repo, env, "serve", "--voice")
     installs = pip_installs(calls)
-    assert len(installs) == 1 and installs[0].endswith("-e .[dev,voice]"), installs
+    assert len(installs) == 1 and installs[0].endswith("-e .[dev,voice,wan]"), installs
     assert "liveidol serve --port 9" in calls.read_text()
 
 
@@ -74,10 +74,19 @@ def test_voice_flag_adds_the_voice_extra_and_test_keeps_it(sandbox) -> None:
     run(repo, env, "serve", "--voice")
     run(repo, env, "test")
     installs = [line.rsplit(" ", 1)[-1] for line in pip_installs(calls)]
-    assert installs == [".", ".[voice]", ".[dev,voice]"]
+    assert installs == [".", ".[voice]", ".[dev,voice,wan]"]
     (repo / "pyproject.toml").write_text((repo / "pyproject.toml").read_text() + "\n# changed\n")
     run(repo, env, "serve")  # a changed pyproject reinstalls what this command needs
     assert pip_installs(calls)[-1].endswith("-e .") and len(pip_installs(calls)) == 4
+
+
+def test_the_open_tier_adds_the_wan_extra(sandbox) -> None:
+    repo, env, calls = sandbox
+    run(repo, env, "serve", "--voice")
+    run(repo, env, "bench", "--model", "wan-1.3b")
+    run(repo, env, "serve", "--voice")
+    installs = [line.rsplit(" ", 1)[-1] for line in pip_installs(calls)]
+    assert installs == [".[voice]", ".[voice,wan]"]
 
 
 def test_test_waits_for_the_apt_lock_and_runs_mypy(sandbox) -> None:

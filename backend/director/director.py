@@ -133,7 +133,8 @@ class Director:
 
     def __init__(self, cfg: DirectorConfig, sink: Sink, *, clock: Callable[[], float] = time.monotonic,
                  reply: Reply | None = None, decision_log_size: int = 256, idle_action: str = "idle",
-                 poll_interval_s: float = 0.05, require_approval: bool = False) -> None:
+                 poll_interval_s: float = 0.05, require_approval: bool = False,
+                 free_text_prompts: bool = False) -> None:
         action(idle_action)  # KeyError naming the known actions if wrong
         self.cfg = cfg
         self._sink = sink
@@ -144,7 +145,9 @@ class Director:
         self.require_approval = require_approval
         self.moderator = Moderator(cfg)
         free_actions = {a for a in (cfg.allowed_actions or self._requestable()) if a not in cfg.mod_only_actions}
-        self.grammar = Grammar(normalize(cfg.prefix), free_text=cfg.free_text, free_text_actions=free_actions)
+        # free_text_prompts (the Wan tier): free text becomes a PROMPT embedded as it is, not the nearest action
+        self.grammar = Grammar(normalize(cfg.prefix), free_text=cfg.free_text, free_text_actions=free_actions,
+                               free_text_prompts=free_text_prompts)
         self.queue = CommandQueue(cfg.queue_size)
         self.cooldowns = Cooldowns(cfg.user_cooldown_s, cfg.global_cooldown_s)
         self.replies = ReplyLimiter(cfg.cooldown_reply_interval_s)

@@ -115,6 +115,7 @@ class Loaded:
     reference_rgba: np.ndarray | None
     character: Any = None
     level: tuple[int, int] | None = None
+    conditions: ConditionsFactory | None = None  # the generator's own (e.g. the Wan tier's prompt embeddings)
 
 
 @dataclass(frozen=True)
@@ -607,6 +608,8 @@ class Engine:
                                    else self.session.character)
         if loaded.level is not None:
             self.policy.set_level(*loaded.level)
+        if loaded.conditions is not None:
+            self._conditions = loaded.conditions
         self._loading = None
         log.info("generator loaded seconds=%.1f steps=%d chunk=%d", self._clock() - t0, self.policy.steps,
                  self.policy.chunk)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from backend.config import CONFIG_DIR, ConfigError, load_table, opt
+from backend.model.wan.prompts import PromptTemplates
 from backend.world.png import read_png
 
 __all__ = [
@@ -172,6 +173,8 @@ class CharacterConfig:
                                "the rendered neutral pose; relative to the file; '' = render it.")
     voice: str = opt("", "TTS voice: a Piper .onnx path or a coqui speaker .wav (relative to the file), "
                      "or an engine voice name; '' = the engine default.")
+    prompts: PromptTemplates = opt(None, "Wan tier: the prompt of each action and emotion (see "
+                                   "backend/model/wan/prompts.py).", factory=PromptTemplates)
     source: str = opt("", "Set by the loader: the file this character came from (not read from TOML).")
 
     @property
@@ -209,6 +212,10 @@ def load_character(name_or_path: str | Path) -> CharacterConfig:
             parse_colour(getattr(char, key), key)
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    try:
+        char.prompts.check()
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     char = dataclasses.replace(char, source=str(path))
     if char.background == "image" and not char.background_image:
         raise ConfigError(f"{path}: background = 'image' needs background_image")

@@ -33,19 +33,20 @@ Usage::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backend.errors import LiveIdolError
 from backend.model.wan.weights import load_state_dict_into, read_state_dict
 
-__all__ = ["TAEHV", "StreamingTAEHVDecoder", "TAEHVConfig", "TAEHVError", "load_taehv"]
+__all__ = ["TAEHV", "StreamingTAEHVDecoder", "TAEHVConfig", "TAEHVDecoderSnapshot", "TAEHVError", "load_taehv"]
 
 
-class TAEHVError(ValueError):
+class TAEHVError(LiveIdolError, ValueError):
     """Bad input to TAEHV (shape, size) or a stream continued with another shape."""
 
 
@@ -55,10 +56,19 @@ class TAEHVConfig:
 
     latent_channels: int = 16
     encoder_width: int = 64
-    decoder_widths: tuple[int, int, int, int] = (256, 128, 64, 64)  # per decoder level, then the last conv
-    encoder_time_downscale: tuple[bool, bool, bool] = (True, True, False)
-    decoder_time_upscale: tuple[bool, bool, bool] = (False, True, True)
-    decoder_space_upscale: tuple[bool, bool, bool] = (True, True, True)
+    decoder_widths: tuple[int, ...] = (256, 128, 64, 64)  # per decoder level, then the last conv
+    encoder_time_downscale: tuple[bool, ...] = (True, True, False)
+    decoder_time_upscale: tuple[bool, ...] = (False, True, True)
+    decoder_space_upscale: tuple[bool, ...] = (True, True, True)
+
+    def __post_init__(self) -> None:
+        levels = len(self.encoder_time_downscale)
+        if len(self.decoder_time_upscale) != levels or len(self.decoder_space_upscale) != levels:
+            raise TAEHVError(f"TAEHVConfig: encoder_time_downscale, decoder_time_upscale and decoder_space_upscale "
+                             f"need one entry per level ({levels})")
+        if len(self.decoder_widths) != levels + 1:
+            raise TAEHVError(f"TAEHVConfig: decoder_widths needs {levels + 1} entries (one per level and the "
+                             f"last conv), got {len(self.decoder_widths)}")
 
     @property
     def t_downscale(self) -> int:
@@ -70,11 +80,7 @@ class TAEHVConfig:
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** 3  # the encoder always halves three times (its upscales may be turned off for previews)
-
-    @property
-    def decoder_spatial_factor(self) -> int:
-        return 2 ** sum(self.decoder_space_upscale)
+        return 2 ** len(self.encoder_time_downscale)  # the encoder halves H and W once per level
 
 
 IMAGE_CHANNELS = 3
@@ -138,7 +144,8 @@ def _run_stack(stack: nn.Sequential, x: Tensor, memory: dict[int, Tensor] | None
     """Apply ``stack`` to frames (B, T, C, H, W), all frames of a layer at once -> (B, T', C', H', W').
 
     ``memory[i]`` is MemBlock i's input at the last frame of the previous chunk (absent: zeros, the
-    stream's start); it is updated in place.  TPool needs T to be a multiple of its stride here.
+    stream's start); its entries are replaced by new tensors (never written in place, so a shallow copy
+    of the dict is a snapshot).  TPool needs T to be a multiple of its stride here.
     """
     b = x.shape[0]
     memory = {} if memory is None else memory
@@ -178,13 +185,12 @@ class TAEHV(nn.Module):
 
         n = cfg.decoder_widths
         dec: list[nn.Module] = [Clamp(), _conv(z, n[0]), nn.ReLU()]
-        for level in range(3):
+        for level, (grow, up) in enumerate(zip(cfg.decoder_time_upscale, cfg.decoder_space_upscale, strict=True)):
             ch = n[level]
             dec += [MemBlock(ch, ch), MemBlock(ch, ch), MemBlock(ch, ch),
-                    nn.Upsample(scale_factor=2 if cfg.decoder_space_upscale[level] else 1),
-                    TGrow(ch, 2 if cfg.decoder_time_upscale[level] else 1),
+                    nn.Upsample(scale_factor=2 if up else 1), TGrow(ch, 2 if grow else 1),
                     _conv(ch, n[level + 1], bias=False)]
-        dec += [nn.ReLU(), _conv(n[3], IMAGE_CHANNELS)]
+        dec += [nn.ReLU(), _conv(n[-1], IMAGE_CHANNELS)]
         self.decoder = nn.Sequential(*dec)
 
     @classmethod
@@ -235,6 +241,18 @@ class TAEHV(nn.Module):
         return f"params={n}, latent_channels={self.cfg.latent_channels}, decoder_widths={self.cfg.decoder_widths}"
 
 
+@dataclass(frozen=True)
+class TAEHVDecoderSnapshot:
+    """A :class:`StreamingTAEHVDecoder`'s state between two steps (for rolling a stream back).
+
+    It shares the memory's tensors: a step replaces them with new tensors and never writes them in place."""
+
+    memory: dict[int, Tensor] = field(repr=False)
+    latent_frames: int
+    shape: tuple[int, int, int] | None
+    out: tuple[int, int, int, torch.device, torch.dtype] | None
+
+
 class StreamingTAEHVDecoder:
     """Decodes latents chunk by chunk with TAEHV; equal to :meth:`TAEHV.decode` of the whole sequence.
 
@@ -246,6 +264,8 @@ class StreamingTAEHVDecoder:
         for chunk in chunks:                # latents (B, 16, t, h, w), any t >= 1
             frames = dec.step(chunk)        # (B, 3, 4t, 8h, 8w) in [-1, 1]; the first chunk: 4t - 3
         rest = dec.flush()                  # (B, 3, 0, H, W): every latent's frames come out at once
+
+        snap = dec.snapshot()               # roll back: dec.restore(snap) continues from here again
 
     (The reference's ``StreamingTAEHV.decode`` returns one frame per call; here a whole chunk is decoded
     per call, every layer over all its frames at once, which is what a GPU wants.)
@@ -264,6 +284,15 @@ class StreamingTAEHVDecoder:
         self.memory.clear()
         self.latent_frames = 0
         self._shape = None
+
+    def snapshot(self) -> TAEHVDecoderSnapshot:
+        """The stream's state now (cheap: no tensor is copied)."""
+        return TAEHVDecoderSnapshot(dict(self.memory), self.latent_frames, self._shape, self._out)
+
+    def restore(self, snap: TAEHVDecoderSnapshot) -> None:
+        """Go back to ``snap``: the next step continues the stream as it was then."""
+        self.memory, self.latent_frames = dict(snap.memory), snap.latent_frames
+        self._shape, self._out = snap.shape, snap.out
 
     @torch.no_grad()
     def step(self, latents: Tensor) -> Tensor:

@@ -35,13 +35,14 @@ Usage::
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backend.errors import LiveIdolError
 from backend.model.wan.weights import load_state_dict_into, read_state_dict
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "WAN_LATENT_STD",
     "CausalCache",
     "StreamingWanDecoder",
+    "WanDecoderSnapshot",
     "WanVAE",
     "WanVAEConfig",
     "WanVAEError",
@@ -62,7 +64,7 @@ WAN_LATENT_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743
                   3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 
 
-class WanVAEError(ValueError):
+class WanVAEError(LiveIdolError, ValueError):
     """Bad input to the Wan VAE (shape, size, frame count) or a stream continued with another shape."""
 
 
@@ -166,14 +168,16 @@ class RMSNorm(nn.Module):
         self.scale = dim ** 0.5
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+        return F.normalize(x, dim=1) * (self.gamma * self.scale)  # one full-size temporary, not two
 
 
 class _NearestUp2x(nn.Module):
-    """2x nearest-exact spatial upsampling of (N, C, H, W), computed in float32 (bf16 support)."""
+    """2x nearest-exact spatial upsampling of (N, C, H, W).
+
+    A pure copy, so bf16 gives the same values as the reference's float32 round trip, without it."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(x.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
+        return F.interpolate(x, scale_factor=2.0, mode="nearest-exact")
 
 
 def _frames_to_batch(x: Tensor) -> Tensor:
@@ -204,8 +208,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
         norm1, _, conv1, norm2, _, _, conv2 = self.residual
-        h = conv1(F.silu(norm1(x)), cache)
-        h = conv2(F.silu(norm2(h)), cache)
+        h = conv1(F.silu(norm1(x), inplace=True), cache)  # in place on the norm's fresh output
+        h = conv2(F.silu(norm2(h), inplace=True), cache)
         return h + self.shortcut(x)
 
 
@@ -292,7 +296,7 @@ def _norm_act_conv(cin: int, cout: int) -> nn.Sequential:
 
 def _apply_head(head: nn.Sequential, x: Tensor, cache: CausalCache) -> Tensor:
     norm, _, conv = head
-    return conv(F.silu(norm(x)), cache)
+    return conv(F.silu(norm(x), inplace=True), cache)
 
 
 class Encoder3d(nn.Module):
@@ -434,6 +438,19 @@ class WanVAE(nn.Module):
         return f"params={n}, base_dim={c.base_dim}, z_dim={c.z_dim}, dim_mult={c.dim_mult}"
 
 
+@dataclass(frozen=True)
+class WanDecoderSnapshot:
+    """A :class:`StreamingWanDecoder`'s state between two steps (for rolling a stream back).
+
+    It shares the cache's tensors: a step replaces the tails with new tensors and never writes them in
+    place, so a snapshot stays valid however far the stream goes on."""
+
+    tails: dict[int, Tensor] = field(repr=False)
+    frames: int
+    shape: tuple[int, int, int] | None
+    out: tuple[int, int, int, torch.device, torch.dtype] | None
+
+
 class StreamingWanDecoder:
     """Decodes Wan latents chunk by chunk; equal to decoding the whole sequence at once.
 
@@ -446,12 +463,19 @@ class StreamingWanDecoder:
             frames = dec.step(chunk)        # (B, 3, 4t, 8h, 8w) in [-1, 1]; the first chunk: 1 + 4(t-1)
         rest = dec.flush()                  # (B, 3, 0, H, W): a causal decoder holds nothing back
 
+        snap = dec.snapshot()               # roll back: dec.restore(snap) continues from here again
+
     Memory: the cache holds two frames per causal conv at that conv's resolution; it does not grow.
+    Activations grow with the latent frames decoded in one pass: ``frames_per_pass`` (default: the
+    whole chunk) bounds them, with the same output (the reference decodes one latent frame per pass).
     """
 
-    def __init__(self, vae: WanVAE, *, clamp: bool = True) -> None:
+    def __init__(self, vae: WanVAE, *, clamp: bool = True, frames_per_pass: int | None = None) -> None:
+        if frames_per_pass is not None and frames_per_pass < 1:
+            raise WanVAEError(f"StreamingWanDecoder: frames_per_pass must be >= 1 or None, got {frames_per_pass}")
         self.vae = vae
         self.clamp = clamp
+        self.frames_per_pass = frames_per_pass
         self.cache = CausalCache()
         self._shape: tuple[int, int, int] | None = None  # (B, h, w) of the stream
         self._out: tuple[int, int, int, torch.device, torch.dtype] | None = None
@@ -466,24 +490,34 @@ class StreamingWanDecoder:
         """Latent frames decoded since :meth:`reset`."""
         return self.cache.frames
 
+    def snapshot(self) -> WanDecoderSnapshot:
+        """The stream's state now (cheap: no tensor is copied)."""
+        return WanDecoderSnapshot(dict(self.cache.tails), self.cache.frames, self._shape, self._out)
+
+    def restore(self, snap: WanDecoderSnapshot) -> None:
+        """Go back to ``snap``: the next step continues the stream as it was then."""
+        self.cache.tails, self.cache.frames = dict(snap.tails), snap.frames
+        self._shape, self._out = snap.shape, snap.out
+
     @torch.no_grad()
     def step(self, latents: Tensor) -> Tensor:
         """Normalised latents (B, z_dim, t, h, w) -> video frames (B, 3, T, 8h, 8w)."""
         self.vae.check_latents(latents, "StreamingWanDecoder.step(latents)")
-        b, _, _t, h, w = latents.shape
+        b, _, t, h, w = latents.shape
         if self._shape is not None and self._shape != (b, h, w):
             raise WanVAEError(f"StreamingWanDecoder.step(latents): shape {tuple(latents.shape)} does not continue "
                               f"the stream (batch {self._shape[0]}, latent {self._shape[1:]}); call reset() first")
         self._shape = (b, h, w)
         x = self.vae.conv2(self.vae.denormalize(latents))  # (B, z_dim, t, h, w) raw
+        # The stream's first latent frame goes alone (it becomes one video frame), the rest in passes of
+        # frames_per_pass latent frames (all at once by default).
+        sizes = [1] if self.cache.at_start else []
+        rest, per_pass = t - sum(sizes), self.frames_per_pass or t
+        sizes += [per_pass] * (rest // per_pass) + ([rest % per_pass] if rest % per_pass else [])
         parts = []
-        if self.cache.at_start:  # the stream's first latent frame goes alone: it becomes one video frame
-            parts.append(self.vae.decoder(x[:, :, :1], self.cache))
-            self.cache.frames += 1
-            x = x[:, :, 1:]
-        if x.shape[2]:
-            parts.append(self.vae.decoder(x, self.cache))
-            self.cache.frames += x.shape[2]
+        for piece in x.split(sizes, dim=2):
+            parts.append(self.vae.decoder(piece, self.cache))
+            self.cache.frames += piece.shape[2]
         out = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         sf = self.vae.cfg.spatial_factor
         self._out = (b, h * sf, w * sf, out.device, out.dtype)

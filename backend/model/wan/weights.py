@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from backend.errors import LiveIdolError
+
 __all__ = ["WeightsError", "check_state_dict", "load_state_dict_into", "read_state_dict", "state_dict_mismatch"]
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,18 @@ log = logging.getLogger(__name__)
 _MAX_LISTED = 6
 
 
-class WeightsError(RuntimeError):
+class WeightsError(LiveIdolError, RuntimeError):
     """A weights file is missing, unreadable, or does not fit the model it is loaded into."""
 
 
 def _listed(items: list[str]) -> str:
     more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
     return ", ".join(items[:_MAX_LISTED]) + more
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def read_state_dict(path: str | Path, *, what: str, strip_prefix: str = "") -> dict[str, Tensor]:
@@ -51,12 +58,12 @@ def read_state_dict(path: str | Path, *, what: str, strip_prefix: str = "") -> d
         try:
             obj: object = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises SafetensorError / OSError
-            raise WeightsError(f"{what}: {path} is not a readable safetensors file: {exc}") from exc
+            raise WeightsError(f"{what}: {path} is not a readable safetensors file: {_one_line(exc)}") from exc
     elif path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # zip / unpickling errors of many kinds
-            raise WeightsError(f"{what}: {path} is not a loadable torch file (weights_only): {exc}") from exc
+            raise WeightsError(f"{what}: {path} is not a loadable torch file (weights_only): {_one_line(exc)}") from exc
     else:
         raise WeightsError(f"{what}: {path} has an unknown suffix {path.suffix!r} (expected .safetensors or .pth)")
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
