@@ -305,6 +305,8 @@ class Engine:
                        asyncio.create_task(self._pace(), name="engine-pacer")]
 
     async def stop(self) -> None:
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.cancel()  # stopped while loading: nobody waits for the load any more
         for task in [*self._tasks, *self._speaking_tasks]:
             task.cancel()
         await asyncio.gather(*self._speaking_tasks, return_exceptions=True)
@@ -620,11 +622,14 @@ class Engine:
             if self._loading is not None:
                 try:
                     await self._load(self._loading)
-                except BaseException as exc:
-                    if not self._loaded.done():
-                        self._loaded.set_exception(exc)
-                        self._loaded.exception()  # retrieved: a caller may never wait for it
+                except asyncio.CancelledError:
                     raise
+                except Exception as exc:  # a bad checkpoint, missing weights: wait_loaded() raises it to the app
+                    self.error = exc
+                    self._loaded.set_exception(exc)
+                    self._loaded.exception()  # retrieved: a caller may never wait for it
+                    log.debug("generator failed to load: %s", exc)
+                    return
                 self._loaded.set_result(None)
             await self._call(self._gen.reset, self.session.reference_rgba,
                              self._make_conditions(self.cfg.idle_action, "neutral", ""))
