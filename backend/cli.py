@@ -1,6 +1,6 @@
 """`liveidol ...`: parse flags, load the config, run one subcommand.
 
-    liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
+    liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice] [--camera [SOURCE]]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
     liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N]
@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", action="store_true", default=None, help="listen to the microphone and speak")
     p.add_argument("--twitch", metavar="CHANNEL", help="also read this Twitch channel's chat")
     p.add_argument("--bilibili", metavar="ROOM", type=int, help="also read this Bilibili room's danmaku")
+    p.add_argument("--camera", nargs="?", const="", default=None, metavar="OBS_SOURCE",
+                   help="watch the streamer's camera (perception.enabled); optionally name the OBS source showing it")
 
     p = sub.add_parser("bench", help="measure generation speed and memory; prints one JSON line")
     _add_common(p)
@@ -149,7 +151,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     for module, name in (("backend.model.checkpoint", "CheckpointError"), ("backend.model.generator", "GeneratorError"),
                          ("backend.training.evaluate", "EvalError"), ("backend.remote", "RemoteError"),
                          ("backend.server.auth", "AuthError"), ("backend.server.server", "ServerError"),
-                         ("backend.voice.errors", "VoiceError"), ("obs_plugin.setup", "ObsSetupError")):
+                         ("backend.voice.errors", "VoiceError"), ("obs_plugin.setup", "ObsSetupError"),
+                         ("backend.perception.camera", "CameraError"),
+                         ("backend.perception.landmarks", "PerceptionUnavailable"),
+                         ("backend.perception.mood", "SentimentUnavailable")):
         try:
             found.append(getattr(importlib.import_module(module), name))
         except ImportError:
@@ -183,7 +188,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _config(args, **{"server.host": args.host, "server.port": args.port, "character": args.character,
                                "model.checkpoint": args.checkpoint, "model.device": args.device,
                                "voice.enabled": args.voice, "chat.twitch.channel": args.twitch,
-                               "chat.bilibili.room_id": args.bilibili})
+                               "chat.bilibili.room_id": args.bilibili,
+                               "perception.enabled": True if args.camera is not None else None,
+                               "perception.obs_source": args.camera or None})
         _setup_logging(cfg.log_level)
         from backend.app import serve
 
