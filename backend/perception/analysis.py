@@ -190,7 +190,7 @@ def read_hand(lm: Landmarks, index: int) -> HandReading:
     thumb_up = thumb_out and thumb_dir[1] < -0.6 * float(np.linalg.norm(thumb_dir)) \
         and p[_THUMB[3], 1] < knuckles[:, 1].min() - 0.2 * size
     folded = sum(fingers) == 0 and all(
-        np.linalg.norm(p[f[3]] - wrist) < 1.35 * size for f in (_INDEX, _MIDDLE, _RING, _PINKY))
+        np.linalg.norm(p[f[3]] - wrist) < 1.5 * size for f in (_INDEX, _MIDDLE, _RING, _PINKY))
     if thumb_up and folded:
         shape = "thumbs_up"
     elif sum(fingers) >= 4 and up:

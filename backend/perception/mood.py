@@ -40,7 +40,7 @@ class Sentiment:
                 f"the mood needs the 'perception' extra: pip install -e '.[perception]' ({exc})") from exc
         self._vader = SentimentIntensityAnalyzer()
         self._snow: Any = SnowNLP
-        self._snow("好").sentiments  # load the model now, not on the first danmaku
+        _ = self._snow("好").sentiments  # load the model now, not on the first danmaku
 
     def score(self, text: str) -> float:
         text = text.strip()
