@@ -56,6 +56,7 @@ class ObsWsServer:
         self.requests: list[str] = []
         self.served: list[tuple[float, str]] = []  # (time.monotonic(), picture label) per screenshot
         self._picture: tuple[str, np.ndarray] | None = None
+        self._script: list[tuple[str, np.ndarray]] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -76,6 +77,11 @@ class ObsWsServer:
         """The source now shows ``rgb`` (None: the source is not there)."""
         with self._lock:
             self._picture = None if rgb is None else (label, rgb)
+
+    def play(self, pictures: list[tuple[str, np.ndarray]]) -> None:
+        """Serve these pictures one per screenshot, in order (a clip at the poller's pace); the last stays."""
+        with self._lock:
+            self._script = list(pictures)
 
     def first_served(self, label: str) -> float | None:
         return next((t for t, name in self.served if name == label), None)
@@ -125,6 +131,8 @@ class ObsWsServer:
                                                        "rpcVersion": 1, "supportedImageFormats": ["jpg", "png"]}
         if kind == "GetSourceScreenshot":
             with self._lock:
+                if self._script:
+                    self._picture = self._script.pop(0)
                 picture = self._picture
             if data.get("sourceName") != self.source or picture is None:
                 return {"result": False, "code": RESOURCE_NOT_FOUND,
