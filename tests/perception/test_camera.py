@@ -42,7 +42,7 @@ def test_obs_camera_errors_name_what_and_where():
         port = server.port
     with pytest.raises(CameraError, match="cannot connect to obs-websocket"):
         ObsCamera("127.0.0.1", port, "", "Cam", timeout=2.0).grab()
-    with pytest.raises(CameraError, match="perception.obs_source is empty"):
+    with pytest.raises(CameraError, match=r"perception\.obs_source is empty"):
         ObsCamera("127.0.0.1", port, "", "")
 
 

@@ -100,7 +100,7 @@ async def test_each_reaction_reaches_the_engine(gen):
               + clip_of("neutral_then_smile", slice(4, None)))
     with ObsWsServer(source="Webcam", password="secret") as server:
         server.play(script)
-        async with idol_watching(gen, server, cfg) as (perception, director, engine, shown, decisions):
+        async with idol_watching(gen, server, cfg) as (perception, _director, engine, shown, decisions):
             want = {"wave", "heart", "thumbs_up", "sad", "smile"}
 
             def state() -> Any:
@@ -109,7 +109,7 @@ async def test_each_reaction_reaches_the_engine(gen):
                         "engine": engine.status()["directive"]}
 
             await wait_for("every reaction decided", lambda: want <= {r.name for r, _ in decisions}, state)
-            for reaction, decision in decisions:
+            for _reaction, decision in decisions:
                 assert decision.decision in ("queued", "immediate"), state()
             ids = {r.name: d.command_id for r, d in reversed(decisions) if r.name in want}  # first of each
             await wait_for("every reaction on screen", lambda: all(i in shown for i in ids.values()), state)
@@ -130,7 +130,7 @@ async def test_camera_trouble_is_logged_and_the_stream_goes_on(gen, caplog):
     cfg = PerceptionConfig(enabled=True, obs_source="Webcam", fps=8.0)
     with ObsWsServer(source="Webcam", password="secret") as server:
         server.show("nobody", None)  # the source is missing in OBS
-        async with idol_watching(gen, server, cfg) as (perception, _, engine, shown, _):
+        async with idol_watching(gen, server, cfg) as (perception, _, engine, _shown, _):
             await wait_for("an error", lambda: perception.errors >= 1, perception.stats)
             server.show("smile", picture("faces/happy_1.jpg"))
             await wait_for("pictures again", lambda: perception.pictures >= 2, perception.stats)
