@@ -11,7 +11,7 @@ Per picture (:func:`read_face`, :func:`read_hand`, :func:`heart_hands`):
   heart hands (two hands, index tips together above thumb tips together).
 
 Over time (:class:`Analyzer`): **wave** (an open palm raised and swung side to side: two turns of the
-fingertips' sideways swing within ``window_s``), **nod** and **head shake** (two turns of the head's pitch or
+fingertips' sideways swing within ``window_s``, or a sweep of 0.6 hand lengths over three pictures), **nod** and **head shake** (two turns of the head's pitch or
 yaw with enough swing), and the debounced per-picture signs (an expression or a hand shape counts once it held
 for ``hold`` pictures in a row). :meth:`Analyzer.step` returns a :class:`Percept` per picture; its ``events``
 name what just started ("wave", "thumbs_up", "heart", "nod", "head_shake", "smile", "sad", "surprised",
@@ -285,7 +285,10 @@ class Analyzer:
             events.append(name)
 
     def _motion(self, name: str, trace: deque[tuple[float, float]], value: float | None, now: float,
-                min_swing: float, events: list[str]) -> None:
+                min_swing: float, events: list[str], sweep: float | None = None) -> None:
+        """``name`` starts after two turns of ``value`` (swings of at least ``min_swing``) within the window,
+        or, with ``sweep``, once it spans ``sweep`` over three pictures or more (a fast wave seen at a few
+        pictures a second aliases its turns away, but not its sweep)."""
         while trace and trace[0][0] < now - self.window_s:
             trace.popleft()
         if value is None:
@@ -294,7 +297,9 @@ class Analyzer:
         trace.append((now, value))
         if now < self._motion_quiet_until.get(name, -math.inf):
             return
-        if _turns([v for _, v in trace], min_swing) >= 2:
+        values = [v for _, v in trace]
+        swung = sweep is not None and len(values) >= 3 and max(values) - min(values) >= sweep
+        if _turns(values, min_swing) >= 2 or swung:
             events.append(name)
             trace.clear()
             self._motion_quiet_until[name] = now + self.window_s / 2
@@ -324,7 +329,7 @@ class Analyzer:
 
         # motions: a raised open palm swung sideways; the head's yaw (shake) and pitch (nod)
         palms = [h for h in hands if h.shape == "open_palm"]  # wave: fingertips swing about the wrist
-        self._motion("wave", self._swing, palms[0].swing if palms else None, now, 0.35, events)
+        self._motion("wave", self._swing, palms[0].swing if palms else None, now, 0.35, events, sweep=0.6)
         head_still_sideways = face is not None and (not self._yaw or max(v for _, v in self._yaw)
                                                     - min(v for _, v in self._yaw) < 0.08)
         head_still_up_down = face is not None and (not self._pitch or max(v for _, v in self._pitch)

@@ -11,7 +11,9 @@ worker thread only. Pictures live in memory for one analysis step: nothing is wr
 from __future__ import annotations
 
 import base64
+import gc
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,10 @@ class ObsCamera:
         try:
             return obsws.ReqClient(host=self.host, port=self.port, password=self._password, timeout=self.timeout)
         except Exception as exc:
+            # obsws-python leaves the socket of a refused connection open: let it go quietly now
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
             raise CameraError(f"OBS at {self.host}:{self.port}: cannot connect to obs-websocket "
                               f"({type(exc).__name__}: {exc})") from exc
 

@@ -57,6 +57,8 @@ class ObsWsServer:
         self.served: list[tuple[float, str]] = []  # (time.monotonic(), picture label) per screenshot
         self._picture: tuple[str, np.ndarray] | None = None
         self._script: list[tuple[str, np.ndarray]] = []
+        self._script_fps: float | None = None
+        self._script_start = 0.0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -78,10 +80,12 @@ class ObsWsServer:
         with self._lock:
             self._picture = None if rgb is None else (label, rgb)
 
-    def play(self, pictures: list[tuple[str, np.ndarray]]) -> None:
-        """Serve these pictures one per screenshot, in order (a clip at the poller's pace); the last stays."""
+    def play(self, pictures: list[tuple[str, np.ndarray]], fps: float | None = None) -> None:
+        """Serve these pictures in order: one per screenshot (a clip at the poller's pace), or, with ``fps``,
+        as a camera would: the picture of the moment, ``fps`` pictures a second from now. The last stays."""
         with self._lock:
             self._script = list(pictures)
+            self._script_fps, self._script_start = fps, time.monotonic()
 
     def first_served(self, label: str) -> float | None:
         return next((t for t, name in self.served if name == label), None)
@@ -131,7 +135,10 @@ class ObsWsServer:
                                                        "rpcVersion": 1, "supportedImageFormats": ["jpg", "png"]}
         if kind == "GetSourceScreenshot":
             with self._lock:
-                if self._script:
+                if self._script and self._script_fps:
+                    k = int((time.monotonic() - self._script_start) * self._script_fps)
+                    self._picture = self._script[min(k, len(self._script) - 1)]
+                elif self._script:
                     self._picture = self._script.pop(0)
                 picture = self._picture
             if data.get("sourceName") != self.source or picture is None:
