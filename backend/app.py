@@ -145,24 +145,24 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
             log.warning("control token created at %s (shown once): %s", token.path, token.value)
         log.info("LiveIdol is live: stream=%s/stream control=%s/control character=%s", server.url, server.url,
                  character.name)
-        handle, handle_streamer = await _perceive(cfg, director, stack)
+        handle, heard = await _perceive(cfg, director, stack)
         if ready is not None:
             ready(server)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(_pump(b, handle)) for b in bridges]
             if listen is not None:
-                tasks.append(tg.create_task(listen(handle_streamer)))
+                tasks.append(tg.create_task(listen(director.handle_streamer, *([heard] if heard else []))))
             await stop.wait()
             for task in tasks:
                 task.cancel()
 
 
 async def _perceive(cfg: Config, director: Any, stack: contextlib.AsyncExitStack
-                   ) -> tuple[Callable[[ChatEvent], Awaitable[Any]], Callable[[str], Awaitable[Any]]]:
-    """Camera perception and the mood ([perception]), when on; the chat and streamer handlers to use."""
+                   ) -> tuple[Callable[[ChatEvent], Awaitable[Any]], Callable[[Any], Awaitable[Any]] | None]:
+    """Camera perception and the mood ([perception]), when on: the chat handler to use (the mood taps it),
+    and what hears the streamer's every utterance (None without the mood)."""
     pcfg = cfg.perception
     director.emotion_hold_s = pcfg.mood_hold_s
-    handle, handle_streamer = director.handle, director.handle_streamer
     if pcfg.enabled:
         from backend.perception.camera import open_camera
         from backend.perception.service import Perception
@@ -172,19 +172,16 @@ async def _perceive(cfg: Config, director: Any, stack: contextlib.AsyncExitStack
                                                   max_wait_s=pcfg.max_wait_s)
 
         await stack.enter_async_context(Perception(pcfg, lambda: open_camera(pcfg, cfg.obs), react))
-    if pcfg.mood:
-        from backend.perception.service import Mood
+    if not pcfg.mood:
+        return director.handle, None
+    from backend.perception.service import Mood
 
-        mood = await stack.enter_async_context(Mood(pcfg, director.handle_mood))
-        handle = mood.tap(director.handle)
+    mood = await stack.enter_async_context(Mood(pcfg, director.handle_mood))
 
-        async def streamer(text: str) -> Any:
-            result = await director.handle_streamer(text)
-            await mood.observe(text, "voice")
-            return result
+    async def heard(utterance: Any) -> Any:
+        return await mood.observe(utterance.text, "voice")
 
-        handle_streamer = streamer
-    return handle, handle_streamer
+    return mood.tap(director.handle), heard
 
 
 def serve(cfg: Config) -> int:

@@ -24,7 +24,7 @@ OnCommand = Callable[[str], Awaitable[Any]]
 
 
 def build_voice(cfg: VoiceConfig, character: Any, *, blocked_words: Iterable[str] = ()
-                ) -> tuple[Any, Callable[[OnCommand], Awaitable[None]]]:
+                ) -> tuple[Any, Callable[..., Awaitable[None]]]:
     """The TTS callable (sync, ``text -> (pcm float32 mono, sample_rate)``) and ``listen(on_command)``.
 
     Models are loaded here, before the stream starts, so a missing package or model fails at once with a
@@ -40,11 +40,11 @@ def build_voice(cfg: VoiceConfig, character: Any, *, blocked_words: Iterable[str
     voice_path = character.resolve(character.voice) if character is not None and character.voice else None
     voice = IdolVoice.from_config(cfg, voice=str(voice_path or ""), blocked_words=tuple(blocked_words))
 
-    async def listen(on_command: OnCommand) -> None:
+    async def listen(on_command: OnCommand, on_heard: Callable[[Any], Awaitable[object]] | None = None) -> None:
         async def command(text: str) -> Any:
             return await on_command(text)
 
-        listener = VoiceListener.from_config(cfg, command)
+        listener = VoiceListener.from_config(cfg, command, on_heard=on_heard)
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every utterance at INFO
         try:
             async with Microphone(cfg.input_device) as mic:

@@ -30,11 +30,12 @@ from .obs_ws_server import ObsWsServer
 
 def _script() -> tuple[list[tuple[str, Any]], dict[str, str]]:
     """One cycle of pictures (one per screenshot) and which label starts which gesture."""
-    neutral = [(f"neutral/{f}", rgb) for f, rgb in clip("neutral_then_smile")[:4]] * 2
+    # at 6 pictures a second: 2 s of neutral face between gestures, each gesture held 2 s
+    neutral = [(f"neutral/{f}", rgb) for f, rgb in clip("neutral_then_smile")[:4]] * 3
     wave = [(f"wave/{f}", rgb) for f, rgb in clip("wave")]
-    heart = [("heart", picture("hands/heart_4.jpg"))] * 4
-    thumbs = [("thumbs_up", picture("hands/thumbs_up_2.jpg"))] * 4
-    smile = [(f"smile/{f}", rgb) for f, rgb in clip("neutral_then_smile")[5:13]]
+    heart = [("heart", picture("hands/heart_4.jpg"))] * 12
+    thumbs = [("thumbs_up", picture("hands/thumbs_up_2.jpg"))] * 12
+    smile = [(f"smile/{f}", rgb) for f, rgb in clip("neutral_then_smile")[5:17]]
     onsets = {"wave": wave[0][0], "heart": "heart", "thumbs_up": "thumbs_up", "smile": smile[0][0]}
     return neutral + wave + neutral + heart + neutral + thumbs + neutral + smile + neutral, onsets
 
@@ -93,6 +94,27 @@ async def _phase(cfg: Any, generator: Any, reference: Any, character: Any, secon
     return out
 
 
+async def _alone(cfg: Any, server: ObsWsServer, seconds: float) -> dict[str, Any]:
+    """Perception without the engine: its whole CPU cost (MediaPipe's threads included) per second."""
+    from backend.perception.camera import ObsCamera
+    from backend.perception.service import Perception
+
+    async def react(reaction: Any) -> None:
+        return None
+
+    pcfg = cfg.perception
+    async with Perception(pcfg, lambda: ObsCamera("127.0.0.1", server.port, "", "Webcam", size=pcfg.picture_size),
+                          react) as perception:
+        await asyncio.sleep(2.0)
+        cpu0, t0, n0 = time.process_time(), time.monotonic(), perception.pictures
+        await asyncio.sleep(seconds)
+        cpu1, t1, n1 = time.process_time(), time.monotonic(), perception.pictures
+        return {"pictures_per_s": round((n1 - n0) / (t1 - t0), 2),
+                "process_cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+                "cpu_ms_per_picture": round(1000 * (cpu1 - cpu0) / max(1, n1 - n0), 1),
+                **perception.stats()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=40.0)
@@ -106,26 +128,38 @@ def main() -> None:
 
     generator, reference, character = build_generator(cfg)
     script, onsets = _script()
-    result: dict[str, Any] = {"cpus": os.cpu_count(), "perception_fps": args.fps, "seconds": args.seconds}
-    off = asyncio.run(_phase(cfg, generator, reference, character, args.seconds, None))
-    result["off"] = off
+    result: dict[str, Any] = {"cpus": os.cpu_count(), "perception_fps": args.fps, "seconds": args.seconds,
+                              "load_average_before": os.getloadavg()[0]}
     with ObsWsServer(source="Webcam") as server:
         server.play(script * 50, fps=6.0)  # a camera: the clips at their own 6 pictures a second
-        on = asyncio.run(_phase(cfg, generator, reference, character, args.seconds, server))
+        result["alone"] = asyncio.run(_alone(cfg, server, args.seconds / 2))
+        # engine alone and with perception, alternated so the machine's other load hits both alike
+        phases = []
+        for on in (False, True, False, True):
+            server.play(script * 50, fps=6.0)
+            phases.append(asyncio.run(_phase(cfg, generator, reference, character, args.seconds / 2,
+                                             server if on else None)))
         served = server.served
-    # latency: each reaction -> the latest onset of its gesture served before the reaction was decided
+    offs, ons = phases[0::2], phases[1::2]
+    result["distinct_fps_off"] = [p["distinct_fps"] for p in offs]
+    result["distinct_fps_on"] = [p["distinct_fps"] for p in ons]
+    result["process_cpu_percent_off"] = [p["process_cpu_percent"] for p in offs]
+    result["process_cpu_percent_on"] = [p["process_cpu_percent"] for p in ons]
+    result["perception_in_engine"] = [p["perception"] for p in ons]
+    # latency, per phase (command ids restart with each director): each reaction -> the latest onset of its
+    # gesture served before the picture that showed it
     lat: dict[str, list[float]] = {}
     detect: dict[str, list[float]] = {}
-    for reaction, decision, decided_at in on.pop("decided"):
-        onset = onsets.get(reaction.name)
-        starts = [t for t, label in served if label == onset and t <= reaction.seen_at + 1e-6]
-        shown = on["first_frame"].get(decision.command_id)
-        if not starts or shown is None:
-            continue
-        lat.setdefault(reaction.name, []).append(shown - starts[-1])
-        detect.setdefault(reaction.name, []).append(decided_at - starts[-1])
-    on.pop("first_frame")
-    result["on"] = on
+    for phase in ons:
+        for reaction, decision, decided_at in phase["decided"]:
+            onset = onsets.get(reaction.name)
+            starts = [t for t, label in served if label == onset and t <= reaction.seen_at + 1e-6]
+            shown = phase["first_frame"].get(decision.command_id)
+            if not starts or shown is None:
+                continue
+            lat.setdefault(reaction.name, []).append(shown - starts[-1])
+            detect.setdefault(reaction.name, []).append(decided_at - starts[-1])
+    result["load_average_after"] = os.getloadavg()[0]
     allv = [v for vs in lat.values() for v in vs]
     result["gesture_to_frame_ms"] = {k: [round(1000 * v) for v in vs] for k, vs in lat.items()}
     result["gesture_to_reaction_ms"] = {k: [round(1000 * v) for v in vs] for k, vs in detect.items()}

@@ -116,3 +116,32 @@ def test_real_sentiment_english_and_chinese():
     assert s.score("!wave") == 0.0
     assert s.score("哈哈哈太可爱了") > 0.3
     assert s.score("太糟糕了，很失望") < -0.3
+
+
+async def test_app_wires_the_mood_into_chat_and_speech():
+    """``backend.app._perceive`` with ``perception.mood``: chat messages (through the tapped handler) and the
+    streamer's utterances (through ``heard``) move the real sentiment models' mood into the director."""
+    need("vaderSentiment", "snownlp")
+    import contextlib
+    from types import SimpleNamespace
+
+    from backend.app import _perceive
+
+    cfg = load_config(None, {"perception.mood": True, "perception.mood_hold_s": 0.0, "perception.mood_alpha": 0.5})
+    sink = Recorder()
+    async with contextlib.AsyncExitStack() as stack:
+        director = await stack.enter_async_context(Director(cfg.director, sink))
+        handle, heard = await _perceive(cfg, director, stack)
+        assert heard is not None
+        for n, text in enumerate(["I love you, so cute!", "best stream ever, amazing", "哈哈太可爱了"]):
+            await handle(chat(text, user=f"fan{n}"))
+        assert ("emotion", "happy") in sink.pairs
+        for text in ("this is terrible", "I am so sad and tired", "awful, just awful", "I hate this, horrible"):
+            await heard(SimpleNamespace(text=text))
+        assert sink.pairs[-1] == ("emotion", "sad"), sink.pairs
+        assert all(c.source == "mood" for c in sink.commands)
+    off = load_config(None, {})
+    async with contextlib.AsyncExitStack() as stack:
+        director = await stack.enter_async_context(Director(off.director, Recorder()))
+        handle, heard = await _perceive(off, director, stack)
+        assert heard is None and handle == director.handle
