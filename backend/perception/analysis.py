@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 EXPRESSIONS = ("neutral", "happy", "surprised", "sad", "angry")
+MIN_EYE_DISTANCE_PX = 40.0  # smaller faces are not read for expressions (they read as neutral)
 GESTURES = ("wave", "thumbs_up", "heart", "nod", "head_shake")
 
 # face mesh points
@@ -133,6 +134,8 @@ def read_face(lm: Landmarks) -> FaceReading | None:
         "angry": min(0.17 - brow_raise, 0.05 - mouth_open, 0.04 - corner_lift),
     }
     expression = next((k for k, v in scores.items() if v > 0), "neutral")
+    if iod < MIN_EYE_DISTANCE_PX:  # too small to read: the geometry is mostly noise (neutral faces read sad/angry)
+        expression = "neutral"
     nose = lm.face[_NOSE]
     return FaceReading(expression, {k: round(v, 4) for k, v in scores.items()}, corner_lift, mouth_open,
                        mouth_width, eye_open, brow_raise, brow_gap, inner_lift, yaw, pitch, float(p[_NOSE, 1] / iod), gaze, looking,

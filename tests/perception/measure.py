@@ -139,7 +139,9 @@ def main() -> None:
             server.play(script * 50, fps=6.0)
             phases.append(asyncio.run(_phase(cfg, generator, reference, character, args.seconds / 2,
                                              server if on else None)))
-        served = server.served
+            start, labels = server.script_start, [label for label, _ in script * 50]
+            phases[-1]["onsets"] = {o: [start + k / 6.0 for k, lab in enumerate(labels) if lab == o]
+                                    for o in onsets.values()}
     offs, ons = phases[0::2], phases[1::2]
     result["distinct_fps_off"] = [p["distinct_fps"] for p in offs]
     result["distinct_fps_on"] = [p["distinct_fps"] for p in ons]
@@ -153,7 +155,8 @@ def main() -> None:
     for phase in ons:
         for reaction, decision, decided_at in phase["decided"]:
             onset = onsets.get(reaction.name)
-            starts = [t for t, label in served if label == onset and t <= reaction.seen_at + 1e-6]
+            # the gesture's time: when the camera showed its first picture (the schedule), seen or not
+            starts = [t for t in phase["onsets"].get(onset, []) if t <= reaction.seen_at + 1e-6]
             shown = phase["first_frame"].get(decision.command_id)
             if not starts or shown is None:
                 continue

@@ -87,6 +87,11 @@ class ObsWsServer:
             self._script = list(pictures)
             self._script_fps, self._script_start = fps, time.monotonic()
 
+    @property
+    def script_start(self) -> float:
+        """time.monotonic() when the current timed play began."""
+        return self._script_start
+
     def first_served(self, label: str) -> float | None:
         return next((t for t, name in self.served if name == label), None)
 

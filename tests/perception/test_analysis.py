@@ -117,3 +117,14 @@ def test_sad_then_happy_clip():
     events = events_of(["sad_then_happy"])
     sad, smile = started(events, "sad"), started(events, "smile")
     assert sad and smile and sad[0] < smile[0], events
+
+
+def test_small_faces_are_not_read_for_expressions(still_marker):
+    """HaGRID's room scenes: faces under 40 px between the eyes read neutral whatever the noise says."""
+    from backend.perception.analysis import MIN_EYE_DISTANCE_PX
+
+    for name in ("hands/heart_1.jpg", "hands/heart_2.jpg", "hands/other_prayer.jpg"):
+        lm = still_marker.step(picture(name))
+        face = read_face(lm)
+        assert face is not None and face.size * lm.width < MIN_EYE_DISTANCE_PX
+        assert face.expression == "neutral", name
