@@ -315,8 +315,8 @@ class Director:
             self._current = None
             self._decide("finished", "duration_elapsed", item=cur.item)
             self._changed()
-        for item in self.queue.remove_where(lambda i: i.expires_at <= now):
-            self._decide("expired", "not_started_in_time", item=item)
+        for stale in self.queue.remove_where(lambda i: i.expires_at <= now):
+            self._decide("expired", "not_started_in_time", item=stale)
             self._changed()
         while self._current is None:
             item = self.queue.pop()

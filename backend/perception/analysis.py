@@ -186,7 +186,7 @@ def read_hand(lm: Landmarks, index: int) -> HandReading:
     thumb_out = bool(np.linalg.norm(p[_THUMB[3]] - p[_INDEX[0]]) > 0.65 * size
                      and np.linalg.norm(p[_THUMB[3]] - wrist) > np.linalg.norm(p[_THUMB[1]] - wrist))
     fingers = tuple(out(f) for f in (_INDEX, _MIDDLE, _RING, _PINKY))
-    extended = (thumb_out, *fingers)
+    extended = (thumb_out, fingers[0], fingers[1], fingers[2], fingers[3])
     up = bool(p[_MIDDLE[3], 1] < wrist[1] - 0.5 * size or (not any(fingers) and p[_MIDDLE[0], 1] < wrist[1]))
     knuckles = p[[_INDEX[0], _MIDDLE[0], _RING[0], _PINKY[0]]]
     thumb_dir = p[_THUMB[3]] - p[_THUMB[1]]

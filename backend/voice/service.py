@@ -11,7 +11,7 @@ Usage::
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from backend.config import VoiceConfig
@@ -24,7 +24,7 @@ OnCommand = Callable[[str], Awaitable[Any]]
 
 
 def build_voice(cfg: VoiceConfig, character: Any, *, blocked_words: Iterable[str] = ()
-                ) -> tuple[Any, Callable[..., Awaitable[None]]]:
+                ) -> tuple[Any, Callable[..., Coroutine[Any, Any, None]]]:
     """The TTS callable (sync, ``text -> (pcm float32 mono, sample_rate)``) and ``listen(on_command)``.
 
     Models are loaded here, before the stream starts, so a missing package or model fails at once with a

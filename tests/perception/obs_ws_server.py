@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import simplejpeg
@@ -27,7 +28,7 @@ SUCCESS, UNKNOWN_REQUEST_TYPE, RESOURCE_NOT_FOUND = 100, 204, 600
 AUTH_FAILED = 4009  # WebSocketCloseCode.AuthenticationFailed
 
 
-def _json_or_none(_conn: ServerConnection, offered: list[str]) -> str | None:
+def _json_or_none(_conn: ServerConnection, offered: Any) -> Any:
     return "obswebsocket.json" if "obswebsocket.json" in offered else None
 
 
