@@ -54,7 +54,8 @@ async def _record(engine: Engine, shown: dict[str, float]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def idol_watching(gen: Any, server: ObsWsServer, cfg: PerceptionConfig):
+async def idol_watching(gen: Any, server: Any, cfg: PerceptionConfig, password: str = "secret"):
+    """Engine + director + perception on ``server``'s port (an ObsWsServer, or a real OBS's ObsProcess)."""
     engine = Engine(EngineConfig(fps=FPS, lookahead_frames=8), gen, None, max_steps=2, max_chunk_frames=1)
     shown: dict[str, float] = {}
     decisions: list[Any] = []
@@ -67,7 +68,8 @@ async def idol_watching(gen: Any, server: ObsWsServer, cfg: PerceptionConfig):
                 decisions.append((reaction, d))
                 return d
 
-            obs = ObsConfig(host="127.0.0.1", port=server.port, password="secret")
+            port = server.port if hasattr(server, "port") else server.ws_port
+            obs = ObsConfig(host="127.0.0.1", port=port, password=password)
             recorder = asyncio.create_task(_record(engine, shown))
             try:
                 async with Perception(cfg, lambda: open_camera(cfg, obs), react) as perception:
