@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,12 +31,11 @@ class BackgroundGenerator:
     """Wraps a generator so its frames get the character's background (colour or image) when configured."""
 
     def __init__(self, generator: Any, character: Any) -> None:
-        from backend.world.character import load_image_rgb
+        from backend.world.character import load_background
 
         self._gen = generator
         self._character = character
-        path = character.resolve(character.background_image) if character.background == "image" else None
-        self._image = load_image_rgb(path, generator.output_size) if path is not None else None
+        self._image = load_background(character, generator.output_size)  # ConfigError naming file and key
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._gen, name)
@@ -48,17 +48,33 @@ class BackgroundGenerator:
 
 
 def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
-    """The generator (background applied), the character's reference frame, and the character."""
+    """The generator (background applied), the character's reference frame, and the character.
+
+    ``model.family = 'wan'``: the Wan-tier generator (backend/model/wan), the character's reference image (its
+    ``reference_image``, else the rendered idol) becomes the sink frame; frames are opaque, so no background."""
     from backend.model.generator import Generator
     from backend.world.character import load_character
     from backend.world.reference import reference_frame
 
     character = load_character(cfg.character)
+    if cfg.model.family == "wan":
+        from backend.model.wan.generator import build_wan_generator
+
+        wan = build_wan_generator(cfg.model, character.prompts, idle_action=cfg.engine.idle_action)
+        if not character.reference_image:
+            log.warning("character %s has no reference_image: the avatar is the rendered idol", character.name)
+        return wan, reference_frame(character, wan.native_size), character
     generator = Generator(cfg.model)
     reference = reference_frame(character, generator.native_size)
     if character.background != "transparent":
         generator = BackgroundGenerator(generator, character)
     return generator, reference, character
+
+
+def replay_header(cfg: Config) -> dict[str, Any]:
+    """What `liveidol replay` needs to re-render a session, for the input log's session line: the model
+    section (seed, sizes, checkpoint) and the character. No secrets: those live in other sections."""
+    return {"config": {"model": dataclasses.asdict(cfg.model), "character": cfg.character}}
 
 
 def _bridges(cfg: Config) -> list[Any]:
@@ -93,6 +109,11 @@ async def _pump(bridge: Any, handle: Callable[[ChatEvent], Awaitable[Any]]) -> N
         log.error("chat bridge stopped platform=%s error=%s", name, exc)
 
 
+def _chat_status(bridges: list[Any]) -> list[dict[str, Any]]:
+    """Each bridge's :class:`chat_bridges.base.BridgeStatus` (``failed`` with the reason after a refused login)."""
+    return [b.status.as_dict() for b in bridges if getattr(b, "status", None) is not None]
+
+
 def _replies(bridges: list[Any]) -> Callable[[str, str], Awaitable[bool]]:
     by_platform = {getattr(b, "platform", ""): b for b in bridges}
 
@@ -123,7 +144,7 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
     """Engine + server + director + chat bridges (+ voice) until ``stop`` is set."""
     from backend.director.director import Director
     from backend.engine.engine import Engine
-    from backend.server.auth import load_or_create_token
+    from backend.server.auth import announce_token, load_or_create_token
     from backend.server.server import Server
 
     token = load_or_create_token(cfg.server.token_file or None)
@@ -135,14 +156,17 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray, charac
         tts, listen = build_voice(cfg.voice, character, blocked_words=cfg.director.blocked_words)
     bridges = _bridges(cfg)
     async with contextlib.AsyncExitStack() as stack:
+        factory = getattr(generator, "conditions_factory", None)  # the Wan tier: commands -> prompt embeddings
         engine = await stack.enter_async_context(Engine(
             cfg.engine, generator, reference, max_steps=cfg.model.steps, max_chunk_frames=cfg.model.chunk_frames,
-            sample_rate=cfg.voice.sample_rate, tts=tts, character=character))
+            sample_rate=cfg.voice.sample_rate, tts=tts, character=character, log_header=replay_header(cfg),
+            conditions=factory() if factory is not None else None))
         director = await stack.enter_async_context(Director(cfg.director, engine.submit, reply=_replies(bridges),
-                                                            idle_action=cfg.engine.idle_action))
-        server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state))
-        if token.created:
-            log.warning("control token created at %s (shown once): %s", token.path, token.value)
+                                                            idle_action=cfg.engine.idle_action,
+                                                            free_text_prompts=cfg.model.family == "wan"))
+        server = await stack.enter_async_context(Server(cfg.server, engine, token=token, state_fn=director.state,
+                                                        chat_fn=lambda: _chat_status(bridges)))
+        announce_token(token)  # on the terminal, once; never into a log handler
         log.info("LiveIdol is live: stream=%s/stream control=%s/control character=%s", server.url, server.url,
                  character.name)
         handle, heard = await _perceive(cfg, director, stack)
@@ -192,7 +216,12 @@ def serve(cfg: Config) -> int:
         async with _stop_on_signals() as stop:
             await run_backend(cfg, generator, reference, character, stop=stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        close = getattr(generator, "close", None)  # the Wan tier's text-encoder thread
+        if close is not None:
+            close()
     log.info("LiveIdol stopped")
     return 0
 
@@ -200,20 +229,21 @@ def serve(cfg: Config) -> int:
 def chat(cfg: Config, platform: str) -> int:
     """`liveidol chat PLATFORM`: a bridge + director in this process, commands to a running backend."""
     from backend.director.director import Director
-    from backend.remote import ControlClient
-    from backend.server.auth import load_or_create_token
+    from backend.remote import ControlClient, backend_url, client_tls
+    from backend.server.auth import announce_token, load_or_create_token
 
     token = load_or_create_token(cfg.server.token_file or None)
+    announce_token(token)
     if platform == "console":
         from chat_bridges.console.client import ConsoleBridge
 
         bridges: list[Any] = [ConsoleBridge()]
     else:
         bridges = [b for b in _bridges(cfg) if getattr(b, "platform", "") == platform]
-    url = f"ws://{cfg.server.host}:{cfg.server.port}/control"
+    url = backend_url(cfg.server, "/control")
 
     async def main() -> None:
-        async with _stop_on_signals() as stop, ControlClient(url, token.value) as control:
+        async with _stop_on_signals() as stop, ControlClient(url, token.value, tls=client_tls(cfg.server)) as control:
             async def sink(command: Command) -> object:
                 return await control.command(command)
 
@@ -249,8 +279,9 @@ def chat(cfg: Config, platform: str) -> int:
 
 def obs_setup(cfg: Config, *, url: str | None, new_scene: bool) -> int:
     """`liveidol obs setup`."""
+    from backend.remote import backend_url
     from obs_plugin.setup import SCRIPT_PATH, run_setup
 
-    stream_url = url or f"ws://{cfg.server.host}:{cfg.server.port}/stream"
+    stream_url = url or backend_url(cfg.server, "/stream")
     # /stream needs no token; the control token must not end up in OBS's scene collection.
     return run_setup(cfg.obs, SCRIPT_PATH, stream_url, "", new_scene)

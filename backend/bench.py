@@ -33,22 +33,32 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
     from backend.app import build_generator
     from backend.model.generator import Conditions
 
+    t_start = time.perf_counter()
     gen, reference, _ = build_generator(cfg)  # exactly what `liveidol serve` runs (background included)
-    gen.reset(reference, Conditions())
-    rng = random.Random(cfg.model.seed)
+    load_s = time.perf_counter() - t_start
+    factory = getattr(gen, "conditions_factory", None)  # the Wan tier: commands become prompt embeddings
+    make = factory() if factory is not None else (lambda a, e, p: Conditions(action=a, emotion=e))
     cuda = gen.state.device.startswith("cuda")
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize()
 
+    t0 = time.perf_counter()  # first-frame latency: reset (the avatar into the sink) + the first chunk
+    gen.reset(reference, make("idle", "neutral", ""))
+    gen.next_chunk(make("idle", "neutral", ""))
+    sync()
+    first_frame_s = time.perf_counter() - t0
+    rng = random.Random(cfg.model.seed)
+
     def conditions(i: int) -> Conditions:  # a new command every 3 chunks, as a busy chat would send
-        return Conditions(action=ACTIONS[(i // 3) % len(ACTIONS)].name, emotion=EMOTIONS[(i // 7) % len(EMOTIONS)])
+        return make(ACTIONS[(i // 3) % len(ACTIONS)].name, EMOTIONS[(i // 7) % len(EMOTIONS)], "")
 
     n = 0
     for n in range(warmup_chunks):
         gen.next_chunk(conditions(n))
     sync()
+    peak_all = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     latencies: list[float] = []
@@ -71,10 +81,15 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         peak = rss / 2**20 if sys.platform == "darwin" else rss / 1024
     native_w, native_h = gen.native_size
     out_w, out_h = gen.output_size
+    close = getattr(gen, "close", None)  # the Wan tier's text-encoder thread
+    if close is not None:
+        close()
     return {
         "device": _device_name(gen),
         "dtype": state.dtype,
         "attention": state.attention_backend,
+        "compiled": state.compiled,
+        "linears": state.linears,
         "checkpoint": cfg.model.checkpoint,
         "parameters": gen.parameter_count,
         "native_resolution": f"{native_w}x{native_h}",
@@ -90,6 +105,12 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         "cache_mib": round(state.cache_bytes / 2**20, 2),
         "peak_memory_mib": round(peak, 1),
         "peak_memory_kind": "cuda_allocated" if cuda else "process_rss",
+        "peak_memory_with_load_mib": round(peak_all, 1) if peak_all is not None else round(peak, 1),
+        "first_frame_latency_ms": round(1000 * first_frame_s, 1),
+        "load_seconds": round(load_s, 2),
+        "model_family": cfg.model.family,
+        **({"decoder": cfg.model.wan.decoder, "text_encoder_device": cfg.model.wan.text_encoder_device,
+            "text_encoder_offload": cfg.model.wan.text_encoder_offload} if cfg.model.family == "wan" else {}),
     }
 
 
@@ -106,8 +127,10 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
     actions = [a.name for a in ACTIONS if not a.loop]
 
     async def main() -> dict[str, Any]:
+        factory = getattr(generator, "conditions_factory", None)  # the Wan tier: commands -> prompt embeddings
         async with Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
-                          max_chunk_frames=cfg.model.chunk_frames, character=character) as engine:
+                          max_chunk_frames=cfg.model.chunk_frames, character=character,
+                          conditions=factory() if factory is not None else None) as engine:
             await engine.wait_started()
             sub = engine.subscribe(audio=False)
             arrivals: list[float] = []
@@ -155,7 +178,12 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 "output_resolution": f"{cfg.model.output_width}x{cfg.model.output_height}",
             }
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        close = getattr(generator, "close", None)  # the Wan tier's text-encoder thread
+        if close is not None:
+            close()
 
 
 def _device_name(generator: Any) -> str:

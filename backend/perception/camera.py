@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from backend.errors import LiveIdolError
+
 __all__ = ["CameraError", "DeviceCamera", "ObsCamera", "decode_data_url", "open_camera"]
 
 log = logging.getLogger(__name__)
 
 
-class CameraError(RuntimeError):
+class CameraError(LiveIdolError, RuntimeError):
     """No picture could be had; the message names the source and why."""
 
 

@@ -20,13 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from backend.errors import LiveIdolError
+
 __all__ = ["Landmarker", "Landmarks", "PerceptionUnavailable"]
 
 FACE_POINTS = 478  # 468 mesh points + 10 iris points (refine_landmarks)
 HAND_POINTS = 21
 
 
-class PerceptionUnavailable(RuntimeError):
+class PerceptionUnavailable(LiveIdolError, RuntimeError):
     """The perception packages are missing: the message names what to install."""
 
 

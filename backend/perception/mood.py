@@ -20,11 +20,12 @@ import math
 from typing import Any
 
 from backend.director.grammar import is_cjk
+from backend.errors import LiveIdolError
 
 __all__ = ["MoodTracker", "Sentiment", "SentimentUnavailable"]
 
 
-class SentimentUnavailable(RuntimeError):
+class SentimentUnavailable(LiveIdolError, RuntimeError):
     """The sentiment packages are missing: the message names what to install."""
 
 

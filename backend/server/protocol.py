@@ -66,6 +66,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 TOPICS = ("state",)
 FORMATS = ("rgba", "jpeg")
+MAX_DEPTH = 8  # nesting of maps/lists in a client message; valid ones need 2 (a map holding a list)
 
 
 class CloseCode(enum.IntEnum):
@@ -76,6 +77,7 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     BAD_TOKEN = 4001
     NOT_AUTHENTICATED = 4003
+    TOO_MANY_ATTEMPTS = 4029  # wrong tokens from this address: locked out for a while (like HTTP 429)
 
 
 class ErrorCode(enum.StrEnum):
@@ -241,6 +243,8 @@ def _parse(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
             obj = json.loads(data)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not valid JSON: {exc}") from None
+        except RecursionError:  # json's C scanner recurses once per level of [[[[...
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"nested deeper than {MAX_DEPTH} levels") from None
     else:
         try:
             obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
@@ -248,7 +252,23 @@ def _parse(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not valid msgpack: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"expected a map with a 'type' key, got {type(obj).__name__}")
+    if _too_deep(obj, MAX_DEPTH):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"nested deeper than {MAX_DEPTH} levels")
     return obj
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether maps/lists nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list | tuple) else ()
+        for child in children:
+            if isinstance(child, dict | list | tuple):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], default: Any = ..., *,

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from backend.actions import ACTIONS, EMOTIONS, action
 from backend.config import Config, ModelConfig
+from backend.errors import LiveIdolError
 from backend.model.generator import ACTION_FPS, Conditions, Generator, resolve_device
 from backend.training.probe import PROBE_PATH, Probe
 from backend.world.character import CharacterConfig, identity_tensor, load_character
@@ -75,7 +76,7 @@ COMMANDABLE = tuple(a.name for a in ACTIONS if a.name not in ("idle", "talk"))
 _SCORED = tuple(a.name for a in ACTIONS if a.name != "idle")  # the candidates of the argmax
 
 
-class EvalError(RuntimeError):
+class EvalError(LiveIdolError, RuntimeError):
     """The evaluation cannot run (no probe file, a probe of another size ...); the message says what to do."""
 
 
