@@ -20,6 +20,8 @@ import numpy as np
 
 from backend.errors import LiveIdolError
 
+from .landmarks import clean_environment
+
 __all__ = ["CameraError", "DeviceCamera", "ObsCamera", "decode_data_url", "open_camera"]
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ def decode_data_url(data: str, *, where: str = "screenshot") -> np.ndarray:
         except ValueError as exc:
             raise CameraError(f"{where}: not a JPEG ({exc})") from exc
     try:
-        import cv2
+        with clean_environment():
+            import cv2
     except ImportError as exc:
         raise CameraError(f"{where}: {head[5:]} needs opencv; ask for jpg") from exc
     img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
@@ -106,7 +109,8 @@ class DeviceCamera:
 
     def __init__(self, index: int = 0, *, size: int = 480) -> None:
         try:
-            import cv2
+            with clean_environment():
+                import cv2
         except ImportError as exc:
             raise CameraError("perception.camera = 'device' needs opencv: pip install -e '.[perception]'") from exc
         self._cv2 = cv2

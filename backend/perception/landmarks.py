@@ -15,6 +15,9 @@ every picture on its own (tests on unrelated photos).
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from backend.errors import LiveIdolError
 
-__all__ = ["Landmarker", "Landmarks", "PerceptionUnavailable"]
+__all__ = ["Landmarker", "Landmarks", "PerceptionUnavailable", "clean_environment"]
 
 FACE_POINTS = 478  # 468 mesh points + 10 iris points (refine_landmarks)
 HAND_POINTS = 21
@@ -48,9 +51,29 @@ class Landmarks:
         return self.width / max(1, self.height)
 
 
+# opencv's import points these at its own Qt plugins and libraries; any program the process starts later
+# (OBS, espeak-ng) would inherit them and may fail to start (OBS aborts loading cv2's Qt "xcb" plugin)
+_CV2_ENV = ("QT_QPA_PLATFORM_PLUGIN_PATH", "QT_QPA_FONTDIR", "LD_LIBRARY_PATH")
+
+
+@contextlib.contextmanager
+def clean_environment() -> Iterator[None]:
+    """Import opencv (or mediapipe, which imports it) inside this: the process environment stays as it was."""
+    before = {k: os.environ.get(k) for k in _CV2_ENV}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _import_mediapipe() -> Any:
     try:
-        import mediapipe as mp
+        with clean_environment():
+            import mediapipe as mp
     except ImportError as exc:
         raise PerceptionUnavailable(
             "camera perception needs the 'perception' extra: pip install -e '.[perception]' "

@@ -66,6 +66,23 @@ def test_device_camera_that_is_not_there():
         DeviceCamera(97).grab()
 
 
+def test_opening_the_models_leaves_the_environment_alone():
+    """opencv points Qt and the library path at itself on import; a real OBS started afterwards (tests/obs,
+    and anything the backend runs) would load its Qt plugin and abort. The perception imports undo that."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, json; before = dict(os.environ); "
+            "from backend.perception.landmarks import _import_mediapipe; _import_mediapipe(); "
+            "from backend.perception.camera import DeviceCamera; DeviceCamera(0); "
+            "print(json.dumps(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))))")
+    pytest.importorskip("mediapipe")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 def test_serve_camera_flag():
     from backend.cli import _config
 
