@@ -226,6 +226,7 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray | None,
         announce_token(token)  # on the terminal, once; never into a log handler
         log.info("LiveIdol is live: stream=%s/stream control=%s/control character=%s", server.url, server.url,
                  cfg.character)
+        handle, heard = await _perceive(cfg, director, stack)
         if ready is not None:
             ready(server)
         if not await _loaded_or_stopped(engine, stop):
@@ -238,12 +239,39 @@ async def run_backend(cfg: Config, generator: Any, reference: np.ndarray | None,
             if listen is not None:
                 server.push_to_talk = listen.set_push_to_talk
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(_pump(b, director.handle)) for b in bridges]
+            tasks = [tg.create_task(_pump(b, handle)) for b in bridges]
             if listen is not None:
-                tasks.append(tg.create_task(listen(director.handle_streamer)))
+                tasks.append(tg.create_task(listen(director.handle_streamer, *([heard] if heard else []))))
             await stop.wait()
             for task in tasks:
                 task.cancel()
+
+
+async def _perceive(cfg: Config, director: Any, stack: contextlib.AsyncExitStack
+                   ) -> tuple[Callable[[ChatEvent], Awaitable[Any]], Callable[[Any], Awaitable[Any]] | None]:
+    """Camera perception and the mood ([perception]), when on: the chat handler to use (the mood taps it),
+    and what hears the streamer's every utterance (None without the mood)."""
+    pcfg = cfg.perception
+    director.emotion_hold_s = pcfg.mood_hold_s
+    if pcfg.enabled:
+        from backend.perception.camera import open_camera
+        from backend.perception.service import Perception
+
+        async def react(reaction: Any) -> Any:
+            return await director.handle_reaction(reaction.kind, reaction.argument, reason=reaction.name,
+                                                  max_wait_s=pcfg.max_wait_s)
+
+        await stack.enter_async_context(Perception(pcfg, lambda: open_camera(pcfg, cfg.obs), react))
+    if not pcfg.mood:
+        return director.handle, None
+    from backend.perception.service import Mood
+
+    mood = await stack.enter_async_context(Mood(pcfg, director.handle_mood))
+
+    async def heard(utterance: Any) -> Any:
+        return await mood.observe(utterance.text, "voice")
+
+    return mood.tap(director.handle), heard
 
 
 def serve(cfg: Config) -> int:

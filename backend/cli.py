@@ -1,6 +1,6 @@
 """`liveidol ...`: parse flags, load the config, run one subcommand.
 
-    liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
+    liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice] [--camera [SOURCE]]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", action="store_true", default=None, help="listen to the microphone and speak")
     p.add_argument("--twitch", metavar="CHANNEL", help="also read this Twitch channel's chat")
     p.add_argument("--bilibili", metavar="ROOM", type=int, help="also read this Bilibili room's danmaku")
+    p.add_argument("--camera", nargs="?", const="", default=None, metavar="OBS_SOURCE",
+                   help="watch the streamer's camera (perception.enabled); optionally name the OBS source showing it")
 
     p = sub.add_parser("bench", help="measure generation speed and memory; prints one JSON line")
     _add_common(p)
@@ -277,7 +279,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _config(args, **{"server.host": args.host, "server.port": args.port, "character": args.character,
                                "model.checkpoint": args.checkpoint, "model.device": args.device,
                                "voice.enabled": args.voice, "chat.twitch.channel": args.twitch,
-                               "chat.bilibili.room_id": args.bilibili})
+                               "chat.bilibili.room_id": args.bilibili,
+                               "perception.enabled": True if args.camera is not None else None,
+                               "perception.obs_source": args.camera or None})
         _setup_logging(cfg.log_level)
         from backend.app import serve
 

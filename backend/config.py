@@ -38,6 +38,7 @@ __all__ = [
     "EngineConfig",
     "ModelConfig",
     "ObsConfig",
+    "PerceptionConfig",
     "ServerConfig",
     "VoiceConfig",
     "WanConfig",
@@ -298,6 +299,48 @@ class ObsConfig:
     source_name: str = opt("LiveIdol", "Name of the source in OBS.")
 
 
+REACTIONS = ("wave", "smile", "heart", "sad", "thumbs_up", "nod", "head_shake", "surprised")
+
+
+@dataclass(frozen=True)
+class PerceptionConfig:
+    """The idol perceives: the streamer's camera (off by default) and the mood of chat and speech."""
+
+    enabled: bool = opt(False, "Watch the streamer's camera and react to expressions and gestures (serve --camera). "
+                        "Pictures stay in memory on this machine: never stored, never sent anywhere.")
+    camera: Literal["obs", "device"] = opt("obs", "Where pictures come from: screenshots of an OBS source over "
+                                           "obs-websocket ([obs] host, port, password), or a local camera device.")
+    obs_source: str = opt("", "Name of the OBS source that shows the camera (needed with camera = 'obs').")
+    device: int = opt(0, "Camera device index for camera = 'device' (needs opencv).", min=0)
+    fps: float = opt(4.0, "Pictures looked at per second (perception runs in one low-priority thread).",
+                     min=0.5, max=15.0)
+    picture_size: int = opt(480, "Longest side of the pictures looked at, in pixels.", min=64, max=1920)
+    reactions: tuple[str, ...] = opt(REACTIONS, "Reactions that are on: wave (waves back), smile (smiles), heart "
+                                     "(heart hands -> a heart), sad (a gentle, concerned look), thumbs_up (a "
+                                     "thumbs-up back), nod, head_shake, surprised.")
+    reaction_cooldown_s: float = opt(10.0, "Seconds before the same reaction may play again.", min=0.0)
+    global_cooldown_s: float = opt(3.0, "Seconds between any two reactions.", min=0.0)
+    max_wait_s: float = opt(2.0, "A reaction that cannot start within this many seconds (viewers' commands "
+                            "playing) is dropped: reactions queue below every viewer.", min=0.0)
+    mood: bool = opt(False, "Let the sentiment of recent chat and of the streamer's speech set the idol's "
+                     "emotion between commands.")
+    mood_alpha: float = opt(0.2, "Weight of one message in the mood's moving average.", min=0.01, max=1.0)
+    mood_enter: float = opt(0.3, "Mood above this (or below minus this) turns the idol happy (or sad).",
+                            min=0.0, max=1.0)
+    mood_exit: float = opt(0.1, "Mood back inside plus/minus this returns her to neutral (hysteresis).",
+                           min=0.0, max=1.0)
+    mood_hold_s: float = opt(15.0, "Seconds the mood leaves alone an emotion a viewer or the streamer asked for, "
+                             "and the least time between two mood changes.", min=0.0)
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.reactions if r not in REACTIONS]
+        if unknown:
+            raise ConfigError(f"perception.reactions: unknown {', '.join(map(repr, unknown))} "
+                              f"(allowed: {', '.join(REACTIONS)})")
+        if self.mood_exit > self.mood_enter:
+            raise ConfigError(f"perception.mood_exit = {self.mood_exit} must not exceed mood_enter = {self.mood_enter}")
+
+
 @dataclass(frozen=True)
 class Config:
     character: str = opt("aiko", "Character: a name in configs/characters/ or a path to a character .toml.")
@@ -309,6 +352,7 @@ class Config:
     chat: ChatConfig = opt(None, "Chat platforms.", factory=ChatConfig)
     voice: VoiceConfig = opt(None, "Streamer voice and the idol's voice.", factory=VoiceConfig)
     obs: ObsConfig = opt(None, "OBS auto-setup.", factory=ObsConfig)
+    perception: PerceptionConfig = opt(None, "Camera perception and mood.", factory=PerceptionConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_serve_after_test_installs_nothing_more(sandbox) -> None:
     run(repo, env, "serve", "--port", "9")
     run(repo, env, "serve", "--voice")
     installs = pip_installs(calls)
-    assert len(installs) == 1 and installs[0].endswith("-e .[dev,voice,wan]"), installs
+    assert len(installs) == 1 and installs[0].endswith("-e .[dev,perception,voice,wan]"), installs
     assert "liveidol serve --port 9" in calls.read_text()
 
 
@@ -74,7 +74,7 @@ def test_voice_flag_adds_the_voice_extra_and_test_keeps_it(sandbox) -> None:
     run(repo, env, "serve", "--voice")
     run(repo, env, "test")
     installs = [line.rsplit(" ", 1)[-1] for line in pip_installs(calls)]
-    assert installs == [".", ".[voice]", ".[dev,voice,wan]"]
+    assert installs == [".", ".[voice]", ".[dev,perception,voice,wan]"]
     (repo / "pyproject.toml").write_text((repo / "pyproject.toml").read_text() + "\n# changed\n")
     run(repo, env, "serve")  # a changed pyproject reinstalls what this command needs
     assert pip_installs(calls)[-1].endswith("-e .") and len(pip_installs(calls)) == 4

@@ -48,6 +48,7 @@ import dataclasses
 import enum
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -105,7 +106,8 @@ class Decision:
     """One decision of the director, as logged.
 
     ``decision``: queued, immediate, dispatched, finished, rejected, ignored, voted, vote_won, dropped,
-    purged, cancelled (it had started: the engine is sent a ``cancel``), skipped, removed, approved, error.
+    purged, cancelled (it had started: the engine is sent a ``cancel``), skipped, removed, approved, expired (a
+    reaction that did not start in time), error.
     """
 
     at: float
@@ -160,6 +162,8 @@ class Director:
         self._last_state: dict[str, Any] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.emotion_hold_s = 15.0  # reactions and the mood leave an asked-for emotion alone this long
+        self._asked_emotion_at = -math.inf
         self.lifecycle = DirectorState.CREATED
 
     @staticmethod
@@ -243,6 +247,32 @@ class Director:
         item = self._item(req, tier=Tier.STREAMER, platform=source, user_key="", user_name="streamer")
         return await self._accept(item)
 
+    async def handle_reaction(self, kind: CommandKind, argument: str, *, reason: str,
+                              max_wait_s: float) -> Decision:
+        """The idol's own reaction to what the camera saw (``reason``: "wave", "smile" ...): queued below every
+        viewer (:attr:`Tier.REACTION`) and dropped if it has not started within ``max_wait_s``; an emotion goes
+        at once, unless a viewer or the streamer asked for one within ``emotion_hold_s``."""
+        if kind is CommandKind.EMOTION and self._emotion_held():
+            return self._decide("rejected", "emotion_held", user="camera", platform="camera", kind=kind.value,
+                                argument=argument, detail=reason)
+        item = self._item(Request(kind, argument, reason), tier=Tier.REACTION, platform="camera", user_key="",
+                          user_name="camera")
+        item.expires_at = self._clock() + max_wait_s
+        return await self._accept(item)
+
+    async def handle_mood(self, emotion: str, *, detail: str = "") -> Decision:
+        """The room's mood (chat and speech sentiment) sets the emotion between commands: sent at once, unless
+        a viewer or the streamer asked for an emotion within ``emotion_hold_s``."""
+        if self._emotion_held():
+            return self._decide("rejected", "emotion_held", user="mood", platform="mood", kind="emotion",
+                                argument=emotion, detail=detail)
+        item = self._item(Request(CommandKind.EMOTION, emotion, "mood"), tier=Tier.REACTION, platform="mood",
+                          user_key="", user_name="mood")
+        return await self._accept(item)
+
+    def _emotion_held(self) -> bool:
+        return self._clock() - self._asked_emotion_at < self.emotion_hold_s
+
     # ------------------------------------------------------------------------- streamer controls
 
     async def skip(self) -> Decision | None:
@@ -301,6 +331,9 @@ class Director:
         if cur is not None and (cur.finished.done() if cur.finished is not None else now >= cur.ends):
             self._current = None
             self._decide("finished", "played" if cur.finished is not None else "duration_elapsed", item=cur.item)
+            self._changed()
+        for stale in self.queue.remove_where(lambda i: i.expires_at <= now):
+            self._decide("expired", "not_started_in_time", item=stale)
             self._changed()
         while self._current is None:
             popped = self.queue.pop()
@@ -454,6 +487,8 @@ class Director:
                          message_id=message_id, duration_s=duration)
 
     async def _accept(self, item: QueueItem) -> Decision:
+        if item.command.kind is CommandKind.EMOTION and item.tier > Tier.REACTION:
+            self._asked_emotion_at = self._clock()
         if item.command.kind in _IMMEDIATE and not item.held:
             decision = self._decide("immediate", f"{item.command.kind.value}_does_not_overlap", item=item)
             await self._send(item.command)

@@ -26,7 +26,7 @@ OnCommand = Callable[[str], Awaitable[Any]]
 
 
 class SpokenCommands:
-    """The streamer's microphone -> commands. ``await spoken(on_command)`` listens until cancelled; a missing
+    """The streamer's microphone -> commands. ``await spoken(on_command[, on_heard])`` listens until cancelled; a missing
     speech-recognition package or microphone is a warning (the idol keeps speaking), not the end of the
     stream. ``set_push_to_talk(held)`` may be called any time (before listening starts too)."""
 
@@ -40,7 +40,9 @@ class SpokenCommands:
         if self._listener is not None:
             self._listener.set_push_to_talk(self.held)
 
-    async def __call__(self, on_command: OnCommand) -> None:
+    async def __call__(self, on_command: OnCommand, on_heard: Callable[[Any], Awaitable[object]] | None = None
+                       ) -> None:
+        """Listen until cancelled; ``on_heard(utterance)`` (optional) hears every utterance (the mood)."""
         from backend.voice.errors import VoiceError
         from backend.voice.listener import VoiceListener
         from backend.voice.sources import Microphone
@@ -49,7 +51,7 @@ class SpokenCommands:
             return await on_command(text)
 
         try:
-            listener = VoiceListener.from_config(self.cfg, command)
+            listener = VoiceListener.from_config(self.cfg, command, on_heard=on_heard)
             listener.set_push_to_talk(self.held)
             self._listener = listener
             logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every utterance at INFO
