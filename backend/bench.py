@@ -19,7 +19,7 @@ import torch
 from backend.actions import ACTIONS, EMOTIONS
 from backend.config import Config
 
-__all__ = ["RepeatCounter", "distinct_figures", "run_bench", "run_live_bench"]
+__all__ = ["RepeatCounter", "distinct_figures", "run_bench", "run_live_bench", "run_soak", "soak_figures"]
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +33,32 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
     from backend.app import build_generator
     from backend.model.generator import Conditions
 
+    t_start = time.perf_counter()
     gen, reference, _ = build_generator(cfg)  # exactly what `liveidol serve` runs (background included)
-    gen.reset(reference, Conditions())
-    rng = random.Random(cfg.model.seed)
+    load_s = time.perf_counter() - t_start
+    factory = getattr(gen, "conditions_factory", None)  # the Wan tier: commands become prompt embeddings
+    make = factory() if factory is not None else (lambda a, e, p: Conditions(action=a, emotion=e))
     cuda = gen.state.device.startswith("cuda")
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize()
 
+    t0 = time.perf_counter()  # first-frame latency: reset (the avatar into the sink) + the first chunk
+    gen.reset(reference, make("idle", "neutral", ""))
+    gen.next_chunk(make("idle", "neutral", ""))
+    sync()
+    first_frame_s = time.perf_counter() - t0
+    rng = random.Random(cfg.model.seed)
+
     def conditions(i: int) -> Conditions:  # a new command every 3 chunks, as a busy chat would send
-        return Conditions(action=ACTIONS[(i // 3) % len(ACTIONS)].name, emotion=EMOTIONS[(i // 7) % len(EMOTIONS)])
+        return make(ACTIONS[(i // 3) % len(ACTIONS)].name, EMOTIONS[(i // 7) % len(EMOTIONS)], "")
 
     n = 0
     for n in range(warmup_chunks):
         gen.next_chunk(conditions(n))
     sync()
+    peak_all = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     latencies: list[float] = []
@@ -71,10 +81,15 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         peak = rss / 2**20 if sys.platform == "darwin" else rss / 1024
     native_w, native_h = gen.native_size
     out_w, out_h = gen.output_size
+    close = getattr(gen, "close", None)  # the Wan tier's text-encoder thread
+    if close is not None:
+        close()
     return {
         "device": _device_name(gen),
         "dtype": state.dtype,
         "attention": state.attention_backend,
+        "compiled": state.compiled,
+        "linears": state.linears,
         "checkpoint": cfg.model.checkpoint,
         "parameters": gen.parameter_count,
         "native_resolution": f"{native_w}x{native_h}",
@@ -90,6 +105,12 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         "cache_mib": round(state.cache_bytes / 2**20, 2),
         "peak_memory_mib": round(peak, 1),
         "peak_memory_kind": "cuda_allocated" if cuda else "process_rss",
+        "peak_memory_with_load_mib": round(peak_all, 1) if peak_all is not None else round(peak, 1),
+        "first_frame_latency_ms": round(1000 * first_frame_s, 1),
+        "load_seconds": round(load_s, 2),
+        "model_family": cfg.model.family,
+        **({"decoder": cfg.model.wan.decoder, "text_encoder_device": cfg.model.wan.text_encoder_device,
+            "text_encoder_offload": cfg.model.wan.text_encoder_offload} if cfg.model.family == "wan" else {}),
     }
 
 
@@ -106,8 +127,10 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
     actions = [a.name for a in ACTIONS if not a.loop]
 
     async def main() -> dict[str, Any]:
+        factory = getattr(generator, "conditions_factory", None)  # the Wan tier: commands -> prompt embeddings
         async with Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
-                          max_chunk_frames=cfg.model.chunk_frames, character=character) as engine:
+                          max_chunk_frames=cfg.model.chunk_frames, character=character,
+                          conditions=factory() if factory is not None else None) as engine:
             await engine.wait_started()
             sub = engine.subscribe(audio=False)
             arrivals: list[float] = []
@@ -160,7 +183,12 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 **distinct_figures(before, status, elapsed, repeats),
             }
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        close = getattr(generator, "close", None)  # the Wan tier's text-encoder thread
+        if close is not None:
+            close()
 
 
 class RepeatCounter:
@@ -208,3 +236,145 @@ def _device_name(generator: Any) -> str:
     if state.device.startswith("cuda"):
         return torch.cuda.get_device_name()
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ----------------------------------------------------------------------------- soak
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (Linux /proc; elsewhere the peak, the best the stdlib offers)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def soak_figures(arrivals: list[float], memory: list[tuple[float, float]], *, fps: float, seconds: float,
+                 frames_shown: int, frames_repeated: int, warmup_s: float = 60.0) -> dict[str, Any]:
+    """The soak's figures from what it recorded (pure, so tests feed it numbers).
+
+    ``arrivals``: wall seconds at which the subscriber got each frame; ``memory``: (wall seconds since the
+    start, MiB) samples. A *stall* is a gap between frames longer than two frame intervals. The memory slope
+    is a least-squares line through the samples after ``warmup_s`` (all of them when the run is shorter)."""
+    gaps = np.diff(np.asarray(arrivals, dtype=np.float64))
+    limit = 2.0 / fps
+    stalls = gaps[gaps > limit]
+    late = [(t, m) for t, m in memory if t >= warmup_s]
+    points = late if len(late) >= 3 else memory
+    slope = None
+    if len(points) >= 2 and points[-1][0] > points[0][0]:
+        t, m = np.asarray(points, dtype=np.float64).T
+        slope = float(np.polyfit(t / 3600.0, m, 1)[0])
+    mem = [m for _, m in memory]
+    quarter = max(1, len(points) // 4)  # RSS swings with the allocator: medians of the first/last quarter
+    first_q = float(np.median([m for _, m in points[:quarter]])) if points else None
+    last_q = float(np.median([m for _, m in points[-quarter:]])) if points else None
+    return {
+        "soak_seconds": round(seconds, 1),
+        "fps_target": fps,
+        "fps_shown": round(len(arrivals) / seconds, 2) if seconds > 0 else None,
+        "distinct_fps": round((frames_shown - frames_repeated) / seconds, 2) if seconds > 0 else None,
+        "repeated_share": round(frames_repeated / frames_shown, 4) if frames_shown else None,
+        "stalls": int(stalls.size),
+        "stall_seconds": round(float(stalls.sum()), 3),
+        "longest_gap_ms": round(1000 * float(gaps.max()), 1) if gaps.size else None,
+        "memory_mib_start": round(mem[0], 1) if mem else None,
+        "memory_mib_end": round(mem[-1], 1) if mem else None,
+        "memory_mib_max": round(max(mem), 1) if mem else None,
+        "memory_slope_mib_per_hour": None if slope is None else round(slope, 2),
+        "memory_mib_median_first_quarter": None if first_q is None else round(first_q, 1),
+        "memory_mib_median_last_quarter": None if last_q is None else round(last_q, 1),
+    }
+
+
+def run_soak(cfg: Config, *, minutes: float, command_every_s: float = 2.0, sample_every_s: float = 5.0,
+             warmup_s: float = 60.0, progress: Any = None) -> dict[str, Any]:
+    """`liveidol bench --live --minutes N`: the whole engine in real time for ``minutes`` with a command every
+    ``command_every_s``; reports memory slope (MiB/hour after ``warmup_s``), stalls (frame gaps over two
+    intervals), the share of repeated frames, and distinct (newly generated) frames shown per second.
+    ``progress(dict)`` (optional) gets the running figures at every memory sample."""
+    import asyncio
+
+    from backend.app import build_generator
+    from backend.engine.engine import Engine
+    from backend.events import Command, CommandKind, VideoFrame
+
+    generator, reference, character = build_generator(cfg)
+    actions = [a.name for a in ACTIONS if not a.loop]
+    cuda = generator.state.device.startswith("cuda")
+
+    def memory_now() -> float:
+        return torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mib()
+
+    async def main() -> dict[str, Any]:
+        async with Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
+                          max_chunk_frames=cfg.model.chunk_frames, character=character) as engine:
+            await engine.wait_started()
+            sub = engine.subscribe(audio=False)
+            arrivals: list[float] = []
+            memory: list[tuple[float, float]] = []
+            latencies: list[float] = []
+
+            async def watch() -> None:
+                async for item in sub:
+                    if isinstance(item, VideoFrame):
+                        arrivals.append(time.perf_counter())
+
+            async def command(i: int) -> None:
+                t0 = time.perf_counter()
+                try:
+                    ticket = await engine.submit(Command(CommandKind.ACT, actions[i % len(actions)]))
+                    if await ticket.shown is not None:
+                        latencies.append(time.perf_counter() - t0)
+                except asyncio.CancelledError:
+                    pass
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(2.0)  # warm-up: first chunks, compute policy settling
+            arrivals.clear()
+            base = engine.status()
+            start = time.perf_counter()
+            commands: set[asyncio.Task[None]] = set()
+            next_command, next_sample, i = start, start, 0
+            while (now := time.perf_counter()) - start < minutes * 60:
+                if now >= next_command:
+                    task = asyncio.create_task(command(i))
+                    commands.add(task)
+                    task.add_done_callback(commands.discard)
+                    i += 1
+                    next_command += command_every_s
+                if now >= next_sample:
+                    memory.append((now - start, memory_now()))
+                    next_sample += sample_every_s
+                    if progress is not None:
+                        st = engine.status()
+                        progress({"t_s": round(now - start, 1), "memory_mib": round(memory[-1][1], 1),
+                                  "frames_shown": st["frames_shown"] - base["frames_shown"],
+                                  "frames_repeated": st["frames_repeated"] - base["frames_repeated"],
+                                  "steps": st["steps"], "chunk_frames": st["chunk_frames"]})
+                await asyncio.sleep(max(0.0, min(next_command, next_sample) - time.perf_counter()))
+            elapsed = time.perf_counter() - start
+            memory.append((elapsed, memory_now()))
+            status = engine.status()
+            watcher.cancel()
+            for task in list(commands):
+                task.cancel()
+            await asyncio.gather(watcher, *commands, return_exceptions=True)
+            figures = soak_figures(arrivals, memory, fps=cfg.engine.fps, seconds=elapsed,
+                                   frames_shown=status["frames_shown"] - base["frames_shown"],
+                                   frames_repeated=status["frames_repeated"] - base["frames_repeated"],
+                                   warmup_s=warmup_s)
+            return {
+                "device": _device_name(generator), **figures,
+                "memory_kind": "cuda_allocated" if cuda else "process_rss",
+                "commands": i, "commands_shown": len(latencies),
+                "command_to_frame_ms_p50": round(1000 * _percentile(latencies, 50), 1),
+                "command_to_frame_ms_p95": round(1000 * _percentile(latencies, 95), 1),
+                "steps_now": status["steps"], "chunk_frames_now": status["chunk_frames"],
+                "output_resolution": f"{cfg.model.output_width}x{cfg.model.output_height}",
+            }
+
+    return asyncio.run(main())

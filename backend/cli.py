@@ -1,13 +1,20 @@
 """`liveidol ...`: parse flags, load the config, run one subcommand.
 
-    liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice]
+    liveidol serve [--config F] [--set key=value ...] [--port N] [--character NAME] [--voice] [--camera [SOURCE]]
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
+    liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
+    liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
     liveidol obs setup [--host H] [--port P] [--new-scene]
     liveidol chat {twitch CHANNEL | bilibili ROOM | console}
     liveidol config [--check F]                                 print the documented defaults / check a file
+    liveidol replay LOG [--session ID] [--out DIR] [--frames N]  re-render a session from its input log
+    liveidol models {list | pull NAME | verify [NAME ...]}      the Wan tier's open weights (~/.cache/liveidol/models)
+
+``serve`` and ``bench`` take ``--model wan-1.3b`` (configs/models/wan-1.3b.toml: the Wan2.1 tier's sizes and
+sampling) before any ``--set``.
 
 Errors in the configuration or in flags print one line (no traceback) and exit with status 2.
 """
@@ -17,25 +24,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.config import Config, ConfigError, load_config
+from backend.config import Config, load_config
+from backend.errors import LiveIdolError
 
 __all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
 
-class CliError(Exception):
+class CliError(LiveIdolError):
     """A user error on the command line or in a file; printed as one line."""
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """`--set model.steps=2 --set server.host="0.0.0.0"`: values are TOML literals, bare words are strings."""
+def _parse_set(items: Sequence[str], origins: dict[str, str] | None = None) -> dict[str, Any]:
+    """`--set model.steps=2 --set server.host="0.0.0.0"`: values are TOML literals, bare words are strings.
+
+    ``origins`` (if given) receives each key's flag as typed, for errors that name it."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -46,6 +57,8 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             value = raw
         out[key.strip()] = value
+        if origins is not None:
+            origins[key.strip()] = f"--set {item}"
     return out
 
 
@@ -60,10 +73,54 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _preset(name: str | None) -> dict[str, Any]:
+    """``--model NAME``: configs/models/NAME.toml as dotted overrides (below --set and the flags)."""
+    if not name:
+        return {}
+    from backend.config import CONFIG_DIR
+
+    path = CONFIG_DIR / "models" / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.toml")))
+        raise CliError(f"--model {name}: unknown model (known: {known})")
+    try:
+        return _flatten(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"{path}: not valid TOML: {exc}") from None
+
+
 def _config(args: argparse.Namespace, **flags: Any) -> Config:
-    overrides = _parse_set(getattr(args, "set", []) or [])
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    return load_config(Path(args.config) if args.config else None, overrides)
+    origins: dict[str, str] = {}
+    model = getattr(args, "model", None)
+    overrides = _preset(model)
+    origins.update({k: f"--model {model} (configs/models/{model}.toml)" for k in overrides})
+    overrides.update(_parse_set(getattr(args, "set", []) or [], origins))
+    for key, value in flags.items():
+        if value is not None:
+            overrides[key] = value
+            origins[key] = "command line"
+    return load_config(Path(args.config) if args.config else None, overrides, origins=origins)
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite number (nan and inf are refused like any other bad value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _setup_logging(level: str) -> None:
@@ -75,6 +132,8 @@ def _setup_logging(level: str) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: configs/default.toml)")
+    if p.prog.split()[-1] in ("serve", "bench"):
+        p.add_argument("--model", metavar="NAME", help="a model preset from configs/models/ (e.g. wan-1.3b)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.steps=2 (repeatable)")
 
@@ -93,24 +152,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", action="store_true", default=None, help="listen to the microphone and speak")
     p.add_argument("--twitch", metavar="CHANNEL", help="also read this Twitch channel's chat")
     p.add_argument("--bilibili", metavar="ROOM", type=int, help="also read this Bilibili room's danmaku")
+    p.add_argument("--camera", nargs="?", const="", default=None, metavar="OBS_SOURCE",
+                   help="watch the streamer's camera (perception.enabled); optionally name the OBS source showing it")
 
     p = sub.add_parser("bench", help="measure generation speed and memory; prints one JSON line")
     _add_common(p)
-    p.add_argument("--seconds", type=float, default=10.0, help="how long to generate (default 10)")
+    p.add_argument("--seconds", type=_finite, default=10.0, help="how long to generate (default 10)")
     p.add_argument("--live", action="store_true",
                    help="run the whole engine in real time with a command every 2 s: FPS, jitter, command latency")
+    p.add_argument("--minutes", type=_finite,
+                   help="with --live: a soak of this many minutes: memory slope, stalls, repeated frames, distinct FPS")
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--stages", action="store_true",
+                   help="with --model: the speed harness at the tier's sizes (random weights): per-stage times, FPS, "
+                        "prompt-switch latency, the ratio to a dense eager pass, each approximation's error")
+    p.add_argument("--fixtures", metavar="DIR",
+                   help="with --model: also measure the approximations on the equivalence fixtures in DIR "
+                        "(tests/fixtures/wan_causal_ref)")
 
     p = sub.add_parser("train", help="train the default model (resumable steps of at most --minutes)")
     _add_common(p)
-    p.add_argument("stage", choices=["autoencoder", "dit", "selfforcing", "probe", "export", "import"],
+    p.add_argument("stage", choices=["autoencoder", "hires", "dit", "selfforcing", "probe", "export", "import"],
                    help="import: seed a new run from --checkpoint (default: the shipped weights) to train on")
     p.add_argument("--run", default="runs/default", help="run directory holding checkpoints and logs")
-    p.add_argument("--minutes", type=float, default=9.0, help="stop and save after this long (default 9)")
+    p.add_argument("--minutes", type=_finite, default=9.0, help="stop and save after this long (default 9)")
     p.add_argument("--anneal", action="store_true",
                    help="dit/selfforcing: decay the learning rate to 10%% by the end of this step (before export)")
     p.add_argument("--checkpoint", help="import: the checkpoint to start from (default 'builtin', the shipped weights)")
+    p.add_argument("--critic", action="store_true",
+                   help="hires: sharpen the detail decoder with a patch discriminator (crisper, but can dither edges)")
     p.add_argument("--kernel", choices=["auto", "flex", "sdpa"], default="auto",
                    help="dit/selfforcing: masked attention kernel; auto = block-sparse flex attention on CUDA, SDPA on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -121,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
     p.add_argument("--commands", type=int, default=100, help="random commands to test (default 100)")
-    p.add_argument("--minutes", type=float, default=30.0, help="minutes of video for the identity test")
+    p.add_argument("--minutes", type=_finite, default=30.0, help="minutes of video for the identity test")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the command plan and identity script (another seed = a held-out plan)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -154,33 +225,45 @@ def build_parser() -> argparse.ArgumentParser:
     q = chat_sub.add_parser("console", help="type commands as the streamer or a viewer")
     _add_common(q)
 
+    p = sub.add_parser("replay", help="re-render a stream session from its input log (engine.log_path) and seed")
+    p.add_argument("--config", help="config file the session ran with (default: configs/default.toml); the log's "
+                   "model settings, fps and character override it")
+    p.add_argument("log", help="the input log (JSON lines)")
+    p.add_argument("--session", default="", help="session id (default: the last session in the log)")
+    p.add_argument("--out", help="write the frames here as PNG files (frame_000000.png, ...)")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+
+    p = sub.add_parser("models", help="the Wan tier's open weights: list, pull (Hugging Face) and verify")
+    models_sub = p.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="the known recipes, where they go and what is there")
+    q = models_sub.add_parser("pull", help="download one recipe into the cache and verify it")
+    q.add_argument("name")
+    q = models_sub.add_parser("verify", help="check sizes and sha256 of pulled recipes")
+    q.add_argument("names", nargs="*")
+
     p = sub.add_parser("config", help="print the documented default config, or check a file")
     p.add_argument("--check", metavar="FILE", help="validate FILE and exit")
     return parser
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean "fix your input or install something", printed as one line (no traceback).
-    Only from modules that import here (a training machine may lack the streaming packages)."""
-    import importlib
+def _calm_openmp() -> None:
+    """OpenMP threads wait passively (sleep) instead of spinning between torch ops, unless the user chose.
 
-    found: list[type[Exception]] = []
-    for module, name in (("backend.model.checkpoint", "CheckpointError"), ("backend.model.generator", "GeneratorError"),
-                         ("backend.training.evaluate", "EvalError"), ("backend.remote", "RemoteError"),
-                         ("backend.server.auth", "AuthError"), ("backend.server.server", "ServerError"),
-                         ("backend.voice.errors", "VoiceError"), ("obs_plugin.setup", "ObsSetupError")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except ImportError:
-            continue
-    return tuple(found)
+    The streaming engine runs torch in its own thread beside the event loop; on a small CPU shared with
+    other work, spinning OpenMP threads starve both: measured on the 2-core machine at load ~10, 6 chunks
+    took 3-24 s spinning and 1.4 s passive. It must be set before torch loads (it is read once)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "bench"):
+        _calm_openmp()
     try:
         return _dispatch(args)
-    except (ConfigError, CliError, *_user_errors()) as exc:
+    except LiveIdolError as exc:  # ConfigError, CheckpointError, AuthError, ServerError, VoiceError ...
         print(f"liveidol: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -188,6 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "replay":
+        from backend.replay import replay
+
+        result = replay(Path(args.config) if args.config else None, Path(args.log), session_id=args.session,
+                        out_dir=Path(args.out) if args.out else None, max_frames=args.frames)
+        print(json.dumps(result), flush=True)
+        return 0
+
     if args.command == "config":
         from backend.config import default_toml
 
@@ -198,20 +289,49 @@ def _dispatch(args: argparse.Namespace) -> int:
             sys.stdout.write(default_toml())
         return 0
 
+    if args.command == "models":
+        from backend.model.wan.hub import run_models
+
+        return run_models(args.models_command, getattr(args, "name", None) or getattr(args, "names", None))
+
     if args.command == "serve":
         cfg = _config(args, **{"server.host": args.host, "server.port": args.port, "character": args.character,
                                "model.checkpoint": args.checkpoint, "model.device": args.device,
                                "voice.enabled": args.voice, "chat.twitch.channel": args.twitch,
-                               "chat.bilibili.room_id": args.bilibili})
+                               "chat.bilibili.room_id": args.bilibili,
+                               "perception.enabled": True if args.camera is not None else None,
+                               "perception.obs_source": args.camera or None})
         _setup_logging(cfg.log_level)
         from backend.app import serve
 
         return serve(cfg)
 
     if args.command == "bench":
-        cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device})
+        flags = {"model.checkpoint": args.checkpoint, "model.device": args.device}
+        if args.model and args.stages:  # the tier's speed harness: its sizes under --set and the flags
+            from backend.perf import format_table, preset_overrides, run_model_bench
+
+            given = {k for k in _parse_set(args.set or [])} | {k for k, v in flags.items() if v is not None}
+            flags = {**{k: v for k, v in preset_overrides(args.model).items() if k not in given},
+                     **{k: v for k, v in flags.items() if v is not None}}
+            cfg = _config(args, **flags)
+            _setup_logging(cfg.log_level)
+            result = run_model_bench(cfg, seconds=args.seconds, fixtures=Path(args.fixtures) if args.fixtures else None)
+            print(json.dumps(result), flush=True)
+            print(format_table(result), flush=True)
+            return 0
+        cfg = _config(args, **flags)
         from backend.bench import run_bench, run_live_bench
 
+        if args.minutes is not None:
+            if not args.live:
+                raise CliError("bench --minutes needs --live (a soak runs the whole engine in real time)")
+            from backend.bench import run_soak
+
+            result = run_soak(cfg, minutes=args.minutes,
+                              progress=lambda p: print(json.dumps({"soak": p}), file=sys.stderr, flush=True))
+            print(json.dumps(result), flush=True)
+            return 0
         result = run_live_bench(cfg, seconds=args.seconds) if args.live else run_bench(cfg, seconds=args.seconds)
         print(json.dumps(result), flush=True)
         return 0
@@ -222,7 +342,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from backend.training.train import run_stage
 
         return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
-                         kernel=args.kernel, compile=args.compile)
+                         kernel=args.kernel, compile=args.compile, critic=args.critic)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,
@@ -254,12 +374,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return obs_setup(cfg, url=args.url, new_scene=args.new_scene)
 
     if args.command == "chat":
-        flags: dict[str, Any] = {}
+        chat_flags: dict[str, Any] = {}
         if args.platform == "twitch":
-            flags["chat.twitch.channel"] = args.channel
+            chat_flags["chat.twitch.channel"] = args.channel
         elif args.platform == "bilibili":
-            flags["chat.bilibili.room_id"] = args.room
-        cfg = _config(args, **flags)
+            chat_flags["chat.bilibili.room_id"] = args.room
+        cfg = _config(args, **chat_flags)
         _setup_logging(cfg.log_level)
         from backend.app import chat
 

@@ -16,6 +16,7 @@ Components own their section (``cfg.engine``, ``cfg.server`` ...) and receive on
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -23,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from backend.errors import LiveIdolError
 
 __all__ = [
     "CONFIG_DIR",
@@ -35,8 +38,10 @@ __all__ = [
     "EngineConfig",
     "ModelConfig",
     "ObsConfig",
+    "PerceptionConfig",
     "ServerConfig",
     "VoiceConfig",
+    "WanConfig",
     "describe",
     "from_mapping",
     "load_config",
@@ -47,8 +52,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-class ConfigError(ValueError):
-    """A configuration file or flag is wrong. The message names file, key, value and what is allowed."""
+class ConfigError(LiveIdolError, ValueError):
+    """A configuration file or flag is wrong. The message names file, key, value and what is allowed.
+
+    ``key`` is the dotted key at fault when one is (``engine.fps``, ``model.timesteps[1]``), so the loader
+    can say whether the value came from the file or from the command line.
+    """
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def opt(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
@@ -101,20 +114,53 @@ class AutoencoderConfig:
     width: int = opt(64, "Base channel width of the encoder/decoder convolutions.", min=4)
     native_width: int = opt(256, "Native frame width in pixels (16:9 with native_height).", min=16)
     native_height: int = opt(144, "Native frame height in pixels.", min=16)
+    hires_factors: tuple[int, ...] = opt(
+        (2, 3, 5), "Up-sampling steps of the detail decoder, which renders the same latents at a larger size "
+        "(their product pixels per latent cell: 2*3*5 = 30 gives 960x540 from a 256x144 model's 32x18 grid); "
+        "[] for none.", min=1, max=8)
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """The Wan2.1 tier (model.family = 'wan'): the pieces around a Wan-based DiT (see `liveidol models list`)."""
+
+    text_encoder: str = opt("", "umT5-XXL: a folder with Wan's models_t5_umt5-xxl-enc-bf16.pth (+ google/umt5-xxl/ "
+                            "tokenizer) or a transformers UMT5 folder; '' = the `liveidol models pull umt5-xxl` "
+                            "cache; 'random' = random weights (benchmarks).")
+    text_encoder_device: Literal["auto", "cpu", "cuda"] = opt(
+        "auto", "Where the text encoder runs. 'cpu' keeps its ~11 GB off the GPU (the 24 GB mode): a new prompt "
+        "then takes seconds to embed while the stream keeps the old one.")
+    text_encoder_offload: bool = opt(False, "Keep the text encoder on the CPU and move it to the GPU only to "
+                                     "embed a new prompt (GPU memory between prompts, speed when they change).")
+    prompt_cache: int = opt(64, "Prompt embeddings kept (least recently used dropped first).", min=1)
+    vae: str = opt("", "Wan2.1_VAE.pth: encodes the avatar image (and decodes with decoder = 'vae'); '' = the "
+                   "`liveidol models pull wan-vae` cache; 'random' = random weights.")
+    decoder: Literal["taehv", "vae"] = opt("taehv", "Frame decoder: TAEHV (fast, real time) or the Wan VAE's "
+                                           "causal decoder (full quality, slower).")
+    taehv: str = opt("", "taew2_1.pth for decoder = 'taehv'; '' = the `liveidol models pull taehv` cache; 'random'.")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The generator: which weights, which sizes, how to sample."""
 
+    family: Literal["liveidol", "wan"] = opt(
+        "liveidol", "Model family: 'liveidol' (the embedded default: actions and emotions as tokens) or 'wan' "
+        "(Wan2.1-based AR checkpoints: text prompts, an avatar image, [model.wan]; `--model wan-1.3b`).")
     checkpoint: str = opt("builtin", "'builtin' for the shipped default model, 'random' for untrained weights, "
                           "or a path to a .safetensors / Self-Forcing .pt checkpoint.")
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "Where the generator runs; 'auto' picks CUDA when present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
         "auto", "Compute dtype; 'auto' is bfloat16 on CUDA, float32 on CPU.")
-    attention: Literal["auto", "sdpa", "sage"] = opt(
-        "auto", "Attention kernel: PyTorch SDPA, or 8-bit SageAttention (CUDA, if installed). 'auto' prefers SDPA on "
-        "Hopper and CPU and SageAttention on other CUDA GPUs.")
+    attention: Literal["auto", "sdpa", "sage", "sparse"] = opt(
+        "auto", "Attention kernel: PyTorch SDPA, 8-bit SageAttention (CUDA, if installed), or 'sparse' (block-sparse "
+        "attention over the context, an approximation: see sparse_keep). 'auto' prefers cuDNN SDPA on Hopper, SDPA "
+        "on CPU and SageAttention on other CUDA GPUs.")
+    sparse_keep: float = opt(0.25, "With attention = 'sparse': the fraction of key blocks (128 tokens) each query "
+                             "block attends to, picked by pooled scores.", min=0.01, max=1.0)
+    linears: Literal["auto", "dense", "fp8"] = opt(
+        "auto", "The DiT blocks' linear layers: dense in model.dtype, or 'fp8' (e4m3 with per-row scales, bfloat16 on "
+        "GPUs with FP8 units; an approximation). 'auto' = dense (FP8 misses the error budget).")
     steps: int = opt(4, "Denoising steps per chunk (1-4); the engine may lower it to hold real time.", min=1, max=4)
     timesteps: tuple[float, ...] = opt((1000.0, 750.0, 500.0, 250.0),
                                        "Denoising timesteps before the shift warp (first `steps` are used).",
@@ -127,15 +173,24 @@ class ModelConfig:
                           "`guidance_negative` (costs a second pass while an action plays; 0 = off).",
                           min=0.0, max=20.0)
     guidance_negative: str = opt("idle", "The action whose prediction guidance pushes away from.")
+    guidance_frames: int = opt(4, "Guide only the first this many latent frames of each action (the push that "
+                               "starts it; the model's own context carries it on); 0 = the whole action.", min=0)
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)
     seed: int = opt(0, "Seed of the sampling noise.", min=0)
     output_width: int = opt(960, "Width of frames sent to OBS (upscaled from the native size).", min=16, max=7680)
     output_height: int = opt(540, "Height of frames sent to OBS.", min=16, max=4320)
-    compile: bool = opt(False, "torch.compile the transformer (CUDA; slower start, faster steady state).")
+    compile: bool = opt(True, "Compile the cached DiT step (torch.compile of each block's fixed-shape halves) and "
+                        "replay it as CUDA graphs (CUDA only; exact up to rounding). A chunk shape compiles the second "
+                        "time it comes (a few seconds, once); the default idol runs 5x faster on an H200.")
+    decoder: Literal["auto", "native", "hires"] = opt(
+        "auto", "Which decoder draws the frames: 'hires' renders the output size from the latents (sharp detail), "
+        "'native' draws the native size and upscales it (cheaper); 'auto' is 'hires' when the checkpoint has "
+        "its weights and the generator runs on CUDA.")
     dit: DiTSizes = opt(None, "Transformer sizes.", factory=DiTSizes)
     autoencoder: AutoencoderConfig = opt(None, "Autoencoder sizes.", factory=AutoencoderConfig)
+    wan: WanConfig = opt(None, "The Wan2.1 tier's text encoder and decoders.", factory=WanConfig)
 
 
 @dataclass(frozen=True)
@@ -147,7 +202,8 @@ class EngineConfig:
     min_steps: int = opt(1, "Fewest denoising steps the engine may drop to when behind real time.", min=1, max=4)
     min_chunk_frames: int = opt(1, "Smallest chunk (latent frames) the engine may drop to when behind.", min=1)
     idle_action: str = opt("idle", "Action played when no command is active.")
-    log_path: str = opt("", "Append-only input log (JSON lines); '' keeps it in memory only.")
+    log_path: str = opt("", "Append-only input log (JSON lines, each command written when accepted; "
+                        "`liveidol replay` re-renders a session from it); '' keeps it in memory only.")
 
 
 @dataclass(frozen=True)
@@ -156,11 +212,18 @@ class ServerConfig:
 
     host: str = opt("127.0.0.1", "Address to bind. Only loopback by default; other addresses need allow_remote.")
     port: int = opt(8765, "TCP port.", min=0, max=65535)
-    allow_remote: bool = opt(False, "Allow binding a non-loopback address (frames then go out as JPEG).")
+    allow_remote: bool = opt(False, "Allow binding a non-loopback address (frames then go out as JPEG; every path "
+                             "then needs the token from other machines; use tls_cert).")
     token_file: str = opt("", "Control token file; '' means <user config dir>/liveidol/token (created 0600).")
     jpeg_quality: int = opt(85, "JPEG quality for non-loopback clients.", min=1, max=100)
     max_message_bytes: int = opt(65536, "Largest control message accepted from a client.", min=256)
     client_slot_frames: int = opt(1, "Frames buffered per client; older ones are dropped for slow clients.", min=1, max=64)
+    allowed_origins: tuple[str, ...] = opt((), "Web page origins (e.g. 'https://overlay.example') allowed to connect; "
+                                           "a request carrying any other Origin header is refused with 403, so a page "
+                                           "in your browser cannot reach the backend. OBS's script and the CLI send none.")
+    tls_cert: str = opt("", "PEM certificate (chain): serve wss:// and https:// so the token and frames are "
+                        "encrypted off loopback; '' = plain ws://.")
+    tls_key: str = opt("", "PEM private key of tls_cert; '' = the key is in the tls_cert file.")
 
 
 @dataclass(frozen=True)
@@ -236,6 +299,48 @@ class ObsConfig:
     source_name: str = opt("LiveIdol", "Name of the source in OBS.")
 
 
+REACTIONS = ("wave", "smile", "heart", "sad", "thumbs_up", "nod", "head_shake", "surprised")
+
+
+@dataclass(frozen=True)
+class PerceptionConfig:
+    """The idol perceives: the streamer's camera (off by default) and the mood of chat and speech."""
+
+    enabled: bool = opt(False, "Watch the streamer's camera and react to expressions and gestures (serve --camera). "
+                        "Pictures stay in memory on this machine: never stored, never sent anywhere.")
+    camera: Literal["obs", "device"] = opt("obs", "Where pictures come from: screenshots of an OBS source over "
+                                           "obs-websocket ([obs] host, port, password), or a local camera device.")
+    obs_source: str = opt("", "Name of the OBS source that shows the camera (needed with camera = 'obs').")
+    device: int = opt(0, "Camera device index for camera = 'device' (needs opencv).", min=0)
+    fps: float = opt(4.0, "Pictures looked at per second (perception runs in one low-priority thread).",
+                     min=0.5, max=15.0)
+    picture_size: int = opt(480, "Longest side of the pictures looked at, in pixels.", min=64, max=1920)
+    reactions: tuple[str, ...] = opt(REACTIONS, "Reactions that are on: wave (waves back), smile (smiles), heart "
+                                     "(heart hands -> a heart), sad (a gentle, concerned look), thumbs_up (a "
+                                     "thumbs-up back), nod, head_shake, surprised.")
+    reaction_cooldown_s: float = opt(10.0, "Seconds before the same reaction may play again.", min=0.0)
+    global_cooldown_s: float = opt(3.0, "Seconds between any two reactions.", min=0.0)
+    max_wait_s: float = opt(2.0, "A reaction that cannot start within this many seconds (viewers' commands "
+                            "playing) is dropped: reactions queue below every viewer.", min=0.0)
+    mood: bool = opt(False, "Let the sentiment of recent chat and of the streamer's speech set the idol's "
+                     "emotion between commands.")
+    mood_alpha: float = opt(0.2, "Weight of one message in the mood's moving average.", min=0.01, max=1.0)
+    mood_enter: float = opt(0.3, "Mood above this (or below minus this) turns the idol happy (or sad).",
+                            min=0.0, max=1.0)
+    mood_exit: float = opt(0.1, "Mood back inside plus/minus this returns her to neutral (hysteresis).",
+                           min=0.0, max=1.0)
+    mood_hold_s: float = opt(15.0, "Seconds the mood leaves alone an emotion a viewer or the streamer asked for, "
+                             "and the least time between two mood changes.", min=0.0)
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.reactions if r not in REACTIONS]
+        if unknown:
+            raise ConfigError(f"perception.reactions: unknown {', '.join(map(repr, unknown))} "
+                              f"(allowed: {', '.join(REACTIONS)})")
+        if self.mood_exit > self.mood_enter:
+            raise ConfigError(f"perception.mood_exit = {self.mood_exit} must not exceed mood_enter = {self.mood_enter}")
+
+
 @dataclass(frozen=True)
 class Config:
     character: str = opt("aiko", "Character: a name in configs/characters/ or a path to a character .toml.")
@@ -247,6 +352,7 @@ class Config:
     chat: ChatConfig = opt(None, "Chat platforms.", factory=ChatConfig)
     voice: VoiceConfig = opt(None, "Streamer voice and the idol's voice.", factory=VoiceConfig)
     obs: ObsConfig = opt(None, "OBS auto-setup.", factory=ObsConfig)
+    perception: PerceptionConfig = opt(None, "Camera perception and mood.", factory=PerceptionConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,10 +377,10 @@ def _type_name(tp: Any) -> str:
 def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
     def fail(allowed: str) -> ConfigError:
         shown = "<hidden>" if meta.get("secret") else repr(value)
-        return ConfigError(f"{where} = {shown}: expected {allowed}")
+        return ConfigError(f"{where} = {shown}: expected {allowed}", key=where)
 
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise fail("a table")
         return from_mapping(tp, value, _prefix=where)
@@ -311,6 +417,8 @@ def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise fail("a number")
         out = float(value)
+        if not math.isfinite(out):  # TOML has nan and inf; no setting means either
+            raise fail(f"a finite number{_range_text(meta)}")
     elif tp is str:
         if not isinstance(value, str):
             raise fail("a string")
@@ -319,9 +427,15 @@ def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
         raise TypeError(f"unsupported config field type {tp!r} at {where}")
     lo, hi = meta.get("min"), meta.get("max")
     if (lo is not None and out < lo) or (hi is not None and out > hi):
-        rng = f"{lo if lo is not None else '-inf'} to {hi if hi is not None else 'inf'}"
-        raise fail(f"{_type_name(tp)} from {rng}")
+        raise fail(f"{_type_name(tp)}{_range_text(meta)}")
     return out
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is None or hi is None:
+        return "" if lo is None and hi is None else f" >= {lo}" if hi is None else f" <= {hi}"
+    return f" from {lo} to {hi}"
 
 
 def from_mapping(cls: type, data: Mapping[str, Any], *, _prefix: str = "") -> Any:
@@ -333,7 +447,7 @@ def from_mapping(cls: type, data: Mapping[str, Any], *, _prefix: str = "") -> An
         where = f"{_prefix}.{key}" if _prefix else key
         if key not in fields:
             allowed = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}: unknown key (allowed here: {allowed})")
+            raise ConfigError(f"{where}: unknown key (allowed here: {allowed})", key=where)
         kwargs[key] = _convert(hints[key], value, where, fields[key].metadata)
     return cls(**kwargs)
 
@@ -344,44 +458,72 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: {part} is not a table")
+            raise ConfigError(f"{dotted}: {part} is not a table", key=dotted)
     node[parts[-1]] = value
 
 
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Load ``path`` (default: configs/default.toml) and apply dotted ``overrides`` (CLI flags).
-
-    Errors name the file: ``configs/default.toml: server.port = 70000: expected an integer from 0 to 65535``.
-    """
-    path = path or CONFIG_DIR / "default.toml"
+def _read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The TOML table in ``path``; every way a file can be wrong is one ConfigError line naming it."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: config file not found") from exc
+        raise ConfigError(f"{path}: {what} not found") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{path}: is a directory, not a {what}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); expected TOML") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
+
+
+def _override_at_fault(key: str, overrides: Mapping[str, Any]) -> str | None:
+    """The override whose value ``key`` (dotted, maybe with [i]) lies in, if any."""
+    for name in overrides:
+        if key == name or key.startswith((name + ".", name + "[")):
+            return name
+    return None
+
+
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None, *,
+                origins: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (default: configs/default.toml) and apply dotted ``overrides`` (CLI flags).
+
+    Errors name where the bad value came from: the file
+    (``configs/default.toml: server.port = 70000: expected an integer from 0 to 65535``), or for a value
+    from ``overrides`` its ``origins`` label (the CLI passes ``--set server.port=70000``; default
+    ``command line``).
+    """
+    path = path or CONFIG_DIR / "default.toml"
+    overrides = overrides or {}
+    data = _read_toml(path)
+
+    def origin(key: str) -> str:
+        name = _override_at_fault(key, overrides)
+        if name is None:
+            return str(path)
+        return (origins or {}).get(name, "command line")
+
+    for key, value in overrides.items():
+        try:
+            _set_dotted(data, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{origin(key)}: {exc}", key=exc.key) from None
     try:
         return from_mapping(Config, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{origin(exc.key)}: {exc}", key=exc.key) from None
 
 
 def load_table(cls: type, path: Path) -> Any:
     """Load one TOML file into the frozen dataclass ``cls`` (used for characters)."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = _read_toml(path, "file")
     try:
         return from_mapping(cls, data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}", key=exc.key) from None
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -390,10 +532,15 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             rows.extend(describe(hint, key + "."))
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:  # pragma: no cover - every config field has a default
+                raise TypeError(f"config field {key} has no default")
             rows.append((key, "<secret>" if f.metadata.get("secret") else repr(default), f.metadata.get("doc", "")))
     return rows
 

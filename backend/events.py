@@ -53,6 +53,7 @@ class ChatMessage:
     timestamp: float = 0.0  # platform time, seconds since the epoch (0 if unknown)
     reply_to: str = ""  # message id this replies to
     reward_id: str = ""  # Twitch channel-point reward id, if a redemption
+    me: bool = False  # sent as an action ("/me ...", IRC CTCP ACTION); the text is without the wrapper
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class PaidMessage:
     message_id: str = ""
     role: Role = Role.VIEWER
     timestamp: float = 0.0
+    me: bool = False  # sent as an action ("/me ..."), as on ChatMessage
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class CommandKind(enum.StrEnum):
     SAY = "say"  # argument: text the idol speaks
     PROMPT = "prompt"  # argument: free text conditioning
     RESET = "reset"  # argument: "" or a character name
+    CANCEL = "cancel"  # argument: the command id whose action or speech must stop (a deleted message, a ban)
 
 
 @dataclass(frozen=True)

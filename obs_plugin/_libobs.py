@@ -47,6 +47,7 @@ __all__ = [
     "OBS_SOURCE_ASYNC_VIDEO",
     "OBS_SOURCE_AUDIO",
     "VIDEO_FORMAT_RGBA",
+    "FrontendHotkey",
     "LibObs",
     "ObsSourceAudio",
     "ObsSourceFrame",
@@ -120,6 +121,8 @@ VOID_DATA = CFUNCTYPE(None, c_void_p)
 VIDEO_TICK = CFUNCTYPE(None, c_void_p, c_float)
 VIDEO_RENDER = CFUNCTYPE(None, c_void_p, c_void_p)
 SIGNAL_CALLBACK = CFUNCTYPE(None, c_void_p, c_void_p)  # signal_callback_t(void *data, calldata_t *cd)
+# obs_hotkey_func(void *data, obs_hotkey_id id, obs_hotkey_t *hotkey, bool pressed); obs_hotkey_id is size_t
+HOTKEY_FUNC = CFUNCTYPE(None, c_void_p, c_size_t, c_void_p, c_bool)
 SOURCE_SIGNALS = (b"remove", b"destroy")
 
 
@@ -190,6 +193,13 @@ class LibObs:
             "signal_handler_connect": (None, [c_void_p, c_char_p, SIGNAL_CALLBACK, c_void_p]),
             "signal_handler_disconnect": (None, [c_void_p, c_char_p, SIGNAL_CALLBACK, c_void_p]),
             "bmalloc": (c_void_p, [c_size_t]),
+            "obs_hotkey_register_frontend": (c_size_t, [c_char_p, c_char_p, HOTKEY_FUNC, c_void_p]),
+            "obs_hotkey_unregister": (None, [c_size_t]),
+            "obs_hotkey_save": (c_void_p, [c_size_t]),
+            "obs_hotkey_load": (None, [c_size_t, c_void_p]),
+            "obs_data_get_array": (c_void_p, [c_void_p, c_char_p]),
+            "obs_data_set_array": (None, [c_void_p, c_char_p, c_void_p]),
+            "obs_data_array_release": (None, [c_void_p]),
         }
         for fname, (restype, argtypes) in sig.items():
             fn = getattr(lib, fname)
@@ -248,6 +258,59 @@ class LibObs:
         del buf
 
 
+def data_pointer(settings: Any) -> int | None:
+    """The ``obs_data_t *`` address behind what OBS hands a script (a SWIG pointer object, or an int)."""
+    for candidate in (settings, getattr(settings, "this", None)):
+        if candidate is None:
+            continue
+        try:
+            return int(candidate) or None
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+class FrontendHotkey:
+    """A hotkey the streamer binds in Settings > Hotkeys (``obs_hotkey_register_frontend``): OBS calls
+    ``on_press(pressed)`` on its hotkey thread when the key goes down and up. The binding is kept in the
+    script's settings with :meth:`save` / :meth:`load`; :meth:`unregister` before the script unloads."""
+
+    def __init__(self, lib: LibObs, name: str, description: str, on_press: Any) -> None:
+        self.lib = lib
+        self.name = name
+        self.on_press = on_press
+        self._func = HOTKEY_FUNC(self._called)  # kept alive as long as libobs may call it
+        self.id: int | None = int(lib.lib.obs_hotkey_register_frontend(name.encode(), description.encode(),
+                                                                        self._func, None))
+
+    def _called(self, _data: int, _id: int, _hotkey: int, pressed: bool) -> None:
+        try:  # never unwind into C
+            self.on_press(bool(pressed))
+        except Exception:
+            log.exception("LiveIdol hotkey %s failed", self.name)
+
+    def load(self, settings: int, key: str) -> None:
+        if self.id is None:
+            return
+        array = self.lib.lib.obs_data_get_array(settings, key.encode())
+        if array:
+            self.lib.lib.obs_hotkey_load(self.id, array)
+            self.lib.lib.obs_data_array_release(array)
+
+    def save(self, settings: int, key: str) -> None:
+        if self.id is None:
+            return
+        array = self.lib.lib.obs_hotkey_save(self.id)
+        if array:
+            self.lib.lib.obs_data_set_array(settings, key.encode(), array)
+            self.lib.lib.obs_data_array_release(array)
+
+    def unregister(self) -> None:
+        if self.id is not None:
+            self.lib.lib.obs_hotkey_unregister(self.id)
+            self.id = None
+
+
 class SourceHandler(Protocol):
     """What the registered callbacks dispatch to (the script's current instance)."""
 
@@ -275,7 +338,10 @@ class _Registration:
         )
         self.on_signal = SIGNAL_CALLBACK(self._on_end_signal)
         get_name, create, get_defaults, get_properties, update = self.callbacks
-        destroy = DESTROY(ctypes.cast(lib.lib.bfree, c_void_p).value)  # C, never enters Python
+        bfree = ctypes.cast(lib.lib.bfree, c_void_p).value
+        if bfree is None:
+            raise OSError("libobs has no bfree")
+        destroy = DESTROY(bfree)  # C, never enters Python
         self.info = ObsSourceInfo(id=self._id, type=OBS_SOURCE_TYPE_INPUT, output_flags=flags,
                                   get_name=get_name, create=create, destroy=destroy,
                                   get_defaults=get_defaults, get_properties=get_properties, update=update)

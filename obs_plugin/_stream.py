@@ -9,7 +9,8 @@ Everything here is independent of OBS, so it is tested without OBS:
   nanosecond clock (OBS's ``os_gettime_ns``), so OBS can sync audio and video by timestamp;
 * :func:`placeholder_rgba` draws the "waiting for LiveIdol" image (text-free stripes);
 * :class:`StreamReceiver` owns one background thread that connects, reads hello / frame / audio
-  messages (``docs/protocol.md``), hands them to a :class:`Sink`, and reconnects with backoff.
+  messages (``docs/protocol.md``), hands them to a :class:`Sink`, and reconnects with backoff;
+* :class:`PushToTalk` sends the push-to-talk hotkey's presses to the backend's ``/control`` (``ptt``).
 
 Usage::
 
@@ -21,7 +22,9 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import random
 import threading
 import time
@@ -44,9 +47,11 @@ __all__ = [
     "Frame",
     "Hello",
     "PtsClock",
+    "PushToTalk",
     "Sink",
     "StreamError",
     "StreamReceiver",
+    "control_url",
     "normalize_url",
     "parse_message",
     "placeholder_rgba",
@@ -399,3 +404,102 @@ class StreamReceiver:
             log.info("LiveIdol stream session ended frames=%d audio_chunks=%d seconds=%.2f fps=%.2f",
                      frames, self.audio_chunks - session_audio, took, frames / took if took > 0 else 0.0)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Push-to-talk: the hotkey's presses -> the backend's /control (docs/protocol.md, "ptt")
+# ---------------------------------------------------------------------------------------------
+
+
+def control_url(stream_url: str) -> str:
+    """The backend's ``/control`` URL beside its ``/stream`` URL (same scheme, host and port)."""
+    parts = urllib.parse.urlsplit(stream_url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/control", "", ""))
+
+
+class PushToTalk:
+    """One background thread that sends ``{"type": "ptt", "held": ...}`` for each :meth:`press`.
+
+    It connects on the first press, authenticates with the control token (the source's "Token" setting),
+    keeps the connection for the next presses and reconnects once when it was lost. Presses wait in a small
+    bounded queue (a full queue drops the press with a warning); nothing here blocks the hotkey's thread.
+    """
+
+    def __init__(self, stream_url: str, token: str, *, connect: Callable[..., _ws.WebSocket] = _ws.connect,
+                 timeout: float = 5.0) -> None:
+        self.url = control_url(stream_url)
+        self._token = token
+        self._connect = connect
+        self.timeout = timeout
+        self._queue: queue.Queue[bool | None] = queue.Queue(maxsize=16)
+        self._thread: threading.Thread | None = None
+        self._warned = False
+        self.sent = 0  # presses the backend accepted
+        self.refused = 0  # presses it answered with an error (e.g. no --voice)
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"PushToTalk(url={self.url!r}, sent={self.sent})"
+
+    def press(self, held: bool) -> None:
+        """The hotkey went down (True) or up (False). Returns at once."""
+        if not self._token:
+            if not self._warned:
+                self._warned = True
+                log.warning("LiveIdol push-to-talk needs the control token: paste it into the source's Token "
+                            "setting (liveidol serve prints it; ~/.config/liveidol/token)")
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="liveidol-ptt", daemon=True)
+            self._thread.start()
+        try:
+            self._queue.put_nowait(bool(held))
+        except queue.Full:
+            log.warning("LiveIdol push-to-talk: press dropped (backend not answering)")
+
+    def stop(self, timeout: float = 3.0) -> None:
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+
+    def _open(self) -> _ws.WebSocket:
+        ws = self._connect(self.url, timeout=self.timeout)
+        try:
+            ws.send(json.dumps({"type": "auth", "token": self._token}))
+            reply = ws.recv()
+            if reply is None:
+                raise _ws.ConnectionClosed("the backend refused the token (close 4001): check the source's Token")
+            return ws
+        except BaseException:
+            ws.abort()
+            raise
+
+    def _run(self) -> None:
+        ws: _ws.WebSocket | None = None
+        while (held := self._queue.get()) is not None:
+            for attempt in (1, 2):  # a kept connection may have died since the last press: retry once
+                try:
+                    if ws is None:
+                        ws = self._open()
+                    ws.send(json.dumps({"type": "ptt", "held": held}))
+                    raw = ws.recv()
+                    if raw is None:
+                        raise _ws.ConnectionClosed("the backend closed the control connection")
+                    reply = json.loads(raw)
+                    if isinstance(reply, dict) and reply.get("type") == "error":
+                        self.refused += 1
+                        log.warning("LiveIdol push-to-talk refused by the backend: %s", reply.get("message"))
+                    else:
+                        self.sent += 1
+                    break
+                except (OSError, ValueError, _ws.WebSocketError) as exc:
+                    if ws is not None:
+                        ws.abort()
+                        ws = None
+                    if attempt == 2:
+                        log.warning("LiveIdol push-to-talk not sent to %s: %s", self.url, exc)
+        if ws is not None:
+            ws.close()

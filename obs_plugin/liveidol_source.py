@@ -12,6 +12,11 @@ audio.  Both are pushed to OBS with timestamps ``os_gettime_ns`` + the stream's 
 :class:`_stream.PtsClock`), so OBS keeps voice and lips in sync.  While the backend is down the source
 shows a striped "waiting for LiveIdol" image and reconnects with exponential backoff.  Nothing runs
 in ``script_tick``.  Settings: URL and an optional token (sent as ``Authorization: Bearer``).
+
+Push-to-talk: the script registers the hotkey "LiveIdol: push-to-talk" (Settings > Hotkeys; the binding
+is saved with the script's settings).  Holding it sends ``ptt`` presses to the backend's ``/control``
+with the source's token (:class:`_stream.PushToTalk`), for ``liveidol serve --voice`` with
+``voice.push_to_talk = true``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ log = logging.getLogger("liveidol.obs")
 SOURCE_ID = "liveidol_source"
 SOURCE_NAME = "LiveIdol"
 PLACEHOLDER_SIZE = (640, 360)
+HOTKEY_NAME = "liveidol.push_to_talk"
+HOTKEY_SETTING = "liveidol_push_to_talk_hotkey"
 
 
 class SourceSettings:
@@ -73,6 +80,7 @@ class LiveIdolSource:
         self._last_ts = 0
         self._placeholder_shown = False
         self.receiver: _stream.StreamReceiver | None = None
+        self.ptt: _stream.PushToTalk | None = None
         self.show_placeholder()
         self._start()
 
@@ -83,12 +91,21 @@ class LiveIdolSource:
             return
         self.receiver = _stream.StreamReceiver(self.settings.url, token=self.settings.token, sink=self)
         self.receiver.start()
+        self.ptt = _stream.PushToTalk(self.settings.url, self.settings.token)
         log.info("LiveIdol source started url=%s", self.settings.url)
 
     def _stop_receiver(self) -> None:
         if self.receiver is not None:
             self.receiver.stop()
             self.receiver = None
+        if self.ptt is not None:
+            self.ptt.stop()
+            self.ptt = None
+
+    def push_to_talk(self, held: bool) -> None:
+        """The push-to-talk hotkey went down or up (OBS's hotkey thread)."""
+        if self.ptt is not None:
+            self.ptt.press(held)
 
     def update(self, settings: SourceSettings) -> None:
         if settings == self.settings:
@@ -211,6 +228,15 @@ def script_description() -> str:
             "the source or run <code>liveidol obs setup</code>.")
 
 
+def _on_push_to_talk(pressed: bool) -> None:
+    reg = _state.get("registration")
+    instances = [inst for _, inst in reg.instances.values()] if reg is not None else []
+    if not instances:
+        log.warning("LiveIdol push-to-talk: no LiveIdol source to send it through (add one)")
+    for instance in instances:
+        instance.push_to_talk(pressed)
+
+
 def script_load(settings: Any) -> None:
     try:
         lib = _libobs.LibObs()
@@ -226,10 +252,30 @@ def script_load(settings: Any) -> None:
     reg = _libobs.register_source(lib, SOURCE_ID, SOURCE_NAME, plugin)
     reg.adopt_all(plugin.adopt)  # sources that outlived a script reload
     _state.update(lib=lib, plugin=plugin, registration=reg, log_handler=handler)
+    try:
+        hotkey = _libobs.FrontendHotkey(lib, HOTKEY_NAME, "LiveIdol: push-to-talk", _on_push_to_talk)
+    except (AttributeError, OSError) as exc:  # a libobs without frontend hotkeys: the source still works
+        log.warning("LiveIdol push-to-talk hotkey unavailable: %s", exc)
+    else:
+        _state["hotkey"] = hotkey
+        pointer = _libobs.data_pointer(settings)
+        if pointer is not None:
+            hotkey.load(pointer, HOTKEY_SETTING)
+        log.info("LiveIdol push-to-talk hotkey registered name=%s id=%s", HOTKEY_NAME, hotkey.id)
     log.info("LiveIdol script loaded source_id=%s python=%s", SOURCE_ID, sys.version.split()[0])
 
 
+def script_save(settings: Any) -> None:
+    hotkey = _state.get("hotkey")
+    pointer = _libobs.data_pointer(settings)
+    if hotkey is not None and pointer is not None:
+        hotkey.save(pointer, HOTKEY_SETTING)
+
+
 def script_unload() -> None:
+    hotkey = _state.get("hotkey")
+    if hotkey is not None:
+        hotkey.unregister()  # before Python goes: libobs must not call into it afterwards
     reg = _state.get("registration")
     if reg is not None:
         reg.release_all()  # before OBS clears the scenes and finalizes Python: see _libobs

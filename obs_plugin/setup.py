@@ -30,6 +30,7 @@ from obsws_python.baseclient import ObsClient
 from obsws_python.error import OBSSDKError, OBSSDKRequestError
 
 from backend.config import ObsConfig
+from backend.errors import LiveIdolError
 
 __all__ = ["INPUT_KIND", "SCRIPT_PATH", "ObsSetupError", "SetupResult", "connect", "run_setup", "setup_obs"]
 
@@ -44,7 +45,7 @@ OBS_ALIGN_TOP_LEFT = 5                  # OBS_ALIGN_LEFT | OBS_ALIGN_TOP
 WS_AUTH_FAILED = 4009                   # obs-websocket WebSocketCloseCode::AuthenticationFailed
 
 
-class ObsSetupError(RuntimeError):
+class ObsSetupError(LiveIdolError, RuntimeError):
     """OBS could not be set up; the message is one line saying what to do."""
 
 

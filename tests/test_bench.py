@@ -55,3 +55,29 @@ def test_distinct_frames_and_repeats_come_from_the_engine_counters() -> None:
     out = distinct_figures(before, after, 2.0, watched)
     assert out["distinct_fps"] == 5.0 and out["repeat_share"] == 0.8 and out["generated_fps"] == 8.0
     assert out["subscriber_repeat_share"] == 0.6  # 3 repeats of 5: by identity, not by equal pixels
+
+
+def test_soak_figures_from_known_numbers() -> None:
+    from backend.bench import soak_figures
+
+    fps = 25.0
+    arrivals = [i / fps for i in range(100)] + [100 / fps + 0.2] + [100 / fps + 0.2 + i / fps for i in range(1, 50)]
+    memory = [(t, 500.0 + 10.0 * t / 3600.0 * 60) for t in range(0, 600, 5)]  # +600 MiB/hour
+    out = soak_figures(arrivals, memory, fps=fps, seconds=6.0, frames_shown=150, frames_repeated=30, warmup_s=60.0)
+    assert out["stalls"] == 1 and out["longest_gap_ms"] == 240.0  # one gap of 0.24 s > 2 intervals (80 ms)
+    assert out["repeated_share"] == 0.2 and out["distinct_fps"] == 20.0
+    assert abs(out["memory_slope_mib_per_hour"] - 600.0) < 1e-6
+    assert out["memory_mib_median_first_quarter"] < out["memory_mib_median_last_quarter"]
+
+
+def test_soak_runs_the_live_engine_and_reports() -> None:
+    from backend.bench import run_soak
+
+    seen: list[dict] = []
+    result = run_soak(_cfg(), minutes=0.05, command_every_s=0.5, sample_every_s=0.5, warmup_s=0.0,
+                      progress=seen.append)
+    json.dumps(result)
+    assert result["fps_target"] == 20.0 and result["soak_seconds"] >= 3.0
+    assert result["fps_shown"] > 0 and 0 <= result["repeated_share"] <= 1 and result["distinct_fps"] > 0
+    assert result["stalls"] >= 0 and result["memory_mib_start"] > 0 and result["commands"] >= 5
+    assert result["memory_slope_mib_per_hour"] is not None and seen and "memory_mib" in seen[0]

@@ -8,7 +8,9 @@ frames a subscriber receives, ``engine.status()["directive"]`` and the engine's 
 
 Nothing is mocked. One thing is injected: the director's clock (its documented test hook), so a test ends
 the playing action when it has seen it on screen instead of sleeping through its 1.6-2.4 s duration, and a
-slow machine cannot end it before the next chat batch has arrived. The engine runs on real time.
+slow machine cannot end it before the next chat batch has arrived. For that the director's sink does not hand
+back the engine's ticket (whose ``finished`` would otherwise time the action, as in ``liveidol serve``).
+The engine runs on real time.
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ async def running_idol(gen: Any) -> AsyncIterator[Idol]:
     async with engine:
         async with asyncio.timeout(DEADLINE_S):
             await engine.wait_started()
-        async with Director(cfg, engine.submit, clock=clock) as director:
+        async def submit(command: Any) -> None:  # the ticket is not handed back, so the director ends an
+            await engine.submit(command)  # action on its (manual) clock: the test decides when, see docstring
+
+        async with Director(cfg, submit, clock=clock) as director:
             idol = Idol(engine, director, clock)
             async with _background(_record(engine, idol.shown), "test-frame-recorder"):
                 yield idol
@@ -283,3 +288,35 @@ async def test_bilibili_danmaku_drives_the_idol_paid_first(gen, api) -> None:  #
     assert [i for i in idol.shown if i] == [nod.command_id, heart.command_id, bow.command_id]
     assert _log(idol.engine) == [(nod.command_id, "nod", "shown"), (heart.command_id, "heart", "shown"),
                                  (bow.command_id, "bow", "shown")]
+
+
+async def test_refused_bilibili_auth_shows_in_control_status(gen: Any, api: Any) -> None:  # noqa: F811
+    """A room whose danmaku server refuses every auth: `/control` status (over a real socket) shows the bridge
+    as failed with the reason, the way `liveidol serve` wires it (``backend.app._chat_status``)."""
+    from backend.app import _chat_status
+    from backend.config import ServerConfig
+    from backend.remote import ControlClient
+    from backend.server import Server
+
+    fake, api_url = api
+
+    async def script(ws: Any, number: int) -> None:
+        await ws.send(packet(8, {"code": -101}, ver=1))
+        await ws.wait_closed()
+
+    server = DanmakuServer(script)
+    engine = Engine(EngineConfig(fps=FPS, lookahead_frames=8), gen, None, max_steps=2, max_chunk_frames=1)
+    async with websockets.asyncio.server.serve(server.handler, "127.0.0.1", 0) as ws_server:
+        fake.ws_port = ws_server.sockets[0].getsockname()[1]
+        bridge = BilibiliBridge(web_cfg(api_url), backoff=Backoff(base_s=0.01, max_s=0.05),
+                                nav_url=f"{api_url}/x/web-interface/nav", env={})
+        async with engine, Server(ServerConfig(port=0), engine, token="tok",
+                                  chat_fn=lambda: _chat_status([bridge])) as backend:
+            async with _background(_pump(bridge, lambda event: asyncio.sleep(0)), "test-pump") as task:
+                async with asyncio.timeout(DEADLINE_S):
+                    await task  # _pump enters the bridge and returns when it stops
+                async with ControlClient(f"{backend.url}/control", "tok") as control:
+                    status = await control.status()
+    [chat] = status.server["chat"]
+    assert chat["platform"] == "bilibili" and chat["state"] == "failed"
+    assert "refused auth" in chat["error"] and "code=-101" in chat["error"]

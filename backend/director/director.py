@@ -12,8 +12,13 @@ fake clock, nothing ever sleeps on that clock).
 Lanes - decided here, documented for the engine:
 
 * **Serialized lane** (``ACT``, ``SAY``): body actions and speech never overlap.  They wait in the priority
-  queue (:mod:`backend.director.policy`) and the next one is sent only when the current one's duration has
-  passed: an action's ``duration_s`` from :mod:`backend.actions`, speech by :func:`say_duration_s`.
+  queue (:mod:`backend.director.policy`) and the next one is sent only when the current one has finished.
+  The engine owns action timing (its session counts frames): when the sink returns the engine's ticket, the
+  director waits on its ``finished``. Only a sink that gives no such word (a remote backend over
+  ``/control``, a test recorder) falls back to an estimate on the director's clock: an action's
+  ``duration_s`` from :mod:`backend.actions`, speech by :func:`say_duration_s`.
+* **Moderation after the start**: a deleted message, or a banned viewer, whose command is already playing is
+  cancelled (``CommandKind.CANCEL`` to the engine: speech stops at once, an action at its next chunk).
 * **Immediate lane** (``EMOTION``, ``PROMPT``, ``RESET``): they change the conditioning, not the body, so they
   go to the sink at once (still moderated, still under cooldowns); the latest one wins.
 
@@ -43,6 +48,7 @@ import dataclasses
 import enum
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -80,6 +86,7 @@ _IMMEDIATE = frozenset({CommandKind.EMOTION, CommandKind.PROMPT, CommandKind.RES
 _CONTROLS = {"skip": "skip", "跳过": "skip", "approve": "approve", "批准": "approve", "remove": "remove",
              "veto": "remove", "删除": "remove"}
 _SILENT = frozenset({"no_command", "empty"})  # chatter: logged at debug level, not kept
+WATCHDOG_S = 30.0  # an action the engine has not reported finished this long after its estimate: go on anyway
 
 
 def say_duration_s(text: str) -> float:
@@ -99,7 +106,8 @@ class Decision:
     """One decision of the director, as logged.
 
     ``decision``: queued, immediate, dispatched, finished, rejected, ignored, voted, vote_won, dropped,
-    purged, skipped, removed, approved, error.
+    purged, cancelled (it had started: the engine is sent a ``cancel``), skipped, removed, approved, expired (a
+    reaction that did not start in time), error.
     """
 
     at: float
@@ -117,7 +125,9 @@ class Decision:
 class _Current:
     item: QueueItem
     started: float
-    ends: float
+    ends: float  # an estimate (for the overlay), and the end only where the sink gives no ``finished``
+    finished: asyncio.Future[Any] | None = None  # the engine's word that its play ended (Ticket.finished)
+    engine_id: str = ""  # the id the engine knows it by (a remote backend assigns its own)
 
 
 class Director:
@@ -125,7 +135,8 @@ class Director:
 
     def __init__(self, cfg: DirectorConfig, sink: Sink, *, clock: Callable[[], float] = time.monotonic,
                  reply: Reply | None = None, decision_log_size: int = 256, idle_action: str = "idle",
-                 poll_interval_s: float = 0.05, require_approval: bool = False) -> None:
+                 poll_interval_s: float = 0.05, require_approval: bool = False,
+                 free_text_prompts: bool = False) -> None:
         action(idle_action)  # KeyError naming the known actions if wrong
         self.cfg = cfg
         self._sink = sink
@@ -136,7 +147,9 @@ class Director:
         self.require_approval = require_approval
         self.moderator = Moderator(cfg)
         free_actions = {a for a in (cfg.allowed_actions or self._requestable()) if a not in cfg.mod_only_actions}
-        self.grammar = Grammar(normalize(cfg.prefix), free_text=cfg.free_text, free_text_actions=free_actions)
+        # free_text_prompts (the Wan tier): free text becomes a PROMPT embedded as it is, not the nearest action
+        self.grammar = Grammar(normalize(cfg.prefix), free_text=cfg.free_text, free_text_actions=free_actions,
+                               free_text_prompts=free_text_prompts)
         self.queue = CommandQueue(cfg.queue_size)
         self.cooldowns = Cooldowns(cfg.user_cooldown_s, cfg.global_cooldown_s)
         self.replies = ReplyLimiter(cfg.cooldown_reply_interval_s)
@@ -149,6 +162,8 @@ class Director:
         self._last_state: dict[str, Any] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.emotion_hold_s = 15.0  # reactions and the mood leave an asked-for emotion alone this long
+        self._asked_emotion_at = -math.inf
         self.lifecycle = DirectorState.CREATED
 
     @staticmethod
@@ -179,7 +194,7 @@ class Director:
             except Exception:  # a bug in one tick must not end the stream's commands: log it loudly, go on
                 logger.exception("director tick failed")
             delay = self.poll_interval_s
-            if self._current is not None:
+            if self._current is not None and self._current.finished is None:  # no word from the engine: estimate
                 delay = min(delay, max(0.0, self._current.ends - self._clock()))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -190,16 +205,16 @@ class Director:
     async def handle(self, event: ChatEvent) -> Decision | None:
         """Take one chat event. Returns the decision (None for a Deletion/Ban that purged nothing)."""
         if isinstance(event, Deletion):
-            return self._purge(lambda i: i.platform == event.platform and i.message_id == event.message_id
-                               and bool(event.message_id), "deleted", event.platform,
-                               votes={"message_id": event.message_id})
+            return await self._purge(lambda i: i.platform == event.platform and i.message_id == event.message_id
+                                     and bool(event.message_id), "deleted", event.platform,
+                                     votes={"message_id": event.message_id})
         if isinstance(event, Ban):
             if not event.user_id:
-                return self._purge(lambda i: i.platform == event.platform and i.tier < Tier.STREAMER,
-                                   "chat_cleared", event.platform, votes={"platform": event.platform})
+                return await self._purge(lambda i: i.platform == event.platform and i.tier < Tier.STREAMER,
+                                         "chat_cleared", event.platform, votes={"platform": event.platform})
             key = self._user_key(event.platform, event.user_id, event.user_name)
-            return self._purge(lambda i: i.user_key == key, "banned", event.platform,
-                               votes={"user_key": key}, user=event.user_name or event.user_id)
+            return await self._purge(lambda i: i.user_key == key, "banned", event.platform,
+                                     votes={"user_key": key}, user=event.user_name or event.user_id)
         if isinstance(event, ChatMessage | PaidMessage):
             try:
                 return await self._handle_message(event)
@@ -231,6 +246,32 @@ class Director:
             return self._decide("rejected", reason, user="streamer", platform=source)
         item = self._item(req, tier=Tier.STREAMER, platform=source, user_key="", user_name="streamer")
         return await self._accept(item)
+
+    async def handle_reaction(self, kind: CommandKind, argument: str, *, reason: str,
+                              max_wait_s: float) -> Decision:
+        """The idol's own reaction to what the camera saw (``reason``: "wave", "smile" ...): queued below every
+        viewer (:attr:`Tier.REACTION`) and dropped if it has not started within ``max_wait_s``; an emotion goes
+        at once, unless a viewer or the streamer asked for one within ``emotion_hold_s``."""
+        if kind is CommandKind.EMOTION and self._emotion_held():
+            return self._decide("rejected", "emotion_held", user="camera", platform="camera", kind=kind.value,
+                                argument=argument, detail=reason)
+        item = self._item(Request(kind, argument, reason), tier=Tier.REACTION, platform="camera", user_key="",
+                          user_name="camera")
+        item.expires_at = self._clock() + max_wait_s
+        return await self._accept(item)
+
+    async def handle_mood(self, emotion: str, *, detail: str = "") -> Decision:
+        """The room's mood (chat and speech sentiment) sets the emotion between commands: sent at once, unless
+        a viewer or the streamer asked for an emotion within ``emotion_hold_s``."""
+        if self._emotion_held():
+            return self._decide("rejected", "emotion_held", user="mood", platform="mood", kind="emotion",
+                                argument=emotion, detail=detail)
+        item = self._item(Request(CommandKind.EMOTION, emotion, "mood"), tier=Tier.REACTION, platform="mood",
+                          user_key="", user_name="mood")
+        return await self._accept(item)
+
+    def _emotion_held(self) -> bool:
+        return self._clock() - self._asked_emotion_at < self.emotion_hold_s
 
     # ------------------------------------------------------------------------- streamer controls
 
@@ -282,20 +323,38 @@ class Director:
                 await self._accept(item)
             self._changed()
         cur = self._current
-        if cur is not None and now >= cur.ends:
+        if cur is not None and cur.finished is not None and not cur.finished.done() \
+                and now >= cur.ends + WATCHDOG_S:  # a safety net only: the engine stopped answering
+            logger.warning("no word from the engine about command=%s %.0f s after its estimated end; going on",
+                           cur.item.command.command_id, WATCHDOG_S)
+            cur.finished = None
+        if cur is not None and (cur.finished.done() if cur.finished is not None else now >= cur.ends):
             self._current = None
-            self._decide("finished", "duration_elapsed", item=cur.item)
+            self._decide("finished", "played" if cur.finished is not None else "duration_elapsed", item=cur.item)
+            self._changed()
+        for stale in self.queue.remove_where(lambda i: i.expires_at <= now):
+            self._decide("expired", "not_started_in_time", item=stale)
             self._changed()
         while self._current is None:
-            item = self.queue.pop()
-            if item is None:
+            popped = self.queue.pop()
+            if popped is None:
                 break
+            item = popped
             item.command = dataclasses.replace(item.command, issued_at=now)
+            current = None
             if item.command.kind not in _IMMEDIATE:  # an approved emotion/prompt does not occupy the body
-                self._current = _Current(item, now, now + item.duration_s)
+                current = self._current = _Current(item, now, now + item.duration_s)
             self._decide("dispatched", f"next_{item.tier.name.lower()}", item=item)
             self._changed()
-            await self._send(item.command)
+            sent = await self._send(item.command)
+            if current is not None and self._current is current:
+                current.engine_id = str(getattr(sent, "command_id", "") or item.command.command_id)
+                finished = getattr(sent, "finished", None)
+                looping = item.command.kind is CommandKind.ACT and action(item.command.argument).loop
+                if isinstance(finished, asyncio.Future) and not looping:  # the engine times the action
+                    # (a looping action, idle or talk, plays until replaced: its estimate ends it here)
+                    current.finished = finished
+                    finished.add_done_callback(lambda _: self._wake.set())
 
     # ------------------------------------------------------------------------- state
 
@@ -352,7 +411,7 @@ class Director:
         role = event.role
         tier = tier_for(role, paid=paid)
         user_key = self._user_key(event.platform, event.user_id, event.user_name)
-        who = {"user": event.user_name, "platform": event.platform}
+        who: dict[str, Any] = {"user": event.user_name, "platform": event.platform}
 
         try:
             text = self.moderator.clean_message(event.text)
@@ -428,6 +487,8 @@ class Director:
                          message_id=message_id, duration_s=duration)
 
     async def _accept(self, item: QueueItem) -> Decision:
+        if item.command.kind is CommandKind.EMOTION and item.tier > Tier.REACTION:
+            self._asked_emotion_at = self._clock()
         if item.command.kind in _IMMEDIATE and not item.held:
             decision = self._decide("immediate", f"{item.command.kind.value}_does_not_overlap", item=item)
             await self._send(item.command)
@@ -444,13 +505,14 @@ class Director:
         self._wake.set()
         return decision
 
-    async def _send(self, command: Command) -> None:
+    async def _send(self, command: Command) -> object:
         try:
-            await self._sink(command)
+            return await self._sink(command)
         except Exception as exc:  # the stream goes on: one failed hand-off is logged, not fatal
             logger.exception("director sink failed command=%s kind=%s", command.command_id, command.kind.value)
             self._decide("error", f"sink_failed:{type(exc).__name__}", user=command.user_name,
                          platform=command.source, command_id=command.command_id)
+            return None
 
     async def _control(self, rest: str, *, user: str, platform: str) -> Decision | None:
         """``skip`` / ``approve <id>`` / ``remove <id>`` (ids as in :meth:`state`); None if ``rest`` is none."""
@@ -483,13 +545,22 @@ class Director:
         if sent:
             self.replies.mark(now)
 
-    def _purge(self, pred: Callable[[QueueItem], bool], reason: str, platform: str, *,
-               votes: dict[str, str], user: str = "") -> Decision | None:
+    async def _purge(self, pred: Callable[[QueueItem], bool], reason: str, platform: str, *,
+                     votes: dict[str, str], user: str = "") -> Decision | None:
         gone = self.queue.remove_where(pred)
         withdrawn = self.votes.withdraw(**votes) if self.votes.enabled else 0
         last = None
         for item in gone:
             last = self._decide("purged", reason, item=item)
+        cur = self._current
+        if cur is not None and pred(cur.item):
+            # It already started: the engine stops it (speech at once, an action at its next chunk).
+            self._current = None
+            last = self._decide("cancelled", reason, item=cur.item)
+            await self._send(Command(CommandKind.CANCEL, cur.engine_id or cur.item.command.command_id,
+                                     source=cur.item.platform, user_name="moderation",
+                                     command_id=self._new_id(), issued_at=self._clock()))
+            self._changed()
         if withdrawn:
             last = self._decide("purged", f"{reason}_votes", user=user, platform=platform, detail=str(withdrawn))
         if gone or withdrawn:

@@ -190,11 +190,12 @@ class Grammar:
     """
 
     def __init__(self, prefix: str = "!", *, free_text: bool = True,
-                 free_text_actions: Iterable[str] | None = None) -> None:
+                 free_text_actions: Iterable[str] | None = None, free_text_prompts: bool = False) -> None:
         if not prefix.strip():
             raise ValueError("director prefix must not be empty or blank")
         self.prefix = prefix
         self.free_text = free_text
+        self.free_text_prompts = free_text_prompts  # the Wan tier: free text is a prompt, embedded as it is
         library = {a.name for a in ACTIONS}
         free_actions = (set(free_text_actions) if free_text_actions is not None
                         else {a.name for a in ACTIONS if not a.loop})
@@ -354,6 +355,11 @@ class Grammar:
     def _match_free(self, text: str, *, any_action: bool = False,
                     min_coverage: float = FREE_TEXT_MIN_COVERAGE) -> ParseResult:
         units = content_units(text)
+        if self.free_text_prompts and units:  # no nearest-action mapping: only an exact alias is an action
+            for alias, au in self._alias_units:
+                if au == units and alias.free:
+                    return ParseResult(Request(alias.kind, alias.argument, "alias"), f"alias {alias.phrase!r}")
+            return ParseResult(Request(CommandKind.PROMPT, text, "free_text"), "prompt (free text as it is)")
         if not units or _NEGATIONS_EN.intersection(units) or any(n in text for n in _NEGATIONS_ZH):
             return ParseResult(None, "no_command")
         hit = self._best_cover(units, free_only=True, any_action=any_action, min_coverage=min_coverage)

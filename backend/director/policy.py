@@ -8,6 +8,7 @@ Priority (higher first, FIFO within equal keys)::
     PAID      bits, super chats, gifts, guard buys, redemptions - higher value first
     MEMBER    subscribers and VIPs
     VIEWER    everyone else (and the winner of a chat vote)
+    REACTION  the idol's own reactions to what the camera sees (below every viewer; they expire)
 
 Pure and synchronous; every time is passed in as ``now`` (seconds on the director's clock).
 """
@@ -38,6 +39,7 @@ __all__ = [
 
 
 class Tier(enum.IntEnum):
+    REACTION = -1
     VIEWER = 0
     MEMBER = 1
     PAID = 2
@@ -68,6 +70,7 @@ class QueueItem:
     message_id: str = ""
     duration_s: float = 0.0
     held: bool = False  # waiting for the streamer's approval (approval mode)
+    expires_at: float = math.inf  # dropped when not dispatched by then (reactions)
 
     @property
     def key(self) -> tuple[int, int, int]:

@@ -18,16 +18,26 @@ Usage::
     policy.chunk_started()
     frames = gen.next_chunk(..., steps=policy.steps, chunk_frames=policy.chunk)
     policy.chunk_finished(len(frames))   # may change policy.steps / policy.chunk
+
+:class:`ComputeMemory` keeps the level that last held real time (per device, model and sizes) in a small JSON
+file, so the next start begins there instead of at full compute::
+
+    memory = ComputeMemory(ComputeMemory.default_path(), key=compute_key(...))
+    policy.set_level(*(memory.recall() or (policy.min_steps, policy.min_chunk)))
+    memory.remember(policy.steps, policy.chunk)
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["ComputePolicy", "ComputeStats"]
+__all__ = ["ComputeMemory", "ComputePolicy", "ComputeStats"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +83,26 @@ class ComputePolicy:
     def behind(self) -> bool:
         return self.load is not None and self.load > self.high
 
+    @property
+    def level(self) -> tuple[int, int]:
+        """(steps, chunk) now."""
+        return self.steps, self.chunk
+
+    def set_level(self, steps: int, chunk: int) -> None:
+        """Start (or restart) at ``steps`` and ``chunk``, clamped to the allowed range; the smoothed load
+        restarts from the next measurement."""
+        self.steps = max(self.min_steps, min(self.max_steps, int(steps)))
+        self.chunk = max(self.min_chunk, min(self.max_chunk, int(chunk)))
+        self.load = None
+        self._calm = 0
+        self._hold = 0
+
     def chunk_started(self) -> None:
         self._started = self._clock()
+
+    def chunk_discarded(self) -> None:
+        """Forget the chunk begun by :meth:`chunk_started` (e.g. the first one, which pays the warm-up)."""
+        self._started = None
 
     def chunk_finished(self, frames: int) -> None:
         """Record the chunk begun by :meth:`chunk_started` (``frames`` video frames) and adapt."""
@@ -134,3 +162,50 @@ class ComputePolicy:
             return
         self.stats.raised += 1
         self._changed("raised")
+
+
+class ComputeMemory:
+    """The compute level (steps, chunk) that last held real time, per ``key``, in a small JSON file.
+
+    ``key`` names what the cost depends on (device, threads, model, sizes, fps: see ``backend.app``); a file
+    that cannot be read or written is ignored with a debug line (it is only a head start)."""
+
+    def __init__(self, path: Path | None, key: str = "", *, keep: int = 32) -> None:
+        self.path, self.key, self.keep = path, key, keep
+
+    @staticmethod
+    def default_path() -> Path:
+        """``$XDG_CACHE_HOME/liveidol/compute.json`` (``~/.cache/liveidol/compute.json``)."""
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "liveidol" / "compute.json"
+
+    def _read(self) -> dict[str, list[int]]:
+        if self.path is None:
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.debug("compute memory unreadable path=%s error=%s", self.path, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def recall(self) -> tuple[int, int] | None:
+        level = self._read().get(self.key)
+        if (isinstance(level, list) and len(level) == 2 and all(isinstance(v, int) and v >= 1 for v in level)):
+            return level[0], level[1]
+        return None
+
+    def remember(self, steps: int, chunk: int) -> None:
+        if self.path is None:
+            return
+        data = self._read()
+        data.pop(self.key, None)
+        data[self.key] = [int(steps), int(chunk)]  # newest last; the oldest keys go first
+        data = dict(list(data.items())[-self.keep:])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.debug("compute memory not written path=%s error=%s", self.path, exc)

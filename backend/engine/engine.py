@@ -14,8 +14,17 @@ Two asyncio tasks and one thread:
 
 Interruption: a command takes effect at the next chunk boundary. Chunks generated under the old
 directive that have not started showing are dropped and the generator is restored to the snapshot taken
-before the first dropped chunk, so the video stays continuous. The latency from ``submit`` to the first
+before the first dropped chunk, so the video stays continuous -- except the chunk that was being made when
+the command came, when it is the next to show: it is kept, and every command that arrived meanwhile takes
+effect together after it (coalesced, the newest winning, counted in ``commands_coalesced``), so commands
+coming faster than chunks are made cannot freeze the picture. The latency from ``submit`` to the first
 shown frame under the new directive is measured (``status()["latency_p50_s"]``).
+
+Action timing has one owner, the :class:`~backend.engine.session.Session`: it numbers each play of an
+action (``serial``; the same action again is a new play) and computes its progress per frame at the
+engine's fps; both go to the generator in its conditions. ``Ticket.finished`` says when a play ended on
+screen (the director waits on it). ``cancel`` stops a command's speech at once and its action at the next
+chunk. Every command is written to the input log when accepted (``InputLog``; ``liveidol replay``).
 
 Usage::
 
@@ -28,8 +37,13 @@ Usage::
         await engine.speak(pcm, 48000, text="hello")
         async for item in sub: ...        # VideoFrame | AudioChunk
 
-``generator`` is anything with the :class:`FrameGenerator` methods (``backend.model.generator.Generator``).
-``tts(text) -> (pcm float32, sample_rate)`` is called in a helper thread for ``say`` commands.
+``generator`` is anything with the :class:`FrameGenerator` methods (``backend.model.generator.Generator``),
+or a :class:`Loading`: then the engine builds it in its generator thread while the pacer already shows the
+"starting" card (:mod:`backend.engine.card`) on the same frame clock, so a server can open at once
+(``await engine.wait_loaded()`` raises what loading raised).
+``tts(text) -> (pcm float32, sample_rate)`` is called in a helper thread for ``say`` commands, one sentence at a
+time: the first sentence starts speaking as soon as it is synthesized, the next ones are appended to the speech
+while it plays (``tts.prepare(text)``, when it has one, checks the whole text first).
 ``conditions(action, emotion, prompt)`` builds the generator's conditions (default: :func:`default_conditions`).
 """
 
@@ -49,6 +63,7 @@ import numpy as np
 
 from backend.config import EngineConfig
 from backend.engine.broadcast import Broadcaster, Subscription
+from backend.engine.card import starting_card
 from backend.engine.compute import ComputePolicy
 from backend.engine.pacer import Pacer, RateMeter
 from backend.engine.session import (
@@ -62,12 +77,15 @@ from backend.engine.session import (
 from backend.engine.worker import GeneratorWorker
 from backend.events import AudioChunk, Command, CommandKind, Directive, VideoFrame
 from backend.voice.lipsync import mouth_envelope
+from backend.voice.sentences import split_sentences
 
-__all__ = ["ChunkConditions", "CommandError", "Engine", "EngineError", "FrameGenerator", "Ticket"]
+__all__ = ["ChunkConditions", "CommandError", "Engine", "EngineError", "FrameGenerator", "Loaded", "Loading",
+           "Ticket"]
 
 log = logging.getLogger(__name__)
 
 TTS = Callable[[str], tuple[np.ndarray, int]]
+REMEMBER_AFTER_CHUNKS = 32  # a compute level that held this long is remembered for the next start
 
 
 class FrameGenerator(Protocol):
@@ -88,6 +106,44 @@ class FrameGenerator(Protocol):
     def restore(self, snapshot: Any) -> None: ...
 
 
+@dataclass
+class Loaded:
+    """What :attr:`Loading.load` builds: the generator, the reference frame, the character, and the compute
+    level (steps, latent frames per chunk) to start at (None: the most the engine allows)."""
+
+    generator: FrameGenerator
+    reference_rgba: np.ndarray | None
+    character: Any = None
+    level: tuple[int, int] | None = None
+    conditions: ConditionsFactory | None = None  # the generator's own (e.g. the Wan tier's prompt embeddings)
+
+
+@dataclass(frozen=True)
+class Loading:
+    """A generator still to be built. ``load`` runs in the engine's generator thread; until the first chunk
+    exists the engine shows the starting card at ``output_size`` (width, height), ``card_fps`` times a second."""
+
+    load: Callable[[], Loaded]
+    output_size: tuple[int, int]
+    card_fps: float = 5.0
+
+
+class _NotLoaded:
+    """Stands in for the generator while :class:`Loading` builds it: only the output size is known."""
+
+    def __init__(self, output_size: tuple[int, int]) -> None:
+        self._size = output_size
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self._size
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise EngineError("the generator is still loading")
+
+    reset = next_chunk = frames_per_chunk = snapshot = restore = _refuse
+
+
 @dataclass(frozen=True)
 class ChunkConditions:
     """Stand-in for ``backend.model.generator.Conditions`` when that module cannot be imported."""
@@ -95,22 +151,30 @@ class ChunkConditions:
     action: str = "idle"
     emotion: str = "neutral"
     text: Any = None
+    serial: int = 0
+    progress: Any = None
 
 
-ConditionsFactory = Callable[[str, str, str], Any]
-"""(action, emotion, prompt) -> the generator's conditions object."""
+ConditionsFactory = Callable[..., Any]
+"""(action, emotion, prompt, *, serial=0, progress=None) -> the generator's conditions object. ``serial``
+numbers the plays of actions (a new command, even the same action again, restarts it) and ``progress`` is
+the action's progress per video frame of the chunk: the session owns action timing and passes both down."""
 
 
 def default_conditions() -> ConditionsFactory:
-    """Build ``backend.model.generator.Conditions(action, emotion)``; the free-text prompt is kept in the
-    directive but not passed on (the generator takes a text *embedding*: inject a factory that embeds it)."""
+    """Build ``backend.model.generator.Conditions(action, emotion, serial=, progress=)``; the free-text prompt
+    is kept in the directive but not passed on (the generator takes a text *embedding*: inject a factory
+    that embeds it)."""
+    conditions: Callable[..., Any]
     try:
         from backend.model.generator import Conditions
-    except ImportError:
-        Conditions = ChunkConditions
 
-    def make(action: str, emotion: str, prompt: str) -> Any:
-        return Conditions(action=action, emotion=emotion)
+        conditions = Conditions
+    except ImportError:
+        conditions = ChunkConditions
+
+    def make(action: str, emotion: str, prompt: str, *, serial: int = 0, progress: np.ndarray | None = None) -> Any:
+        return conditions(action=action, emotion=emotion, serial=serial, progress=progress)
 
     return make
 
@@ -118,11 +182,15 @@ def default_conditions() -> ConditionsFactory:
 @dataclass
 class Ticket:
     """Handle of a submitted command. ``shown`` resolves to the output frame seq at which it took effect,
-    or None if a later command replaced it before any of its frames were shown."""
+    or None if a later command replaced it before any of its frames were shown. ``finished`` resolves to
+    the output frame seq at which what it started (an action's play, a speech) ended on screen -- by
+    itself, interrupted or cancelled -- or None if it never showed. The session's frame count is the one
+    clock of action timing: the director waits on ``finished``, not on its own clock."""
 
     command_id: str
     record: InputRecord
     shown: asyncio.Future[int | None] = field(repr=False)
+    finished: asyncio.Future[int | None] = field(repr=False)
 
 
 @dataclass
@@ -132,6 +200,10 @@ class _Chunk:
     directive: Directive  # what it was generated under (started_frame unset)
     snapshot: Any = field(repr=False)  # generator state before this chunk; None once it started showing
     shown: int = 0
+    play_id: str = ""  # the command whose play of an action it shows (ChunkPlan.play_id)
+    steps: int = 0  # denoising steps and latent frames it was made with (the input log keeps them for replay)
+    latents: int = 0
+    keep: bool = False  # it was in progress when a command came: kept, the command applies after it
 
     @property
     def left(self) -> int:
@@ -152,15 +224,18 @@ def _percentile(values: collections.abc.Sequence[float], q: float) -> float | No
 class Engine:
     """The streaming engine (see module docstring). Use as ``async with Engine(...) as engine``."""
 
-    def __init__(self, cfg: EngineConfig, generator: FrameGenerator, reference_rgba: np.ndarray | None, *,
+    def __init__(self, cfg: EngineConfig, generator: FrameGenerator | Loading, reference_rgba: np.ndarray | None, *,
                  max_steps: int = 4, max_chunk_frames: int = 2, sample_rate: int = 48000,
                  tts: TTS | None = None, character: Any = None,
                  conditions: ConditionsFactory | None = None,
                  audio_chunk_s: float = 0.02, audio_lead_s: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 remember_level: Callable[[int, int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, log_header: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
-        self._gen = generator
-        self._tts = tts
+        self._loading = generator if isinstance(generator, Loading) else None
+        self._gen: FrameGenerator = (_NotLoaded(generator.output_size) if isinstance(generator, Loading)
+                                     else generator)
+        self.tts = tts
         self.sample_rate = sample_rate
         self._conditions = conditions or default_conditions()
         self._clock = clock
@@ -179,8 +254,15 @@ class Engine:
         self._tickets: list[Ticket] = []  # applied, waiting for their first shown frame
         self._wake = asyncio.Event()
         self._first_chunk = asyncio.Event()
+        self._loaded: asyncio.Future[None] | None = None  # made in start(), on the running loop
+        self._cards: dict[int, np.ndarray] = {}
+        self._card_every = max(1, round(cfg.fps / generator.card_fps)) if isinstance(generator, Loading) else 1
+        self._remember_level = remember_level
+        self._level_held = 0  # chunks generated since the compute level last changed
+        self._level_remembered: tuple[int, int] | None = None
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
+        self._speaking_tasks: set[asyncio.Task[None]] = set()  # synthesizing the next sentences of a `say`
         self._last: VideoFrame | None = None
         self.directive = Directive(action=cfg.idle_action)  # the one on screen (started_frame = output seq)
         self._last_wall: float | None = None
@@ -192,7 +274,14 @@ class Engine:
         self.error: BaseException | None = None
         self.counters = {"frames_made": 0, "frames_shown": 0, "frames_dropped": 0, "frames_repeated": 0,
                          "chunks_made": 0, "chunks_dropped": 0, "audio_chunks": 0, "commands": 0,
-                         "commands_rejected": 0}
+                         "commands_rejected": 0, "commands_coalesced": 0, "commands_cancelled": 0,
+                         "frames_starting": 0}
+        self._plays: dict[str, Ticket] = {}  # applied commands whose play has not ended on screen yet
+        self._cancelled: collections.deque[str] = collections.deque(maxlen=64)  # ids cancelled lately
+        self._shown_play = ""  # play_id of the last frame shown
+        self._generating = False  # the worker is making a chunk now
+        self._arrived_while_generating = False  # a command came while it was: that chunk is kept
+        self._log_header = dict(log_header or {})
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,13 +295,21 @@ class Engine:
     async def start(self) -> None:
         if self._tasks:
             raise EngineError("engine already started")
+        self.session.log.open({"fps": self.cfg.fps, "idle_action": self.cfg.idle_action,
+                               "character": self.session.character_name, **self._log_header})
         self._worker.start()
+        self._loaded = asyncio.get_running_loop().create_future()
+        if self._loading is None:
+            self._loaded.set_result(None)
         self._tasks = [asyncio.create_task(self._produce(), name="engine-producer"),
                        asyncio.create_task(self._pace(), name="engine-pacer")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.cancel()  # stopped while loading: nobody waits for the load any more
+        for task in [*self._tasks, *self._speaking_tasks]:
             task.cancel()
+        await asyncio.gather(*self._speaking_tasks, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)  # a failed producer was logged already
         self._tasks = []
         await self._worker.stop()
@@ -223,6 +320,22 @@ class Engine:
             self.session.log.resolve(ticket.record, "failed", error="engine stopped before it took effect")
             if not ticket.shown.done():
                 ticket.shown.cancel()
+        for ticket in [*waiting, *self._plays.values()]:
+            if not ticket.finished.done():
+                ticket.finished.cancel()
+        self._plays.clear()
+
+    async def wait_loaded(self) -> None:
+        """Wait until the generator is built (at once unless it came as a :class:`Loading`); raises what
+        loading raised. The engine must be started."""
+        if self._loaded is None:
+            raise EngineError("the engine is not running")
+        await asyncio.shield(self._loaded)
+
+    @property
+    def starting(self) -> bool:
+        """No generated frame shown yet (the starting card, if any, is on screen) and nothing failed."""
+        return self._last is None and self.error is None
 
     async def wait_started(self) -> None:
         """Wait until the first chunk exists (frames flow from then on); wrap in ``asyncio.timeout``."""
@@ -262,6 +375,8 @@ class Engine:
         if command.kind is CommandKind.SAY:
             return await self._say(command)
         command, record = self._accept(command)
+        if command.kind is CommandKind.CANCEL:
+            self._cancel_now(command.argument)
         try:
             self.session.validate(command)
         except CommandError as exc:
@@ -317,6 +432,7 @@ class Engine:
             "subscribers": self.subscribers,
             "character": self.session.character_name,
             "healthy": self.healthy,
+            "starting": self.starting,
             "error": repr(self.error) if self.error else None,
             "generator": state,
         }
@@ -332,14 +448,39 @@ class Engine:
     # ------------------------------------------------------------------ commands
 
     def _accept(self, command: Command) -> tuple[Command, InputRecord]:
-        if not command.command_id:
-            command = dataclasses.replace(command, command_id=f"c{next(self._ids)}")
+        if not command.command_id:  # unique across restarts: the session id is part of it
+            command = dataclasses.replace(command, command_id=f"{self.session.log.session_id}.c{next(self._ids)}")
         self.counters["commands"] += 1
         record = self.session.log.add(InputRecord(
             command.command_id, str(command.kind), command.argument, command.source, command.user_name,
             arrival=self._clock()))
         log.info("command id=%s kind=%s source=%s", command.command_id, command.kind, command.source)
         return command, record
+
+    def _cancel_now(self, target_id: str) -> None:
+        """What a ``cancel`` does at once, before its chunk boundary: a command not applied yet is withdrawn,
+        and speech of ``target_id`` goes silent now (its action ends at the next chunk, when the cancel applies)."""
+        self._cancelled.append(target_id)  # also what is still being prepared: a say waiting for its TTS
+        for change, ticket in list(self._pending):
+            if change.command.command_id == target_id:
+                self._pending.remove((change, ticket))
+                if ticket is not None:
+                    self.session.log.resolve(ticket.record, "cancelled")
+                    if not ticket.shown.done():
+                        ticket.shown.set_result(None)
+                    self._finish(ticket, None)
+                self.counters["commands_cancelled"] += 1
+        silenced = False
+        if self._scheduled_speech is not None and self._scheduled_speech[0] is not None \
+                and self._scheduled_speech[0].speech_id == target_id:
+            self._scheduled_speech = None
+            silenced = True
+        if self._playing is not None and self._playing.speech.speech_id == target_id:
+            self._playing = None
+            silenced = True
+        if silenced:
+            self.counters["commands_cancelled"] += 1
+        log.info("cancel target=%s speech_silenced=%s", target_id, silenced)
 
     def _reject(self, record: InputRecord, exc: Exception) -> None:
         self.counters["commands_rejected"] += 1
@@ -348,33 +489,85 @@ class Engine:
 
     def _enqueue(self, change: Change) -> Ticket:
         assert change.record is not None
+        if change.command.command_id in self._cancelled:  # cancelled while it was prepared (a say's TTS)
+            loop = asyncio.get_running_loop()
+            ticket = Ticket(change.command.command_id, change.record, loop.create_future(), loop.create_future())
+            self.session.log.resolve(change.record, "cancelled")
+            ticket.shown.set_result(None)
+            ticket.finished.set_result(None)
+            log.info("command cancelled before it was queued id=%s", change.command.command_id)
+            return ticket
         if not self._tasks or self.error is not None:
             err = EngineError("the engine is not running" if self.error is None else
                               f"the engine stopped: {self.error!r}")
             self.session.log.resolve(change.record, "failed", error=str(err))
             raise err
-        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(change.command.command_id, change.record, fut)
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(change.command.command_id, change.record, loop.create_future(), loop.create_future())
         self._pending.append((change, ticket))
+        if self._generating:
+            self._arrived_while_generating = True
         self._wake.set()
         return ticket
 
     async def _say(self, command: Command) -> Ticket:
         command, record = self._accept(command)
         try:
-            if self._tts is None:
+            if self.tts is None:
                 raise CommandError("say: no text-to-speech engine configured")
             if not command.argument.strip():
                 raise CommandError("say: empty text")
+            tts = self.tts
             try:
-                pcm, sr = await asyncio.to_thread(self._tts, command.argument)
+                prepare = getattr(tts, "prepare", None)
+                text = prepare(command.argument) if prepare is not None else command.argument
+                first, *rest = split_sentences(text) or [text]
+                pcm, sr = await asyncio.to_thread(tts, first)
             except Exception as exc:
                 raise CommandError(f"say: text-to-speech failed: {exc}") from exc
-            speech = self._make_speech(pcm, sr, command.argument, command.command_id)
+            speech = self._make_speech(pcm, sr, first, command.command_id)
         except CommandError as exc:
             self._reject(record, exc)
             raise
-        return self._enqueue(Change(command, record, speech))
+        ticket = self._enqueue(Change(command, record, speech))
+        if rest:
+            task = asyncio.create_task(self._say_rest(command, tts, rest), name=f"say-{command.command_id}")
+            self._speaking_tasks.add(task)
+            task.add_done_callback(self._speaking_tasks.discard)
+        return ticket
+
+    async def _say_rest(self, command: Command, tts: TTS, sentences: list[str]) -> None:
+        """Synthesize the sentences after the first and append each to the speech while it plays."""
+        for i, sentence in enumerate(sentences, 2):
+            try:
+                pcm, sr = await asyncio.to_thread(tts, sentence)
+                more = self._make_speech(pcm, sr, sentence, command.command_id)
+            except Exception as exc:  # the sentences spoken so far stand; the stream goes on
+                log.warning("say: sentence %d of command id=%s not spoken: %s", i, command.command_id, exc)
+                return
+            if command.command_id in self._cancelled:  # cancelled (or silenced) meanwhile: say no more
+                return
+            if self._extend_speech(more):
+                continue
+            # the speech ended before this sentence was ready: it starts as a speech of its own
+            part = dataclasses.replace(command, argument=sentence, command_id=f"{command.command_id}.{i}")
+            part, record = self._accept(part)
+            more = dataclasses.replace(more, speech_id=part.command_id)
+            try:
+                self._enqueue(Change(part, record, more))
+            except EngineError:
+                return
+
+    def _extend_speech(self, more: Speech) -> bool:
+        extended = self.session.extend_speech(more, self._next_g)
+        if extended is None:
+            return False
+        if self._playing is not None and self._playing.speech.speech_id == extended.speech_id:
+            self._playing.speech = extended
+        scheduled = self._scheduled_speech
+        if scheduled is not None and scheduled[0] is not None and scheduled[0].speech_id == extended.speech_id:
+            self._scheduled_speech = (extended, scheduled[1])
+        return True
 
     def _make_speech(self, pcm: np.ndarray, sample_rate: int, text: str, speech_id: str) -> Speech:
         pcm = np.asarray(pcm)
@@ -402,11 +595,42 @@ class Engine:
         frames = self._gen.next_chunk(conditions, mouth=mouth, steps=steps, chunk_frames=chunk)
         return snap, frames
 
-    def _make_conditions(self, action: str, emotion: str, prompt: str) -> Any:
-        return self._conditions(action, emotion, prompt)
+    def _make_conditions(self, action: str, emotion: str, prompt: str, serial: int = 0,
+                         progress: np.ndarray | None = None) -> Any:
+        return self._conditions(action, emotion, prompt, serial=serial, progress=progress)
+
+    async def _load(self, loading: Loading) -> None:
+        t0 = self._clock()
+        loaded: Loaded = await self._call(loading.load)
+        if tuple(loaded.generator.output_size) != tuple(loading.output_size):
+            log.warning("generator output size %s differs from the announced %s", loaded.generator.output_size,
+                        loading.output_size)
+        self._gen = loaded.generator
+        self.session.set_character(loaded.reference_rgba, loaded.character if loaded.character is not None
+                                   else self.session.character)
+        if loaded.level is not None:
+            self.policy.set_level(*loaded.level)
+        if loaded.conditions is not None:
+            self._conditions = loaded.conditions
+        self._loading = None
+        log.info("generator loaded seconds=%.1f steps=%d chunk=%d", self._clock() - t0, self.policy.steps,
+                 self.policy.chunk)
 
     async def _produce(self) -> None:
+        assert self._loaded is not None
         try:
+            if self._loading is not None:
+                try:
+                    await self._load(self._loading)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a bad checkpoint, missing weights: wait_loaded() raises it to the app
+                    self.error = exc
+                    self._loaded.set_exception(exc)
+                    self._loaded.exception()  # retrieved: a caller may never wait for it
+                    log.debug("generator failed to load: %s", exc)
+                    return
+                self._loaded.set_result(None)
             await self._call(self._gen.reset, self.session.reference_rgba,
                              self._make_conditions(self.cfg.idle_action, "neutral", ""))
             while True:
@@ -429,16 +653,33 @@ class Engine:
         policy = self.policy
         n = self._gen.frames_per_chunk(policy.chunk)
         plan = self.session.plan(self._next_g, n)
-        cond = self._make_conditions(plan.action, plan.emotion, plan.prompt)
+        cond = self._make_conditions(plan.action, plan.emotion, plan.prompt, plan.serial, plan.progress)
+        steps, latents = policy.steps, policy.chunk
         policy.chunk_started()
-        snap, frames = await self._call(self._gen_chunk, cond, plan.mouth, policy.steps, policy.chunk)
-        policy.chunk_finished(len(frames))
+        self._generating = True
+        try:
+            snap, frames = await self._call(self._gen_chunk, cond, plan.mouth, steps, latents)
+        finally:
+            self._generating = False
+        if self.counters["chunks_made"] == 0:
+            policy.chunk_discarded()  # the first chunk pays the warm-up: not a measure of the level
+        else:
+            before = policy.level
+            policy.chunk_finished(len(frames))
+            self._level_held = 0 if policy.level != before else self._level_held + 1
+            if (self._remember_level is not None and self._level_held >= REMEMBER_AFTER_CHUNKS
+                    and policy.level != self._level_remembered):
+                self._level_remembered = policy.level
+                self._remember_level(*policy.level)
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 4 or frames.dtype != np.uint8:
             raise EngineError(f"generator returned frames of shape {frames.shape} dtype {frames.dtype}; "
                               "expected (N, H, W, 4) uint8")
         directive = Directive(plan.action, plan.emotion, plan.prompt, command_id=plan.directive_id)
-        self._buffer.append(_Chunk(self._next_g, frames, directive, snap))
+        # A command that came while this chunk was being made does not throw it away (see _apply_pending).
+        keep, self._arrived_while_generating = self._arrived_while_generating, False
+        self._buffer.append(_Chunk(self._next_g, frames, directive, snap, play_id=plan.play_id, steps=steps,
+                                   latents=latents, keep=keep))
         self._next_g += len(frames)
         self.counters["frames_made"] += len(frames)
         self.counters["chunks_made"] += 1
@@ -446,12 +687,19 @@ class Engine:
 
     async def _apply_pending(self) -> None:
         changes, self._pending = self._pending, []
-        # The boundary: the first chunk that has not started showing (or the end of what exists).
-        keep = 0
-        for chunk in self._buffer:
-            if chunk.shown == 0:
-                break
+        # The boundary: after the chunk showing now, and after the chunk that was in progress when a command
+        # came if it is the next to show (never thrown away: when commands come faster than chunks are made,
+        # the picture still moves on). Chunks made ahead of that, not showing yet, are dropped for a quick
+        # response (the engine is ahead of real time then, so dropping them cannot freeze the picture).
+        keep = sum(1 for chunk in self._buffer if chunk.shown > 0)  # only the head can have started
+        if keep < len(self._buffer) and self._buffer[keep].keep:
             keep += 1
+        for chunk in self._buffer:
+            chunk.keep = False
+        if len(changes) > 1:
+            self.counters["commands_coalesced"] += len(changes) - 1
+            log.info("commands coalesced at one chunk boundary n=%d ids=%s (the newest wins)", len(changes),
+                     ",".join(c.command.command_id for c, _ in changes))
         dropped = list(itertools.islice(self._buffer, keep, None))
         boundary = dropped[0].start_g if dropped else self._next_g
         for _ in dropped:
@@ -468,29 +716,46 @@ class Engine:
             await self._call(self._gen.restore, dropped[0].snapshot)
         for change, ticket in changes:
             self.session.apply(change, boundary)
+            cmd = change.command
+            self.session.log.applied(cmd.command_id, cmd.kind.value, cmd.argument, boundary,
+                                     change.speech.mouth if change.speech is not None else None)
             if change.command.kind is CommandKind.SAY:
                 self._scheduled_speech = (change.speech, boundary)
             elif change.command.kind is CommandKind.RESET:
                 self._scheduled_speech = (None, boundary)
+            if cmd.kind is CommandKind.CANCEL and self.session.directive.command_id != cmd.command_id:
+                # nothing of the target was playing any more (or it was withdrawn before it applied)
+                if ticket is not None:
+                    self.session.log.resolve(ticket.record, "ignored", error="nothing of it was playing")
+                    if not ticket.shown.done():
+                        ticket.shown.set_result(None)
+                    self._finish(ticket, None)
+                continue
+            if cmd.kind is CommandKind.CANCEL:
+                self.counters["commands_cancelled"] += 1
             if ticket is not None:
                 self._tickets.append(ticket)
+                self._plays[cmd.command_id] = ticket
         log.debug("applied changes=%d boundary=%d dropped_chunks=%d", len(changes), boundary, len(dropped))
 
     # ------------------------------------------------------------------ pacer
 
-    def _pop(self) -> tuple[np.ndarray, Directive, int] | None:
+    def _pop(self) -> tuple[np.ndarray, Directive, int, str] | None:
         if not self._buffer:
             return None
         chunk = self._buffer[0]
         i = chunk.shown
+        if i == 0:  # it starts showing: it can no longer be dropped, so it is part of the session for good
+            self.session.log.chunk(chunk.start_g, int(chunk.frames.shape[0]), chunk.steps, chunk.latents)
         chunk.shown += 1
         chunk.snapshot = None  # started showing: never restored to
         if chunk.left == 0:
             self._buffer.popleft()
-        return chunk.frames[i], chunk.directive, chunk.start_g + i
+        return chunk.frames[i], chunk.directive, chunk.start_g + i, chunk.play_id
 
     async def _pace(self) -> None:
-        await self._first_chunk.wait()
+        if self._loading is None:  # a generator given ready: the clock starts with its first chunk
+            await self._first_chunk.wait()
         self.pacer.start()
         while True:
             seq = await self.pacer.next_slot()
@@ -501,12 +766,16 @@ class Engine:
         item = self._pop()
         if item is None:
             if self._last is None:
+                self._show_card(seq, pts)
                 return
             rgba, did, g = self._last.rgba, self._last.directive_id, None
             self.counters["frames_repeated"] += 1
         else:
-            rgba, directive, g = item
+            rgba, directive, g, play_id = item
             did = directive.command_id
+            if play_id != self._shown_play:
+                ended, self._shown_play = self._shown_play, play_id
+                self._finish(self._plays.pop(ended, None), seq)
             self._wake.set()
             if self._last is None or did != self._last.directive_id:
                 self.directive = dataclasses.replace(directive, started_frame=seq)
@@ -525,6 +794,19 @@ class Engine:
         self._out.publish_frame(frame)
         self._emit_audio(pts)
 
+    def _show_card(self, seq: int, pts: float) -> None:
+        """Before the first generated frame (only when built from a :class:`Loading`): the starting card."""
+        every = self._card_every
+        if self.error is not None or self._first_chunk.is_set() or seq % every:
+            return
+        phase = (seq // every) % 3
+        card = self._cards.get(phase)
+        if card is None:
+            w, h = self._gen.output_size
+            card = self._cards[phase] = starting_card(int(w), int(h), phase=phase)
+        self.counters["frames_starting"] += 1
+        self._out.publish_frame(VideoFrame(seq, pts, card, ""))
+
     def _took_effect(self, directive_id: str, seq: int) -> None:
         idx = next((i for i, t in enumerate(self._tickets) if t.command_id == directive_id), None)
         if idx is None:
@@ -539,7 +821,15 @@ class Engine:
                          1000 * (now - ticket.record.arrival))
             if not ticket.shown.done():
                 ticket.shown.set_result(seq if i == idx else None)
+            kind = ticket.record.kind
+            if i != idx or kind in (CommandKind.EMOTION.value, CommandKind.PROMPT.value):
+                self._finish(ticket, seq if i == idx else None)  # never played / occupies no action
+                self._plays.pop(ticket.command_id, None)
         del self._tickets[:idx + 1]
+
+    def _finish(self, ticket: Ticket | None, seq: int | None) -> None:
+        if ticket is not None and not ticket.finished.done():
+            ticket.finished.set_result(seq)
 
     def _emit_audio(self, pts: float) -> None:
         playing = self._playing

@@ -39,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -87,6 +88,7 @@ def _conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, gain: float = 2
     """A same-padded conv, He-initialised (``gain`` sqrt(2) before an activation, 1 for a linear output)."""
     conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
     nn.init.normal_(conv.weight, std=gain / (cin * kernel * kernel) ** 0.5)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -121,20 +123,33 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(N, C, h, w) latent + (N, C, h, w) previous latent -> (N, tf*4, h*sf, w*sf) logits of tf RGBA frames."""
+    """(N, C, h, w) latent + (N, C, h, w) previous latent -> (N, tf*4, h*r, w*r) logits of tf RGBA frames.
 
-    def __init__(self, cfg: AutoencoderConfig, levels: int) -> None:
+    ``factors`` are the up-sampling steps from the latent grid to the pixels, r their product: the native
+    decoder is ``[2] * log2(sf)`` (r = sf); the detail decoder renders a larger frame from the same grid,
+    e.g. ``[2, 3, 5]`` (r = 30: 960x540 from the 32x18 grid of a 256x144 native frame). Each step but the
+    last is a 1x1 conv + pixel shuffle + residual block; channels shrink towards the pixels
+    (``_level_channels``); the last step is a 3x3 conv to tf RGBA frames of r x r sub-pixels.
+    """
+
+    def __init__(self, cfg: AutoencoderConfig, factors: tuple[int, ...]) -> None:
         super().__init__()
+        if not factors or any(f < 1 for f in factors):
+            raise ConfigError(f"decoder factors {factors!r}: expected one or more positive integers")
         w, tf, c = cfg.width, cfg.temporal_factor, cfg.latent_channels
-        ch = [_level_channels(w, k) for k in range(levels + 1)]
-        layers: list[nn.Module] = [_conv(2 * c, ch[levels]), nn.SiLU(), ResBlock(ch[levels]), ResBlock(ch[levels])]
-        for k in range(levels, 1, -1):
-            layers += [_conv(ch[k], 4 * ch[k - 1], kernel=1, gain=1.0), nn.PixelShuffle(2), ResBlock(ch[k - 1])]
-        layers += [_conv(ch[1], tf * CHANNELS * 4, gain=1.0), nn.PixelShuffle(2)]
+        m = len(factors)
+        ch = [_level_channels(w, k) for k in range(m + 1)]  # ch[k]: channels k steps before the pixels
+        layers: list[nn.Module] = [_conv(2 * c, ch[m]), nn.SiLU(), ResBlock(ch[m]), ResBlock(ch[m])]
+        for i, f in enumerate(factors[:-1]):
+            k = m - i  # level k -> k-1
+            layers += [_conv(ch[k], f * f * ch[k - 1], kernel=1, gain=1.0), nn.PixelShuffle(f), ResBlock(ch[k - 1])]
+        r = factors[-1]
+        layers += [_conv(ch[1], tf * CHANNELS * r * r, gain=1.0), nn.PixelShuffle(r)]
         self.net = nn.Sequential(*layers)
+        self.factor = math.prod(factors)
 
     def forward(self, z: Tensor, context: Tensor) -> Tensor:
-        return self.net(torch.cat([z, context], dim=1))  # (N, 2C, h, w) -> (N, tf*4, H, W)
+        return self.net(torch.cat([z, context], dim=1))  # (N, 2C, h, w) -> (N, tf*4, h*r, w*r)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +159,9 @@ class Decoder(nn.Module):
 
 class VideoAutoencoder(nn.Module):
     """RGBA video (B, T, 4, H, W) in [0, 1] <-> normalised latents (B, T//tf, C, H/sf, W/sf)."""
+
+    latent_mean: Tensor  # (C,) buffers, registered in __init__
+    latent_std: Tensor
 
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
@@ -157,7 +175,9 @@ class VideoAutoencoder(nn.Module):
         self.cfg = cfg
         self.levels = sf.bit_length() - 1  # log2(sf)
         self.encoder = Encoder(cfg, self.levels)
-        self.decoder = Decoder(cfg, self.levels)
+        self.decoder = Decoder(cfg, (2,) * self.levels)
+        # the detail decoder: the same latents rendered at a larger size (None when not configured)
+        self.hires = Decoder(cfg, tuple(cfg.hires_factors)) if cfg.hires_factors else None
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
 
@@ -182,19 +202,33 @@ class VideoAutoencoder(nn.Module):
         z = self.encoder(x)  # (B*F, C, h/sf, w/sf)
         return z.view(b, f, *z.shape[1:])
 
-    def decode_raw(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        """Raw latents (B, F, C, h, w) -> (B, F*tf, 4, H, W) in [0, 1].
+    def decode_raw(self, z: Tensor, context: Tensor | None = None, *, hires: bool = False) -> Tensor:
+        """Raw latents (B, F, C, h, w) -> (B, F*tf, 4, h*r, w*r) in [0, 1] (r = sf, or the detail factor).
 
         ``context`` (B, 1, C, h, w) is the raw latent frame before ``z[:, 0]``; None starts a clip
-        (the first frame is its own context).
+        (the first frame is its own context). ``hires`` decodes with the detail decoder.
         """
+        decoder = self.decoder
+        if hires:
+            if self.hires is None:
+                raise AutoencoderError("VideoAutoencoder.decode(hires=True): no detail decoder is configured "
+                                       "(model.autoencoder.hires_factors is empty)")
+            decoder = self.hires
         b, f, c, h, w = z.shape
         if context is None:
             context = z[:, :1]
         ctx = torch.cat([context, z[:, :-1]], dim=1)  # (B, F, C, h, w): latent i-1 for latent i
-        logits = self.decoder(z.reshape(b * f, c, h, w), ctx.reshape(b * f, c, h, w))  # (B*F, tf*4, H, W)
+        logits = decoder(z.reshape(b * f, c, h, w), ctx.reshape(b * f, c, h, w))  # (B*F, tf*4, H, W)
         tf = self.cfg.temporal_factor
         return torch.sigmoid(logits).view(b, f * tf, CHANNELS, *logits.shape[-2:])
+
+    @property
+    def hires_size(self) -> tuple[int, int] | None:
+        """(width, height) of frames from the detail decoder, None without one."""
+        if self.hires is None:
+            return None
+        sf, r = self.cfg.spatial_factor, self.hires.factor
+        return self.cfg.native_width // sf * r, self.cfg.native_height // sf * r
 
     def _check_latents(self, latents: Tensor, what: str) -> None:
         _check_video(latents, what, 5)
@@ -216,14 +250,18 @@ class VideoAutoencoder(nn.Module):
         """(B, T, 4, H, W) in [0, 1], T a multiple of tf -> normalised latents (B, T//tf, C, H/sf, W/sf)."""
         return self.normalize(self.encode_raw(video))
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Normalised latents (B, F, C, h, w) -> (B, F*tf, 4, h*sf, w*sf) RGBA in [0, 1], the whole clip."""
+    def decode(self, latents: Tensor, *, hires: bool = False) -> Tensor:
+        """Normalised latents (B, F, C, h, w) -> (B, F*tf, 4, H, W) RGBA in [0, 1], the whole clip
+        (H, W the native size, or the detail decoder's with ``hires``)."""
         self._check_latents(latents, "VideoAutoencoder.decode(latents)")
-        return self.decode_raw(self.denormalize(latents))
+        return self.decode_raw(self.denormalize(latents), hires=hires)
 
-    def decoder_stream(self) -> StreamingDecoder:
-        """A fresh :class:`StreamingDecoder` over this model."""
-        return StreamingDecoder(self)
+    def decoder_stream(self, *, hires: bool = False) -> StreamingDecoder:
+        """A fresh :class:`StreamingDecoder` over this model (the detail decoder with ``hires``)."""
+        if hires and self.hires is None:
+            raise AutoencoderError("decoder_stream(hires=True): no detail decoder is configured "
+                                   "(model.autoencoder.hires_factors is empty)")
+        return StreamingDecoder(self, hires=hires)
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
@@ -245,8 +283,9 @@ class StreamingDecoder:
     Runs under ``torch.no_grad()``.
     """
 
-    def __init__(self, ae: VideoAutoencoder) -> None:
+    def __init__(self, ae: VideoAutoencoder, *, hires: bool = False) -> None:
         self.ae = ae
+        self.hires = hires
         self._prev: Tensor | None = None  # (B, 1, C, h, w) raw latent of the last decoded frame
         self.frames_decoded = 0  # latent frames since reset()
 
@@ -267,7 +306,7 @@ class StreamingDecoder:
                 "call reset() first")
         with torch.no_grad():
             z = self.ae.denormalize(latents)
-            out = self.ae.decode_raw(z, context=prev)
+            out = self.ae.decode_raw(z, context=prev, hires=self.hires)
         self._prev = z[:, -1:].detach()
         self.frames_decoded += latents.shape[1]
         return out

@@ -28,7 +28,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from backend.config import REPO_ROOT, AutoencoderConfig, DiTSizes, ModelConfig
-from backend.model.dit import EXTRA_PREFIXES, CausalDiT
+from backend.errors import LiveIdolError
+from backend.model.dit import EXTRA_PREFIXES, Block, CausalDiT
 
 __all__ = [
     "BUILTIN_PATH",
@@ -52,7 +53,7 @@ CONFIG_METADATA_KEY = "liveidol.config"
 _MAX_LISTED = 8
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LiveIdolError, RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the configured model."""
 
 
@@ -115,7 +116,7 @@ def _load_safetensors(path: Path) -> Weights:
             meta = fh.metadata() or {}
             flat = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError
-        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
+        raise CheckpointError(f"{path}: not a readable safetensors file: {_one_line(exc)}") from exc
     weights = split_state(flat, str(path))
     if CONFIG_METADATA_KEY in meta:
         try:
@@ -125,11 +126,25 @@ def _load_safetensors(path: Path) -> Weights:
     return weights
 
 
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """The gist of a loader's exception in one line (torch.load's weights-only message runs to five)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    marker = "WeightsUnpickler error:"
+    for i, line in enumerate(lines):
+        if marker in line:
+            detail = line.split(marker, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "?")
+            return f"the weights-only unpickler refused it ({detail})"
+    if not lines:
+        return "the file ends early (empty or cut short)" if isinstance(exc, EOFError) else type(exc).__name__
+    text = lines[0].split(". ", 1)[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _load_torch(path: Path) -> Weights:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip errors of many kinds
-        raise CheckpointError(f"{path}: not a loadable torch checkpoint (weights_only): {exc}") from exc
+        raise CheckpointError(f"{path}: not a loadable torch checkpoint: {_one_line(exc)}") from exc
     if isinstance(obj, dict) and ("generator_ema" in obj or "generator" in obj):
         part = "generator_ema" if "generator_ema" in obj else "generator"
         logger.info("self-forcing checkpoint path=%s part=%s", path, part)
@@ -202,10 +217,12 @@ def init_dit_(dit: CausalDiT, *, std: float = 0.02, generator: torch.Generator |
     pe = dit.patch_embedding
     bound = math.sqrt(6.0 / (pe.weight[0].numel() + pe.out_channels))
     pe.weight.uniform_(-bound, bound, generator=generator)
+    assert pe.bias is not None
     nn.init.zeros_(pe.bias)
     nn.init.zeros_(dit.head.head.weight)  # the flow starts at zero: a stable start for training
     nn.init.zeros_(dit.head.head.bias)
     for block in dit.blocks:
+        assert isinstance(block, Block)
         block.modulation.normal_(0.0, dit.sizes.dim ** -0.5, generator=generator)
     dit.head.modulation.normal_(0.0, dit.sizes.dim ** -0.5, generator=generator)
     nn.init.zeros_(dit.cond_embedding.action.weight)

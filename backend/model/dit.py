@@ -1,9 +1,9 @@
 """The causal video DiT: a re-implementation of Self-Forcing's ``CausalWanModel`` (Wan2.1 blocks).
 
 Parameter names follow the Wan state-dict layout exactly, so Wan2.1-T2V-1.3B and Self-Forcing
-checkpoints load unchanged (see checkpoint.py). Two extra modules carry LiveIdol's conditioning;
-their keys are absent from Wan checkpoints and they start at zero, so a Wan checkpoint behaves as
-upstream:
+checkpoints load unchanged (see checkpoint.py). Three extra modules (``EXTRA_PREFIXES``) carry
+LiveIdol's conditioning; their keys are absent from Wan checkpoints and they start at zero, so a Wan
+checkpoint behaves as upstream:
 
 * ``cond_embedding``: action and emotion tables giving one ``text_dim`` token each; the context is
   ``[action, emotion, free text...]`` zero-padded to ``text_len``. Cross-attention has no positions,
@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,8 @@ def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
     assert dim % 2 == 0, f"freq_dim must be even, got {dim}"
     half = dim // 2
     position = position.to(torch.float64)
-    sinusoid = torch.outer(position, torch.pow(10000, -torch.arange(half).to(position).div(half)))
+    ladder = torch.arange(half, dtype=torch.float64, device=position.device)  # on the device: graph-capturable
+    sinusoid = torch.outer(position, torch.pow(10000, -ladder.div(half)))
     return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1)
 
 
@@ -146,20 +148,16 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: Attention,
-                cache: KVCache | None, step: CacheStep | None, layer: int,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v ``(B, S, H, D)`` of ``x`` ``(B, S, C)``: projected, q/k normed and rotated (before the cache)."""
         b, s, n, d = *x.shape[:2], self.num_heads, self.head_dim
         q = self.norm_q(self.q(x)).view(b, s, n, d)
         k = self.norm_k(self.k(x)).view(b, s, n, d)
         v = self.v(x).view(b, s, n, d)
         q = Rope3D.apply(q, *rope).type_as(v)
         k = Rope3D.apply(k, *rope).type_as(v)
-        if cache is not None:
-            assert step is not None
-            k, v = cache.write(layer, step, k, v)  # roll, write, then attend over every filled slot
-        out = attn(q, k, v, mask)  # (B, S, H, D)
-        return self.o(out.flatten(2))
+        return q, k, v
 
 
 class CrossAttention(nn.Module):
@@ -170,23 +168,24 @@ class CrossAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, attn: Attention,
-                cache: CrossAttentionCache | None, layer: int) -> torch.Tensor:
-        b, n, d = x.shape[0], self.num_heads, self.head_dim
-        q = self.norm_q(self.q(x)).view(b, -1, n, d)
-        kv = cache.get(layer) if cache is not None else None
-        if kv is None:
-            k = self.norm_k(self.k(context)).view(b, -1, n, d)
-            v = self.v(context).view(b, -1, n, d)
-            if cache is not None:
-                cache.put(layer, k, v)
-        else:
-            k, v = kv
+    def kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V ``(B, L, H, D)`` of the embedded context ``(B, L, C)`` (what the cross-attention cache keeps)."""
+        b, n, d = context.shape[0], self.num_heads, self.head_dim
+        return self.norm_k(self.k(context)).view(b, -1, n, d), self.v(context).view(b, -1, n, d)
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: Attention) -> torch.Tensor:
+        """``x`` ``(B', S, C)`` attends to ``k``/``v`` ``(B', L, H, D)``; returns ``(B', S, C)``."""
+        q = self.norm_q(self.q(x)).view(x.shape[0], -1, self.num_heads, self.head_dim)
         return self.o(attn(q, k, v).flatten(2))
 
 
 class Block(nn.Module):
-    """Wan attention block: modulated self-attn, cross-attn on norm3(x), modulated FFN."""
+    """Wan attention block: modulated self-attn, cross-attn on norm3(x), modulated FFN.
+
+    Split at the self-attention's cache so the two halves have fixed shapes (the compiled, graphed
+    step compiles them; see accel.py): :meth:`attn_in` (norm1, modulation, q/k/v, q/k norms, RoPE)
+    and :meth:`attn_out` (output projection, gated residual, cross-attention, modulated FFN).
+    """
 
     def __init__(self, s: DiTSizes) -> None:
         super().__init__()
@@ -198,26 +197,42 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(s.dim, s.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(s.ffn_dim, s.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, s.dim) / s.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                attn: Attention, cache: KVCache | None, step: CacheStep | None,
-                cross_cache: CrossAttentionCache | None, layer: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (B, F*T, C); e: (B, F, 6, C)
+    def attn_in(self, x: torch.Tensor, e: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention q, k, v ``(B, S, H, D)`` of ``x`` ``(B, F*T, C)`` under the modulation ``e`` ``(B, F, 6, C)``."""
         num_frames, frame_tokens = e.shape[1], x.shape[1] // e.shape[1]
         mod = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)  # 6 x (B, F, 1, C)
+        h = self.norm1(x).unflatten(dim=1, sizes=(num_frames, frame_tokens)) * (1 + mod[1]) + mod[0]
+        return self.self_attn.qkv(h.flatten(1, 2), (cos, sin))
+
+    def attn_out(self, x: torch.Tensor, y: torch.Tensor, e: torch.Tensor, cross_k: torch.Tensor,
+                 cross_v: torch.Tensor, attn: Attention) -> torch.Tensor:
+        """The rest of the block after self-attention ``y`` ``(B, S, H, D)``. ``cross_k``/``cross_v``:
+        ``(B, L, H, D)``, or ``(B*F, L, H, D)`` when each frame cross-attends to its own context (training)."""
+        b, num_frames, frame_tokens = x.shape[0], e.shape[1], x.shape[1] // e.shape[1]
+        mod = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)
 
         def per_frame(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(dim=1, sizes=(num_frames, frame_tokens))  # (B, F, T, C)
 
-        y = self.self_attn((per_frame(self.norm1(x)) * (1 + mod[1]) + mod[0]).flatten(1, 2),
-                           rope, attn, cache, step, layer, mask)
-        x = x + (per_frame(y) * mod[2]).flatten(1, 2)
-        if context.ndim == 4:  # (B, F, L, C): each frame cross-attends to its own frame's context (training)
-            y = self.cross_attn(per_frame(self.norm3(x)).flatten(0, 1), context.flatten(0, 1), attn, None, layer)
-            x = x + y.unflatten(0, (x.shape[0], num_frames)).flatten(1, 2)
+        x = x + (per_frame(self.self_attn.o(y.flatten(2))) * mod[2]).flatten(1, 2)
+        if cross_k.shape[0] != b:  # (B*F, L, H, D): each frame cross-attends to its own frame's context
+            y = self.cross_attn.attend(per_frame(self.norm3(x)).flatten(0, 1), cross_k, cross_v, attn)
+            x = x + y.unflatten(0, (b, num_frames)).flatten(1, 2)
         else:
-            x = x + self.cross_attn(self.norm3(x), context, attn, cross_cache, layer)
+            x = x + self.cross_attn.attend(self.norm3(x), cross_k, cross_v, attn)
         y = self.ffn((per_frame(self.norm2(x)) * (1 + mod[4]) + mod[3]).flatten(1, 2))
         return x + (per_frame(y) * mod[5]).flatten(1, 2)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
+                rope: tuple[torch.Tensor, torch.Tensor], attn: Attention, cache: KVCache | None,
+                step: CacheStep | None, layer: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (B, F*T, C); e: (B, F, 6, C); cross_kv: this layer's cross-attention K/V
+        q, k, v = self.attn_in(x, e, *rope)
+        if cache is not None:
+            assert step is not None
+            k, v = cache.write(layer, step, k, v)  # write, then attend over every filled slot
+        return self.attn_out(x, attn(q, k, v, mask), e, *cross_kv, attn)
 
 
 class Head(nn.Module):
@@ -351,14 +366,12 @@ class CausalDiT(nn.Module):
         frame_tokens = gh * gw
 
         if cross_cache is None or not cross_cache.filled:  # else every layer reads its cached K/V
-            if context.shape[1] < s.text_len:
-                context = torch.cat([context, context.new_zeros(b, s.text_len - context.shape[1], context.shape[2])], 1)
-            context = self.text_embedding(context.type_as(x))
+            context = self.embed_context(context, x.dtype)
 
         if cache is not None and cache.frame_tokens != frame_tokens:
             raise ValueError(f"KV cache holds {cache.frame_tokens} tokens per frame, the input has {frame_tokens}")
         rope = self.rope.angles(start_frame, gf, gh, gw, x.device)
-        step = cache.plan(start_frame * frame_tokens, gf * frame_tokens) if cache is not None else None
+        step = cache.roll(cache.plan(start_frame * frame_tokens, gf * frame_tokens)) if cache is not None else None
         mask = None
         if causal_chunk is not None:
             if cache is not None:
@@ -366,13 +379,36 @@ class CausalDiT(nn.Module):
             chunk_of = torch.arange(gf, device=x.device).repeat_interleave(frame_tokens) // causal_chunk  # (S,)
             mask = chunk_of[:, None] >= chunk_of[None, :]  # (Sq, Sk) True = may attend
         for i, block in enumerate(self.blocks):
-            x = block(x, e0, context, rope, self.attention, cache, step, cross_cache, i, mask)
+            x = block(x, e0, self.cross_kv(i, context, cross_cache), rope, self.attention, cache, step, i, mask)
         if cache is not None:
             assert step is not None
             cache.commit(step)
+        return self.finish(x, e, (gf, gh, gw))
 
-        x = self.head(x, e.unflatten(0, t.shape).unsqueeze(2))  # (B, F, T, prod(patch)*out)
-        return self._unpatchify(x, (gf, gh, gw))
+    def embed_context(self, context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Raw conditioning tokens ``(B, L <= text_len, text_dim)`` -> embedded ``(B, text_len, C)`` (zero-padded)."""
+        s = self.sizes
+        if context.shape[-2] < s.text_len:
+            pad = context.new_zeros(*context.shape[:-2], s.text_len - context.shape[-2], context.shape[-1])
+            context = torch.cat([context, pad], dim=-2)
+        return self.text_embedding(context.to(dtype))
+
+    def cross_kv(self, layer: int, context: torch.Tensor, cache: CrossAttentionCache | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s cross-attention K/V: from ``cache`` when it holds them, else from the embedded
+        ``context`` (``(B, L, C)``, or ``(B, F, L, C)`` per frame), stored into ``cache``."""
+        kv = cache.get(layer) if cache is not None else None
+        if kv is None:
+            block = cast(Block, self.blocks[layer])
+            kv = block.cross_attn.kv(context.flatten(0, 1) if context.ndim == 4 else context)
+            if cache is not None:
+                cache.put(layer, *kv)
+        return kv
+
+    def finish(self, x: torch.Tensor, e: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Head and unpatchify: tokens ``(B, F*T, C)`` and the time embedding e ``(B*F, C)`` -> ``(B, out, F, H, W)``."""
+        x = self.head(x, e.unflatten(0, (x.shape[0], grid[0])).unsqueeze(2))  # (B, F, T, prod(patch)*out)
+        return self._unpatchify(x, grid)
 
     def forward_train(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, controls: torch.Tensor | None,
                       frame_pos: torch.Tensor, attn_mask: torch.Tensor,
@@ -395,21 +431,19 @@ class CausalDiT(nn.Module):
             f"attn_mask must be bool (F, F) = {(f, f)}, got {tuple(attn_mask.shape)} {attn_mask.dtype}")
         x, e, e0, (gf, gh, gw) = self._embed(x, t, controls, context)
         frame_tokens = gh * gw
-        if context.shape[-2] < s.text_len:
-            pad = context.new_zeros(*context.shape[:-2], s.text_len - context.shape[-2], context.shape[-1])
-            context = torch.cat([context, pad], dim=-2)
-        context = self.text_embedding(context.type_as(x))
+        context = self.embed_context(context, x.dtype)
         ang = self.rope.angles_at(frame_pos, gh, gw).to(x.device)
         rope = (torch.cos(ang).float(), torch.sin(ang).float())
+        attn: Attention
+        mask: Any  # (S, S) bool tensor, or flex's BlockMask over the same tokens
         if flex is not None:
             attn, mask = flex, flex.frame_mask(attn_mask, frame_tokens)
         else:
             attn = self.attention
             mask = attn_mask.repeat_interleave(frame_tokens, 0).repeat_interleave(frame_tokens, 1)  # (S, S)
         for i, block in enumerate(self.blocks):
-            x = block(x, e0, context, rope, attn, None, None, None, i, mask)
-        x = self.head(x, e.unflatten(0, t.shape).unsqueeze(2))
-        return self._unpatchify(x, (gf, gh, gw))
+            x = block(x, e0, self.cross_kv(i, context, None), rope, attn, None, None, i, mask)
+        return self.finish(x, e, (gf, gh, gw))
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         b = x.shape[0]

@@ -29,10 +29,13 @@ import torch
 
 from backend.actions import ACTION_INDEX, EMOTION_INDEX, action
 from backend.config import ModelConfig
+from backend.errors import LiveIdolError
+from backend.model.accel import FastDiT
 from backend.model.attention import select_attention
 from backend.model.autoencoder import VideoAutoencoder, to_uint8_hwc, upscale
 from backend.model.checkpoint import check_config, init_dit_, load_dit, load_into, load_weights, split_state
 from backend.model.dit import CausalDiT
+from backend.model.fp8 import fp8_supported, quantize_blocks_
 from backend.model.kv_cache import CrossAttentionCache, KVCache
 from backend.model.sampler import FlowMatchSchedule, sample_chunk
 
@@ -43,6 +46,7 @@ __all__ = [
     "GeneratorError",
     "GeneratorSnapshot",
     "GeneratorState",
+    "StageTimer",
     "action_progress",
     "control_vector",
     "resolve_device",
@@ -54,7 +58,7 @@ ACTION_FPS = 25.0  # video frame rate at which backend.actions durations are cou
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class GeneratorError(ValueError):
+class GeneratorError(LiveIdolError, ValueError):
     """Bad input to the generator (unknown action, wrong mouth length, bad reference image ...).
 
     Raised before any state changes: the stream can go on with corrected input.
@@ -69,6 +73,10 @@ class Conditions:
     emotion: str = "neutral"
     text: torch.Tensor | None = field(default=None, compare=False)  # (L, text_dim) free-text embedding
     serial: int = 0  # bump it (e.g. the command id) to restart the same action from progress 0
+    # The action's progress in [0, 1] at each VIDEO frame of the next chunk, from its one timing owner (the
+    # engine's session, at the stream's fps); latent frame j takes the value of its first video frame. None:
+    # the generator counts it itself from the chunks it made, at ACTION_FPS (tools, training, eval).
+    progress: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def same_as(self, other: Conditions | None) -> bool:
         """Same action, emotion and text (the serial does not change the context)."""
@@ -93,6 +101,8 @@ class GeneratorState:
     dtype: str
     action: str  # the current action
     action_progress: float  # its progress at the next latent frame (1.0 = a one-shot action has finished)
+    linears: str = "dense"  # 'dense' or 'fp8' (the DiT blocks' linears)
+    compiled: bool = False  # the cached DiT step compiled and replayed as CUDA graphs
 
 
 def resolve_device(cfg: ModelConfig) -> tuple[torch.device, torch.dtype]:
@@ -167,6 +177,48 @@ class GeneratorSnapshot:
     counters: tuple[int, ...]
 
 
+class StageTimer:
+    """Per-stage times of :meth:`Generator.next_chunk` on the device's own clock (CUDA events; the host
+    clock on a CPU), read once per chunk after its frames reached the host, so timing adds no waits.
+
+    ``laps`` maps a stage name to its durations in ms, one entry per chunk (several passes of one stage
+    in a chunk are summed): ``dit`` (the denoising passes), ``cache`` (the pass that writes the clean
+    K/V), ``decode``, ``upscale`` and ``host_copy`` (to uint8 and to the host).
+    """
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.laps: dict[str, list[float]] = {}
+        self._marks: list[tuple[str, object]] = []
+
+    def _now(self) -> object:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        import time
+
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._marks = [("", self._now())]
+
+    def lap(self, stage: str) -> None:
+        """The stage ``stage`` ends now (it began at the previous mark)."""
+        if self._marks:
+            self._marks.append((stage, self._now()))
+
+    def finish(self) -> None:
+        """Fold this chunk's marks into ``laps`` (the device has finished: the frames are on the host)."""
+        chunk: dict[str, float] = {}
+        for (_, a), (stage, b) in zip(self._marks, self._marks[1:]):
+            ms = a.elapsed_time(b) if self.cuda else 1000.0 * (b - a)  # type: ignore[attr-defined,operator]
+            chunk[stage] = chunk.get(stage, 0.0) + ms
+        for stage, ms in chunk.items():
+            self.laps.setdefault(stage, []).append(ms)
+        self._marks = []
+
+
 class Generator:
     """Streaming video generator over a causal DiT, a bounded KV cache and a streaming decoder.
 
@@ -197,14 +249,20 @@ class Generator:
             raise GeneratorError(f"model.chunk_frames = {cfg.chunk_frames} exceeds model.window_frames = "
                                  f"{cfg.window_frames}: a chunk must fit the cache window")
         self.device, self.dtype = resolve_device(cfg)
-        attn = select_attention(cfg.attention, self.device, dtype=self.dtype)
+        attn = select_attention(cfg.attention, self.device, dtype=self.dtype, sparse_keep=cfg.sparse_keep)
         self.dit = CausalDiT(sizes, attention=attn)
         self.autoencoder = VideoAutoencoder(ae_cfg)
         self._load(weights)
-        if cfg.compile:
-            logger.warning("model.compile is not implemented for the cached DiT yet; running eager")
         self.dit.to(self.device, self.dtype).eval().requires_grad_(False)
         self.autoencoder.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.linears = self._pick_linears(cfg.linears)
+        if self.linears == "fp8":
+            quantize_blocks_(self.dit)  # after the dtype move: .to(dtype) would cast the e4m3 weights back
+        cuda = self.device.type == "cuda"
+        if cfg.compile and not cuda:
+            logger.info("model.compile applies on CUDA only; the DiT runs eager on %s", self.device)
+        self.fast = FastDiT(self.dit, compile=cfg.compile and cuda, graphs=cfg.compile and cuda)
+        self.timer: StageTimer | None = None  # set one to collect per-stage times (the bench does)
 
         sf, (_, ph, pw) = ae_cfg.spatial_factor, sizes.patch_size
         self.latent_hw = (ae_cfg.native_height // sf, ae_cfg.native_width // sf)
@@ -219,7 +277,8 @@ class Generator:
         self.cross_idle = CrossAttentionCache(sizes.num_layers)  # the idle context, for action guidance
         self._idle_context: torch.Tensor | None = None
         self.schedule = FlowMatchSchedule(shift=cfg.shift)
-        self.decoder = self.autoencoder.decoder_stream()
+        self.hires = self._use_hires()
+        self.decoder = self.autoencoder.decoder_stream(hires=self.hires)
         self._noise = torch.Generator().manual_seed(cfg.seed)
         self._conditions: Conditions | None = None
         self._context: torch.Tensor | None = None
@@ -231,9 +290,22 @@ class Generator:
                     "cache_frames=%d cache_mb=%.1f", self.device, self.dtype, attn.name, *self.native_size,
                     *self.output_size, self.frame_tokens, cfg.sink_frames + cfg.window_frames, self.kv.nbytes / 2**20)
 
+    def _pick_linears(self, choice: str) -> str:
+        """'dense' or 'fp8' for ``model.linears``: 'auto' keeps dense (FP8 misses the error budget, see
+        docs/perf-notes.md); 'fp8' needs bfloat16 on a GPU with FP8 matrix units."""
+        if choice == "fp8":
+            if self.dtype != torch.bfloat16 or not fp8_supported(self.device):
+                raise GeneratorError(f"model.linears = 'fp8' needs model.dtype bfloat16 on a CUDA GPU with FP8 "
+                                     f"matrix units (compute capability 8.9+); this run is {self.dtype} on {self.device}")
+            return "fp8"
+        if choice not in ("auto", "dense"):
+            raise GeneratorError(f"model.linears = {choice!r}: expected 'auto', 'dense' or 'fp8'")
+        return "dense"
+
     # -- weights -------------------------------------------------------------------------------
     def _load(self, flat: dict[str, torch.Tensor] | None) -> None:
         weights = split_state(flat, "<weights>") if flat is not None else load_weights(self.cfg.checkpoint)
+        self._hires_trained = False
         if weights is None:
             init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
             logger.info("generator weights source=random")
@@ -241,13 +313,36 @@ class Generator:
         check_config(weights, self.cfg)
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
-            load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder")
+            load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",
+                      optional_prefixes=("hires.",))
+            self._hires_trained = any(k.startswith("hires.") for k in weights.autoencoder)
         else:
             logger.warning("checkpoint has no autoencoder weights, the autoencoder stays untrained source=%s",
                            weights.source)
         logger.info("generator weights source=%s", weights.source)
 
+    def _use_hires(self) -> bool:
+        """Whether frames come from the detail decoder (``model.decoder``, resolved)."""
+        mode, has = self.cfg.decoder, self.autoencoder.hires is not None
+        if mode == "native" or not has:
+            if mode == "hires":
+                raise GeneratorError("model.decoder = 'hires' but model.autoencoder.hires_factors is empty: "
+                                     "there is no detail decoder")
+            return False
+        if mode == "hires":
+            if not self._hires_trained and self.cfg.checkpoint != "random":
+                raise GeneratorError(f"model.decoder = 'hires' but checkpoint {self.cfg.checkpoint!r} has no detail "
+                                     "decoder weights (train them with `liveidol train hires`); use 'native'")
+            return True
+        return self._hires_trained and self.device.type == "cuda"
+
     # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def decoded_size(self) -> tuple[int, int]:
+        """(width, height) of frames as the decoder draws them, before resampling to the output size."""
+        size = self.autoencoder.hires_size if self.hires else None
+        return size or self.native_size
+
     @property
     def native_size(self) -> tuple[int, int]:
         """(width, height) of decoded frames before upscaling."""
@@ -276,7 +371,7 @@ class Generator:
             cache_frames=self.kv.filled_frames, cache_bytes=self.kv.nbytes + self.cross.nbytes,
             steps=self._last_steps, chunk_frames=self._last_chunk, attention_backend=self.dit.attention.name,
             device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), action=action_name,
-            action_progress=progress)
+            action_progress=progress, linears=self.linears, compiled=self.fast.compiled)
 
     # -- conditioning --------------------------------------------------------------------------
     def _check_conditions(self, c: Conditions) -> tuple[int, int]:
@@ -313,29 +408,54 @@ class Generator:
     def _controls(self, mouth: np.ndarray | None, num_frames: int) -> torch.Tensor:
         tf = self.cfg.autoencoder.temporal_factor
         rows = []
+        given = None if self._conditions is None else self._conditions.progress
         for j in range(num_frames):
             assert self._conditions is not None
-            prog = action_progress(self._conditions.action, self._position + j - self._action_start, tf)
+            if given is not None and len(given) >= num_frames * tf:
+                prog = float(given[j * tf])
+            else:
+                prog = action_progress(self._conditions.action, self._position + j - self._action_start, tf)
             rows.append(control_vector(None if mouth is None else mouth[j * tf:(j + 1) * tf], prog, self.cfg))
-        return torch.stack(rows)[None].to(self.device, self.dtype)  # (1, F, num_controls)
+        return self._to_device(torch.stack(rows)[None])  # (1, F, num_controls)
 
-    def _flow_fn(self, controls: torch.Tensor, guidance: float = 0.0):
+    def _guidance_now(self) -> float:
+        """The guidance scale for the chunk about to be made: ``model.guidance`` while the action is younger
+        than ``model.guidance_frames`` latent frames (or always, when that is 0), else 0."""
+        cfg = self.cfg
+        if cfg.guidance <= 0 or (cfg.guidance_frames and self._position - self._action_start >= cfg.guidance_frames):
+            return 0.0
+        return cfg.guidance
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the model's device and dtype; on CUDA through pinned memory, without waiting."""
+        if self.device.type == "cuda":
+            return host.pin_memory().to(self.device, self.dtype, non_blocking=True)
+        return host.to(self.device, self.dtype)
+
+    def _flow_fn(self, controls: torch.Tensor, guidance: float = 0.0, steps: int = 0):
         """The model's flow for the current chunk. With ``guidance`` > 0 and an action other than idle, the
         prediction is pushed away from the idle prediction: ``f + g * (f - f_idle)`` (action guidance; both
         passes write the chunk's own cache slots, the conditional one last; the cache pass is never guided)."""
-        def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache) -> torch.Tensor:
-            return self.dit(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, context, start_frame=self._position,
-                            cache=self.kv, cross_cache=cross, controls=controls).permute(0, 2, 1, 3, 4)
 
-        def flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x: (B, F, C, h, w)
+        def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache) -> torch.Tensor:
+            return self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, context, start_frame=self._position,
+                             cache=self.kv, cross_cache=cross, controls=controls).permute(0, 2, 1, 3, 4)
+
+        def flow(x: torch.Tensor, t: torch.Tensor, t_value: float) -> torch.Tensor:  # x: (B, F, C, h, w)
             assert self._context is not None
-            guided = guidance > 0 and self._idle_context is not None and bool((t > 0).any())
+            guided = guidance > 0 and self._idle_context is not None and t_value > 0  # host float: no device read
             if not guided:
-                return run(x, t, self._context, self.cross)
-            assert self._idle_context is not None
-            uncond = run(x, t, self._idle_context, self.cross_idle)
-            cond = run(x, t, self._context, self.cross)
-            return cond + guidance * (cond - uncond)
+                out = run(x, t, self._context, self.cross)
+            else:
+                assert self._idle_context is not None
+                uncond = run(x, t, self._idle_context, self.cross_idle)
+                cond = run(x, t, self._context, self.cross)
+                out = cond + guidance * (cond - uncond)
+            if self.timer is not None:
+                calls[0] += 1
+                self.timer.lap("cache" if calls[0] > steps else "dit")
+            return out
+        calls = [0]
         return flow
 
     # -- snapshots (the engine rolls back unshown chunks when a command interrupts them) -----
@@ -391,7 +511,7 @@ class Generator:
         video = ref[:, None].expand(1, tf, *ref.shape[1:])  # (1, tf, 4, H, W): the still image, tf times
         latent = self.autoencoder.encode(video)  # (1, 1, C, h, w)
         controls = self._controls(None, 1)
-        self._flow_fn(controls)(latent, torch.zeros((1, 1), device=self.device))  # t=0 pass writes the sink
+        self._flow_fn(controls)(latent, torch.zeros((1, 1), device=self.device), 0.0)  # t=0 pass writes the sink
         self.decoder.step(latent)  # prime the decoder's temporal context with the reference
         self._position = 1
         self._action_start = 1
@@ -429,18 +549,32 @@ class Generator:
                 raise GeneratorError(f"mouth: {mouth.shape[0]} values, expected one per video frame = {f * tf}")
             if not np.isfinite(mouth).all():
                 raise GeneratorError("mouth: values must be finite")
+        if conditions.progress is not None:
+            progress = np.asarray(conditions.progress, dtype=np.float32).reshape(-1)
+            if progress.shape[0] != f * tf or not np.isfinite(progress).all():
+                raise GeneratorError(f"Conditions.progress: {progress.shape[0]} values, expected one finite value "
+                                     f"per video frame = {f * tf}")
         indices = self._check_conditions(conditions)
         self._apply_conditions(conditions, indices)
 
         h, w = self.latent_hw
-        noise = torch.randn((1, f, cfg.autoencoder.latent_channels, h, w), generator=self._noise)
-        noise = noise.to(self.device, self.dtype)
+        noise = self._to_device(torch.randn((1, f, cfg.autoencoder.latent_channels, h, w), generator=self._noise))
         timesteps = self.schedule.warp_list(cfg.timesteps[:steps])
-        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f), cfg.guidance), noise, timesteps, self.schedule, self._noise,
-                          context_t=1000.0 * cfg.context_noise)
+        timer = self.timer
+        if timer is not None:
+            timer.start()
+        x0 = sample_chunk(self._flow_fn(self._controls(mouth, f), self._guidance_now(), steps), noise, timesteps,
+                          self.schedule, self._noise, context_t=1000.0 * cfg.context_noise)
         frames = self.decoder.step(x0)[0]  # (F*tf, 4, H, W)
+        if timer is not None:
+            timer.lap("decode")
         frames = upscale(frames.float(), self.output_size)
+        if timer is not None:
+            timer.lap("upscale")
         out = to_uint8_hwc(frames)
+        if timer is not None:
+            timer.lap("host_copy")
+            timer.finish()
 
         self._position += f
         self._latents_made += f

@@ -1,8 +1,8 @@
 """KV caches of the causal DiT: a bounded self-attention cache (sink + rolling window) and a
 cross-attention cache.
 
-Self-attention cache semantics follow Self-Forcing's ``CausalWanSelfAttention`` exactly (see
-/work/shared/fixtures/wan_causal_ref/README.md, "Cache semantics"), with counters in tokens:
+Self-attention cache semantics follow Self-Forcing's ``CausalWanSelfAttention`` exactly (github
+guandeh17/Self-Forcing, ``wan/modules/causal_model.py``, commit 33593df), with counters in tokens:
 
 * ``global_end``: absolute tokens seen; ``local_end``: how far the physical buffer is filled.
 * A call for tokens ``[start, end)`` with ``n = end - start`` new tokens:
@@ -19,14 +19,14 @@ Self-attention cache semantics follow Self-Forcing's ``CausalWanSelfAttention`` 
 Usage::
 
     cache = KVCache(num_layers=L, heads=H, head_dim=D, frame_tokens=T, sink_frames=1, window_frames=8)
-    step = cache.plan(start_token, n_tokens)          # once per forward pass
-    k_all, v_all = cache.write(layer, step, k, v)      # in every layer: roll, write, return slots to attend
+    step = cache.roll(cache.plan(start_token, n_tokens))  # once per forward pass: evict in every layer at once
+    k_all, v_all = cache.write(layer, step, k, v)      # in every layer: write, return slots to attend
     cache.commit(step)                                 # after the last layer
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -130,6 +130,21 @@ class KVCache:
             raise CacheError(f"KVCache: tokens [{start}, {end}) land at slots [{write_start}, {write_end}) "
                              f"outside the cache of {self.capacity} tokens (global mode is full)")
         return CacheStep(start=start, end=end, write_start=write_start, write_end=write_end, evict=evict)
+
+    def roll(self, step: CacheStep) -> CacheStep:
+        """Do ``step``'s eviction in every layer at once, in place; return the step with nothing left to evict.
+
+        The survivors after the sink move left by ``evict`` tokens in pieces of at most ``evict`` tokens,
+        first to last, so no piece overlaps its source and nothing is allocated (no clone)."""
+        if not step.evict:
+            return step
+        s, e = self.sink_tokens, step.evict
+        rolled = self.local_end - e - s
+        for buf in (self.k, self.v):  # (L, B, capacity, H, D)
+            for i in range(0, rolled, e):
+                m = min(e, rolled - i)
+                buf[:, :, s + i:s + i + m].copy_(buf[:, :, s + e + i:s + e + i + m])
+        return replace(step, evict=0)  # the counters move at commit(), as after write()
 
     def write(self, layer: int, step: CacheStep, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Roll (evict), write ``k``/``v`` ``(B, n, H, D)`` for ``layer``; return the slots to attend (views)."""

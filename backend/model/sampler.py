@@ -11,18 +11,28 @@ Usage::
 
     sched = FlowMatchSchedule(shift=5.0)
     ts = sched.warp_list(cfg.timesteps[:steps])
-    x0 = sample_chunk(flow_fn, noise, ts, sched, generator)   # flow_fn(x, t) -> flow, same layout as x
+    x0 = sample_chunk(flow_fn, noise, ts, sched, generator)   # flow_fn(x, t, t_value) -> flow, same layout as x
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 
 __all__ = ["FlowMatchSchedule", "sample_chunk"]
 
-FlowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# flow_fn(x, t) or flow_fn(x, t, t_value): t on the device, t_value the same timestep as a host float
+FlowFn = Callable[..., torch.Tensor]
+
+
+def _takes_t_value(fn: FlowFn) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind == p.VAR_POSITIONAL for p in params) or len(params) >= 3
 
 
 class FlowMatchSchedule:
@@ -58,6 +68,12 @@ class FlowMatchSchedule:
         sigma = self.sigma_nearest(t).reshape(*t.shape, *([1] * (x.ndim - t.ndim)))
         return (x.double() - sigma * flow.double()).to(flow.dtype)
 
+    def to_x0_at(self, x: torch.Tensor, flow: torch.Tensor, t: float) -> torch.Tensor:
+        """:meth:`to_x0` for one host timestep shared by every frame: the same float64 result, with sigma
+        looked up on the host (no device lookup, nothing to wait for)."""
+        sigma = float(self.sigma_nearest(torch.tensor([t], dtype=torch.float32))[0])  # float32 t, as to_x0 sees it
+        return (x.double() - sigma * flow.double()).to(flow.dtype)
+
     def renoise(self, x0: torch.Tensor, eps: torch.Tensor, t_next: float) -> torch.Tensor:
         """``(1 - sigma)*x0 + sigma*eps`` with ``sigma = t_next / num_train_steps`` (an already warped t)."""
         sigma = t_next / self.num_train_steps
@@ -68,28 +84,45 @@ def sample_chunk(flow_fn: FlowFn, noise: torch.Tensor, timesteps: Sequence[float
                  generator: torch.Generator, *, cache_pass: bool = True, context_t: float = 0.0) -> torch.Tensor:
     """Denoise ``noise`` ``(B, F, ...)`` over the warped ``timesteps`` (1..4); return x0.
 
-    ``flow_fn(x, t)`` runs the model at per-frame timesteps ``t`` ``(B, F)``; every call is for the
-    same chunk, so the KV cache slots of the chunk are overwritten each time. With ``cache_pass``
+    ``flow_fn(x, t)`` runs the model at per-frame timesteps ``t`` ``(B, F)``; a ``flow_fn(x, t, t_value)``
+    also gets their common value as a host float, to branch on without reading the device. Every call
+    is for the same chunk, so the KV cache slots of the chunk are overwritten each time. With ``cache_pass``
     a last call at t=0 on the clean x0 leaves the clean K/V in the cache; with ``context_t`` > 0 (a model
     trained with context noise) that pass sees x0 re-noised to ``context_t`` instead. Re-noising draws from
-    ``generator`` (CPU) so the same seed gives the same frames on every device.
+    ``generator`` (CPU) so the same seed gives the same frames on every device; all of a chunk's draws are
+    made up front (in the same order as one by one) and moved to the device in one copy, so the loop
+    never waits on the device.
     """
     if not 1 <= len(timesteps) <= 4:
         raise ValueError(f"sampler: 1 to 4 timesteps, got {list(timesteps)}")
     b, f = noise.shape[:2]
+    with_value = _takes_t_value(flow_fn)
+
+    def call(x: torch.Tensor, t_val: float) -> torch.Tensor:
+        t = torch.full((b, f), t_val, dtype=torch.float32, device=noise.device)
+        return flow_fn(x, t, t_val) if with_value else flow_fn(x, t)
+
+    draws = len(timesteps) - 1 + int(cache_pass and context_t > 0)
+    eps_all = None
+    if draws:
+        host = torch.empty((draws, *noise.shape), dtype=torch.float32)
+        for i in range(draws):
+            torch.randn(noise.shape, generator=generator, dtype=torch.float32, out=host[i])
+        if noise.device.type == "cuda":
+            host = host.pin_memory()
+        eps_all = host.to(noise.device, noise.dtype, non_blocking=True)
     x = noise
     x0 = noise
     for i, t_val in enumerate(timesteps):
-        t = torch.full((b, f), float(t_val), dtype=torch.float32, device=noise.device)
-        flow = flow_fn(x, t)
-        x0 = schedule.to_x0(x, flow, t)
+        flow = call(x, float(t_val))
+        x0 = schedule.to_x0_at(x, flow, float(t_val))
         if i + 1 < len(timesteps):
-            eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-            x = schedule.renoise(x0, eps, float(timesteps[i + 1]))
+            assert eps_all is not None
+            x = schedule.renoise(x0, eps_all[i], float(timesteps[i + 1]))
     if cache_pass:
         ctx = x0
         if context_t > 0:
-            eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-            ctx = schedule.renoise(x0, eps, context_t)
-        flow_fn(ctx, torch.full((b, f), float(context_t), dtype=torch.float32, device=noise.device))
+            assert eps_all is not None
+            ctx = schedule.renoise(x0, eps_all[-1], context_t)
+        call(ctx, float(context_t))
     return x0

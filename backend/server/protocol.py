@@ -3,7 +3,7 @@
 Pure functions and one small state machine over bytes: no sockets, no clocks, no asyncio.
 
 * typed messages: client -> server :class:`Auth`, :class:`CommandRequest`, :class:`StatusRequest`,
-  :class:`SubscribeRequest`; server -> client :class:`Hello`, :class:`Frame`, :class:`Audio`, :class:`Ok`,
+  :class:`SubscribeRequest`, :class:`PushToTalkRequest`; server -> client :class:`Hello`, :class:`Frame`, :class:`Audio`, :class:`Ok`,
   :class:`Error`, :class:`Status`, :class:`State`;
 * :func:`decode_client` / :func:`decode_server` validate bytes (msgpack) or text (JSON) into them,
   raising :class:`ProtocolError` with a code; :func:`encode` is the inverse;
@@ -50,6 +50,7 @@ __all__ = [
     "Hello",
     "Ok",
     "ProtocolError",
+    "PushToTalkRequest",
     "Send",
     "ServerMessage",
     "State",
@@ -66,6 +67,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 TOPICS = ("state",)
 FORMATS = ("rgba", "jpeg")
+MAX_DEPTH = 8  # nesting of maps/lists in a client message; valid ones need 2 (a map holding a list)
 
 
 class CloseCode(enum.IntEnum):
@@ -76,6 +78,7 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     BAD_TOKEN = 4001
     NOT_AUTHENTICATED = 4003
+    TOO_MANY_ATTEMPTS = 4029  # wrong tokens from this address: locked out for a while (like HTTP 429)
 
 
 class ErrorCode(enum.StrEnum):
@@ -127,7 +130,14 @@ class SubscribeRequest:
     type = "subscribe"
 
 
-ClientMessage = Auth | CommandRequest | StatusRequest | SubscribeRequest
+@dataclass(frozen=True)
+class PushToTalkRequest:
+    held: bool  # the push-to-talk key is down (True) or released (False)
+    id: str = ""
+    type = "ptt"
+
+
+ClientMessage = Auth | CommandRequest | StatusRequest | SubscribeRequest | PushToTalkRequest
 
 # ------------------------------------------------------------------ messages, server -> client
 
@@ -241,6 +251,8 @@ def _parse(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
             obj = json.loads(data)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not valid JSON: {exc}") from None
+        except RecursionError:  # json's C scanner recurses once per level of [[[[...
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"nested deeper than {MAX_DEPTH} levels") from None
     else:
         try:
             obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True)
@@ -248,7 +260,23 @@ def _parse(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not valid msgpack: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"expected a map with a 'type' key, got {type(obj).__name__}")
+    if _too_deep(obj, MAX_DEPTH):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"nested deeper than {MAX_DEPTH} levels")
     return obj
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether maps/lists nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list | tuple) else ()
+        for child in children:
+            if isinstance(child, dict | list | tuple):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], default: Any = ..., *,
@@ -269,7 +297,8 @@ def decode_client(data: bytes | bytearray | memoryview | str) -> ClientMessage:
     """Validate one client message (``/control``). Raises :class:`ProtocolError`."""
     obj = _parse(data)
     mtype = obj.get("type")
-    mid = obj.get("id") if isinstance(obj.get("id"), str) else ""
+    raw_id = obj.get("id")
+    mid = raw_id if isinstance(raw_id, str) else ""
     if mtype == "auth":
         return Auth(_field(obj, "token", str))
     if mtype == "command":
@@ -283,6 +312,8 @@ def decode_client(data: bytes | bytearray | memoryview | str) -> ClientMessage:
                               _field(obj, "wait", bool, False, mid=mid))
     if mtype == "status":
         return StatusRequest(_field(obj, "id", str, ""))
+    if mtype == "ptt":
+        return PushToTalkRequest(_field(obj, "held", bool, mid=mid), _field(obj, "id", str, "", mid=mid))
     if mtype == "subscribe":
         topics = _field(obj, "topics", list, mid=mid)
         for t in topics:
@@ -294,7 +325,7 @@ def decode_client(data: bytes | bytearray | memoryview | str) -> ClientMessage:
     raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown message type {mtype!r}", mid)
 
 
-_SERVER_TYPES: dict[str, type] = {c.type: c for c in (Hello, Frame, Audio, Ok, Error, Status, State)}  # type: ignore[attr-defined]
+_SERVER_TYPES: dict[str, type[ServerMessage]] = {c.type: c for c in (Hello, Frame, Audio, Ok, Error, Status, State)}  # type: ignore[attr-defined]
 
 
 def decode_server(data: bytes | bytearray | memoryview | str) -> ServerMessage:
@@ -358,7 +389,7 @@ class Close:
 class Dispatch:
     """A valid request for the server to carry out; reply in JSON text if ``text``."""
 
-    request: CommandRequest | StatusRequest | SubscribeRequest
+    request: CommandRequest | StatusRequest | SubscribeRequest | PushToTalkRequest
     text: bool
 
 

@@ -15,6 +15,13 @@ Usage::
 ``token=None`` loads/creates the token file itself (``server.token.created`` says to show it once).
 ``state_fn()`` (optional) returns the director's ``{"now": ..., "next": [...]}`` for the "state" topic.
 Binding a non-loopback host needs ``ServerConfig.allow_remote``.
+
+Hostile clients (docs/protocol.md, "Endpoints" and "Errors and limits"): a request whose ``Origin`` header is not in
+``server.allowed_origins`` gets 403 (a web page in the streamer's browser cannot reach the backend);
+off loopback every path needs the token (``Authorization: Bearer`` for HTTP and ``/stream``, the first
+message on ``/control``), and on loopback a token that is sent must be right; wrong tokens lock the address
+out for a while (:class:`~backend.server.auth.AuthThrottle`); ``server.tls_cert`` serves ``wss://``. Bad
+bytes get a clean error or close, never a traceback, and what one connection can write to the log is bounded.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import http
 import ipaddress
 import itertools
 import logging
+import math
+import ssl
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -35,24 +45,35 @@ from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State as WsState
 
 from backend.config import ServerConfig
 from backend.engine.broadcast import Subscription
 from backend.engine.session import CommandError, EngineError
+from backend.errors import LiveIdolError
 from backend.events import AudioChunk, Command, VideoFrame
 from backend.server import metrics as prom
-from backend.server.auth import Token, check_token, load_or_create_token
+from backend.server.auth import (
+    AuthThrottle,
+    Token,
+    bearer_token,
+    check_token,
+    load_or_create_token,
+    wire_logger,
+)
 from backend.server.protocol import (
     FORMATS,
     Close,
     CloseCode,
     CommandRequest,
     ControlProtocol,
+    ControlState,
     Dispatch,
     Error,
     ErrorCode,
     Hello,
     Ok,
+    PushToTalkRequest,
     Send,
     State,
     Status,
@@ -70,17 +91,21 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 STATE_POLL_S = 0.2
 COMMAND_WAIT_S = 10.0
+LOG_LINES_PER_CONNECTION = 5  # lines of one kind one connection may log; the rest are counted
 
 
-class ServerError(Exception):
+class ServerError(LiveIdolError):
     """The server cannot start (bad host, port in use ...)."""
 
 
 class StreamEngine(Protocol):
     """What the server needs from the engine (``backend.engine.Engine`` has it)."""
 
-    fps: float
-    sample_rate: int
+    @property
+    def fps(self) -> float: ...
+
+    @property
+    def sample_rate(self) -> int: ...
 
     @property
     def output_size(self) -> tuple[int, int]: ...
@@ -106,6 +131,92 @@ def is_loopback(host: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket
     return ip.is_loopback
+
+
+class _Connection(ServerConnection):
+    """websockets' server connection with two guards against hostile peers.
+
+    * Bytes after the HTTP request head and before our response are dropped. A websocket client waits for
+      the response before it sends anything (RFC 6455 section 4.1), so they are pipelined HTTP requests or
+      junk; websockets would parse them as frames, fail the connection, then trip over its own EOF (an
+      AssertionError and a traceback) while answering the first request.
+    * Nothing is written once the transport is closing. A peer that floods pings and resets the connection
+      leaves a pong per ping to write; asyncio logs a warning for every write to a lost socket (about 195
+      lines per connection).
+    """
+
+    _head_tail = b""  # the last bytes of the request head seen so far (its end may straddle two reads)
+    _head_done = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_done:
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            if end < 0:
+                self._head_tail = seen[-3:]
+                super().data_received(data)
+                return
+            self._head_done = True
+            cut = end + 4 - len(self._head_tail)
+            if len(data) > cut:
+                log.debug("dropped %d bytes sent before the handshake response", len(data) - cut)
+            super().data_received(data[:cut])
+            return
+        if self.protocol.state is WsState.CONNECTING:  # still answering the request: more is pipelining
+            return
+        super().data_received(data)
+
+    def send_data(self) -> None:
+        for data in self.protocol.data_to_send():
+            if self.transport.is_closing():
+                continue  # the peer is gone or we closed: what is left can never arrive
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():  # half-close, as websockets does (not under TLS)
+                with contextlib.suppress(OSError, RuntimeError):
+                    self.transport.write_eof()
+            else:
+                self.transport.close()
+
+
+class _LogBudget:
+    """At most ``limit`` log lines of one kind for one connection; the rest are only counted."""
+
+    def __init__(self, limit: int = LOG_LINES_PER_CONNECTION) -> None:
+        self.limit = limit
+        self.used = 0
+        self.suppressed = 0
+
+    def take(self) -> bool:
+        if self.used < self.limit:
+            self.used += 1
+            return True
+        self.suppressed += 1
+        return False
+
+
+def _tls_context(cfg: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context of ``server.tls_cert`` / ``server.tls_key``; None for plain ws://."""
+    if not cfg.tls_cert:
+        if cfg.tls_key:
+            raise ServerError(f"server.tls_key = {cfg.tls_key!r} is set but server.tls_cert is not")
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+    except FileNotFoundError as exc:
+        raise ServerError(f"server.tls_cert/tls_key: {exc.filename or cfg.tls_cert}: no such file") from None
+    except ssl.SSLError as exc:
+        raise ServerError(f"server.tls_cert = {cfg.tls_cert!r}, server.tls_key = {cfg.tls_key!r}: not a PEM "
+                          f"certificate and its private key ({exc.reason or exc.strerror})") from None
+    except OSError as exc:
+        raise ServerError(f"server.tls_cert/tls_key: {exc.filename or cfg.tls_cert}: {exc.strerror}") from None
+    return ctx
+
+
+def _peer(connection: ServerConnection) -> str:
+    return str(connection.remote_address[0]) if connection.remote_address else "?"
 
 
 class _FrameCache:
@@ -151,7 +262,8 @@ class Server:
     """The websocket server (see module docstring)."""
 
     def __init__(self, cfg: ServerConfig, engine: StreamEngine, *, token: str | Token | None = None,
-                 state_fn: Callable[[], dict[str, Any]] | None = None) -> None:
+                 state_fn: Callable[[], dict[str, Any]] | None = None,
+                 chat_fn: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         if not cfg.allow_remote and not is_loopback(cfg.host):
             raise ServerError(f"server.host = {cfg.host!r} is not a loopback address; set server.allow_remote = "
                               "true to serve other machines (frames then go out as JPEG)")
@@ -160,7 +272,11 @@ class Server:
         if isinstance(token, str):
             token = Token(token)
         self.token: Token = token if token is not None else load_or_create_token(cfg.token_file or None)
+        self.throttle = AuthThrottle()
+        self._tls = _tls_context(cfg)
         self._state_fn = state_fn
+        self.push_to_talk: Callable[[bool], object] | None = None  # the voice listener's, set by the app
+        self._chat_fn = chat_fn  # the chat bridges' statuses (chat_bridges.base.BridgeStatus), for "status"
         self._ws: WsServer | None = None
         self._frames = _FrameCache(cfg.jpeg_quality)
         self._ids = itertools.count(1)
@@ -168,7 +284,7 @@ class Server:
         self._controls = 0
         self.counters = {"stream_connections": 0, "control_connections": 0, "auth_failures": 0,
                          "bad_messages": 0, "commands": 0, "commands_rejected": 0,
-                         "client_frames_dropped": 0}
+                         "client_frames_dropped": 0, "refused_requests": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -183,10 +299,16 @@ class Server:
         try:
             self._ws = await serve(
                 self._handle, self.cfg.host, self.cfg.port, process_request=self._process_request,
-                max_size=self.cfg.max_message_bytes, compression=None, server_header=f"liveidol/{VERSION}")
+                max_size=self.cfg.max_message_bytes, compression=None, server_header=f"liveidol/{VERSION}",
+                create_connection=_Connection, logger=wire_logger("websockets.server"),
+                ssl=self._tls)
         except OSError as exc:
             raise ServerError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}") from exc
         log.info("server listening url=%s", self.url)
+        if self._tls is None and not is_loopback(self.cfg.host):
+            log.warning("serving other machines over plain ws:// host=%s: the control token and the frames cross "
+                        "the network unencrypted; set server.tls_cert and server.tls_key to serve wss://",
+                        self.cfg.host)
 
     async def stop(self) -> None:
         if self._ws is None:
@@ -211,7 +333,7 @@ class Server:
     @property
     def url(self) -> str:
         host = self.cfg.host if ":" not in self.cfg.host else f"[{self.cfg.host}]"
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self._tls else 'ws'}://{host}:{self.port}"
 
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "stream_clients": len(self._streams), "control_clients": self._controls,
@@ -221,12 +343,18 @@ class Server:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        remote = _peer(connection)
+        refused = self._refuse_request(connection, request, path, remote)
+        if refused is not None:
+            self.counters["refused_requests"] += 1
+            log.info("request refused path=%s remote=%s status=%d", path, remote, refused.status_code)
+            return refused
         if path in ("/stream", "/control"):
             return None
         if path == "/healthz":
             ok = self.engine.healthy
-            return connection.respond(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                      "ok\n" if ok else "unavailable\n")
+            body = "ok\n" if ok else "starting\n" if getattr(self.engine, "starting", False) else "unavailable\n"
+            return connection.respond(http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE, body)
         if path == "/metrics":
             response = connection.respond(http.HTTPStatus.OK, self.metrics_text())
             del response.headers["Content-Type"]
@@ -234,6 +362,37 @@ class Server:
             return response
         return connection.respond(http.HTTPStatus.NOT_FOUND, f"no such path {path!r}: use /stream, /control, "
                                   "/healthz or /metrics\n")
+
+    def _refuse_request(self, connection: ServerConnection, request: Request, path: str,
+                        remote: str) -> Response | None:
+        """403 for a browser Origin not allowed, 429 while locked out, 401 for a missing or wrong token."""
+        refused = [o for o in request.headers.get_all("Origin") if o not in self.cfg.allowed_origins]
+        if refused:  # a web page (browsers always send Origin); OBS's script and our clients send none
+            return connection.respond(http.HTTPStatus.FORBIDDEN, f"origin {refused[0][:100]!r} not allowed: "
+                                      "web pages may connect only from server.allowed_origins\n")
+        if path == "/control":
+            return None  # the token is its first message (throttled in _control)
+        values = request.headers.get_all("Authorization")
+        given = bearer_token(values[0]) if len(values) == 1 else ("" if values else None)
+        if given is None and is_loopback(remote):
+            return None  # loopback needs no token; one that is sent must be right
+        now = time.monotonic()
+        key = f"{remote} bearer"  # apart from /control's: an OBS source with a stale token locks out only itself
+        wait = self.throttle.locked_for(key, now)
+        if wait > 0:
+            response = connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                          f"too many wrong tokens: retry in {math.ceil(wait)} s\n")
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
+        if not check_token(self.token.value, given):
+            self.counters["auth_failures"] += 1
+            self.throttle.failed(key, now)
+            response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "a missing or wrong token: send "
+                                          "'Authorization: Bearer <control token>'\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="liveidol"'
+            return response
+        self.throttle.succeeded(key)
+        return None
 
     def metrics_text(self) -> str:
         st = self.engine.status()
@@ -256,6 +415,9 @@ class Server:
             M("liveidol_clients", "gauge", "Connected clients.",
               [S(len(self._streams), {"endpoint": "stream"}), S(self._controls, {"endpoint": "control"})]),
             M("liveidol_commands_total", "counter", "Commands received on /control.", [S(self.counters["commands"])]),
+            M("liveidol_commands_coalesced_total", "counter",
+              "Commands that arrived while a chunk was made and took effect together at its end (the newest wins).",
+              [S(st.get("commands_coalesced", 0))]),
             M("liveidol_healthy", "gauge", "1 while the engine produces frames.", [S(1 if self.engine.healthy else 0)]),
         ])
 
@@ -314,6 +476,9 @@ class Server:
         self.counters["control_connections"] += 1
         tasks: set[asyncio.Task[None]] = set()
         send_lock = asyncio.Lock()
+        bad_logs = _LogBudget()
+        bad_total = 0
+        key = f"{remote} control"  # the throttle's: wrong tokens from this address on /control
 
         async def send(payload: bytes | str) -> None:
             async with send_lock:
@@ -321,12 +486,37 @@ class Server:
 
         try:
             async for data in connection:
-                for action in proto.receive(data):
+                authenticating = proto.state is ControlState.AWAITING_AUTH
+                if authenticating:
+                    wait = self.throttle.locked_for(key, time.monotonic())
+                    if wait > 0:  # refused without looking at the token: parallel guessing gains nothing
+                        self.counters["refused_requests"] += 1
+                        log.info("control client refused client=%d remote=%s code=%d reason=locked out", cid,
+                                 remote, CloseCode.TOO_MANY_ATTEMPTS)
+                        await connection.close(CloseCode.TOO_MANY_ATTEMPTS,
+                                               f"too many wrong tokens: retry in {math.ceil(wait)} s")
+                        return
+                try:
+                    actions = proto.receive(data)
+                except Exception as exc:  # the protocol refuses bad bytes itself; this guards the log anyway
+                    proto.errors += 1
+                    if proto.state is ControlState.READY:
+                        reply = Error(ErrorCode.BAD_MESSAGE, "unreadable message")
+                        actions = [Send(encode(reply, text=isinstance(data, str)))]
+                    else:
+                        actions = [Close(CloseCode.NOT_AUTHENTICATED, "authenticate first")]
+                    if bad_logs.take():
+                        log.warning("control message not handled client=%d remote=%s error=%s", cid, remote,
+                                    type(exc).__name__)
+                if authenticating and proto.state is ControlState.READY:
+                    self.throttle.succeeded(key)
+                for action in actions:
                     if isinstance(action, Send):
                         await send(action.payload)
                     elif isinstance(action, Close):
                         if action.code == CloseCode.BAD_TOKEN:
                             self.counters["auth_failures"] += 1
+                            self.throttle.failed(key, time.monotonic())
                         log.info("control client refused client=%d remote=%s code=%d reason=%s", cid, remote,
                                  action.code, action.reason)
                         await connection.close(action.code, action.reason)
@@ -337,10 +527,15 @@ class Server:
                         task.add_done_callback(tasks.discard)
                 if proto.errors:
                     self.counters["bad_messages"] += proto.errors
-                    log.info("bad control message client=%d remote=%s", cid, remote)
+                    bad_total += proto.errors
+                    if bad_logs.take():
+                        log.info("bad control message client=%d remote=%s", cid, remote)
                     proto.errors = 0
         finally:
             self._controls -= 1
+            if bad_logs.suppressed:
+                log.info("control client gone client=%d remote=%s bad_messages=%d (%d not logged)", cid, remote,
+                         bad_total, bad_logs.suppressed)
             for task in tasks:
                 task.cancel()
             for task in list(tasks):
@@ -350,11 +545,17 @@ class Server:
     async def _dispatch(self, action: Dispatch, send: Callable[[bytes | str], Any],
                         proto: ControlProtocol) -> None:
         req, text = action.request, action.text
+        reply: Ok | Error | Status
         try:
             if isinstance(req, CommandRequest):
                 reply = await self._command(req)
             elif isinstance(req, StatusRequest):
-                reply = Status(req.id, self.engine.status(), self.stats())
+                server = self.stats()
+                if self._chat_fn is not None:
+                    server["chat"] = self._chat_fn()
+                reply = Status(req.id, self.engine.status(), server)
+            elif isinstance(req, PushToTalkRequest):
+                reply = self._push_to_talk(req)
             elif isinstance(req, SubscribeRequest):
                 if proto.subscribed:
                     reply = Ok(req.id)  # already pushing
@@ -368,6 +569,14 @@ class Server:
             await send(encode(reply, text=text))
         except ConnectionClosed:
             pass
+
+    def _push_to_talk(self, req: PushToTalkRequest) -> Ok | Error:
+        if self.push_to_talk is None:
+            return Error(ErrorCode.UNAVAILABLE, "ptt: nobody is listening to the microphone (start the backend with "
+                         "--voice; the microphone needs sounddevice and PortAudio)", req.id)
+        self.push_to_talk(req.held)
+        log.debug("push to talk held=%s", req.held)
+        return Ok(req.id)
 
     async def _command(self, req: CommandRequest) -> Ok | Error:
         self.counters["commands"] += 1

@@ -57,6 +57,7 @@ from torch import Tensor
 
 from backend.actions import ACTIONS, EMOTIONS, action
 from backend.config import Config, ModelConfig
+from backend.errors import LiveIdolError
 from backend.model.autoencoder import upscale
 from backend.model.generator import ACTION_FPS, Conditions, Generator, resolve_device
 from backend.training.probe import PROBE_PATH, Probe
@@ -105,7 +106,7 @@ _FACE_SCALE = np.array([max(abs(face.get(k, 0.0)) for face in EMOTION_FACES.valu
 _SCORED = tuple(a.name for a in ACTIONS if a.name != "idle")  # the candidates of the argmax
 
 
-class EvalError(RuntimeError):
+class EvalError(LiveIdolError, RuntimeError):
     """The evaluation cannot run (no probe file, a probe of another size ...); the message says what to do."""
 
 
@@ -622,17 +623,17 @@ def _identity(gen: Generator, probe: Probe, character: CharacterConfig, referenc
     ref_agree = float(np.mean([ref_ident[k][0] == getattr(character, k)  # type: ignore[index]
                                for k in ("hair_style", "eye_shape", "outfit")]))
     ref_mask = reference[..., 3] > 127
-    a = first.summary(probe, character, ref_palette, device)  # type: ignore[arg-type]
-    b = last.summary(probe, character, ref_palette, device)  # type: ignore[arg-type]
+    early = first.summary(probe, character, ref_palette, device)  # type: ignore[arg-type]
+    late = last.summary(probe, character, ref_palette, device)  # type: ignore[arg-type]
 
     def delta(key: str) -> float | None:
-        return b[key] - a[key] if a.get(key) is not None and b.get(key) is not None else None
+        return late[key] - early[key] if early.get(key) is not None and late.get(key) is not None else None
 
-    rgb_drift = (float(np.linalg.norm(np.subtract(b["idle_rgb"], a["idle_rgb"])))
-                 if a["idle_rgb"] is not None and b["idle_rgb"] is not None else None)
+    rgb_drift = (float(np.linalg.norm(np.subtract(late["idle_rgb"], early["idle_rgb"])))
+                 if early["idle_rgb"] is not None and late["idle_rgb"] is not None else None)
     return {
         "frames": n_frames, "minutes": minutes, "window_s": seg / fps, "sample_every_s": every / fps,
-        "first": a, "last": b,
+        "first": early, "last": late,
         "reference": {"agreement": ref_agree, "palette_dist_to_true": _palette_dist(ref_palette, true_palette),  # type: ignore[arg-type]
                       "rgb": reference[..., :3][ref_mask].astype(np.float64).mean(0).tolist() if ref_mask.any() else None},
         "drift": {"agreement": delta("agreement"), "palette_dist": delta("palette_dist"), "idle_rgb": rgb_drift,

@@ -65,6 +65,9 @@ class Probe(nn.Module):
     through a full-resolution 3x3 stage before the last stride; ``width`` scales every stage.
     """
 
+    pose_lo: Tensor  # (P,) buffers, registered in __init__
+    pose_span: Tensor
+
     def __init__(self, width: int = 24, size: tuple[int, int] = PROBE_SIZE) -> None:
         super().__init__()
         self.width, self.size = width, size
@@ -129,14 +132,15 @@ class Probe(nn.Module):
         poses = self.pose_lo + o["pose"].clamp(0.0, 1.0) * self.pose_span
         probs = {k: o[k].softmax(-1) for k in ("hair_style", "eye_shape", "outfit")}
         palette = o["palette"].clamp(0.0, 1.0)
+        vector = torch.cat([palette, probs["hair_style"], probs["eye_shape"], probs["outfit"]], -1)
+        assert vector.shape[-1] == IDENTITY_DIM
         ident: dict[str, object] = {
             "hair_style": [HAIR_STYLES[i] for i in probs["hair_style"].argmax(-1).tolist()],
             "eye_shape": [EYE_SHAPES[i] for i in probs["eye_shape"].argmax(-1).tolist()],
             "outfit": [OUTFITS[i] for i in probs["outfit"].argmax(-1).tolist()],
             "palette": palette,
-            "vector": torch.cat([palette, probs["hair_style"], probs["eye_shape"], probs["outfit"]], -1),
+            "vector": vector,
         }
-        assert ident["vector"].shape[-1] == IDENTITY_DIM  # type: ignore[union-attr]
         return poses, ident
 
     def save(self, path: str | Path) -> None:

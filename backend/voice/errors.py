@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from backend.errors import LiveIdolError
+
 __all__ = [
     "AudioDeviceError",
     "BlockedTextError",
@@ -12,7 +14,7 @@ __all__ = [
 ]
 
 
-class VoiceError(Exception):
+class VoiceError(LiveIdolError):
     """Base of every error raised by :mod:`backend.voice`."""
 
 

@@ -76,8 +76,10 @@ class VoiceListener:
 
     def __init__(self, on_command: OnCommand, transcriber: SpeechToText, *, gate: CommandGate | None = None,
                  segmenter: Segmenter | None = None, queue_size: int = 4, history: int = 64,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_heard: Callable[[Heard], Awaitable[object]] | None = None) -> None:
         self.on_command, self.transcriber = on_command, transcriber
+        self.on_heard = on_heard  # every utterance, command or chatter (the mood listens to all of it)
         self.gate = gate or CommandGate()
         self.segmenter = segmenter or Segmenter(SileroVad())
         self.heard: collections.deque[Heard] = collections.deque(maxlen=history)
@@ -189,6 +191,11 @@ class VoiceListener:
         latency = self._clock() - job.speech_end_wall
         heard = Heard(text, command, utt.start_s, utt.end_s, utt.cut_s - utt.end_s, took, latency, result)
         self.heard.append(heard)
+        if self.on_heard is not None:
+            try:
+                await self.on_heard(heard)
+            except Exception as exc:  # a listener of transcripts must not stop listening
+                log.error("voice on_heard failed error=%s", exc)
         if command is None:
             log.info("voice heard chatter text=%r transcribe_s=%.2f", text, took)
         else:

@@ -82,7 +82,7 @@ class Segmenter:
         self._min_silence = int(o.min_silence_duration_ms * sr / 1000)
         self._min_speech = int(o.min_speech_duration_ms * sr / 1000)
         self._max_len = int(o.max_speech_duration_s * sr)
-        self._history = collections.deque(maxlen=max(1, math.ceil(self._pad / VAD_WINDOW)))
+        self._history: collections.deque[np.ndarray] = collections.deque(maxlen=max(1, math.ceil(self._pad / VAD_WINDOW)))
         self.reset()
 
     def reset(self) -> None:

@@ -30,7 +30,7 @@ import unicodedata
 import wave
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -62,10 +62,10 @@ class Synthesizer(Protocol):
     def synthesize(self, text: str) -> tuple[np.ndarray, int]: ...
 
 
-def read_wav(source: str | Path | object) -> tuple[np.ndarray, int]:
+def read_wav(source: str | Path | IO[bytes]) -> tuple[np.ndarray, int]:
     """Read a PCM wav (8/16/32-bit integer) into float32 mono in [-1, 1] and its sample rate."""
     try:
-        with wave.open(source if not isinstance(source, Path) else str(source), "rb") as w:  # type: ignore[arg-type]
+        with wave.open(source if not isinstance(source, Path) else str(source), "rb") as w:
             sr, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
             raw = w.readframes(w.getnframes())
     except (wave.Error, EOFError) as exc:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor
 
 from backend.config import CONFIG_DIR, ConfigError, load_table, opt
+from backend.model.wan.prompts import PromptTemplates
 from backend.world.png import read_png
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "Identity",
     "apply_background",
     "identity_tensor",
+    "load_background",
     "load_character",
     "load_image_rgb",
     "load_image_rgba",
@@ -169,6 +173,8 @@ class CharacterConfig:
                                "the rendered neutral pose; relative to the file; '' = render it.")
     voice: str = opt("", "TTS voice: a Piper .onnx path or a coqui speaker .wav (relative to the file), "
                      "or an engine voice name; '' = the engine default.")
+    prompts: PromptTemplates = opt(None, "Wan tier: the prompt of each action and emotion (see "
+                                   "backend/model/wan/prompts.py).", factory=PromptTemplates)
     source: str = opt("", "Set by the loader: the file this character came from (not read from TOML).")
 
     @property
@@ -206,9 +212,17 @@ def load_character(name_or_path: str | Path) -> CharacterConfig:
             parse_colour(getattr(char, key), key)
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    try:
+        char.prompts.check()
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     char = dataclasses.replace(char, source=str(path))
     if char.background == "image" and not char.background_image:
         raise ConfigError(f"{path}: background = 'image' needs background_image")
+    for key in ("background_image", "reference_image"):  # a missing image is known now, not at the first frame
+        image = char.resolve(getattr(char, key))
+        if image is not None and (key == "reference_image" or char.background == "image") and not image.is_file():
+            raise ConfigError(f"{path}: {key} = {getattr(char, key)!r}: no such file {image}")
     log.debug("character loaded name=%s path=%s", char.name, path)
     return char
 
@@ -216,17 +230,25 @@ def load_character(name_or_path: str | Path) -> CharacterConfig:
 def load_image_rgba(path: Path, size: tuple[int, int]) -> np.ndarray:
     """An image file (JPEG or 8-bit PNG) as (H, W, 4) uint8 straight alpha, resized to ``size`` = (W, H).
 
-    JPEGs and PNGs without alpha are opaque.
+    JPEGs and PNGs without alpha are opaque. A file that cannot be read raises OSError; one that is not a
+    readable JPEG/PNG raises ValueError saying so (whatever the decoder tripped on).
     """
     data = path.read_bytes()
-    if data[:2] == b"\xff\xd8":
-        import simplejpeg
+    try:
+        if data[:2] == b"\xff\xd8":
+            import simplejpeg
 
-        img = simplejpeg.decode_jpeg(data, colorspace="RGB")
-    else:
-        img = read_png(path)
-        if img.shape[2] in (1, 2):  # grey (+ alpha)
-            img = np.concatenate([np.repeat(img[..., :1], 3, axis=2), img[..., 1:]], axis=2)
+            img = simplejpeg.decode_jpeg(data, colorspace="RGB")
+        elif data[:8] == b"\x89PNG\r\n\x1a\n":
+            img = read_png(path)
+            if img.shape[2] in (1, 2):  # grey (+ alpha)
+                img = np.concatenate([np.repeat(img[..., :1], 3, axis=2), img[..., 1:]], axis=2)
+        else:
+            raise ValueError("not a JPEG or PNG file")
+    except (ValueError, IndexError, EOFError, struct.error, zlib.error) as exc:  # decoders' ways to fail on junk
+        raise ValueError(str(exc).removeprefix(f"{path}: ") or type(exc).__name__) from None
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError(f"empty image ({img.shape[1]}x{img.shape[0]})")
     if img.shape[2] == 3:
         img = np.concatenate([img, np.full((*img.shape[:2], 1), 255, np.uint8)], axis=2)
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
@@ -238,6 +260,28 @@ def load_image_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
     """An image file as (H, W, 3) uint8 resized to ``size`` = (W, H); alpha is flattened over black."""
     rgba = load_image_rgba(path, size).astype(np.float32)
     return np.rint(rgba[..., :3] * rgba[..., 3:] / 255.0).astype(np.uint8)
+
+
+def load_background(character: CharacterConfig, size: tuple[int, int]) -> np.ndarray | None:
+    """The character's background image as (H, W, 3) uint8 at ``size`` = (W, H), or None if it has none.
+
+    Raises :class:`ConfigError` naming the character file, the key, the image and what is wrong with it.
+    """
+    if character.background != "image":
+        return None
+    path = character.resolve(character.background_image)
+    assert path is not None  # load_character refuses background = 'image' without background_image
+    try:
+        return load_image_rgb(path, size)
+    except FileNotFoundError:
+        raise ConfigError(f"{character.source}: background_image = {character.background_image!r}: "
+                          f"no such file {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{character.source}: background_image = {character.background_image!r}: "
+                          f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{character.source}: background_image = {character.background_image!r}: "
+                          f"{path} is not a usable JPEG/PNG image: {exc}") from None
 
 
 def apply_background(frames: np.ndarray, character: CharacterConfig, image: np.ndarray | None = None, *,
@@ -260,12 +304,8 @@ def apply_background(frames: np.ndarray, character: CharacterConfig, image: np.n
         bg[:] = np.array(character.background_rgb, dtype=np.float32) * 255.0
     else:
         if image is None:
-            path = character.resolve(character.background_image)
-            assert path is not None
-            try:
-                image = load_image_rgb(path, (w, h))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"{character.source}: background_image {path}: {exc}") from exc
+            image = load_background(character, (w, h))
+            assert image is not None
         if image.shape[:2] != (h, w):
             raise ValueError(f"background image {image.shape[:2]} != frame size {(h, w)}")
         bg = image.astype(np.float32)

@@ -86,7 +86,7 @@ def sd_heart(x: Tensor, y: Tensor) -> Tensor:
     return torch.where(y + x > 1.0, upper, lower)
 
 
-def _rotate(x: Tensor, y: Tensor, cx: Tensor, cy: Tensor, angle: Tensor) -> tuple[Tensor, Tensor]:
+def _rotate(x: Tensor, y: Tensor, cx: Tensor | float, cy: Tensor | float, angle: Tensor) -> tuple[Tensor, Tensor]:
     """Coordinates of (x, y) in a frame centred at (cx, cy) and rotated by ``angle`` (radians)."""
     c, s = torch.cos(angle), torch.sin(angle)
     dx, dy = x - cx, y - cy

@@ -29,19 +29,17 @@ import logging
 import os
 import secrets
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import websockets
 import websockets.asyncio.client
 
 from backend.config import BilibiliConfig, ConfigError
 from backend.events import ChatEvent
-from chat_bridges.base import Backoff
+from chat_bridges.base import Backoff, BridgeStatus, EventPump, HttpFunc, HttpResponse, urllib_http
 from chat_bridges.bilibili import open_platform, wbi
 from chat_bridges.bilibili.commands import PLATFORM, CommandError, command_to_events
 from chat_bridges.bilibili.errors import (
@@ -65,7 +63,7 @@ from chat_bridges.bilibili.protocol import (
     decompress,
 )
 
-__all__ = ["COOKIE_ENV", "BilibiliBridge", "HttpFunc", "HttpResponse", "RoomInfo", "urllib_http"]
+__all__ = ["COOKIE_ENV", "BilibiliBridge", "HttpFunc", "HttpResponse", "RoomInfo", "urllib_http"]  # http: from base
 
 logger = logging.getLogger(__name__)
 
@@ -74,32 +72,7 @@ NAV_URL = "https://api.bilibili.com/x/web-interface/nav"
 USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/124.0 Safari/537.36")
 REINIT_AFTER_FAILURES = 3  # consecutive failed connections before the room is initialized again
-
-
-class HttpResponse(NamedTuple):
-    status: int
-    body: bytes
-
-
-# (method, url, headers, body) -> response. Injected so tests can talk to a loopback server.
-HttpFunc = Callable[[str, str, Mapping[str, str], bytes | None], Awaitable[HttpResponse]]
-
-
-async def urllib_http(method: str, url: str, headers: Mapping[str, str], body: bytes | None = None, *,
-                      timeout_s: float = 10.0) -> HttpResponse:
-    """The default HTTP client: urllib.request in a worker thread. Non-2xx answers are returned, not raised;
-    network errors raise OSError."""
-
-    def request() -> HttpResponse:
-        req = urllib.request.Request(url, data=body, headers=dict(headers), method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                return HttpResponse(resp.status, resp.read())
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return HttpResponse(exc.code, exc.read())
-
-    return await asyncio.to_thread(request)
+AUTH_REFUSALS_TO_GIVE_UP = 2  # consecutive refused auths, each after a fresh room init: then the bridge stops
 
 
 @dataclass(frozen=True)
@@ -111,9 +84,6 @@ class RoomInfo:
     urls: tuple[str, ...]
     auth_body: Mapping[str, Any] | str = field(repr=False)  # holds the token / open platform credential
     owner_open_id: str = ""
-
-
-_CLOSED = object()  # queue sentinel: the bridge exited
 
 
 class BilibiliBridge:
@@ -143,9 +113,11 @@ class BilibiliBridge:
         self._nav_url = nav_url
         env = os.environ if env is None else env
         self._cookie = env.get(COOKIE_ENV) or cfg.cookie  # secret: never logged
-        self._queue_size = queue_size
-        self._queue: asyncio.Queue[Any] | None = None
-        self._runner: asyncio.Task[None] | None = None
+        self.status = BridgeStatus(PLATFORM, str(cfg.room_id or "open-platform"))
+        self._pump = EventPump(f"bilibili room={cfg.room_id or 'open-platform'}", queue_size, error=BilibiliError,
+                               status=self.status)
+        self._started = False
+        self._refusals = 0  # consecutive refused auths
         self._game_task: asyncio.Task[None] | None = None
         self._wbi_keys: wbi.WbiKeys | None = None
         self._app: open_platform.AppSession | None = None
@@ -162,35 +134,28 @@ class BilibiliBridge:
         return str(self._room.room_id if self._room else self._cfg.room_id)
 
     async def __aenter__(self) -> BilibiliBridge:
-        if self._runner is not None:
+        if self._started:
             raise InvalidStateError("BilibiliBridge entered twice")
-        self._queue = asyncio.Queue(self._queue_size)
-        self._runner = asyncio.create_task(self._run(), name="bilibili-bridge")
+        self._started = True
+        self._pump.start(self._run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in (self._runner, self._game_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._pump.stop()
+        if self._game_task is not None:
+            self._game_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._game_task
         self._game_task = None
         if self._app is not None:
             await self._end_game()
-        if self._queue is not None:
-            if self._queue.full():
-                self._queue.get_nowait()
-            self._queue.put_nowait(_CLOSED)
 
-    async def events(self) -> AsyncIterator[ChatEvent]:
-        """Chat events until the bridge exits; reconnects by itself."""
-        if self._queue is None:
+    def events(self) -> AsyncIterator[ChatEvent]:
+        """Chat events until the bridge exits (reconnects by itself); raises the error that stopped it
+        (a refused auth that a fresh room init did not cure)."""
+        if not self._started:
             raise InvalidStateError("use `async with BilibiliBridge(...)` before events()")
-        while True:
-            item = await self._queue.get()
-            if item is _CLOSED:
-                return
-            yield item
+        return self._pump.events()
 
     async def send_reply(self, text: str, reply_to: str = "") -> bool:
         """Not supported: sending danmaku needs the logged-in web API (csrf + cookie); logs once."""
@@ -204,6 +169,7 @@ class BilibiliBridge:
     async def _run(self) -> None:
         attempt = 0
         failures = 0
+        self._refusals = 0
         while True:
             try:
                 if self._need_init or self._room is None:
@@ -214,6 +180,14 @@ class BilibiliBridge:
                 await self._serve(self._room, url)
                 failures = 0
             except AuthError as exc:
+                self._refusals += 1
+                refusals = self._refusals
+                if refusals >= AUTH_REFUSALS_TO_GIVE_UP:
+                    what = "the open platform auth_body" if self._open else "the getDanmuInfo token"
+                    raise AuthError(exc.code, f"bilibili room={self._label}: the danmaku server refused auth "
+                                    f"{refusals} times in a row (code={exc.code}), even with a fresh "
+                                    f"{what}; chat from this room stops. Check chat.bilibili (room id, "
+                                    f"login cookie ${COOKIE_ENV}, open platform keys) and restart") from exc
                 logger.warning("room=%s auth refused code=%d, initializing the room again: %s",
                                self._label, exc.code, exc)
                 self._need_init = True
@@ -230,6 +204,7 @@ class BilibiliBridge:
             if failures >= REINIT_AFTER_FAILURES:
                 failures = 0
                 self._need_init = True
+            self.status.state = "reconnecting"
             delay = self._backoff.next_delay()
             logger.info("room=%s reconnecting in %.1f s", self._label, delay)
             await asyncio.sleep(delay)
@@ -246,7 +221,10 @@ class BilibiliBridge:
                 while conn.state is not ConnectionState.OPEN:
                     await self._feed(conn, await ws.recv(), room)
             self._backoff.reset()
+            self._refusals = 0
             self.connections += 1
+            self.status.state, self.status.connections, self.status.channel = ("connected", self.connections,
+                                                                               str(room.room_id))
             logger.info("room=%d connected to danmaku server", room.room_id)
             heartbeat = asyncio.create_task(self._heartbeat(ws, conn), name="bilibili-heartbeat")
             try:
@@ -273,7 +251,7 @@ class BilibiliBridge:
         if isinstance(data, str):
             logger.warning("room=%d text frame skipped (the protocol is binary) chars=%d", room.room_id, len(data))
             return
-        for event in conn.receive_data(data):
+        for event in conn.receive_message(data):  # one websocket message, decoded on its own
             await self._dispatch(conn, event, room)
 
     async def _dispatch(self, conn: DanmakuConnection, event: ConnectionEvent, room: RoomInfo) -> None:
@@ -297,9 +275,8 @@ class BilibiliBridge:
             except CommandError as exc:
                 logger.warning("room=%d command skipped: %s", room.room_id, exc)
                 return
-            assert self._queue is not None
             for item in chat:
-                await self._queue.put(item)
+                self._pump.put(item)
         elif isinstance(event, Popularity):
             self.popularity = event.value
             logger.debug("room=%d popularity=%d", room.room_id, event.value)

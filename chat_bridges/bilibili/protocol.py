@@ -12,7 +12,7 @@ Usage (the async client in ``client.py`` does exactly this)::
     conn.send_auth(build_auth_body(uid=0, room_id=room_id, token=token, buvid=buvid))
     for data in conn.data_to_send():
         await ws.send(data)
-    for event in conn.receive_data(await ws.recv()):
+    for event in conn.receive_message(await ws.recv()):   # one websocket message at a time
         ...  # AuthOk, Popularity, Notification (CompressedBatch when inline_decompress=False)
 
 Malformed input is logged and skipped, never raised; the one exception is a refused auth
@@ -232,9 +232,10 @@ class DanmakuConnection:
     """The state machine of one danmaku websocket connection (web or open platform: same framing).
 
     ``send_auth(body)`` then ``send_heartbeat()`` every 30 s queue packets for ``data_to_send()``;
-    ``receive_data(bytes)`` buffers partial packets across calls and returns the events of the complete
-    ones. Malformed packets are logged (with ``room=``) and skipped; an auth reply with a code other than 0
-    raises :class:`AuthError` and closes the connection.
+    ``receive_message(bytes)`` decodes one websocket message (one or more whole packets) on its own and
+    returns their events: nothing is carried from one message to the next. Malformed packets are logged
+    (with ``room=``) and skipped; an auth reply with a code other than 0 raises :class:`AuthError` and
+    closes the connection.
     """
 
     def __init__(self, *, room_id: int = 0, inline_decompress: bool = True) -> None:
@@ -242,7 +243,6 @@ class DanmakuConnection:
         self.inline_decompress = inline_decompress
         self.state = ConnectionState.NEW
         self.popularity = 0
-        self._buffer = bytearray()
         self._outgoing: list[bytes] = []
         self._seq = 0
 
@@ -273,27 +273,35 @@ class DanmakuConnection:
 
     # -- receiving
 
-    def receive_data(self, data: bytes) -> list[ConnectionEvent]:
-        """Feed received bytes; returns the events of every complete packet (a partial packet waits for
-        the next call). Bad bytes are logged and dropped."""
+    def receive_message(self, data: bytes) -> list[ConnectionEvent]:
+        """Feed ONE websocket message; returns the events of the packets in it.
+
+        Each message is a unit, decoded on its own (the server never splits a packet over two messages):
+        a truncated last packet or junk after the last whole one costs that message's tail only and is never
+        carried into the next message; bytes after a heartbeat reply's 4-byte popularity are ignored; an
+        empty message is nothing to log."""
         if self.state is ConnectionState.CLOSED:
             logger.debug("room=%d data after close ignored bytes=%d", self.room_id, len(data))
             return []
-        buf = self._buffer
-        buf += data
         events: list[ConnectionEvent] = []
-        while len(buf) >= HEADER_SIZE:
+        offset, last_op = 0, -1
+        while offset < len(data):
+            left = len(data) - offset
             try:
-                header = _read_header(buf, 0)
+                if left < HEADER_SIZE:
+                    raise ProtocolError(f"{left} stray bytes after the last packet")
+                header = _read_header(data, offset)
+                if header.pack_len > left:
+                    raise ProtocolError(f"truncated packet: needs {header.pack_len} bytes, {left} left")
             except ProtocolError as exc:
-                # A byte stream cannot resync after a bad header: drop what is buffered.
-                logger.warning("room=%d malformed data dropped bytes=%d reason=%s", self.room_id, len(buf), exc)
-                buf.clear()
+                # What some servers echo after a heartbeat reply is expected noise; anything else is worth a line.
+                level = logging.DEBUG if last_op == Operation.HEARTBEAT_REPLY else logging.WARNING
+                logger.log(level, "room=%d rest of message dropped offset=%d bytes=%d reason=%s", self.room_id,
+                           offset, left, exc)
                 break
-            if len(buf) < header.pack_len:
-                break  # wait for the rest
-            body = bytes(buf[header.header_len:header.pack_len])
-            del buf[:header.pack_len]
+            body = bytes(data[offset + header.header_len:offset + header.pack_len])
+            offset += header.pack_len
+            last_op = header.operation
             events.extend(self._handle_packet(Packet(header, body), depth=0))
         return events
 
@@ -331,6 +339,9 @@ class DanmakuConnection:
 
     def _handle_plain(self, header: Header, body: bytes) -> list[ConnectionEvent]:
         op = header.operation
+        if not body and op != Operation.AUTH_REPLY:
+            logger.debug("room=%d empty packet op=%d", self.room_id, op)
+            return []  # an empty body carries nothing: not worth a warning
         if op == Operation.HEARTBEAT_REPLY:
             if len(body) < 4:
                 raise ProtocolError(f"heartbeat reply body of {len(body)} bytes, needs 4")
@@ -355,7 +366,6 @@ class DanmakuConnection:
             raise ProtocolError(f"auth reply without an int code: {body[:80]!r}")
         if code != 0:
             self.state = ConnectionState.CLOSED
-            self._buffer.clear()
             hint = " (token error: the getDanmuInfo token is missing, stale or for another room)" if code == -101 else ""
             raise AuthError(code, f"danmaku server refused auth: code={code}{hint}")
         self.state = ConnectionState.OPEN

@@ -8,6 +8,8 @@
 
 Tests and tools pass ``lines=`` (any async iterable of str) and ``output=`` (a callable taking one str).
 A line it cannot understand prints an error and the next line is read; ``events()`` ends at end of input.
+Lines are read by one background task into a bounded queue: :class:`chat_bridges.base.EventPump`, as in
+every bridge.
 The line language is in :mod:`chat_bridges.console.protocol`.
 """
 
@@ -23,6 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TextIO
 
 from backend.events import ChatEvent, Deletion, Role
+from chat_bridges.base import BridgeStatus, EventPump
 
 from .protocol import ConsoleInputError, ConsoleSession, Note
 
@@ -38,14 +41,15 @@ async def stdin_lines(stream: TextIO | None = None) -> AsyncIterator[str]:
     shares that flag with the shell)."""
     stream = stream or sys.stdin
     loop = asyncio.get_running_loop()
-    reader: asyncio.StreamReader | None = asyncio.StreamReader()
+    stream_reader = asyncio.StreamReader()
+    reader: asyncio.StreamReader | None = stream_reader
     transport = None
     fd = -1
     pipe = None
     try:
         fd = os.dup(stream.fileno())
         pipe = os.fdopen(fd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream_reader), pipe)
     except (ValueError, OSError, NotImplementedError, AttributeError):
         reader = None  # a regular file, no file descriptor, or a platform without pipe support
         if pipe is not None:
@@ -75,26 +79,32 @@ class ConsoleBridge:
 
     def __init__(self, *, lines: AsyncIterable[str] | None = None, output: Callable[[str], None] | None = None,
                  channel: str = "console", user_name: str = "streamer", role: Role = Role.BROADCASTER,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, queue_size: int = 1000):
         self._lines = lines
         self._output = output or (lambda text: print(text, flush=True))
         self.session = ConsoleSession(channel=channel, user_name=user_name, role=role, clock=clock)
+        self.status = BridgeStatus("console", channel, state="connected")
+        self._pump = EventPump("console", queue_size, error=RuntimeError, status=self.status)
         self._open = False
 
     async def __aenter__(self) -> ConsoleBridge:
         self._open = True
+        self._pump.start(self._read())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._open = False
+        await self._pump.stop()
 
-    async def events(self) -> AsyncIterator[ChatEvent]:
+    def events(self) -> AsyncIterator[ChatEvent]:
+        """The typed lines as chat events, until the input ends (the same pump as every bridge)."""
         if not self._open:
             raise RuntimeError("console: use 'async with ConsoleBridge(...)' before events()")
+        return self._pump.events()
+
+    async def _read(self) -> None:
         source = self._lines if self._lines is not None else stdin_lines()
         async for line in source:
-            if not self._open:
-                return
             try:
                 result = self.session.feed(line)
             except ConsoleInputError as exc:
@@ -109,7 +119,8 @@ class ConsoleBridge:
             message_id = getattr(result, "message_id", "")
             if message_id and not isinstance(result, Deletion):  # a Deletion names someone else's id
                 self._output(f"[{message_id}]")
-            yield result
+            self._pump.put(result)
+        self.status.state = "closed"
 
     async def send_reply(self, text: str, reply_to: str = "") -> bool:
         if not self._open:

@@ -24,11 +24,9 @@ import logging
 import os
 import random
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import websockets
@@ -37,7 +35,7 @@ from websockets.exceptions import InvalidURI, WebSocketException
 
 from backend.config import TwitchConfig
 from backend.events import ChatEvent
-from chat_bridges.base import Backoff
+from chat_bridges.base import Backoff, BridgeStatus, EventPump, HttpFunc, urllib_http
 
 from . import eventsub
 from .protocol import (
@@ -60,8 +58,7 @@ SEND_LIMIT = 20  # messages per SEND_WINDOW_S for a non-mod account (Twitch "Rat
 SEND_WINDOW_S = 30.0
 
 Connect = Callable[..., Any]  # websockets.asyncio.client.connect or a stand-in: connect(url) -> awaitable / async cm
-Http = Callable[[str, str, dict[str, str], bytes | None], Awaitable[tuple[int, bytes]]]
-"""``await http(method, url, headers, body) -> (status, response body)``; HTTP errors are returned, not raised."""
+Http = HttpFunc  # the bridges' one HTTP helper type (chat_bridges.base); (status, body) unpacks from it
 
 _NETWORK_ERRORS = (OSError, TimeoutError, WebSocketException)
 
@@ -78,73 +75,6 @@ def resolve_token(cfg: TwitchConfig, env: Mapping[str, str] | None = None) -> st
     """The OAuth token to use: ``$LIVEIDOL_TWITCH_TOKEN`` if set, else ``cfg.oauth_token`` ('' = anonymous)."""
     env = os.environ if env is None else env
     return (env.get(TOKEN_ENV) or cfg.oauth_token).strip()
-
-
-class _Pump:
-    """One owned background task feeding a bounded queue; ``events()`` yields until the task ends.
-    Single use: a bridge is entered once."""
-
-    _END = object()
-
-    def __init__(self, name: str, size: int):
-        self._name = name
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(size)
-        self._task: asyncio.Task[None] | None = None
-        self._error: BaseException | None = None
-        self._started = False
-        self.dropped = 0
-
-    def start(self, coro: Coroutine[Any, Any, None]) -> None:
-        if self._started:
-            coro.close()
-            raise TwitchError(f"{self._name}: a bridge can be entered only once; make a new one")
-        self._started = True
-        self._task = asyncio.create_task(self._guard(coro), name=self._name)
-
-    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.error("%s: stopped: %s", self._name, exc)
-            self._error = exc
-        finally:
-            self._end()
-
-    def _end(self) -> None:
-        while True:
-            try:
-                self._queue.put_nowait(self._END)
-                return
-            except asyncio.QueueFull:
-                self._queue.get_nowait()
-
-    def put(self, event: ChatEvent) -> None:
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("%s: event queue full, dropped=%d (consumer too slow)", self._name, self.dropped)
-
-    async def events(self) -> AsyncIterator[ChatEvent]:
-        while True:
-            item = await self._queue.get()
-            if item is self._END:
-                self._end()  # leave the marker for any other reader
-                if self._error is not None:
-                    raise self._error
-                return
-            yield item
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._end()
 
 
 async def _send_lines(ws: Any, lines: list[str]) -> None:
@@ -180,7 +110,8 @@ class TwitchBridge:
         self._connect = connect
         self._clock = clock
         self._rng = rng or random.Random()
-        self._pump = _Pump(f"twitch irc #{self._channel}", queue_size)
+        self.status = BridgeStatus("twitch", self._channel)
+        self._pump = EventPump(f"twitch irc #{self._channel}", queue_size, error=TwitchError, status=self.status)
         self._ws: Any = None
         self._conn: TwitchIrcConnection | None = None
         self._sent_at: deque[float] = deque()
@@ -255,6 +186,7 @@ class TwitchBridge:
                 log.warning("twitch irc: connection lost: %s channel=%s", exc, self._channel)
             finally:
                 self._ws = self._conn = None
+            self.status.state = "reconnecting"
             if self._closing:
                 return
             delay = self._backoff.next_delay()
@@ -278,6 +210,7 @@ class TwitchBridge:
                         reconnect = True
                     elif isinstance(event, Joined):
                         self.connections += 1
+                        self.status.state, self.status.connections = "connected", self.connections
                         self._backoff.reset()
                         log.info("twitch irc: joined channel=%s nick=%s", self._channel, conn.nick)
                     elif isinstance(event, Welcome):
@@ -291,20 +224,6 @@ class TwitchBridge:
 
 
 # ----------------------------------------------------------------------------- EventSub
-
-
-async def urllib_http(method: str, url: str, headers: dict[str, str], body: bytes | None) -> tuple[int, bytes]:
-    """Default :data:`Http`: urllib in a worker thread (10 s timeout); HTTP error statuses are returned."""
-
-    def call() -> tuple[int, bytes]:
-        req = urllib.request.Request(url, data=body, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    return await asyncio.to_thread(call)
 
 
 class TwitchEventSubClient:
@@ -345,7 +264,8 @@ class TwitchEventSubClient:
         self._ws_logger = _NoFrameLogs(logging.getLogger("websockets.client"), {})
         self._channel = cfg.channel.lstrip("#").lower()
         self._state = eventsub.EventSubSession(clock())
-        self._pump = _Pump(f"twitch eventsub #{self._channel}", queue_size)
+        self.status = BridgeStatus("twitch-eventsub", self._channel)
+        self._pump = EventPump(f"twitch eventsub #{self._channel}", queue_size, error=TwitchError, status=self.status)
         self.session_id = ""
 
     async def __aenter__(self) -> TwitchEventSubClient:
@@ -430,6 +350,7 @@ class TwitchEventSubClient:
                 url, previous = next_url, ws
                 continue
             url = self._cfg.eventsub_url
+            self.status.state = "reconnecting"
             delay = self._backoff.next_delay()
             log.info("twitch eventsub: reconnecting in %.2fs channel=%s", delay, self._channel)
             await asyncio.sleep(delay)
@@ -446,6 +367,8 @@ class TwitchEventSubClient:
         else:
             await self._subscribe(welcome.session_id)
         self._backoff.reset()
+        self.status.state = "connected"
+        self.status.connections += 1
         while True:
             left = self._state.keepalive_timeout_s + self._grace_s - (self._clock() - self._state.last_message_at)
             try:

@@ -13,7 +13,9 @@ Formats follow Twitch's "IRC concepts" / "Tags" docs and RFC 1459 / IRCv3 messag
 Mapping to :mod:`backend.events`:
 
 - PRIVMSG -> :class:`ChatMessage` (role from badges; ``/me`` text is unwrapped from ``\\x01ACTION ...\\x01``);
-  with ``bits`` > 0 -> :class:`PaidMessage` (kind "bits", 1 bit = 1 cent; the text keeps its cheermotes).
+  with ``bits`` > 0 -> :class:`PaidMessage` (kind "bits", 1 bit = 1 cent; the cheermotes are stripped from
+  the text, :func:`strip_cheermotes`, so "Cheer100 !wave" is the command ``!wave`` paid with 100 bits);
+  ``me`` is set for ``/me`` messages.
 - PRIVMSG with ``custom-reward-id`` (a channel-point reward that asks for text) -> :class:`ChatMessage` with
   ``reward_id`` set. Decision: the IRC line carries neither the reward title nor its cost, and the same
   redemption also arrives, complete, over EventSub as ``PaidMessage(kind="redemption")``
@@ -33,6 +35,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 
 from backend.events import Ban, ChatEvent, ChatMessage, Deletion, PaidMessage, Role
@@ -63,6 +66,7 @@ __all__ = [
     "privmsg",
     "role_from_badges",
     "serialize",
+    "strip_cheermotes",
     "unescape_tag_value",
 ]
 
@@ -319,7 +323,8 @@ def chat_event(msg: IrcMessage) -> ChatEvent | None:
     if len(msg.params) < 2:
         raise IrcParseError("PRIVMSG without text")
     text = msg.params[1]
-    if text.startswith("\x01ACTION ") and text.endswith("\x01"):
+    me = text.startswith("\x01ACTION ") and text.endswith("\x01")
+    if me:
         text = text[len("\x01ACTION "):-1]
     login = msg.nick
     user_name = tags.get("display-name") or login
@@ -329,11 +334,55 @@ def chat_event(msg: IrcMessage) -> ChatEvent | None:
     ts_ms = _int_tag(tags, "tmi-sent-ts")
     bits = _int_tag(tags, "bits")
     if bits > 0:
-        return PaidMessage(PLATFORM, channel, user_id, user_name, text, value_cents=bits, kind="bits",
-                           message_id=tags.get("id", ""), role=role, timestamp=ts_ms / 1000.0)
+        return PaidMessage(PLATFORM, channel, user_id, user_name, strip_cheermotes(text, bits), value_cents=bits,
+                           kind="bits", message_id=tags.get("id", ""), role=role, timestamp=ts_ms / 1000.0, me=me)
     return ChatMessage(PLATFORM, channel, user_id, user_name, text, message_id=tags.get("id", ""), role=role,
                        badges=tuple(f"{k}/{v}" for k, v in badges.items()), timestamp=ts_ms / 1000.0,
-                       reply_to=tags.get("reply-parent-msg-id", ""), reward_id=tags.get("custom-reward-id", ""))
+                       reply_to=tags.get("reply-parent-msg-id", ""), reward_id=tags.get("custom-reward-id", ""),
+                       me=me)
+
+
+# Twitch's global cheermote prefixes (Helix "Get Cheermotes", type global_first_party / global_third_party;
+# the list TwitchPubSubMirror and others keep). A cheermote is a prefix directly followed by the bits it
+# spends: "Cheer100", "Kappa5", "anon1".
+CHEERMOTE_PREFIXES = frozenset(p.casefold() for p in (
+    "Cheer", "DoodleCheer", "BibleThump", "cheerwhal", "Corgo", "uni", "ShowLove", "Party", "SeemsGood", "Pride",
+    "Kappa", "FrankerZ", "HeyGuys", "DansGame", "EleGiggle", "TriHard", "Kreygasm", "4Head", "SwiftRage",
+    "NotLikeThis", "FailFish", "VoHiYo", "PJSalt", "MrDestructoid", "bday", "RIPCheer", "Shamrock", "BitBoss",
+    "Streamlabs", "Muxy", "HolidayCheer", "Anon", "Charity", "Goal", "Hype"))
+_CHEERMOTE = re.compile(r"^([0-9A-Za-z]*?[A-Za-z])([1-9][0-9]*)$")
+
+
+def strip_cheermotes(text: str, bits: int) -> str:
+    """The text of a cheer without its cheermotes (what a viewer typed around them), spaces normalized.
+
+    A word is a cheermote when it is a known global prefix + amount ("Cheer100", "kappa5"). Channels can
+    upload their own prefixes, which IRC does not name: when the known ones do not add up to ``bits``, other
+    letters+digits words are taken as cheermotes too when they make up exactly the missing bits (all of them,
+    or one)."""
+    words = text.split()
+    kept: list[str] = []
+    maybe: list[tuple[int, int]] = []  # (index in kept, amount) of words that look like custom cheermotes
+    spent = 0
+    for word in words:
+        m = _CHEERMOTE.match(word)
+        if m is None:
+            kept.append(word)
+            continue
+        amount = int(m.group(2))
+        if m.group(1).casefold() in CHEERMOTE_PREFIXES:
+            spent += amount
+            continue
+        maybe.append((len(kept), amount))
+        kept.append(word)
+    left = bits - spent
+    drop: set[int] = set()
+    if maybe and left > 0:
+        if sum(a for _, a in maybe) == left:
+            drop = {i for i, _ in maybe}
+        else:
+            drop = next(({i} for i, a in maybe if a == left), set())
+    return " ".join(w for i, w in enumerate(kept) if i not in drop)
 
 
 def _usernotice(msg: IrcMessage, channel: str) -> PaidMessage | None:
@@ -382,7 +431,7 @@ class Reconnect:
 
 @dataclass(frozen=True)
 class LoginFailed:
-    """A NOTICE before the welcome: the login was refused. ``reason`` is the server's text (holds no token)."""
+    """A login-failure NOTICE before the welcome (:data:`LOGIN_FAILURE_NOTICES`): the login was refused. ``reason`` is the server's text (holds no token)."""
 
     reason: str
 
@@ -396,6 +445,17 @@ class ConnectionState(enum.Enum):
     JOINING = "joining"  # 001 seen, JOIN queued
     JOINED = "joined"
     CLOSED = "closed"  # RECONNECT or login failure: this connection is done
+
+
+# The NOTICE texts that mean the login itself was refused (Twitch "IRC concepts: authenticating"; TwitchIO
+# and tmi.js match the same texts). Any other NOTICE before the 001 welcome is only logged.
+LOGIN_FAILURE_NOTICES = ("login authentication failed", "login unsuccessful", "improperly formatted auth",
+                         "invalid nick")
+
+
+def _is_login_failure(text: str) -> bool:
+    low = text.casefold()
+    return any(n in low for n in LOGIN_FAILURE_NOTICES)
 
 
 class TwitchIrcConnection:
@@ -470,7 +530,7 @@ class TwitchIrcConnection:
             self.state = ConnectionState.CLOSED
             return Reconnect()
         if cmd == "NOTICE":
-            if self.state is ConnectionState.LOGGING_IN:
+            if self.state is ConnectionState.LOGGING_IN and _is_login_failure(msg.trailing):
                 self.state = ConnectionState.CLOSED
                 return LoginFailed(msg.trailing)
             log.info("twitch irc: notice msg_id=%s text=%s", msg.tags.get("msg-id", ""), msg.trailing)

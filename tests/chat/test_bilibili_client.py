@@ -28,6 +28,7 @@ from backend.config import BilibiliConfig, ConfigError
 from backend.events import ChatMessage, Deletion, PaidMessage, Role
 from chat_bridges.base import Backoff
 from chat_bridges.bilibili.client import COOKIE_ENV, BilibiliBridge
+from chat_bridges.bilibili.errors import AuthError
 
 HEADER = struct.Struct(">IHHII")
 TIMEOUT = 10.0
@@ -334,3 +335,77 @@ def test_config_errors_name_the_key() -> None:
         BilibiliBridge(BilibiliConfig())
     with pytest.raises(ConfigError, match="access_key_id"):
         BilibiliBridge(BilibiliConfig(open_platform_code="x"))
+
+
+def danmu(i: int) -> dict:
+    return {**DANMU, "info": [DANMU["info"][0], f"msg {i}", *DANMU["info"][2:]]}
+
+
+async def test_junk_truncated_tails_and_heartbeat_echoes_lose_nothing_else(
+        api: tuple[FakeApi, str], caplog: pytest.LogCaptureFixture) -> None:
+    """One live connection carrying what a real server sends at its worst: a message whose last packet is cut,
+    junk after the last packet, bytes echoed after a heartbeat reply, empty messages. Each costs at most its own
+    bytes; every whole packet arrives (before the fix, the tails were buffered and corrupted the next message,
+    and events were lost)."""
+    fake, api_url = api
+    sent: list[str] = []
+
+    def whole(i: int) -> bytes:
+        sent.append(f"msg {i}")
+        return packet(5, danmu(i))
+
+    async def script(ws: Any, number: int) -> None:
+        await ws.send(packet(8, {"code": 0}, ver=1))
+        for i in range(0, 30, 3):
+            await ws.send(whole(i) + packet(5, danmu(900 + i))[:-9])  # truncated tail
+            await ws.send(whole(i + 1) + b"\x00\x00\x01junk")  # junk tail
+            await ws.send(packet(3, (4242).to_bytes(4, "big"), ver=1) + b"\x00\x00\x00\x1a\x00\x10")  # echo
+            await ws.send(b"")  # empty message
+            await ws.send(brotli_batch(danmu(i + 2)))
+            sent.append(f"msg {i + 2}")
+        for i in range(30, 34):
+            await ws.send(whole(i))
+        await ws.wait_closed()
+
+    server = DanmakuServer(script)
+    async with websockets.asyncio.server.serve(server.handler, "127.0.0.1", 0) as ws_server:
+        fake.ws_port = ws_server.sockets[0].getsockname()[1]
+        bridge = BilibiliBridge(web_cfg(api_url), backoff=Backoff(base_s=0.01, max_s=0.05),
+                                nav_url=f"{api_url}/x/web-interface/nav", env={})
+        with caplog.at_level(logging.WARNING, logger="chat_bridges.bilibili"):
+            async with bridge:
+                got = await collect(bridge, 34)
+                assert bridge.status.state == "connected"
+    assert len(sent) == 34
+    assert [e.text for e in got] == sent  # all 34, in order, none corrupted
+    assert bridge.popularity == 4242 and server.connections == 1
+    assert caplog.text.count("rest of message dropped") == 20  # the cut and junk tails, one line each
+
+
+async def test_auth_refused_after_a_fresh_init_stops_clearly(api: tuple[FakeApi, str],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A server that always refuses the auth: the bridge initializes the room again once, then stops with an
+    error-level line naming the cause and the fix, and its status says "failed" (shown by /control status)."""
+    fake, api_url = api
+
+    async def script(ws: Any, number: int) -> None:
+        await ws.send(packet(8, {"code": -101}, ver=1))
+        await ws.wait_closed()
+
+    server = DanmakuServer(script)
+    async with websockets.asyncio.server.serve(server.handler, "127.0.0.1", 0) as ws_server:
+        fake.ws_port = ws_server.sockets[0].getsockname()[1]
+        bridge = BilibiliBridge(web_cfg(api_url), backoff=Backoff(base_s=0.01, max_s=0.05),
+                                nav_url=f"{api_url}/x/web-interface/nav", env={})
+        with caplog.at_level(logging.INFO):
+            async with bridge:
+                with pytest.raises(AuthError, match="refused auth 2 times"):
+                    await collect(bridge, 1)
+                await asyncio.sleep(0.2)  # would it retry? (it must not)
+    assert server.connections == 2  # refused, fresh init, refused: stop
+    assert fake.count("/room/v1/Room/get_info") == 2
+    assert bridge.status.state == "failed" and "code=-101" in bridge.status.error
+    assert "restart" in bridge.status.error and TOKEN not in bridge.status.error
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and "refused auth" in errors[0].getMessage()
+    assert TOKEN not in caplog.text

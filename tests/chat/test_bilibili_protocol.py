@@ -48,7 +48,7 @@ def opened(**kwargs: object) -> DanmakuConnection:
     conn = DanmakuConnection(room_id=5050, **kwargs)
     conn.send_auth(build_auth_body(uid=0, room_id=5050, token="tok", buvid="B3"))
     conn.data_to_send()
-    assert conn.receive_data(packet(8, {"code": 0}, ver=1)) == [AuthOk()]
+    assert conn.receive_message(packet(8, {"code": 0}, ver=1)) == [AuthOk()]
     return conn
 
 
@@ -83,7 +83,7 @@ def test_auth_ok_then_heartbeat_and_popularity() -> None:
     _, _, ver, op, _ = HEADER.unpack(data[:16])
     assert (ver, op) == (1, 2)
     reply = packet(3, (987654).to_bytes(4, "big") + b"[object Object]", ver=1)
-    assert conn.receive_data(reply) == [Popularity(987654)]
+    assert conn.receive_message(reply) == [Popularity(987654)]
     assert conn.popularity == 987654
 
 
@@ -91,11 +91,11 @@ def test_auth_refused_raises_auth_error() -> None:
     conn = DanmakuConnection(room_id=5050)
     conn.send_auth(build_auth_body(uid=0, room_id=5050, token="stale"))
     with pytest.raises(AuthError) as info:
-        conn.receive_data(packet(8, {"code": -101}, ver=1))
+        conn.receive_message(packet(8, {"code": -101}, ver=1))
     assert info.value.code == -101
     assert "token" in str(info.value)
     assert conn.state is ConnectionState.CLOSED
-    assert conn.receive_data(packet(5, {"cmd": "DANMU_MSG"})) == []
+    assert conn.receive_message(packet(5, {"cmd": "DANMU_MSG"})) == []
 
 
 def test_invalid_state_transitions() -> None:
@@ -111,7 +111,7 @@ def test_brotli_batch_with_several_packets() -> None:
     conn = opened()
     inner = command("DANMU_MSG:4:0:2:2:2:0", **DANMU) + command("SEND_GIFT", **GIFT) + command(
         "SUPER_CHAT_MESSAGE", **SUPER_CHAT)
-    events = conn.receive_data(packet(5, brotli.compress(inner), ver=3))
+    events = conn.receive_message(packet(5, brotli.compress(inner), ver=3))
     assert [e.cmd for e in events] == ["DANMU_MSG", "SEND_GIFT", "SUPER_CHAT_MESSAGE"]
     assert events[0].data["info"][1] == "你好 👋"
     assert events[2].data["data"]["price"] == 30
@@ -120,36 +120,52 @@ def test_brotli_batch_with_several_packets() -> None:
 def test_zlib_batch_with_several_packets() -> None:
     conn = opened()
     inner = command("DANMU_MSG", **DANMU) + command("ONLINE_RANK_COUNT", data={"count": 3})
-    events = conn.receive_data(packet(5, zlib.compress(inner), ver=2))
+    events = conn.receive_message(packet(5, zlib.compress(inner), ver=2))
     assert [e.cmd for e in events] == ["DANMU_MSG", "ONLINE_RANK_COUNT"]
 
 
-def test_packet_split_across_receive_calls() -> None:
-    conn = opened()
-    data = command("DANMU_MSG", **DANMU)
-    assert conn.receive_data(data[:10]) == []  # not even a header
-    assert conn.receive_data(data[10:30]) == []  # header, part of the body
-    [event] = conn.receive_data(data[30:])
-    assert isinstance(event, Notification) and event.cmd == "DANMU_MSG"
-
-
-def test_byte_by_byte_and_two_packets_in_one_chunk() -> None:
+def test_each_message_is_a_unit_two_packets_in_one_message() -> None:
     conn = opened()
     data = command("DANMU_MSG", **DANMU) + packet(3, (5).to_bytes(4, "big"), ver=1)
-    events = []
-    for i in range(len(data)):
-        events += conn.receive_data(data[i:i + 1])
-    assert [type(e) for e in events] == [Notification, Popularity]
-    assert [type(e) for e in conn.receive_data(data + data)] == [Notification, Popularity] * 2
+    assert [type(e) for e in conn.receive_message(data)] == [Notification, Popularity]
+    assert [type(e) for e in conn.receive_message(data + data)] == [Notification, Popularity] * 2
+
+
+def test_a_truncated_or_junk_tail_costs_only_its_own_message(caplog: pytest.LogCaptureFixture) -> None:
+    """Before: a cut packet or junk at the end of one message was buffered and corrupted the NEXT message."""
+    conn = opened()
+    whole = command("DANMU_MSG", **DANMU)
+    gift = command("SEND_GIFT", **GIFT)
+    with caplog.at_level(logging.WARNING):
+        assert [e.cmd for e in conn.receive_message(whole + gift[:-7])] == ["DANMU_MSG"]  # truncated tail
+        assert [e.cmd for e in conn.receive_message(gift)] == ["SEND_GIFT"]  # the next message is whole
+        assert [e.cmd for e in conn.receive_message(whole + b"\x00\x00\x00\xffjunk")] == ["DANMU_MSG"]
+        assert [e.cmd for e in conn.receive_message(whole)] == ["DANMU_MSG"]
+        assert [e.cmd for e in conn.receive_message(whole[:10])] == []  # not even a header
+        assert [e.cmd for e in conn.receive_message(gift)] == ["SEND_GIFT"]
+    assert caplog.text.count("rest of message dropped") == 3 and "room=5050" in caplog.text
+
+
+def test_bytes_after_a_heartbeat_reply_are_not_glued_to_the_next_message(caplog: pytest.LogCaptureFixture) -> None:
+    conn = opened()
+    echo = packet(3, (777).to_bytes(4, "big"), ver=1) + b"\x00\x00\x00\x1a\x00\x10\x00"  # echoed bytes
+    with caplog.at_level(logging.WARNING):
+        assert conn.receive_message(echo) == [Popularity(777)]
+        [event] = conn.receive_message(command("DANMU_MSG", **DANMU))
+        assert conn.receive_message(b"") == []  # an empty message
+        assert conn.receive_message(packet(5, b"")) == []  # an empty body
+        assert conn.receive_message(packet(3, b"", ver=1)) == []
+    assert event.cmd == "DANMU_MSG" and conn.popularity == 777
+    assert caplog.text == ""  # nothing in these is worth a warning
 
 
 def test_malformed_header_is_dropped_and_stream_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     conn = opened()
     bad = HEADER.pack(40, 3, 0, 5, 0) + b"x" * 24  # header length 3 < 16
     with caplog.at_level(logging.WARNING):
-        assert conn.receive_data(bad) == []
-    assert "malformed data dropped" in caplog.text and "room=5050" in caplog.text
-    [event] = conn.receive_data(command("DANMU_MSG", **DANMU))
+        assert conn.receive_message(bad) == []
+    assert "rest of message dropped" in caplog.text and "room=5050" in caplog.text
+    [event] = conn.receive_message(command("DANMU_MSG", **DANMU))
     assert event.cmd == "DANMU_MSG"
 
 
@@ -165,7 +181,7 @@ def test_malformed_packets_are_skipped_not_raised(caplog: pytest.LogCaptureFixtu
         + command("DANMU_MSG", **DANMU)
     )
     with caplog.at_level(logging.WARNING):
-        events = conn.receive_data(chunk)
+        events = conn.receive_message(chunk)
     assert [e.cmd for e in events] == ["DANMU_MSG"]
     assert caplog.text.count("malformed packet skipped") == 6
 
@@ -174,7 +190,7 @@ def test_truncated_batch_keeps_packets_before_the_cut(caplog: pytest.LogCaptureF
     conn = opened()
     inner = command("DANMU_MSG", **DANMU) + command("SEND_GIFT", **GIFT)[:-5]
     with caplog.at_level(logging.WARNING):
-        events = conn.receive_data(packet(5, brotli.compress(inner), ver=3))
+        events = conn.receive_message(packet(5, brotli.compress(inner), ver=3))
     assert [e.cmd for e in events] == ["DANMU_MSG"]
     assert "truncated packet" in caplog.text
 
@@ -184,8 +200,8 @@ def test_truncated_compressed_stream_and_bomb_are_rejected(caplog: pytest.LogCap
     whole = brotli.compress(command("DANMU_MSG", **DANMU))
     bomb = zlib.compress(b"\x00" * (5 * 1024 * 1024))
     with caplog.at_level(logging.WARNING):
-        assert conn.receive_data(packet(5, whole[:-3], ver=3)) == []
-        assert conn.receive_data(packet(5, bomb, ver=2)) == []
+        assert conn.receive_message(packet(5, whole[:-3], ver=3)) == []
+        assert conn.receive_message(packet(5, bomb, ver=2)) == []
     assert "truncated brotli" in caplog.text
     assert "inflates to more than" in caplog.text
 
@@ -193,7 +209,7 @@ def test_truncated_compressed_stream_and_bomb_are_rejected(caplog: pytest.LogCap
 def test_deferred_decompression_for_an_executor() -> None:
     conn = opened(inline_decompress=False)
     inner = command("DANMU_MSG", **DANMU) + command("SEND_GIFT", **GIFT)
-    [batch] = conn.receive_data(packet(5, brotli.compress(inner), ver=3))
+    [batch] = conn.receive_message(packet(5, brotli.compress(inner), ver=3))
     assert isinstance(batch, CompressedBatch) and batch.ver == ProtoVer.BROTLI
     events = conn.receive_batch(decompress(batch.ver, batch.payload))
     assert [e.cmd for e in events] == ["DANMU_MSG", "SEND_GIFT"]

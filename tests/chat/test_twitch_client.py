@@ -140,7 +140,7 @@ async def test_login_chat_ping_reconnect_and_drop():
     assert not fake.errors
     assert pong_seen.is_set()
     assert [type(e) for e in got] == [ChatMessage, PaidMessage, ChatMessage, ChatMessage]
-    assert [e.text for e in got] == ["!dance 🎉", "cheer50 hi", "after reconnect", "after drop"]
+    assert [e.text for e in got] == ["!dance 🎉", "hi", "after reconnect", "after drop"]
     assert got[1].value_cents == 50 and got[0].user_name == "Fan1" and got[0].channel == "dallas"
     assert fake.passwords == []  # anonymous: no PASS at all
     assert all(nick.startswith("justinfan") for nick in fake.nicks) and len(fake.nicks) == 3
@@ -203,6 +203,8 @@ async def test_refused_login_raises_auth_error_without_the_token(caplog):
                         pass
     assert "wrong-token" not in str(info.value) and "wrong-token" not in caplog.text
     assert fake.connections == 1  # a refused login is not retried
+    assert chat.status.state == "failed" and "Login authentication failed" in chat.status.error  # /control status
+    assert any(r.levelname == "ERROR" and "login refused" in r.getMessage() for r in caplog.records)
 
 
 async def test_unreachable_server_keeps_retrying_then_connects():
@@ -271,3 +273,52 @@ async def test_bad_url_stops_with_a_clear_error():
             async with asyncio.timeout(TIMEOUT):
                 async for _ in chat.events():
                     pass
+
+
+async def test_cheers_carry_commands_me_flag_and_notice_before_welcome():
+    """Real cheer lines (a cheermote before or after the command, a /me cheer, a custom channel cheermote) and a
+    harmless NOTICE before the 001 welcome, over the loopback server, into the real Director: every cheer runs
+    its command with the bits as the paid priority; the NOTICE does not end the login."""
+    import dataclasses
+
+    from backend.config import DirectorConfig
+    from backend.director import Director
+    from tests.director.director_kit import Recorder
+
+    async def script(peer: IrcPeer, server: FakeTwitch, n: int) -> None:
+        await peer.line()  # CAP
+        nick = (await peer.line())[5:]
+        await peer.send(":tmi.twitch.tv NOTICE * :This server is shutting down for maintenance soon")
+        await peer.send(f":tmi.twitch.tv 001 {nick} :Welcome, GLHF!")
+        assert await peer.line() == "JOIN #dallas"
+        await peer.send(f":{nick}!{nick}@{nick}.tmi.twitch.tv JOIN #dallas")
+        await peer.send(privmsg(1, "Cheer100 !wave", ";bits=100"), privmsg(2, "!heart Cheer100", ";bits=100"),
+                        privmsg(3, "\x01ACTION Kappa5 Kappa5 !nod\x01", ";bits=10"),
+                        privmsg(4, "!bow mychan50", ";bits=50"), privmsg(5, "/me-less !like"))
+        await peer.ws.wait_closed()
+
+    fake = FakeTwitch(script)
+    sink = Recorder()
+    cfg = dataclasses.replace(DirectorConfig(), user_cooldown_s=0.0, global_cooldown_s=0.0, dedup_window_s=0.0)
+    director = Director(cfg, sink)
+    got = []
+    async with run_server(fake) as url:
+        async with bridge(url) as chat:
+            async with asyncio.timeout(TIMEOUT):
+                async for event in chat.events():
+                    got.append(event)
+                    if len(got) == 5:
+                        break
+            assert chat.connections == 1 and chat.status.state == "connected"
+    assert not fake.errors and fake.connections == 1
+    wave, heart, nod, bow, plain = got
+    assert [e.text for e in got] == ["!wave", "!heart", "!nod", "!bow", "/me-less !like"]
+    assert [getattr(e, "value_cents", 0) for e in got] == [100, 100, 10, 50, 0]
+    assert nod.me and not wave.me and not plain.me
+    decisions = [await director.handle(e) for e in (wave, heart, nod, bow)]
+    assert [d.decision for d in decisions] == ["queued"] * 4, decisions
+    assert {d.reason for d in decisions} == {"tier_paid"}
+    await director.tick()
+    assert sink.pairs == [("act", "wave")]  # the first paid command plays; the others wait their turn
+    # the bits are the priority: 100 before 50 before 10
+    assert [i["argument"] for i in director.state()["next"]] == ["heart", "bow", "nod"]

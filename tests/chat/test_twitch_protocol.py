@@ -91,7 +91,7 @@ def test_bits_become_paid_message():
             ":cheerer!cheerer@cheerer.tmi.twitch.tv PRIVMSG #chan :cheer100 !dance")
     (event,) = p.TwitchIrcConnection("chan").receive_data(line)
     assert isinstance(event, PaidMessage)
-    assert (event.kind, event.value_cents, event.text, event.user_id) == ("bits", 100, "cheer100 !dance", "77")
+    assert (event.kind, event.value_cents, event.text, event.user_id) == ("bits", 100, "!dance", "77")
 
 
 def test_reward_reply_emoji_me_and_cjk():
@@ -109,7 +109,7 @@ def test_reward_reply_emoji_me_and_cjk():
     assert reward.reward_id == "27c8e486-a386-40cc-9a4b-dbb5cf01e439" and reward.text == "please wave"
     assert isinstance(reward, ChatMessage)  # the PaidMessage comes from EventSub (see protocol docstring)
     assert reply.reply_to == "m1" and reply.text == "@viewer 🎉 so cute 💖"
-    assert action.text == "dances"
+    assert action.text == "dances" and action.me and not reply.me
     assert cjk.user_name == "さくら" and cjk.text == "踊って！ !dance"
 
 
@@ -277,3 +277,33 @@ def test_receive_data_never_raises_on_mangled_lines():
             chars.insert(rng.randrange(len(chars) + 1), rng.choice(alphabet))
         conn.receive_data("".join(chars))  # must not raise
     conn.data_to_send()
+
+
+@pytest.mark.parametrize(("text", "bits", "expected"), [
+    ("Cheer100 !wave", 100, "!wave"),
+    ("!wave Cheer100", 100, "!wave"),
+    ("cheer1 cheer1 !heart cheer1", 3, "!heart"),
+    ("Kappa100 BibleThump50 !nod please", 150, "!nod please"),
+    ("!bow mychan25", 25, "!bow"),  # a channel's own cheermote: the known ones do not add up to the bits
+    ("!bow abc1 mychan25", 25, "!bow abc1"),  # only the word that makes up the missing bits goes
+    ("Cheer100 wave123 !wave", 100, "wave123 !wave"),  # bits already accounted for: other words stay
+    ("uni100", 100, ""),
+])
+def test_cheermotes_are_stripped(text: str, bits: int, expected: str) -> None:
+    assert p.strip_cheermotes(text, bits) == expected
+    line = f"@bits={bits};id=c1;user-id=5 :a!a@a PRIVMSG #chan :{text}"
+    (event,) = p.TwitchIrcConnection("chan").receive_data(line)
+    assert isinstance(event, PaidMessage) and event.text == expected and event.value_cents == bits
+
+
+def test_only_login_failure_notices_end_the_login() -> None:
+    conn = p.TwitchIrcConnection("dallas", nick="mybot", token="tok")
+    assert conn.receive_data(":tmi.twitch.tv NOTICE * :Server restarting in 5 minutes\r\n") == []
+    assert conn.state is p.ConnectionState.LOGGING_IN
+    conn.data_to_send()
+    assert conn.receive_data(":tmi.twitch.tv 001 mybot :Welcome") == [p.Welcome("mybot")]
+    assert conn.data_to_send() == ["JOIN #dallas"]
+    for reason in ("Improperly formatted auth", "Login unsuccessful", "Invalid NICK"):
+        bad = p.TwitchIrcConnection("dallas", nick="mybot", token="tok")
+        assert bad.receive_data(f":tmi.twitch.tv NOTICE * :{reason}") == [p.LoginFailed(reason)]
+        assert bad.state is p.ConnectionState.CLOSED

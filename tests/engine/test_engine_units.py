@@ -165,17 +165,29 @@ def test_session_validates_names():
         Session(np.zeros((4, 4, 3), np.uint8), fps=25.0)
 
 
-def test_input_log_writes_resolved_records_as_json_lines(tmp_path):
+def test_input_log_writes_each_command_when_accepted_then_its_outcome(tmp_path):
+    """Before: a record was written only once resolved, so a kill during a flood lost every pending command."""
     path = tmp_path / "log.jsonl"
-    log = InputLog(path)
-    r = log.add(InputRecord("c1", "act", "wave", "twitch", "bob", arrival=5.0))
-    assert not path.exists()  # pending records are written once resolved
+    log = InputLog(path, session_id="S1")
+    log.open({"fps": 25.0})
+    r = log.add(InputRecord("c1", "act", "wave", "twitch", "bob", arrival=5.0, wall_time=1_800_000_000.5))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]  # on disk before anyone is told
+    assert [row["event"] for row in rows] == ["session", "accepted"]
+    assert rows[0]["session"] == "S1" and rows[0]["fps"] == 25.0 and rows[0]["time"] > 1.7e9
+    assert rows[1] == {"event": "accepted", "session": "S1", "id": "c1", "kind": "act", "argument": "wave",
+                       "source": "twitch", "user": "bob", "time": 1_800_000_000.5}
     log.resolve(r, "shown", frame=42, time=5.25)
     log.resolve(r, "superseded", frame=50, time=6.0)  # resolving twice changes nothing
+    log.applied("c1", "act", "wave", 40)
+    log.chunk(40, 8, 2, 2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert rows == [{"command_id": "c1", "kind": "act", "argument": "wave", "source": "twitch", "user_name": "bob",
-                     "arrival": 5.0, "outcome": "shown", "effect_frame": 42, "effect_time": 5.25, "error": "",
-                     "latency": 0.25}]
+    assert [row["event"] for row in rows] == ["session", "accepted", "outcome", "applied", "chunk"]
+    outcome = rows[2]
+    assert (outcome["id"], outcome["outcome"], outcome["frame"], outcome["latency"]) == ("c1", "shown", 42, 0.25)
+    assert outcome["time"] > 1.7e9  # wall clock
+    assert rows[3] == {"event": "applied", "id": "c1", "kind": "act", "argument": "wave", "at_g": 40}
+    assert rows[4] == {"event": "chunk", "g": 40, "n": 8, "steps": 2, "latents": 2}
+    assert InputLog(path).session_id != InputLog(path).session_id  # a new session id per start
 
 
 # ------------------------------------------------------------------ broadcast
@@ -233,3 +245,20 @@ async def test_worker_runs_calls_in_its_own_thread_in_order_and_joins():
     assert not any(t.name == "gen-test" for t in threading.enumerate())
     with pytest.raises(WorkerStopped):
         await w.call(job, 1)
+
+
+def test_session_numbers_each_play_and_counts_progress_at_its_fps():
+    """The session is the one owner of action timing: serial per play (the same action again is a new play),
+    progress per frame at ITS fps, and what follows a finished action (idle) is a play of its own."""
+    s = Session(None, fps=10.0)
+    s.apply(Change(Command(CommandKind.ACT, "blink", command_id="a")), at_g=0)  # 0.8 s = 8 frames at 10 fps
+    first = s.plan(0, 4)
+    assert first.play_id == "a" and np.allclose(first.progress, [0, 1 / 8, 2 / 8, 3 / 8])
+    s.apply(Change(Command(CommandKind.ACT, "blink", command_id="b")), at_g=4)  # the same action again
+    again = s.plan(4, 4)
+    assert again.serial != first.serial and again.play_id == "b" and again.progress[0] == 0.0
+    after = s.plan(12, 4)  # blink b ended at 4 + 8 = 12: idle, a play of its own from there
+    assert (after.action, after.play_id) == ("idle", "") and after.serial not in (first.serial, again.serial)
+    assert after.progress[0] == 0.0
+    s.apply(Change(Command(CommandKind.EMOTION, "happy", command_id="e")), at_g=16)  # no new play
+    assert s.plan(16, 4).serial == after.serial

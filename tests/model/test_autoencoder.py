@@ -27,9 +27,14 @@ def ae() -> VideoAutoencoder:
 
 def test_default_config_param_budget() -> None:
     ae = VideoAutoencoder(AutoencoderConfig())
-    n = sum(p.numel() for p in ae.parameters())
-    # The shipped checkpoint leaves ~1.5M parameters (3 MB at fp16) for the autoencoder.
+    assert ae.hires is not None
+    detail = sum(p.numel() for p in ae.hires.parameters())
+    n = sum(p.numel() for p in ae.parameters()) - detail
+    # The shipped checkpoint (<= 32 MB) leaves ~1.5M parameters (3 MB at fp16) for the encoder and the native
+    # decoder, and as much again for the detail decoder.
     assert 500_000 < n < 1_500_000, n
+    assert 300_000 < detail < 1_500_000, detail
+    assert ae.hires_size == (960, 540)
     assert ae.latent_mean.shape == ae.latent_std.shape == (16,)
     assert {"latent_mean", "latent_std"} <= set(ae.state_dict())
 
@@ -243,3 +248,31 @@ def test_to_uint8_hwc() -> None:
 def test_to_uint8_hwc_rejects_bad_shape() -> None:
     with pytest.raises(AutoencoderError, match="to_uint8_hwc"):
         to_uint8_hwc(torch.rand(2, 3, 4, 4))
+
+
+def test_detail_decoder_renders_the_same_latents_larger() -> None:
+    cfg = AutoencoderConfig(width=8, native_width=64, native_height=32, hires_factors=(2, 3))
+    torch.manual_seed(0)
+    ae = VideoAutoencoder(cfg).eval()
+    assert ae.hires is not None and ae.hires_size == (48, 24)  # 8x4 latent grid x 6
+    video = torch.rand(1, 8, 4, 32, 64)
+    with torch.no_grad():
+        z = ae.encode(video)
+        big = ae.decode(z, hires=True)
+        small = ae.decode(z)
+    assert small.shape == (1, 8, 4, 32, 64)
+    assert big.shape == (1, 8, 4, 24, 48)
+    assert 0.0 <= float(big.min()) and float(big.max()) <= 1.0
+    # streaming equals the whole clip for the detail decoder too
+    dec = ae.decoder_stream(hires=True)
+    dec.reset()
+    parts = torch.cat([dec.step(z[:, :1]), dec.step(z[:, 1:])], dim=1)
+    torch.testing.assert_close(parts, big)
+
+
+def test_detail_decoder_absent_is_a_clear_error() -> None:
+    bare = VideoAutoencoder(AutoencoderConfig(width=8, native_width=64, native_height=32, hires_factors=()))
+    with pytest.raises(AutoencoderError, match="hires_factors is empty"):
+        bare.decoder_stream(hires=True)
+    with pytest.raises(AutoencoderError, match="hires_factors is empty"):
+        bare.decode(torch.zeros(1, 1, 16, 4, 8), hires=True)

@@ -24,7 +24,7 @@ def test_auto_picks_sdpa_on_cpu_and_logs_it(caplog: pytest.LogCaptureFixture) ->
 def test_forcing_sage_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(AttentionBackendError, match="'sage' needs a CUDA device"):
         select_attention("sage", "cpu")
-    with pytest.raises(AttentionBackendError, match="expected 'auto', 'sdpa' or 'sage'"):
+    with pytest.raises(AttentionBackendError, match="expected 'auto', 'sdpa', 'sage' or 'sparse'"):
         select_attention("flash", "cpu")
 
 
@@ -71,3 +71,18 @@ def test_sage_path_hands_a_copy_never_a_cache_view() -> None:
     torch.testing.assert_close(sage_kv.k, ref_kv.k)  # the cache was not smoothed in place
     for a, b in zip(sage_outs, ref_outs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_preferred_sdpa_kernel_and_sparse_choice() -> None:
+    from torch.nn.attention import SDPBackend
+
+    from backend.model.attention import SparseAttention
+
+    cudnn = SdpaAttention(prefer=[SDPBackend.CUDNN_ATTENTION])  # what 'auto' picks on Hopper
+    assert cudnn.name == "sdpa-cudnn"
+    q, k, v = (torch.randn(1, n, 2, 8) for n in (5, 7, 7))
+    torch.testing.assert_close(cudnn(q, k, v), SdpaAttention()(q, k, v))  # same function (CPU: PyTorch's kernel)
+    sparse = select_attention("sparse", "cpu", sparse_keep=0.5)
+    assert isinstance(sparse, SparseAttention) and sparse.keep == 0.5
+    with pytest.raises(AttentionBackendError, match="sparse_keep"):
+        select_attention("sparse", "cpu", sparse_keep=0.0)

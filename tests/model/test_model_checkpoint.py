@@ -110,3 +110,19 @@ def test_random_init_is_training_ready() -> None:
     assert all(torch.equal(a, b) for a, b in zip(dit.state_dict().values(), state.values()))  # seeded
     meta = json.loads(ckpt.config_metadata(cfg.dit, cfg.autoencoder))
     assert meta["dit"]["dim"] == 32 and meta["autoencoder"]["temporal_factor"] == 4
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), [
+    ("random.pt", bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)),
+     "random.pt: not a loadable torch checkpoint: the weights-only unpickler refused it"),
+    ("zip.pt", b"PK\x03\x04junk", "zip.pt: not a loadable torch checkpoint: PytorchStreamReader failed reading zip"),
+    ("empty.pt", b"", "empty.pt: not a loadable torch checkpoint: the file ends early (empty or cut short)"),
+    ("random.safetensors", bytes(range(256)) * 8, "random.safetensors: not a readable safetensors file: "),
+])
+def test_junk_checkpoints_are_one_line(tmp_path, name: str, data: bytes, expected: str) -> None:
+    """torch.load's message for a random .pt ran to five lines (issue 16, point 3)."""
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(str(tmp_path / name))
+    message = str(info.value)
+    assert "\n" not in message and expected in message and len(message) < 300, message

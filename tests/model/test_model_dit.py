@@ -131,3 +131,23 @@ def test_bad_context_is_named() -> None:
         dit.build_context(torch.tensor([0]), torch.tensor([0]), torch.randn(1, 7, 16))
     with pytest.raises(ValueError, match=r"expected \(B, L, 16\)"):
         dit.build_context(torch.tensor([0]), torch.tensor([0]), torch.randn(1, 2, 15))
+
+
+def test_the_docstrings_say_what_the_code_does():
+    """dit.py said "Two extra modules" over a list of three; kv_cache.py pointed at a file outside the
+    repository (issue 16, point 6)."""
+    import re
+    from pathlib import Path
+
+    import backend.model.dit as dit
+
+    words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+    (count,) = re.findall(r"(\w+) extra modules", dit.__doc__ or "")
+    listed = re.findall(r"^\* ``(\w+)``", dit.__doc__ or "", re.MULTILINE)
+    assert words[count.lower()] == len(EXTRA_PREFIXES) == len(listed)
+    assert sorted(f"{name}." for name in listed) == sorted(EXTRA_PREFIXES)
+    root = Path(dit.__file__).resolve().parents[2]
+    outside = [f"{path.relative_to(root)}: {line.strip()}"
+               for folder in ("backend", "obs_plugin") for path in sorted((root / folder).rglob("*.py"))
+               for line in path.read_text(encoding="utf-8").splitlines() if re.search(r"/work/|/home/\w|/root/", line)]
+    assert outside == []

@@ -2,7 +2,7 @@
 
 Every recorded call of the pipeline is replayed in order on fresh caches, and the flow outputs, the
 x0 estimates, the self-attention KV caches (absolute-position keys) and the cross-attention caches
-are compared at atol/rtol 1e-4 in float32. Fixtures: /work/shared/fixtures/wan_causal_ref/.
+are compared at atol/rtol 1e-4 in float32. Fixtures (with their provenance): tests/fixtures/wan_causal_ref/.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from backend.model.dit import CausalDiT, rope_split
 from backend.model.kv_cache import CrossAttentionCache, KVCache
 from backend.model.sampler import FlowMatchSchedule
 
-FIXTURES = Path("/work/shared/fixtures/wan_causal_ref")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wan_causal_ref"
 TOL = {"atol": 1e-4, "rtol": 1e-4}
-
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="reference fixtures not present")
 
 
 def _load(variant: str):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -105,7 +103,7 @@ def test_memory_bounded_over_10k_frames_and_past_1024_latents() -> None:
     cfg = micro_config(chunk_frames=16, window_frames=16, steps=1, output_width=32, output_height=16)
     gen = Generator(cfg, weights=random_weights(cfg))
     gen.reset(_ref(), Conditions())
-    sizes, t0 = set(), time.perf_counter()
+    sizes = set()
     while gen.state.frames_made < 10_240:
         out = gen.next_chunk(Conditions(action="wave" if gen.state.chunks_made % 7 == 3 else "idle"))
         if gen.state.chunks_made >= 2:
@@ -113,7 +111,6 @@ def test_memory_bounded_over_10k_frames_and_past_1024_latents() -> None:
     assert gen.state.latent_frames_made >= 2_560 and gen._position > 1024
     assert len(sizes) == 1 and gen.state.cache_frames == 17
     assert out.std() > 0 and out.shape == (64, 16, 32, 4)
-    assert time.perf_counter() - t0 < 30
 
 
 def test_control_vector_and_progress() -> None:

@@ -22,7 +22,7 @@ def test_sample_chunk_calls_steps_then_clean_pass() -> None:
     sched = FlowMatchSchedule(shift=5.0)
     calls = []
 
-    def flow_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def flow_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # the two-argument form
         calls.append((x.clone(), t.clone()))
         return torch.full_like(x, 0.5)
 
@@ -45,3 +45,22 @@ def test_step_count_bounds() -> None:
     sched = FlowMatchSchedule()
     with pytest.raises(ValueError, match="1 to 4"):
         sample_chunk(lambda x, t: x, torch.zeros(1, 1, 1), [], sched, torch.Generator())
+
+
+def test_noise_drawn_up_front_keeps_the_one_by_one_order() -> None:
+    """The re-noise draws are made before the loop (one copy to the device), in the order the loop uses."""
+    sched = FlowMatchSchedule(shift=5.0)
+    xs = []
+
+    def flow_fn(x: torch.Tensor, t: torch.Tensor, t_value: float) -> torch.Tensor:
+        assert (t == t_value).all()  # the host float is the device timesteps' value
+        xs.append(x.clone())
+        return torch.zeros_like(x)
+
+    noise = torch.randn(1, 2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    ts = sched.warp_list([1000, 750, 500])
+    x0 = sample_chunk(flow_fn, noise, ts, sched, torch.Generator().manual_seed(7), context_t=100.0)
+    g = torch.Generator().manual_seed(7)
+    eps = [torch.randn(noise.shape, generator=g) for _ in range(3)]  # step 1, step 2, then the context
+    torch.testing.assert_close(xs[1], sched.renoise(noise, eps[0], ts[1]))
+    torch.testing.assert_close(xs[3], sched.renoise(x0, eps[2], 100.0))

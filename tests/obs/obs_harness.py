@@ -1,6 +1,6 @@
 """Start a real OBS Studio headless (Xvfb) with a pre-written config that autoloads the LiveIdol script.
 
-Recipe from /work/shared/notes/obs.md (OBS 29): global.ini enables obs-websocket on a free port
+Recipe (OBS 29): global.ini enables obs-websocket on a free port
 without auth, a profile sets the canvas, and the scene collection lists the script under
 ``modules.scripts-tool``.  A unique X display and port per run; stop with SIGINT (clean unload).
 """

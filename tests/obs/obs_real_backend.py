@@ -31,6 +31,7 @@ class RealBackend:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self.error: BaseException | None = None
+        self.presses: list[bool] = []  # push-to-talk presses received on /control ("ptt")
 
     @property
     def url(self) -> str:
@@ -68,6 +69,7 @@ class RealBackend:
         async with engine, Server(cfg, engine, token="obs-test-token") as server:
             await engine.wait_started()
             self.port = server.port
+            server.push_to_talk = self.presses.append
             recorder = asyncio.create_task(self._record())
             self._ready.set()
             await self._stop.wait()

@@ -28,3 +28,34 @@ async def test_console_chat_process_drives_a_running_backend(running, tmp_path: 
     # the process left only after the director's queue played out, so both have been on screen by then
     assert [r.outcome for r in acts] == ["shown", "shown"]
     assert acts[1].arrival - acts[0].arrival >= 0.7  # one action at a time: nod waited for the blink (0.8 s)
+
+
+async def test_a_remote_director_cancels_a_deleted_command_over_control(running) -> None:
+    """`liveidol chat ...` runs its director in another process: its sink is a /control client, so the id the
+    engine knows differs from the director's; a deletion after the start still cancels it (over the socket)."""
+    import dataclasses
+
+    from backend.config import DirectorConfig
+    from backend.director import Director
+    from backend.events import Command, Deletion
+    from backend.remote import ControlClient
+    from tests.director.director_kit import chat
+
+    engine, server = running
+    cfg = dataclasses.replace(DirectorConfig(), user_cooldown_s=0.0, global_cooldown_s=0.0, dedup_window_s=0.0)
+    async with ControlClient(server.url + "/control", TOKEN) as control:
+        async def sink(command: Command) -> object:
+            return await control.command(command)
+
+        async with Director(cfg, sink) as director:
+            msg = chat("!wave", user="eve")
+            await director.handle(msg)
+            async with asyncio.timeout(10):
+                while engine.status()["directive"]["action"] != "wave":  # noqa: ASYNC110 - engine state
+                    await asyncio.sleep(0.02)
+            decision = await director.handle(Deletion(msg.platform, msg.channel, msg.message_id))
+            assert decision is not None and decision.decision == "cancelled"
+            async with asyncio.timeout(10):
+                while engine.status()["directive"]["action"] != "idle":  # noqa: ASYNC110 - engine state
+                    await asyncio.sleep(0.02)
+    assert engine.status()["commands_cancelled"] >= 1

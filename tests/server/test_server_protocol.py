@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import stat
 
@@ -11,7 +13,16 @@ import numpy as np
 import pytest
 
 from backend.events import AudioChunk, CommandKind, VideoFrame
-from backend.server.auth import AuthError, check_token, default_token_path, load_or_create_token
+from backend.server.auth import (
+    AuthError,
+    AuthThrottle,
+    Token,
+    announce_token,
+    bearer_token,
+    check_token,
+    default_token_path,
+    load_or_create_token,
+)
 from backend.server.metrics import Metric, Sample, render
 from backend.server.protocol import (
     Auth,
@@ -163,3 +174,81 @@ def test_is_loopback():
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.5.0.1", "::1", "::ffff:127.0.0.1", "localhost"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.com", ""))
+
+
+@pytest.mark.parametrize("data", [
+    "[" * 50_000 + "]" * 50_000,  # json.loads raised RecursionError: 1011 and a traceback (issue 16, point 2)
+    '{"type": "auth", "token": ' + "[" * 900 + "]" * 900 + "}",
+    '{"type": "subscribe", "topics": [[[[[[[[["state"]]]]]]]]]}',
+    pack({"type": "status", "id": "1", "x": [[[[[[[[[[1]]]]]]]]]]}),
+    b"\x91" * 100_000 + b"\x00",
+])
+def test_decode_client_refuses_deep_nesting_with_a_protocol_error(data):
+    with pytest.raises(ProtocolError) as info:
+        decode_client(data)
+    assert info.value.code == "bad_message"
+    proto = ControlProtocol(lambda t: True)
+    assert proto.receive(data) == [Close(CloseCode.NOT_AUTHENTICATED, "authenticate first")]
+
+
+def test_auth_throttle_locks_out_after_the_free_failures_doubling_up_to_the_cap():
+    throttle = AuthThrottle(free=3, base_s=1.0, max_s=5.0, forget_s=100.0, peers=2)
+    now = 1000.0
+    assert [throttle.failed("a", now) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert throttle.locked_for("a", now) == 0.0
+    assert [throttle.failed("a", now) for _ in range(4)] == [1.0, 2.0, 4.0, 5.0]  # doubling, capped
+    assert throttle.locked_for("a", now + 1) == 4.0 and throttle.locked_for("b", now) == 0.0
+    throttle.succeeded("a")
+    assert throttle.locked_for("a", now) == 0.0
+    for _ in range(4):
+        throttle.failed("b", now)
+    assert throttle.locked_for("b", now + 50) == 0.0  # the lockout is over, the count not yet forgotten
+    assert throttle.failed("b", now + 50) == 2.0
+    assert throttle.failed("b", now + 200) == 0.0  # quiet for longer than forget_s: a fresh start
+    throttle.failed("c", now)
+    throttle.failed("d", now)  # at most `peers` addresses remembered: the oldest ("b") is forgotten
+    assert throttle.failed("b", now) == 0.0
+
+
+def test_bearer_token_reads_the_authorization_header():
+    assert bearer_token(None) is None
+    assert bearer_token("Bearer abc") == "abc" and bearer_token("bearer  abc ") == "abc"
+    assert bearer_token("Basic abc") == "" and bearer_token("abc") == ""
+
+
+def test_token_files_that_cannot_be_read_are_one_line(tmp_path):
+    """A non-UTF-8 token file ended in a UnicodeDecodeError traceback (issue 16, point 3)."""
+    path = tmp_path / "token"
+    path.write_bytes(b"\xff\xfe\x00secret")
+    with pytest.raises(AuthError) as info:
+        load_or_create_token(path)
+    assert str(info.value) == (f"{path}: the control token file is not UTF-8 text (byte 0); "
+                               "delete it to make a new token")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(AuthError, match="is a directory"):
+        load_or_create_token(tmp_path / "dir")
+
+
+class _Terminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_a_new_token_is_shown_once_on_a_terminal_and_never_logged(tmp_path, caplog):
+    """The token was logged at creation, so it reached every log handler (issue 16, point 6)."""
+    caplog.set_level(logging.DEBUG)
+    token = load_or_create_token(tmp_path / "token")
+    terminal, redirected = _Terminal(True), _Terminal(False)
+    announce_token(token, terminal)
+    announce_token(token, redirected)
+    assert token.value in terminal.getvalue() and str(tmp_path / "token") in terminal.getvalue()
+    assert token.value not in redirected.getvalue() and str(tmp_path / "token") in redirected.getvalue()
+    again = _Terminal(True)
+    announce_token(load_or_create_token(tmp_path / "token"), again)  # not created this time: nothing shown
+    announce_token(Token("x"), again)
+    assert again.getvalue() == ""
+    assert not [r for r in caplog.records if token.value in r.getMessage()]

@@ -44,7 +44,7 @@ async def test_spoken_commands_become_commands_and_chatter_does_not(speech, whis
     assert heard[0].result == "ok:wave to chat"
     for h in heard:
         assert h.vad_wait_s == pytest.approx(0.5, abs=0.05)
-        assert h.vad_wait_s + h.transcribe_s - 0.05 <= h.latency_s < 15.0
+        assert h.vad_wait_s + h.transcribe_s - 0.05 <= h.latency_s  # how fast: the README's measured figures
     stats = listener.stats()
     assert stats["commands"] == 2 and stats["dropped"] == 0
     assert stats["latency_last_s"] == pytest.approx(heard[2].latency_s, abs=1e-3)

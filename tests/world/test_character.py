@@ -14,6 +14,7 @@ from backend.world.character import (
     Identity,
     apply_background,
     identity_tensor,
+    load_background,
     load_character,
     parse_colour,
     sample_identity,
@@ -188,3 +189,30 @@ def test_half_transparent_edges_blend_straight_or_premultiplied():
     premul = apply_background(f[:, :, 1:], c, premultiplied=True)[0, 0, 0]
     assert abs(int(straight[0]) - 100) <= 1 and abs(int(straight[2]) - 50) <= 1
     assert np.array_equal(straight, premul)
+
+
+@pytest.mark.parametrize(("image", "data", "expected"), [
+    ("missing.png", None, "background_image = 'missing.png': no such file"),
+    ("junk.png", bytes(range(200)), "junk.png is not a usable JPEG/PNG image: not a JPEG or PNG file"),
+    ("cut.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00", "cut.png is not a usable JPEG/PNG image"),
+    ("bad.jpg", b"\xff\xd8\xff\xe0 garbage", "bad.jpg is not a usable JPEG/PNG image"),
+    ("folder.png", "dir", "folder.png"),
+])
+def test_bad_background_images_are_one_line_naming_file_and_key(tmp_path, image, data, expected):
+    """A missing or junk background_image ended in a traceback at the first frame (issue 16, point 3)."""
+    if data == "dir":
+        (tmp_path / image).mkdir()
+    elif data is not None:
+        (tmp_path / image).write_bytes(data)
+    (tmp_path / "c.toml").write_text(f'background = "image"\nbackground_image = "{image}"\n')
+    with pytest.raises(ConfigError) as info:
+        c = load_character(tmp_path / "c.toml")
+        load_background(c, (16, 9))
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "c.toml")) and expected in message and "\n" not in message, message
+
+
+def test_a_missing_reference_image_is_refused_at_load(tmp_path):
+    (tmp_path / "c.toml").write_text('reference_image = "me.png"\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: reference_image = 'me\.png': no such file"):
+        load_character(tmp_path / "c.toml")

@@ -1,0 +1,409 @@
+"""The Wan-tier generator: a Wan2.1-based causal checkpoint streaming an idol made from one image.
+
+Per chunk: sample the chunk's latents with the causal DiT (``steps`` passes plus one at t=0 that writes the
+KV cache, as Self-Forcing's inference), stream-decode them with TAEHV (default) or the Wan VAE's causal
+decoder, upscale to the output size, return RGBA uint8 (opaque). Identity: :meth:`WanGenerator.reset`
+encodes the reference image with the Wan VAE as the first latent frame and writes it into the cache's sink,
+where it stays for the whole stream.
+
+Conditioning is text only: :class:`~backend.model.generator.Conditions` ``.text`` holds the prompt's umT5
+rows ``(L <= text_len, text_dim)``, zero-padded to ``text_len`` here exactly as ``WanModel`` pads them (the
+action and emotion are kept for the state, not embedded: the DiT's LiveIdol extras stay zero for Wan
+weights). When the text changes the cross-attention cache is refreshed at the next chunk.
+:class:`PromptConditions` is the engine's conditions factory: it turns (action, emotion, prompt) into text
+through the character's templates and the non-blocking :class:`~backend.model.wan.text.PromptEncoder`.
+
+Usage::
+
+    gen = build_wan_generator(cfg.model, character)      # DiT + VAE encoder + decoder + text encoder
+    make = gen.conditions_factory()                       # for Engine(conditions=make)
+    gen.reset(reference_rgba, make("idle", "neutral", ""))
+    frames = gen.next_chunk(make("wave", "happy", ""))    # (N, out_h, out_w, 4) uint8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX
+from backend.config import ModelConfig
+from backend.model.accel import FastDiT
+from backend.model.attention import select_attention
+from backend.model.autoencoder import to_uint8_hwc, upscale
+from backend.model.checkpoint import init_dit_, load_dit, load_weights
+from backend.model.dit import CausalDiT
+from backend.model.generator import (
+    Conditions,
+    GeneratorError,
+    GeneratorState,
+    action_progress,
+    resolve_device,
+)
+from backend.model.kv_cache import CrossAttentionCache, KVCache
+from backend.model.sampler import FlowMatchSchedule, sample_chunk
+from backend.model.wan.prompts import PromptTemplates
+from backend.model.wan.taehv import (
+    TAEHV,
+    StreamingTAEHVDecoder,
+    TAEHVConfig,
+    TAEHVDecoderSnapshot,
+    load_taehv,
+)
+from backend.model.wan.text import PromptEncoder, UMT5TextEncoder
+from backend.model.wan.vae import StreamingWanDecoder, WanDecoderSnapshot, WanVAE, WanVAEConfig, load_wan_vae
+
+__all__ = ["PromptConditions", "WanGenerator", "WanSnapshot", "build_wan_generator"]
+
+log = logging.getLogger(__name__)
+
+Decoder = StreamingWanDecoder | StreamingTAEHVDecoder
+
+
+@dataclass(frozen=True)
+class WanSnapshot:
+    """Opaque state of a :class:`WanGenerator` at a chunk boundary."""
+
+    k: torch.Tensor = field(repr=False)
+    v: torch.Tensor = field(repr=False)
+    ends: tuple[int, int]
+    cross: tuple[list, list] = field(repr=False)
+    decoder: WanDecoderSnapshot | TAEHVDecoderSnapshot = field(repr=False)
+    noise: torch.Tensor = field(repr=False)
+    conditions: Conditions | None
+    context: torch.Tensor | None = field(repr=False)
+    counters: tuple[int, ...]
+
+
+class WanGenerator:
+    """Streaming generator over a Wan2.1 causal DiT (the engine's ``FrameGenerator``; see module docstring).
+
+    ``vae``: the Wan VAE (its encoder makes the sink frame; also the decoder when ``decoder`` is None);
+    ``decoder``: a streaming decoder (TAEHV's or the VAE's); ``weights``: a flat DiT state dict instead of
+    ``cfg.checkpoint``. Not thread-safe; the engine runs it on one worker thread.
+    """
+
+    def __init__(self, cfg: ModelConfig, vae: WanVAE, decoder: Decoder | None = None, *,
+                 weights: dict[str, torch.Tensor] | None = None, prompts: PromptEncoder | None = None,
+                 templates: PromptTemplates | None = None, idle_action: str = "idle") -> None:
+        self.cfg = cfg
+        s, ae = cfg.dit, cfg.autoencoder
+        if s.in_dim != vae.cfg.z_dim or s.out_dim != vae.cfg.z_dim:
+            raise GeneratorError(f"model.dit.in_dim/out_dim = {s.in_dim}/{s.out_dim} but the Wan VAE has "
+                                 f"{vae.cfg.z_dim} latent channels")
+        if s.patch_size[0] != 1:
+            raise GeneratorError(f"model.dit.patch_size = {s.patch_size}: the generator needs a time patch of 1")
+        sf, tf = vae.cfg.spatial_factor, vae.cfg.temporal_factor
+        if (ae.spatial_factor, ae.temporal_factor) != (sf, tf):
+            raise GeneratorError(f"model.autoencoder.spatial_factor/temporal_factor = {ae.spatial_factor}/"
+                                 f"{ae.temporal_factor}, the Wan VAE's are {sf}/{tf}")
+        if ae.native_width % (sf * s.patch_size[2]) or ae.native_height % (sf * s.patch_size[1]):
+            raise GeneratorError(f"model.autoencoder.native_width x native_height = {ae.native_width}x"
+                                 f"{ae.native_height}: both must be multiples of {sf * s.patch_size[1]} "
+                                 "(VAE factor x patch), e.g. 832x480 or 960x544")
+        if cfg.chunk_frames > cfg.window_frames:
+            raise GeneratorError(f"model.chunk_frames = {cfg.chunk_frames} exceeds model.window_frames = "
+                                 f"{cfg.window_frames}: a chunk must fit the cache window")
+        if cfg.steps > min(4, len(cfg.timesteps)):
+            raise GeneratorError(f"model.steps = {cfg.steps} but model.timesteps has only {len(cfg.timesteps)} values")
+        if cfg.guidance > 0:
+            log.warning("model.guidance is not used by the Wan tier (guidance=%s)", cfg.guidance)
+        self.device, self.dtype = resolve_device(cfg)
+        attn = select_attention(cfg.attention, self.device, dtype=self.dtype)
+        self.dit = CausalDiT(s, attention=attn)
+        self._load(weights)
+        self.dit.to(self.device, self.dtype).eval().requires_grad_(False)
+        cuda = self.device.type == "cuda"  # model.compile: compiled cached passes replayed as CUDA graphs
+        self.fast = FastDiT(self.dit, compile=cfg.compile and cuda, graphs=cfg.compile and cuda)
+        self.vae = vae.to(self.device, self.dtype)
+        self.decoder: Decoder = decoder if decoder is not None else StreamingWanDecoder(self.vae)
+        self.prompts, self.templates, self.idle_action = prompts, templates or PromptTemplates(), idle_action
+        self.latent_hw = (ae.native_height // sf, ae.native_width // sf)
+        self.frame_tokens = self.dit.frame_tokens(*self.latent_hw)
+        self.kv = KVCache(num_layers=s.num_layers, heads=s.num_heads, head_dim=self.dit.head_dim,
+                          frame_tokens=self.frame_tokens, sink_frames=cfg.sink_frames,
+                          window_frames=cfg.window_frames, dtype=self.dtype, device=self.device)
+        self.cross = CrossAttentionCache(s.num_layers)
+        self.schedule = FlowMatchSchedule(shift=cfg.shift)
+        self._noise = torch.Generator().manual_seed(cfg.seed)
+        self._conditions: Conditions | None = None
+        self._context: torch.Tensor | None = None
+        self._position = self._action_start = 0
+        self._frames_made = self._latents_made = self._chunks_made = 0
+        self._last_steps, self._last_chunk = cfg.steps, cfg.chunk_frames
+        log.info("wan generator ready device=%s dtype=%s attention=%s decoder=%s native=%dx%d output=%dx%d "
+                 "tokens_per_frame=%d cache_mb=%.1f", self.device, self.dtype, attn.name, type(self.decoder).__name__,
+                 *self.native_size, *self.output_size, self.frame_tokens, self.kv.nbytes / 2**20)
+
+    def _load(self, flat: dict[str, torch.Tensor] | None) -> None:
+        from backend.model.checkpoint import split_state
+
+        weights = split_state(flat, "<weights>") if flat is not None else load_weights(self.cfg.checkpoint)
+        if weights is None:
+            init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
+            log.info("wan generator weights source=random")
+            return
+        load_dit(self.dit, weights)
+        log.info("wan generator weights source=%s", weights.source)
+
+    def close(self) -> None:
+        """Stop the text encoder's thread (the generator itself holds no other resources)."""
+        if self.prompts is not None:
+            self.prompts.close()
+
+    # -- sizes -----------------------------------------------------------------------------------
+    @property
+    def native_size(self) -> tuple[int, int]:
+        return self.cfg.autoencoder.native_width, self.cfg.autoencoder.native_height
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.cfg.output_width, self.cfg.output_height
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the DiT, the VAE and the frame decoder (the text encoder not counted)."""
+        mods: list[torch.nn.Module] = [self.dit, self.vae]
+        if isinstance(self.decoder, StreamingTAEHVDecoder):
+            mods.append(self.decoder.tae)
+        return sum(p.numel() for m in mods for p in m.parameters())
+
+    def frames_per_chunk(self, chunk_frames: int | None = None) -> int:
+        return (chunk_frames or self.cfg.chunk_frames) * self.cfg.autoencoder.temporal_factor
+
+    @property
+    def state(self) -> GeneratorState:
+        c = self._conditions
+        name = c.action if c is not None else "idle"
+        return GeneratorState(
+            frames_made=self._frames_made, latent_frames_made=self._latents_made, chunks_made=self._chunks_made,
+            cache_frames=self.kv.filled_frames, cache_bytes=self.kv.nbytes + self.cross.nbytes,
+            steps=self._last_steps, chunk_frames=self._last_chunk, attention_backend=self.dit.attention.name,
+            device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), action=name,
+            action_progress=action_progress(name, self._position - self._action_start,
+                                            self.cfg.autoencoder.temporal_factor))
+
+    # -- conditioning ----------------------------------------------------------------------------
+    def conditions_factory(self) -> PromptConditions:
+        """The engine's ``conditions`` factory for this generator (needs ``prompts``)."""
+        if self.prompts is None:
+            raise GeneratorError("the Wan generator was built without a text encoder")
+        return PromptConditions(self.prompts, self.templates, idle_action=self.idle_action)
+
+    def _check(self, c: Conditions) -> None:
+        s = self.cfg.dit
+        if c.action not in ACTION_INDEX:
+            raise GeneratorError(f"unknown action {c.action!r} (known: {', '.join(ACTION_INDEX)})")
+        if c.emotion not in EMOTION_INDEX:
+            raise GeneratorError(f"unknown emotion {c.emotion!r} (known: {', '.join(EMOTION_INDEX)})")
+        if c.text is None:
+            raise GeneratorError("the Wan generator needs a text embedding: Conditions(text=...) "
+                                 "(use WanGenerator.conditions_factory())")
+        if c.text.ndim != 2 or c.text.shape[1] != s.text_dim or not 1 <= c.text.shape[0] <= s.text_len:
+            raise GeneratorError(f"Conditions.text: expected (1 <= L <= {s.text_len}, {s.text_dim}), "
+                                 f"got {tuple(c.text.shape)}")
+
+    def _apply(self, c: Conditions) -> None:
+        prev = self._conditions
+        if prev is None or (c.action, c.serial) != (prev.action, prev.serial):
+            self._action_start = self._position
+        self._conditions = c
+        same_text = prev is not None and prev.text is not None and c.text is not None and (
+            prev.text is c.text or (prev.text.shape == c.text.shape and torch.equal(prev.text, c.text)))
+        if same_text and self._context is not None:
+            return
+        assert c.text is not None
+        s = self.cfg.dit
+        text = c.text.to(self.device, self.dtype)
+        pad = text.new_zeros(s.text_len - text.shape[0], s.text_dim)  # WanModel's zero padding to text_len
+        self._context = torch.cat([text, pad])[None]  # (1, text_len, text_dim)
+        self.cross.reset()  # refreshed from the new context by the next pass
+
+    def _flow(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x: (B, F, C, h, w)
+        assert self._context is not None
+        return self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
+                         cache=self.kv, cross_cache=self.cross).permute(0, 2, 1, 3, 4)
+
+    # -- snapshots -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def snapshot(self) -> WanSnapshot:
+        return WanSnapshot(
+            k=self.kv.k.clone(), v=self.kv.v.clone(), ends=(self.kv.global_end, self.kv.local_end),
+            cross=(list(self.cross._k), list(self.cross._v)), decoder=self.decoder.snapshot(),
+            noise=self._noise.get_state(), conditions=self._conditions, context=self._context,
+            counters=(self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
+                      self._last_steps, self._last_chunk))
+
+    @torch.inference_mode()
+    def restore(self, snap: WanSnapshot) -> None:
+        self.kv.k.copy_(snap.k)
+        self.kv.v.copy_(snap.v)
+        self.kv.global_end, self.kv.local_end = snap.ends
+        self.cross._k, self.cross._v = list(snap.cross[0]), list(snap.cross[1])
+        self.decoder.restore(snap.decoder)  # type: ignore[arg-type]
+        self._noise.set_state(snap.noise)
+        self._conditions, self._context = snap.conditions, snap.context
+        (self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
+         self._last_steps, self._last_chunk) = snap.counters
+
+    # -- the stream ------------------------------------------------------------------------------
+    def _reference_video(self, image: np.ndarray) -> torch.Tensor:
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+            got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+            raise GeneratorError(f"reference image: expected a (H, W, 3) or (H, W, 4) uint8 array, got {got}")
+        rgba = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+        if rgba.shape[1] == 4:  # straight alpha over white: a cut-out avatar on a plain studio wall
+            rgba = torch.cat([rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]), rgba[:, 3:]], dim=1)
+        w, h = self.native_size
+        rgb = torch.nn.functional.interpolate(rgba[:, :3], size=(h, w), mode="bicubic", antialias=True,
+                                              align_corners=False).clamp(0, 1)  # (1, 3, H, W)
+        return (rgb * 2 - 1)[:, :, None].to(self.device, self.dtype)  # (1, 3, 1, H, W) in [-1, 1]
+
+    @torch.inference_mode()
+    def reset(self, reference_rgba: np.ndarray | None, conditions: Conditions) -> None:
+        """Start a new stream: clear caches, reseed, encode the reference as latent frame 0 into the sink."""
+        self._check(conditions)
+        video = self._reference_video(reference_rgba) if reference_rgba is not None else None
+        self.kv.reset()
+        self.cross.reset()
+        self.decoder.reset()
+        self._noise.manual_seed(self.cfg.seed)
+        self._conditions, self._context = None, None
+        self._position = self._action_start = 0
+        self._frames_made = self._latents_made = self._chunks_made = 0
+        self._apply(conditions)
+        if video is None:
+            return
+        latent = self.vae.encode(video).permute(0, 2, 1, 3, 4)  # (1, 1, C, h, w)
+        self._flow(latent, torch.zeros((1, 1), device=self.device))  # the t=0 pass writes the sink frame
+        self.decoder.step(latent.permute(0, 2, 1, 3, 4))  # primes the decoder's causal memory (1 frame, dropped)
+        self._position = self._action_start = 1
+
+    @torch.inference_mode()
+    def next_chunk(self, conditions: Conditions, *, mouth: np.ndarray | None = None,
+                   steps: int | None = None, chunk_frames: int | None = None) -> np.ndarray:
+        """The next chunk ``(N, out_h, out_w, 4)`` RGBA uint8 (N = 4 x latent frames; 1 + 4(F-1) for a
+        stream's first chunk without a reference). ``mouth`` is accepted and ignored (no mouth control here)."""
+        cfg = self.cfg
+        steps = cfg.steps if steps is None else steps
+        f = cfg.chunk_frames if chunk_frames is None else chunk_frames
+        max_steps = min(4, len(cfg.timesteps))
+        if not 1 <= steps <= max_steps:
+            raise GeneratorError(f"steps = {steps}: expected 1 to {max_steps}")
+        if not 1 <= f <= cfg.window_frames:
+            raise GeneratorError(f"chunk_frames = {f}: expected 1 to model.window_frames = {cfg.window_frames}")
+        self._check(conditions)
+        self._apply(conditions)
+        h, w = self.latent_hw
+        noise = torch.randn((1, f, cfg.dit.in_dim, h, w), generator=self._noise).to(self.device, self.dtype)
+        x0 = sample_chunk(self._flow, noise, self.schedule.warp_list(cfg.timesteps[:steps]), self.schedule,
+                          self._noise, context_t=1000.0 * cfg.context_noise)
+        video = self.decoder.step(x0.permute(0, 2, 1, 3, 4))[0]  # (3, T, H, W) in [-1, 1]
+        rgb = ((video.float() + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3)  # (T, 3, H, W)
+        rgba = torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1)
+        out = to_uint8_hwc(upscale(rgba, self.output_size))
+        self._position += f
+        self._latents_made += f
+        self._frames_made += out.shape[0]
+        self._chunks_made += 1
+        self._last_steps, self._last_chunk = steps, f
+        return out
+
+
+class PromptConditions:
+    """The engine's conditions factory for the Wan tier: (action, emotion, prompt) -> ``Conditions(text=...)``.
+
+    Never blocks once the first prompt is encoded: a prompt not yet embedded is queued on the encoder's
+    thread and the previous embedding is used until it is ready (then the next chunk switches). Every action's
+    prompt at the current emotion is prefetched in the background, so a command usually finds it ready.
+    """
+
+    def __init__(self, prompts: PromptEncoder, templates: PromptTemplates, *, idle_action: str = "idle") -> None:
+        self.prompts, self.templates, self.idle_action = prompts, templates, idle_action
+        self._current: tuple[str, torch.Tensor] | None = None
+        self._prefetched: str | None = None  # the emotion whose action prompts were queued for prefetch
+
+    @property
+    def current_text(self) -> str:
+        """The text whose embedding the last conditions carried."""
+        return self._current[0] if self._current is not None else ""
+
+    def __call__(self, action: str, emotion: str, prompt: str, serial: int = 0,
+                 progress: Any = None) -> Conditions:
+        text = self.templates.text(action, emotion, prompt, idle_action=self.idle_action)
+        emb, exact = self.prompts.lookup(text)
+        if exact and emb is not None:
+            self._current = (text, emb)
+        elif self._current is None:
+            self._current = (text, self.prompts.encode_now(text))  # the very first prompt: nothing to fall back on
+        if emotion != self._prefetched:  # every action's prompt at this emotion, so a command finds it ready
+            self._prefetched = emotion
+            self.prompts.prefetch([self.templates.text(a.name, emotion, idle_action=self.idle_action) for a in ACTIONS])
+        # the serial restarts a repeated command (the Wan DiT has no progress control: ``progress`` is unused)
+        return Conditions(action=action, emotion=emotion, text=self._current[1], serial=serial)
+
+
+def build_wan_generator(cfg: ModelConfig, templates: PromptTemplates | None = None, *, idle_action: str = "idle",
+                        vae_cfg: WanVAEConfig | None = None, taehv_cfg: TAEHVConfig | None = None) -> WanGenerator:
+    """The Wan-tier generator from ``cfg`` (``model.family = 'wan'``): the DiT from ``model.checkpoint``, the
+    VAE from ``model.wan.vae``, the decoder (``model.wan.decoder``: TAEHV from ``model.wan.taehv`` or the
+    VAE's), the text encoder from ``model.wan.text_encoder``. ``''``: the `liveidol models pull` cache;
+    ``'random'``: random weights (benchmarks; with ``model.checkpoint = 'random'`` every piece left at '' is random
+    too). ``vae_cfg`` / ``taehv_cfg``: other sizes than the public weights' (tests)."""
+    if cfg.checkpoint in ("", "builtin"):
+        cfg = dataclasses.replace(cfg, checkpoint=str(_path("", "model.checkpoint", "self-forcing-dmd")))
+    if cfg.checkpoint == "random":
+        unset: dict[str, Any] = {k: "random" for k in ("vae", "taehv", "text_encoder") if not getattr(cfg.wan, k)}
+        cfg = dataclasses.replace(cfg, wan=dataclasses.replace(cfg.wan, **unset))
+    w = cfg.wan
+    device, dtype = resolve_device(cfg)
+    if w.vae == "random":
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            vae = WanVAE(vae_cfg or WanVAEConfig()).to(device, dtype).eval().requires_grad_(False)
+    else:
+        vae = load_wan_vae(_path(w.vae, "model.wan.vae", "wan-vae"), device=device, dtype=dtype, cfg=vae_cfg)
+    decoder: Decoder
+    if w.decoder == "taehv":
+        if w.taehv == "random":
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed)
+                tae = TAEHV(taehv_cfg or TAEHVConfig()).to(device, dtype).eval().requires_grad_(False)
+        else:
+            tae = load_taehv(_path(w.taehv, "model.wan.taehv", "taehv"), device=device, dtype=dtype, cfg=taehv_cfg)
+        decoder = StreamingTAEHVDecoder(tae)
+    else:
+        decoder = StreamingWanDecoder(vae)
+    text_device = device if w.text_encoder_device == "auto" else torch.device(w.text_encoder_device)
+    text_dtype = dtype if text_device.type != "cpu" or dtype != torch.float16 else torch.float32
+    if w.text_encoder == "random":
+        encoder = UMT5TextEncoder.random(dim=cfg.dit.text_dim, text_len=cfg.dit.text_len, device=text_device,
+                                         dtype=text_dtype, seed=cfg.seed, offload=w.text_encoder_offload)
+    else:
+        encoder = UMT5TextEncoder.from_folder(_path(w.text_encoder, "model.wan.text_encoder", "umt5-xxl"),
+                                              text_len=cfg.dit.text_len, device=text_device, dtype=text_dtype,
+                                              offload=w.text_encoder_offload)
+    if encoder.dim != cfg.dit.text_dim:
+        raise GeneratorError(f"the text encoder gives {encoder.dim}-wide rows but model.dit.text_dim = "
+                             f"{cfg.dit.text_dim}")
+    prompts = PromptEncoder(encoder, capacity=w.prompt_cache).start()
+    return WanGenerator(cfg, vae, decoder, prompts=prompts, templates=templates, idle_action=idle_action)
+
+
+def _path(value: str, key: str, recipe: str) -> Path:
+    """``value`` as a path; '' = where `liveidol models pull RECIPE` puts it (which must exist then)."""
+    if value:
+        return Path(value).expanduser()
+    from backend.model.wan.hub import local_path
+
+    path = local_path(recipe)
+    if not path.exists():
+        raise GeneratorError(f"{key} is not set and {path} does not exist: run `liveidol models pull {recipe}` "
+                             f"(offline: copy the files there), or set {key} to a local path")
+    return path
