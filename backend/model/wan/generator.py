@@ -182,7 +182,7 @@ class WanGenerator(StreamingGenerator):
     @torch.inference_mode()
     def restore(self, snap: WanSnapshot) -> None:
         self._restore_stream(snap)
-        self.decoder.restore(snap.decoder)
+        self.decoder.restore(snap.decoder)  # type: ignore[arg-type]
 
     # -- the stream ------------------------------------------------------------------------------
     def _reference_video(self, image: np.ndarray) -> torch.Tensor:
