@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ __all__ = ["PromptConditions", "WanGenerator", "WanSnapshot", "build_wan_generat
 log = logging.getLogger(__name__)
 
 Decoder = StreamingWanDecoder | StreamingTAEHVDecoder
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -272,17 +274,13 @@ def build_wan_generator(cfg: ModelConfig, templates: PromptTemplates | None = No
     w = cfg.wan
     device, dtype = resolve_device(cfg)
     if w.vae == "random":
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.seed)
-            vae = WanVAE(vae_cfg or WanVAEConfig()).to(device, dtype).eval().requires_grad_(False)
+        vae = _seeded(lambda: WanVAE(vae_cfg or WanVAEConfig()), cfg.seed, device, dtype)
     else:
         vae = load_wan_vae(_path(w.vae, "model.wan.vae", "wan-vae"), device=device, dtype=dtype, cfg=vae_cfg)
     decoder: Decoder
     if w.decoder == "taehv":
         if w.taehv == "random":
-            with torch.random.fork_rng():
-                torch.manual_seed(cfg.seed)
-                tae = TAEHV(taehv_cfg or TAEHVConfig()).to(device, dtype).eval().requires_grad_(False)
+            tae = _seeded(lambda: TAEHV(taehv_cfg or TAEHVConfig()), cfg.seed, device, dtype)
         else:
             tae = load_taehv(_path(w.taehv, "model.wan.taehv", "taehv"), device=device, dtype=dtype, cfg=taehv_cfg)
         decoder = StreamingTAEHVDecoder(tae)
@@ -302,6 +300,13 @@ def build_wan_generator(cfg: ModelConfig, templates: PromptTemplates | None = No
                              f"{cfg.dit.text_dim}")
     prompts = PromptEncoder(encoder, capacity=w.prompt_cache).start()
     return WanGenerator(cfg, vae, decoder, prompts=prompts, templates=templates, idle_action=idle_action)
+
+
+def _seeded(make: Callable[[], M], seed: int, device: torch.device, dtype: torch.dtype) -> M:
+    """``make()``'s module with its random init drawn from ``seed`` (the global RNG left as it was), for inference."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return make().to(device, dtype).eval().requires_grad_(False)
 
 
 def _path(value: str, key: str, recipe: str) -> Path:
