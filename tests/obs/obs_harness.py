@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import obsws_python as obsws
@@ -154,6 +156,19 @@ def require_obs(test: str) -> None:
     if not have_obs():
         unavailable("needs the obs and Xvfb binaries (apt-get install obs-studio xvfb libgl1-mesa-dri)",
                     ci_reason=f"OBS Studio or Xvfb is not installed, and CI=true requires {test}")
+
+
+@contextmanager
+def running_obs(root: Path, *, width: int, height: int,
+                password: str = "") -> Iterator[tuple[ObsProcess, obsws.ReqClient]]:
+    """OBS (under Xvfb) started in ``root`` and a client of it; the client disconnected and OBS stopped on exit."""
+    proc = ObsProcess(root, width=width, height=height, password=password)
+    client = proc.start()
+    try:
+        yield proc, client
+    finally:
+        client.disconnect()
+        proc.stop()
 
 
 def decode_png(data: bytes) -> tuple[int, int, int, bytes]:

@@ -26,7 +26,7 @@ from backend.config import ObsConfig
 from obs_plugin import _stream
 from obs_plugin.setup import INPUT_KIND, ObsSetupError, run_setup, setup_obs
 from tests.obs.obs_fake_backend import FakeBackend
-from tests.obs.obs_harness import ObsProcess, decode_png, free_port, require_obs
+from tests.obs.obs_harness import ObsProcess, decode_png, free_port, require_obs, running_obs
 from tests.obs.obs_real_backend import RealBackend
 
 pytestmark = pytest.mark.obs
@@ -41,13 +41,8 @@ DIFFERENT = 20.0   # and at least this far from anything else
 @pytest.fixture(scope="module")
 def obs(tmp_path_factory):
     require_obs("the OBS end-to-end test")
-    proc = ObsProcess(tmp_path_factory.mktemp("obs"), width=CANVAS[0], height=CANVAS[1], password=PASSWORD)
-    client = proc.start()
-    try:
-        yield proc, client
-    finally:
-        client.disconnect()
-        proc.stop()
+    with running_obs(tmp_path_factory.mktemp("obs"), width=CANVAS[0], height=CANVAS[1], password=PASSWORD) as obs:
+        yield obs
 
 
 def screenshot(client: obsws.ReqClient, name: str = "LiveIdol", size: tuple[int, int] = FRAME) -> np.ndarray:

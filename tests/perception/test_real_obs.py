@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from backend.config import PerceptionConfig
-from tests.obs.obs_harness import ObsProcess, require_obs
+from tests.obs.obs_harness import require_obs, running_obs
 
 from .conftest import FIXTURES, need
 from .test_perception_e2e import DEADLINE_S, gen, idol_watching  # noqa: F401 - gen is the generator fixture
@@ -22,13 +22,8 @@ pytestmark = [pytest.mark.obs, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def obs(tmp_path_factory):
     require_obs("the real-OBS perception test")
-    proc = ObsProcess(tmp_path_factory.mktemp("obs-perception"), width=640, height=360, password="camera-pw")
-    client = proc.start()
-    try:
-        yield proc, client
-    finally:
-        client.disconnect()
-        proc.stop()
+    with running_obs(tmp_path_factory.mktemp("obs-perception"), width=640, height=360, password="camera-pw") as obs:
+        yield obs
 
 
 async def test_real_obs_camera_source_drives_reactions(obs, gen):  # noqa: F811 - the fixture
