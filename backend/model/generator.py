@@ -16,6 +16,9 @@ cross-attention context (its cache is recomputed only when they change); per lat
 controls are ``[mouth openness of its temporal_factor video frames..., action progress]``
 (:func:`control_vector`, shared with training). An action switch takes effect at the next chunk;
 frames already produced never change (causality).
+
+:class:`StreamingGenerator` is what this generator and the Wan tier's (``backend/model/wan/generator.py``)
+share: caches, seeded noise, counters, snapshots, argument checks and the upscale-to-uint8 tail.
 """
 
 from __future__ import annotations
