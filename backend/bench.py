@@ -19,7 +19,7 @@ import torch
 from backend.actions import ACTIONS, EMOTIONS
 from backend.config import Config
 
-__all__ = ["run_bench", "run_live_bench", "run_soak", "soak_figures"]
+__all__ = ["RepeatCounter", "distinct_figures", "run_bench", "run_live_bench", "run_soak", "soak_figures"]
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +135,13 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
             sub = engine.subscribe(audio=False)
             arrivals: list[float] = []
             latencies: list[float] = []
+            repeats = RepeatCounter()
 
             async def watch() -> None:
                 async for item in sub:
                     if isinstance(item, VideoFrame):
                         arrivals.append(time.perf_counter())
+                        repeats.add(item)
 
             async def command(i: int) -> None:
                 t0 = time.perf_counter()
@@ -150,6 +152,8 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
             watcher = asyncio.create_task(watch())
             await asyncio.sleep(2.0)  # warm-up
             arrivals.clear()
+            repeats.reset()
+            before = engine.status()
             start = time.perf_counter()
             commands = []
             i = 0
@@ -176,6 +180,7 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 "frames_repeated": status["frames_repeated"], "frames_dropped": status["frames_dropped"],
                 "steps_now": status["steps"], "chunk_frames_now": status["chunk_frames"],
                 "output_resolution": f"{cfg.model.output_width}x{cfg.model.output_height}",
+                **distinct_figures(before, status, elapsed, repeats),
             }
 
     try:
@@ -184,6 +189,46 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
         close = getattr(generator, "close", None)  # the Wan tier's text-encoder thread
         if close is not None:
             close()
+
+
+class RepeatCounter:
+    """Counts, on the subscriber's side, frames whose picture is the previous frame's: the engine repeats a
+    frame by sending the same array again (``Engine._show`` when its buffer is dry), so identity of the
+    array, not a pixel hash, tells a repeat. Call :meth:`reset` where the measurement starts."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.repeats = 0
+        self._last: Any = None
+
+    def add(self, frame: Any) -> None:
+        if self._last is not None and frame.rgba is self._last:
+            self.repeats += 1
+        self.frames += 1
+        self._last = frame.rgba
+
+    def reset(self) -> None:
+        self.frames = self.repeats = 0
+
+
+def distinct_figures(before: dict[str, Any], after: dict[str, Any], seconds: float,
+                     watched: RepeatCounter | None = None) -> dict[str, Any]:
+    """Distinct generated frames per second and the share of repeats among the frames shown between two
+    ``Engine.status()`` snapshots (the engine's own counters: a frame shown is either the next generated
+    frame or a repeat of the last one)."""
+    shown = after["frames_shown"] - before["frames_shown"]
+    repeated = after["frames_repeated"] - before["frames_repeated"]
+    distinct = shown - repeated
+    out: dict[str, Any] = {
+        "distinct_fps": round(distinct / seconds, 2) if seconds > 0 else None,
+        "repeat_share": round(repeated / shown, 4) if shown else None,
+        "frames_shown_window": shown, "frames_repeated_window": repeated, "window_s": round(seconds, 3),
+    }
+    if "frames_made" in after and "frames_made" in before:  # generated, including chunks dropped by an interruption
+        out["generated_fps"] = round((after["frames_made"] - before["frames_made"]) / seconds, 2) if seconds > 0 else None
+    if watched is not None:
+        out["subscriber_repeat_share"] = round(watched.repeats / watched.frames, 4) if watched.frames else None
+    return out
 
 
 def _device_name(generator: Any) -> str:

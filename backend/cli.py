@@ -5,7 +5,8 @@
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
-    liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N]
+    liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
+                  [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
     liveidol obs setup [--host H] [--port P] [--new-scene]
     liveidol chat {twitch CHANNEL | bilibili ROOM | console}
     liveidol config [--check F]                                 print the documented defaults / check a file
@@ -59,6 +60,17 @@ def _parse_set(items: Sequence[str], origins: dict[str, str] | None = None) -> d
         if origins is not None:
             origins[key.strip()] = f"--set {item}"
     return out
+
+
+def _int_list(text: str) -> list[int]:
+    """`1,2,4` -> [1, 2, 4] (argparse type: a bad value is reported as a usage error naming the flag)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 1,2,4") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one integer")
+    return values
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -184,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the command plan and identity script (another seed = a held-out plan)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--character", help="evaluate this character (configs/characters/NAME.toml)")
+    p.add_argument("--all-characters", action="store_true", help="evaluate aiko, rin and hana in turn")
+    p.add_argument("--steps", type=_int_list, help="compute levels: denoising steps, e.g. 1,2,3,4 (default: model.steps)")
+    p.add_argument("--chunks", type=_int_list, help="compute levels: latent frames per chunk, e.g. 1,2 (default: model.chunk_frames)")
+    p.add_argument("--stride", type=int, default=2, help="measure picture quality on every Nth frame (default 2)")
+    p.add_argument("--no-quality", action="store_true", help="skip the picture-quality measures")
+    p.add_argument("--sheet", metavar="PATH.png", help="also write a contact sheet of every action at 1 and 4 steps")
 
     p = sub.add_parser("obs", help="OBS helpers")
     obs_sub = p.add_subparsers(dest="obs_command", required=True)
@@ -326,11 +345,24 @@ def _dispatch(args: argparse.Namespace) -> int:
                          kernel=args.kernel, compile=args.compile, critic=args.critic)
 
     if args.command == "eval":
-        cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device})
+        cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,
+                               "character": args.character})
         _setup_logging(cfg.log_level)
-        from backend.training.evaluate import run_eval
+        from backend.training.evaluate import ALL_CHARACTERS, format_table, run_eval
 
-        result = run_eval(cfg, commands=args.commands, minutes=args.minutes, seed=args.seed)
+        extra: dict[str, Any] = {}
+        if args.all_characters:
+            extra["characters"] = list(ALL_CHARACTERS)
+        for key in ("steps", "chunks", "sheet"):
+            if getattr(args, key) is not None:
+                extra[key] = getattr(args, key)
+        if args.no_quality:
+            extra["quality"] = False
+        if args.stride != 2:
+            extra["stride"] = args.stride
+        result = run_eval(cfg, commands=args.commands, minutes=args.minutes, seed=args.seed, **extra)
+        if "characters" in result:
+            print(format_table(result), file=sys.stderr, flush=True)  # for people; stdout stays one JSON line
         print(json.dumps(result), flush=True)
         return 0
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
+import pytest
+
 from backend.bench import run_bench, run_live_bench
 from backend.config import Config, EngineConfig
 from tests.model.model_kit import micro_config
@@ -32,6 +35,26 @@ def test_live_bench_measures_the_paced_engine() -> None:
     assert 10 < result["fps_shown"] < 30  # paced at 20 FPS (tolerant: shared CI machine)
     assert result["commands"] >= 2 and result["command_to_frame_ms_p50"] > 0
     assert result["frames_shown"] >= result["fps_shown"]
+    assert 0 < result["distinct_fps"] <= result["fps_shown"] * 1.05 + 1
+    assert 0 <= result["repeat_share"] <= 1 and result["frames_shown_window"] >= result["frames_repeated_window"]
+    assert result["distinct_fps"] == pytest.approx(
+        (result["frames_shown_window"] - result["frames_repeated_window"]) / result["window_s"], abs=0.02)
+
+
+def test_distinct_frames_and_repeats_come_from_the_engine_counters() -> None:
+    from types import SimpleNamespace
+
+    from backend.bench import RepeatCounter, distinct_figures
+
+    before = {"frames_shown": 100, "frames_repeated": 40, "frames_made": 80}
+    after = {"frames_shown": 150, "frames_repeated": 80, "frames_made": 96}
+    watched = RepeatCounter()
+    a, b = np.zeros((2, 2, 4), np.uint8), np.zeros((2, 2, 4), np.uint8)  # equal pixels, different frames
+    for rgba in (a, a, a, b, b):
+        watched.add(SimpleNamespace(rgba=rgba))
+    out = distinct_figures(before, after, 2.0, watched)
+    assert out["distinct_fps"] == 5.0 and out["repeat_share"] == 0.8 and out["generated_fps"] == 8.0
+    assert out["subscriber_repeat_share"] == 0.6  # 3 repeats of 5: by identity, not by equal pixels
 
 
 def test_soak_figures_from_known_numbers() -> None:

@@ -17,14 +17,26 @@ Four measurements, each on frames read back by the evaluation probe (``backend.t
   action-following video, divided by the same measure over its world render; plus the share of
   frame-to-frame jumps larger than twice the world's 99th percentile.
 * **speed** — a short timed run at the configured output size.
+* **picture quality** (``characters.<name>.levels.<steps=S,chunk=C>.quality``) — per character and per
+  compute level (``steps`` x ``chunks``), the same plan is rolled out and every ``stride``-th frame is
+  measured at the generator's OUTPUT size against the world rendered at that size for the same plan
+  (``backend.training.quality``): Frechet distance of the probe's penultimate features, off-palette pixel
+  rate, speck (alpha islands) and blotch (patch colour variance) rates, sharpness ratio; overall, per
+  action and per emotion. Per character also the autoencoder's round trip (PSNR / SSIM at the output
+  size), per-emotion recognition, and ``targets``: 1 step within 1.5x of 4 steps, no action worse than
+  2x idle, following >= 95%, every emotion >= 90%. ``config.tuning_seeds`` lists the plan seeds the
+  defaults were picked on (figures on other seeds are held out).
 
-The probe metrics run a generator built at output size = native size (no upscaling cost); only the
-speed run uses the configured output size. Everything is deterministic for ``seed`` and the model seed.
+The generator runs at the configured output size; the probe and the flicker statistics read its frames
+area-resized to the native size (where the world is rendered for them). Everything is deterministic for
+``seed`` and the model seed.
 
 Usage::
 
     result = run_eval(cfg, commands=100, minutes=30.0)   # a JSON-able dict
     print(result["action_following"]["rate"], result["action_following"]["rate_world"])
+    result = run_eval(cfg, characters=["aiko", "rin"], steps=[1, 4], chunks=[1, 2], seed=101, sheet="sheet.png")
+    print(format_table(result))                         # one line per character x level x action
 """
 
 from __future__ import annotations
@@ -40,26 +52,34 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from backend.actions import ACTIONS, EMOTIONS, action
 from backend.config import Config, ModelConfig
 from backend.errors import LiveIdolError
+from backend.model.autoencoder import upscale
 from backend.model.generator import ACTION_FPS, Conditions, Generator, resolve_device
 from backend.training.probe import PROBE_PATH, Probe
+from backend.training.quality import Calibration, FrameStats, frechet_distance, psnr, ssim
 from backend.world.character import CharacterConfig, identity_tensor, load_character
-from backend.world.pose import action_scores, simulate
+from backend.world.pose import EMOTION_FACES, POSE_INDEX, action_scores, simulate
 from backend.world.reference import reference_frame
 from backend.world.render import premultiplied, render, straight_alpha
 
 __all__ = [
+    "ALL_CHARACTERS",
     "FOLLOW_MIN_SCORE",
     "FOLLOW_SMOOTH_FRAMES",
+    "TUNING_SEEDS",
     "EvalError",
     "PlannedCommand",
     "chunk_conditions",
+    "emotion_templates",
     "followed",
+    "format_table",
     "plan_commands",
+    "recognise_emotion",
     "run_eval",
 ]
 
@@ -73,6 +93,16 @@ JUMP_FACTOR = 2.0  # a jump: a frame-to-frame change > JUMP_FACTOR x the world's
 IDENTITY_SAMPLE_S = 2.0
 SEGMENT_S = 60.0  # "first minute" / "last minute" of the identity run
 COMMANDABLE = tuple(a.name for a in ACTIONS if a.name not in ("idle", "talk"))
+# Plan seeds the shipped defaults (model.guidance, the eval rule) were picked on: figures on them are not held out.
+TUNING_SEEDS = (0, 1, 2)
+ALL_CHARACTERS = ("aiko", "rin", "hana")  # the shipped characters (configs/characters/), for --all-characters
+EMOTION_TARGET = 0.9  # every emotion recognised on at least this share of its commands
+FOLLOW_TARGET = 0.95  # action following on held-out plans, every character
+STEP_RATIO_TARGET = 1.5  # a quality figure at 1 step within this factor of the 4-step figure
+IDLE_RATIO_TARGET = 2.0  # ... and no action's figure worse than this factor of idle's
+# Face parameters an emotion moves (backend.world.pose.EMOTION_FACES), each scaled by its largest offset.
+_FACE = tuple(sorted({k for face in EMOTION_FACES.values() for k in face}))
+_FACE_SCALE = np.array([max(abs(face.get(k, 0.0)) for face in EMOTION_FACES.values()) for k in _FACE])
 _SCORED = tuple(a.name for a in ACTIONS if a.name != "idle")  # the candidates of the argmax
 
 
@@ -191,6 +221,36 @@ def followed(scores: dict[str, Tensor], commanded: str, *, smooth: int = FOLLOW_
     return bool(((best == i) & (avg[i] >= min_score)).any())
 
 
+def _face(poses: Tensor | np.ndarray) -> np.ndarray:
+    """Mean face vector (len(_FACE),) of poses (T, P), in units of each parameter's largest emotion offset."""
+    p = np.asarray(poses, dtype=np.float64)
+    return p[:, [POSE_INDEX[k] for k in _FACE]].mean(0) / _FACE_SCALE
+
+
+def emotion_templates(plan: list[PlannedCommand], seed: int, fps: float = ACTION_FPS) -> list[np.ndarray]:
+    """Per command, (len(EMOTIONS), F): the mean face the world shows over its scoring window under each
+    emotion, everything else (the action, the commands before it, the world's random blinks) unchanged.
+
+    What the face should look like depends on the action too (``smile`` and ``angry`` move the brows and
+    the mouth themselves), so the emotion is read against these per-command templates, not fixed faces.
+    """
+    out = []
+    for i, c in enumerate(plan):
+        rows = []
+        for emo in EMOTIONS:
+            script = world_script([*plan[:i], dataclasses.replace(c, emotion=emo)])
+            poses, _ = simulate(script, c.start + c.window, fps=fps, seed=seed)
+            rows.append(_face(poses[c.start:c.start + c.window]))
+        out.append(np.stack(rows))
+    return out
+
+
+def recognise_emotion(poses: Tensor | np.ndarray, templates: np.ndarray) -> str:
+    """The emotion whose template face (``emotion_templates`` row) is nearest the mean face of ``poses``."""
+    d = ((templates - _face(poses)[None]) ** 2).sum(1)
+    return EMOTIONS[int(d.argmin())]
+
+
 # ---------------------------------------------------------------------------------------------
 # Frames
 # ---------------------------------------------------------------------------------------------
@@ -251,22 +311,102 @@ def _load_probe(probe: Probe | str | Path | None, device: torch.device) -> Probe
     return Probe.load(path, device)
 
 
-def _native_cfg(cfg: ModelConfig) -> ModelConfig:
-    ae = cfg.autoencoder
-    return dataclasses.replace(cfg, output_width=ae.native_width, output_height=ae.native_height)
+def _resize_area(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Premultiplied (N, 4, H, W) -> (N, 4, h, w) at ``size`` = (w, h) by area averaging (a no-op at that size)."""
+    w, h = size
+    return x if x.shape[-2:] == (h, w) else F.interpolate(x, size=(h, w), mode="area")
 
 
-def _action_following(gen: Generator, probe: Probe, character: CharacterConfig, reference: np.ndarray,
-                      commands: int, seed: int, fps: float) -> tuple[dict[str, Any], dict[str, Any], float]:
-    fpc = gen.frames_per_chunk()
+@dataclass
+class _WorldPlan:
+    """What the world does for one command plan, shared by every compute level of that plan (chunk size)."""
+
+    plan: list[PlannedCommand]
+    n_frames: int
+    poses: Tensor | None
+    followed: list[bool]
+    emotions: list[str]
+    templates: list[np.ndarray]
+    motion: _Motion
+    quality: tuple[FrameStats, Tensor] | None = None  # stats and probe features of the sampled world frames
+
+
+def _world_plan(plan: list[PlannedCommand], n_frames: int, probe: Probe, character: CharacterConfig,
+                size: tuple[int, int], device: torch.device, seed: int, fps: float) -> _WorldPlan:
+    motion = _Motion()
+    ok: list[bool] = []
+    emos: list[str] = []
+    templates = emotion_templates(plan, seed, fps) if plan else []
+    poses = None
+    if n_frames:
+        poses, _ = simulate(world_script(plan), n_frames, fps=fps, seed=seed)
+        for chunk in _world_chunks(character, poses, size, device):
+            motion.add(_premultiplied(chunk, device))
+        for c, tmpl in zip(plan, templates):
+            window = torch.cat([_premultiplied(x, device) for x in _world_chunks(
+                character, poses[c.start:c.start + c.window], size, device)])
+            p, _ = probe.predict(window)
+            ok.append(followed(action_scores(p.cpu(), fps), c.action))
+            emos.append(recognise_emotion(p.cpu(), tmpl))
+    return _WorldPlan(plan, n_frames, poses, ok, emos, templates, motion)
+
+
+@dataclass
+class _Quality:
+    """Settings of the picture-quality measures of a rollout: frames ``g`` with ``g % stride == 0`` are measured
+    at the generator's output size against ``calibration`` (built for that size)."""
+
+    calibration: Calibration
+    stride: int
+
+
+def _world_quality(world: _WorldPlan, character: CharacterConfig, probe: Probe, q: _Quality,
+                   device: torch.device, batch: int = 16) -> tuple[FrameStats, Tensor]:
+    """Stats and probe features of the sampled world frames of the plan, rendered at the output size."""
+    if world.quality is None:
+        gs = list(range(0, world.n_frames, q.stride))
+        stats, feats = [], []
+        if gs and world.poses is not None:
+            sampled = world.poses[gs]
+            for chunk in _world_chunks(character, sampled, q.calibration.size, device, batch=batch):
+                x = _premultiplied(chunk, device)
+                stats.append(FrameStats.measure(x, q.calibration))
+                feats.append(probe.embed(x).cpu())
+        world.quality = (FrameStats.concat(stats), torch.cat(feats) if feats else torch.zeros(0, 1))
+    return world.quality
+
+
+def _action_following(gen: Any, probe: Probe, character: CharacterConfig, reference: np.ndarray | None,
+                      commands: int, seed: int, fps: float, *, steps: int | None = None, chunk: int | None = None,
+                      quality: _Quality | None = None, worlds: dict[int, _WorldPlan] | None = None,
+                      ) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Roll the generator out over the plan of ``seed`` at ``steps`` / ``chunk`` (None: the configured ones),
+    score action following and emotions, and with ``quality`` measure the picture (``result["quality"]``).
+
+    Generated frames may come at any size; the probe and the flicker statistics read them resized to the
+    native size (area), as the world is rendered there. ``worlds`` caches the world side by chunk size."""
+    fpc = gen.frames_per_chunk(chunk) if chunk is not None else gen.frames_per_chunk()
     plan = plan_commands(commands, frames_per_chunk=fpc, seed=seed, fps=fps)
     win = _frames(FOLLOW_WINDOW_S, fps)
     n_frames = _ceil_to(plan[-1].start + win, fpc) if plan else 0
     device = gen.device
+    native = tuple(gen.native_size)
+    world = (worlds or {}).get(fpc)
+    if world is None:
+        world = _world_plan(plan, n_frames, probe, character, native, device, seed, fps)  # type: ignore[arg-type]
+        if worlds is not None:
+            worlds[fpc] = world
     gen_ok: list[bool] = []
-    world_ok: list[bool] = []
-    motion = {"generated": _Motion(), "world": _Motion()}
+    gen_emo: list[str] = []
+    motion = _Motion()
     gen_seconds = 0.0
+    kw: dict[str, int] = {}
+    if steps is not None:
+        kw["steps"] = steps
+    if chunk is not None:
+        kw["chunk_frames"] = chunk
+    q_stats: list[FrameStats] = []
+    q_feats: list[Tensor] = []
 
     # Generated: stream chunks, keep only the frames still needed for scoring (windows are in order).
     gen.reset(reference, Conditions())
@@ -274,33 +414,32 @@ def _action_following(gen: Generator, probe: Probe, character: CharacterConfig, 
     kept_from = 0  # frames before this were dropped
     for g0 in range(0, n_frames, fpc):
         t0 = time.perf_counter()
-        chunk = gen.next_chunk(chunk_conditions(plan, g0, fps))
+        out = gen.next_chunk(chunk_conditions(plan, g0, fps), **kw)
         gen_seconds += time.perf_counter() - t0
-        x = _premultiplied(chunk, device)
-        motion["generated"].add(x)
+        x_out = _premultiplied(out, device)
+        if quality is not None:
+            sel = [i for i in range(x_out.shape[0]) if (g0 + i) % quality.stride == 0 and g0 + i < n_frames]
+            if sel:
+                q_stats.append(FrameStats.measure(x_out[sel], quality.calibration))
+                q_feats.append(probe.embed(x_out[sel]).cpu())
+        x = _resize_area(x_out, native)  # type: ignore[arg-type]
+        del x_out
+        motion.add(x)
         made.append(x)
         frames = torch.cat(made)
         while len(gen_ok) < len(plan) and plan[len(gen_ok)].start + plan[len(gen_ok)].window <= kept_from + frames.shape[0]:
-            c = plan[len(gen_ok)]
+            i = len(gen_ok)
+            c = plan[i]
             poses, _ = probe.predict(frames[c.start - kept_from:c.start - kept_from + c.window])
             gen_ok.append(followed(action_scores(poses.cpu(), fps), c.action))
+            gen_emo.append(recognise_emotion(poses.cpu(), world.templates[i]))
             if len(gen_ok) % 10 == 0 or len(gen_ok) == len(plan):
                 log.info("action following commands=%d/%d rate_so_far=%.3f", len(gen_ok), len(plan),
                          sum(gen_ok) / len(gen_ok))
         next_start = plan[len(gen_ok)].start if len(gen_ok) < len(plan) else n_frames
         drop = min(max(0, next_start - kept_from), frames.shape[0])
         made, kept_from = [frames[drop:]], kept_from + drop
-
-    # World: the same command sequence, simulated and rendered at the native size.
-    if n_frames:
-        poses, _ = simulate(world_script(plan), n_frames, fps=fps, seed=seed)
-        for world_chunk in _world_chunks(character, poses, gen.native_size, device):
-            motion["world"].add(_premultiplied(world_chunk, device))
-        for c in plan:
-            window = torch.cat([_premultiplied(x, device) for x in _world_chunks(
-                character, poses[c.start:c.start + c.window], gen.native_size, device)])
-            p, _ = probe.predict(window)
-            world_ok.append(followed(action_scores(p.cpu(), fps), c.action))
+    world_ok = world.followed
 
     per_action: dict[str, dict[str, float | int]] = {}
     for name in COMMANDABLE:
@@ -308,13 +447,20 @@ def _action_following(gen: Generator, probe: Probe, character: CharacterConfig, 
         if idx:
             per_action[name] = {"n": len(idx), "rate": sum(gen_ok[i] for i in idx) / len(idx),
                                 "rate_world": sum(world_ok[i] for i in idx) / len(idx)}
+    per_emotion: dict[str, dict[str, float | int]] = {}
+    for emo in EMOTIONS:
+        idx = [i for i, c in enumerate(plan) if c.emotion == emo]
+        if idx:
+            per_emotion[emo] = {"n": len(idx), "rate": sum(gen_emo[i] == emo for i in idx) / len(idx),
+                                "rate_world": sum(world.emotions[i] == emo for i in idx) / len(idx)}
 
     def rate(ok: list[bool], which: list[int]) -> float | None:
         return sum(ok[i] for i in which) / len(which) if which else None
 
     inter = [i for i, c in enumerate(plan) if c.interrupts]
     fresh = [i for i, c in enumerate(plan) if not c.interrupts]
-    result = {
+    emo_rates = [v["rate"] for v in per_emotion.values()]
+    result: dict[str, Any] = {
         "issued": len(plan),
         "interruptions": len(inter),
         "interruption_share": len(inter) / len(plan) if plan else 0.0,
@@ -325,14 +471,57 @@ def _action_following(gen: Generator, probe: Probe, character: CharacterConfig, 
         "rate_fresh": rate(gen_ok, fresh),
         "rate_world_fresh": rate(world_ok, fresh),
         "per_action": per_action,
+        "per_emotion": per_emotion,
+        "emotion_rate_min": min(emo_rates) if emo_rates else None,
         "frames": n_frames,
         "window_frames": win,
         "rule": (f"scores = action_scores(probe(frames of the first {FOLLOW_WINDOW_S:g} s)); followed when, in some run "
                  f"of {FOLLOW_SMOOTH_FRAMES} consecutive frames, the commanded action has the highest mean score of "
                  f"all non-idle actions and that mean is >= {FOLLOW_MIN_SCORE}"),
-        "target": 0.9,
+        "emotion_rule": ("the emotion whose world face (the same command under each emotion, simulated) is nearest "
+                         "the probed mean face of the scoring window"),
+        "target": FOLLOW_TARGET,
+        "emotion_target": EMOTION_TARGET,
     }
-    return result, _temporal(motion), (n_frames / gen_seconds if gen_seconds > 0 else 0.0)
+    if quality is not None:
+        w_stats, w_feats = _world_quality(world, character, probe, quality, device)
+        result["quality"] = _quality_summary(plan, fps, fpc, quality.stride, n_frames, FrameStats.concat(q_stats),
+                                             torch.cat(q_feats) if q_feats else torch.zeros(0, 1), w_stats, w_feats)
+    return result, _temporal({"generated": motion, "world": world.motion}), (n_frames / gen_seconds if gen_seconds > 0 else 0.0)
+
+
+# Quality figures (FrameStats fields) summarised per group: mean over the group's frames.
+_Q_FIELDS = ("off_palette", "speck", "islands", "blotch")
+
+
+def _group_figures(g_stats: FrameStats, g_feats: Tensor, w_stats: FrameStats, w_feats: Tensor,
+                   idx: np.ndarray) -> dict[str, Any]:
+    gs, ws = g_stats.select(idx), w_stats.select(idx)
+    out: dict[str, Any] = {"n": len(idx)}
+    out["fd"] = frechet_distance(g_feats[idx], w_feats[idx]) if len(idx) >= 2 else None
+    for f in _Q_FIELDS:
+        out[f] = float(getattr(gs, f).mean()) if len(idx) else None
+        out[f"{f}_world"] = float(getattr(ws, f).mean()) if len(idx) else None
+    wsharp = float(ws.sharpness.mean()) if len(idx) else 0.0
+    out["sharpness_ratio"] = float(gs.sharpness.mean()) / wsharp if wsharp > 0 else None
+    return out
+
+
+def _quality_summary(plan: list[PlannedCommand], fps: float, fpc: int, stride: int, n_frames: int,
+                     g_stats: FrameStats, g_feats: Tensor, w_stats: FrameStats, w_feats: Tensor) -> dict[str, Any]:
+    gs = list(range(0, n_frames, stride))
+    n = min(len(gs), len(g_stats.off_palette), len(w_stats.off_palette))
+    conds = [chunk_conditions(plan, g - g % fpc, fps) for g in gs[:n]]  # what the frame's chunk was generated under
+    actions = np.array([c.action for c in conds])
+    emotions = np.array([c.emotion for c in conds])
+    all_idx = np.arange(n)
+    per_action = {a: _group_figures(g_stats, g_feats, w_stats, w_feats, np.nonzero(actions == a)[0])
+                  for a in ("idle", *COMMANDABLE) if (actions == a).any()}
+    per_emotion = {e: _group_figures(g_stats, g_feats, w_stats, w_feats, np.nonzero(emotions == e)[0])
+                   for e in EMOTIONS if (emotions == e).any()}
+    return {"frames_measured": n, "stride": stride,
+            "overall": _group_figures(g_stats, g_feats, w_stats, w_feats, all_idx),
+            "per_action": per_action, "per_emotion": per_emotion}
 
 
 def _temporal(motion: dict[str, _Motion]) -> dict[str, Any]:
@@ -419,13 +608,13 @@ def _identity(gen: Generator, probe: Probe, character: CharacterConfig, referenc
         cond = chunk_conditions(plan, g0, fps)
         chunk = gen.next_chunk(cond)[: n_frames - g0]
         for part, lo, hi in ((first, 0, seg), (last, n_frames - seg, n_frames)):
-            a, b = max(lo, g0), min(hi, g0 + chunk.shape[0])
-            if a >= b:
+            s0, s1 = max(lo, g0), min(hi, g0 + chunk.shape[0])
+            if s0 >= s1:
                 continue
-            part.samples += [torch.from_numpy(chunk[g - g0].copy()) for g in range(a, b) if (g - lo) % every == 0]
-            part.motion.add(_premultiplied(chunk[a - g0:b - g0], device))
+            part.samples += [torch.from_numpy(chunk[g - g0].copy()) for g in range(s0, s1) if (g - lo) % every == 0]
+            part.motion.add(_premultiplied(chunk[s0 - g0:s1 - g0], device))
             if cond.action == "idle":
-                part.add_idle(chunk[a - g0:b - g0])
+                part.add_idle(chunk[s0 - g0:s1 - g0])
         if (g0 + fpc) // per_minute > g0 // per_minute:
             log.info("identity run minute=%d of minutes=%.2f frames=%d", (g0 + fpc) // per_minute, minutes, g0 + fpc)
     _, ref_ident = probe.predict(_premultiplied(reference[None], device))
@@ -470,32 +659,153 @@ def _speed(cfg: ModelConfig, weights: dict[str, Tensor] | None, reference: np.nd
             "device_name": torch.cuda.get_device_name(gen.device) if gen.device.type == "cuda" else "cpu"}
 
 
+def _roundtrip(gen: Generator, character: CharacterConfig, frames: int = 8, seed: int = 5) -> dict[str, Any]:
+    """The autoencoder alone: world frames (a wave, at the autoencoder's input size) encoded, decoded and brought
+    to the output size the way the generator does, against the world rendered at the output size."""
+    tf = gen.cfg.autoencoder.temporal_factor
+    frames = _ceil_to(max(frames, tf), tf)
+    poses, _ = simulate([(0, "wave", "happy")], 20 + frames, seed=seed)
+    poses = poses[20:20 + frames]
+    ident = identity_tensor([character.identity], device=gen.device)
+    src = render(ident, poses[None].to(gen.device), gen.native_size)  # (1, T, 4, h, w) premultiplied
+    ref = render(ident, poses[None].to(gen.device), gen.output_size)[0]  # (T, 4, H, W)
+    hires = bool(getattr(gen, "hires", False))  # the decoder the generator draws with (a detail decoder, if any)
+    with torch.inference_mode():
+        ae = gen.autoencoder
+        z = ae.encode(straight_alpha(src).to(gen.dtype))
+        decode: Any = ae.decode  # takes hires= once the autoencoder has a detail decoder
+        dec = (decode(z, hires=True) if hires else decode(z))[0].float()  # (T, 4, h', w') straight
+        decoded = [int(dec.shape[-1]), int(dec.shape[-2])]
+        dec = upscale(dec, gen.output_size) if tuple(dec.shape[-2:]) != tuple(ref.shape[-2:]) else dec
+    out = premultiplied(dec)
+    return {"psnr": psnr(out, ref), "ssim": ssim(out, ref), "frames": frames, "decoder": "hires" if hires else "native",
+            "decoded_size": decoded, "size": list(gen.output_size),
+            "measure": "premultiplied RGBA in [0, 1], all four channels, at the output size"}
+
+
+def _level_key(steps: int, chunk: int) -> str:
+    return f"steps={steps},chunk={chunk}"
+
+
+_TARGET_FIELDS = ("fd", "off_palette", "speck", "blotch")
+# Below these a figure counts as clean whatever the ratio (0 vs 0.0001 is no regression).
+_FLOORS = {"fd": 0.0, "off_palette": 0.002, "speck": 0.001, "blotch": 0.002}
+
+
+def _targets(levels: dict[str, dict[str, Any]], steps: list[int], chunks: list[int]) -> dict[str, Any]:
+    """Check the quality targets on the per-level results of one character."""
+    out: dict[str, Any] = {"step_ratio": {}, "worst_vs_idle": {}, "pass": True}
+    for c in chunks:
+        one, four = levels.get(_level_key(1, c)), levels.get(_level_key(4, c))
+        if one is None or four is None or "quality" not in one:
+            continue
+        for f in _TARGET_FIELDS:
+            a, b = one["quality"]["overall"][f], four["quality"]["overall"][f]
+            if a is None or b is None:
+                continue
+            ratio = a / b if b > 0 else (None if a > 0 else 1.0)
+            ok = a <= max(STEP_RATIO_TARGET * b, _FLOORS[f])
+            out["step_ratio"][f"chunk={c},{f}"] = {"ratio": ratio, "ok": ok}
+            out["pass"] &= ok
+    for key, lv in levels.items():
+        q = lv.get("quality")
+        if not q or "idle" not in q["per_action"]:
+            continue
+        idle = q["per_action"]["idle"]
+        for f in _TARGET_FIELDS:
+            if idle[f] is None:
+                continue
+            worst = max(((a, v[f]) for a, v in q["per_action"].items() if a != "idle" and v[f] is not None),
+                        key=lambda t: t[1], default=None)
+            if worst is None:
+                continue
+            ok = worst[1] <= max(IDLE_RATIO_TARGET * idle[f], _FLOORS[f])
+            out["worst_vs_idle"][f"{key},{f}"] = {"action": worst[0], "ratio": worst[1] / idle[f] if idle[f] > 0 else None,
+                                                  "ok": ok}
+            out["pass"] &= ok
+    fol = [lv["action_following"] for lv in levels.values()]
+    out["following_ok"] = all((a["rate"] or 0) >= FOLLOW_TARGET for a in fol)
+    out["emotions_ok"] = all((a["emotion_rate_min"] or 0) >= EMOTION_TARGET for a in fol)
+    out["pass"] &= out["following_ok"] and out["emotions_ok"]
+    return out
+
+
 def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: int = 0,
-             probe: Probe | str | Path | None = None, weights: dict[str, Tensor] | None = None) -> dict[str, Any]:
+             probe: Probe | str | Path | None = None, weights: dict[str, Tensor] | None = None,
+             characters: list[str] | None = None, steps: list[int] | None = None, chunks: list[int] | None = None,
+             quality: bool = True, stride: int = 2, calibration_frames: int = 12,
+             sheet: str | Path | None = None, sheet_steps: tuple[int, ...] = (1, 4)) -> dict[str, Any]:
     """Run the whole evaluation and return a JSON-able dict (see the module docstring).
 
     ``commands`` and ``minutes`` are honoured exactly (0 skips that part). ``probe``: a loaded
     :class:`Probe`, a probe file, or None for the shipped ``backend/weights/probe.safetensors``.
     ``weights``: flat generator weights instead of ``cfg.model.checkpoint`` (tests).
+    ``characters`` (default: the configured one), ``steps`` x ``chunks`` (default: the configured compute
+    level): the levels rolled out for each character over the same plan, with picture quality measured
+    on every ``stride``-th frame when ``quality``. ``sheet``: also write a contact sheet PNG there (every
+    action at each of ``sheet_steps``, the first character). The top-level ``action_following`` and
+    ``temporal`` are the first character's at the first level; ``identity`` and ``speed`` are the first
+    character's at the configured level.
     """
+    from backend.training.sheet import write_sheet
+
     if commands < 0 or not (minutes >= 0 and math.isfinite(minutes)):
         raise EvalError(f"commands = {commands}, minutes = {minutes}: expected commands >= 0 and minutes >= 0")
+    if stride < 1:
+        raise EvalError(f"stride = {stride}: expected >= 1")
     t_start = time.perf_counter()
     fps = ACTION_FPS
-    native = _native_cfg(cfg.model)
-    the_probe = _load_probe(probe, resolve_device(native)[0])  # before the (slow) model load
-    gen = Generator(native, weights=weights)
-    character = load_character(cfg.character)
-    reference = reference_frame(character, gen.native_size)
-    log.info("eval start commands=%d minutes=%.2f checkpoint=%s device=%s native=%dx%d", commands, minutes,
-             cfg.model.checkpoint, gen.device, *gen.native_size)
+    steps = list(steps or [cfg.model.steps])
+    chunks = list(chunks or [cfg.model.chunk_frames])
+    names = list(characters or [cfg.character])
+    device = resolve_device(cfg.model)[0]
+    the_probe = _load_probe(probe, device)  # before the (slow) model load
+    gen = Generator(cfg.model, weights=weights)
+    log.info("eval start commands=%d minutes=%.2f checkpoint=%s device=%s native=%dx%d output=%dx%d characters=%s "
+             "steps=%s chunks=%s", commands, minutes, cfg.model.checkpoint, gen.device, *gen.native_size,
+             *gen.output_size, ",".join(names), steps, chunks)
 
-    following, temporal, native_fps = _action_following(gen, the_probe, character, reference, commands, seed, fps)
-    identity = _identity(gen, the_probe, character, reference, minutes, seed, fps)
+    per_character: dict[str, Any] = {}
+    first: tuple[dict[str, Any], dict[str, Any], float] | None = None
+    identity: dict[str, Any] | None = None
+    sheet_info: dict[str, Any] | None = None
+    for ci, name in enumerate(names):
+        character = load_character(name)
+        reference = reference_frame(character, gen.native_size)
+        q = (_Quality(Calibration.build(character, gen.output_size, frames=calibration_frames, device=gen.device), stride)
+             if quality and commands else None)
+        worlds: dict[int, _WorldPlan] = {}
+        levels: dict[str, dict[str, Any]] = {}
+        for c in chunks:
+            for n_steps in steps:
+                log.info("eval level character=%s steps=%d chunk=%d", name, n_steps, c)
+                following, temporal, level_fps = _action_following(gen, the_probe, character, reference, commands, seed,
+                                                                   fps, steps=n_steps, chunk=c, quality=q, worlds=worlds)
+                qual = following.pop("quality", None)
+                levels[_level_key(n_steps, c)] = {"action_following": following, "temporal": temporal, "fps": level_fps,
+                                             **({"quality": qual} if qual is not None else {})}
+                if first is None:
+                    first = (following, temporal, level_fps)
+        entry: dict[str, Any] = {"levels": levels, "targets": _targets(levels, steps, chunks)}
+        if q is not None:
+            entry["calibration"] = {"palette_threshold": q.calibration.palette_threshold,
+                                    "blotch_threshold": q.calibration.blotch_threshold,
+                                    "size": list(q.calibration.size)}
+        if quality:
+            entry["autoencoder_roundtrip"] = _roundtrip(gen, character)
+        per_character[name] = entry
+        if ci == 0:
+            identity = _identity(gen, the_probe, character, reference, minutes, seed, fps)
+            if sheet is not None:
+                sheet_info = write_sheet(gen, character, reference, Path(sheet), steps=sheet_steps, fps=fps)
+    assert first is not None and identity is not None
+    following, temporal, native_fps = first
     st = gen.state
     del gen
-    speed = _speed(cfg.model, weights, reference) | {"native_fps": native_fps,
-                                                     "native_size": [native.output_width, native.output_height]}
+    reference0 = reference_frame(load_character(names[0]), (cfg.model.autoencoder.native_width,
+                                                            cfg.model.autoencoder.native_height))
+    speed = _speed(cfg.model, weights, reference0) | {
+        "native_fps": native_fps, "native_size": [cfg.model.autoencoder.native_width, cfg.model.autoencoder.native_height]}
     log.info("eval done seconds=%.1f rate=%s rate_world=%s", time.perf_counter() - t_start, following["rate"],
              following["rate_world"])
     return {
@@ -503,9 +813,60 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
         "identity": identity,
         "temporal": temporal,
         "speed": speed,
+        "characters": per_character,
+        **({"sheet": sheet_info} if sheet_info is not None else {}),
         "config": {"checkpoint": cfg.model.checkpoint, "steps": cfg.model.steps, "chunk_frames": cfg.model.chunk_frames,
-                   "device": st.device, "dtype": st.dtype, "character": character.name, "seed": seed,
+                   "device": st.device, "dtype": st.dtype, "character": names[0], "characters": names, "seed": seed,
+                   "tuning_seeds": list(TUNING_SEEDS), "held_out": seed not in TUNING_SEEDS,
+                   "levels": {"steps": steps, "chunks": chunks}, "quality_stride": stride,
+                   "output_size": [cfg.model.output_width, cfg.model.output_height],
                    "model_seed": cfg.model.seed, "fps": fps, "commands": commands, "minutes": minutes,
                    "probe": "<in memory>" if isinstance(probe, Probe) else str(probe or PROBE_PATH)},
         "seconds": time.perf_counter() - t_start,
     }
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The per-character, per-level figures of a ``run_eval`` result as a plain-text table (for people)."""
+    lines = []
+    cfg = result.get("config", {})
+    held = "held-out" if cfg.get("held_out") else f"TUNING seed (tuned on {cfg.get('tuning_seeds')})"
+    lines.append(f"plan seed {cfg.get('seed')} ({held}), {cfg.get('commands')} commands, output "
+                 f"{'x'.join(str(v) for v in cfg.get('output_size', []))}, quality on every "
+                 f"{cfg.get('quality_stride')}th frame")
+    head = (f"{'character':9} {'level':15} {'group':11} {'n':>4} {'follow':>6} {'FD':>7} {'offpal%':>7} "
+            f"{'speck%':>7} {'isl/f':>5} {'blotch%':>7} {'sharp':>5}")
+    for name, entry in result.get("characters", {}).items():
+        lines.append("")
+        rt = entry.get("autoencoder_roundtrip")
+        if rt:
+            lines.append(f"{name}: autoencoder round trip ({rt.get('decoder', 'native')} decoder) PSNR {rt['psnr']:.2f} dB, SSIM {rt['ssim']:.4f} at "
+                         f"{rt['size'][0]}x{rt['size'][1]}")
+        lines.append(head)
+        for key, lv in entry["levels"].items():
+            af = lv["action_following"]
+            emos = " ".join(f"{e} {v['rate']:.0%}/{v['n']}" for e, v in af.get("per_emotion", {}).items())
+            lines.append(f"{name:9} {key:15} following {_fmt(af['rate'], '.0%')} (world {_fmt(af['rate_world'], '.0%')}), "
+                         f"emotions: {emos}, flicker {_fmt(lv['temporal'].get('flicker_ratio'), '.2f')}")
+            q = lv.get("quality")
+            if not q:
+                continue
+            groups = [("ALL", q["overall"], af["rate"])]
+            groups += [(a, v, af["per_action"].get(a, {}).get("rate")) for a, v in q["per_action"].items()]
+            groups += [(f"emo:{e}", v, None) for e, v in q["per_emotion"].items()]
+            for g, v, fol in groups:
+                lines.append(f"{name:9} {key:15} {g:11} {v['n']:>4} {_fmt(fol, '.0%'):>6} {_fmt(v['fd'], '7.2f')} "
+                             f"{_fmt(v['off_palette'] * 100 if v['off_palette'] is not None else None, '7.3f')} "
+                             f"{_fmt(v['speck'] * 100 if v['speck'] is not None else None, '7.3f')} "
+                             f"{_fmt(v['islands'], '5.2f')} "
+                             f"{_fmt(v['blotch'] * 100 if v['blotch'] is not None else None, '7.3f')} "
+                             f"{_fmt(v['sharpness_ratio'], '.3g')}")
+        t = entry.get("targets", {})
+        bad = [k for k, v in {**t.get("step_ratio", {}), **t.get("worst_vs_idle", {})}.items() if not v["ok"]]
+        lines.append(f"{name}: targets {'PASS' if t.get('pass') else 'FAIL'}; following ok {t.get('following_ok')}, "
+                     f"emotions ok {t.get('emotions_ok')}; missed: {', '.join(bad) or 'none'}")
+    return "\n".join(lines)

@@ -106,6 +106,18 @@ class Probe(nn.Module):
         return out
 
     @torch.no_grad()
+    def embed(self, frames: Tensor, batch: int = 256) -> Tensor:
+        """Penultimate features (N, 8 * width) of ``frames`` (N, 4, H, W) premultiplied in [0, 1], any size
+        (resized to the probe's): what a Frechet distance between frame sets compares."""
+        was = self.training
+        self.eval()
+        dev = self.head.weight.device
+        out = [self.mlp(self.pool(self.features(self._prepare(frames[i:i + batch].to(dev)))).flatten(1)).float()
+               for i in range(0, frames.shape[0], batch)]
+        self.train(was)
+        return torch.cat(out) if out else torch.zeros(0, self.head.in_features, device=dev)
+
+    @torch.no_grad()
     def predict(self, frames: Tensor, batch: int = 256) -> tuple[Tensor, dict[str, object]]:
         """Poses (N, P) in POSE_PARAMS units and the identity read from ``frames`` (N, 4, H, W).
 

@@ -232,3 +232,24 @@ def test_cli_eval_passes_the_plan_seed(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert main(["eval", "--commands", "3", "--minutes", "0", "--seed", "7", "--device", "cpu"]) == 0
     assert seen == {"commands": 3, "minutes": 0.0, "seed": 7}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"config": {"seed": 7}}
+
+
+def test_cli_eval_passes_characters_levels_and_sheet(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`liveidol eval --all-characters --steps 1,4 --chunks 1,2 --sheet F`: the flags reach run_eval (replaced here,
+    as above); a bad list is a usage error naming the flag."""
+    import backend.training.evaluate as evaluate
+    from backend.cli import main
+
+    seen: dict = {}
+    monkeypatch.setattr(evaluate, "run_eval", lambda cfg, **kw: seen.update(kw, character=cfg.character) or {})
+    assert main(["eval", "--commands", "3", "--minutes", "0", "--all-characters", "--steps", "1,4", "--chunks", "1,2",
+                 "--sheet", "s.png", "--stride", "3", "--device", "cpu"]) == 0
+    assert seen == {"commands": 3, "minutes": 0.0, "seed": 0, "characters": ["aiko", "rin", "hana"], "steps": [1, 4],
+                    "chunks": [1, 2], "sheet": "s.png", "stride": 3, "character": "aiko"}
+    seen.clear()
+    assert main(["eval", "--commands", "1", "--minutes", "0", "--character", "rin", "--no-quality"]) == 0
+    assert seen["character"] == "rin" and seen["quality"] is False and "characters" not in seen
+    with pytest.raises(SystemExit):
+        main(["eval", "--steps", "1,x"])
+    assert "--steps" in capsys.readouterr().err

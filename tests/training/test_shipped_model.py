@@ -46,3 +46,42 @@ def test_a_commanded_action_shows_according_to_the_probe() -> None:
     alpha = frames[..., 3].astype(np.float32) / 255
     assert 0.05 < alpha.mean() < 0.5
     assert alpha[:, :, :20].max() < 0.2  # the frame's left margin stays transparent
+
+
+def test_quality_eval_runs_on_the_shipped_weights(tmp_path) -> None:
+    """`liveidol eval` with picture quality, two compute levels and a sheet, at tiny settings on the CPU: every
+    figure is there and in range, world frames score clean, and the sheet PNG has one filled cell per frame."""
+    from backend.training.evaluate import format_table, run_eval
+    from backend.training.sheet import SHEET_TIMES, write_sheet
+    from backend.world.png import read_png
+
+    cfg = load_config(None, {"model.device": "cpu", "model.output_width": 192, "model.output_height": 108})
+    r = run_eval(cfg, commands=1, minutes=0.0, seed=101, steps=[1, 2], chunks=[1], stride=6, calibration_frames=2)
+    aiko = r["characters"]["aiko"]
+    assert r["config"]["held_out"] and r["config"]["tuning_seeds"] == [0, 1, 2]
+    assert set(aiko["levels"]) == {"steps=1,chunk=1", "steps=2,chunk=1"}
+    for level in aiko["levels"].values():
+        af, q = level["action_following"], level["quality"]
+        assert af["issued"] == 1 and sum(v["n"] for v in af["per_emotion"].values()) == 1
+        assert 0 <= af["rate"] <= 1 and 0 <= af["emotion_rate_min"] <= 1
+        o = q["overall"]
+        assert q["frames_measured"] == -(-af["frames"] // 6) and "idle" in q["per_action"]
+        assert o["fd"] > 0 and 0 <= o["off_palette"] <= 1 and 0 <= o["speck"] <= 1 and 0 <= o["blotch"] <= 1
+        assert o["off_palette_world"] < 0.002 and o["speck_world"] == 0.0  # the world is clean by these measures
+        assert 0 < o["sharpness_ratio"] < 1.0  # 256x144 decoded, upscaled: softer than the world at 192x108
+    assert {"step_ratio", "worst_vs_idle", "pass", "following_ok", "emotions_ok"} <= set(aiko["targets"])
+    assert 15 < aiko["autoencoder_roundtrip"]["psnr"] < 60 and 0.5 < aiko["autoencoder_roundtrip"]["ssim"] <= 1
+    assert r["action_following"] == aiko["levels"]["steps=1,chunk=1"]["action_following"]  # the old keys stay
+    table = format_table(r)
+    assert "held-out" in table and "steps=2,chunk=1" in table and "PSNR" in table and "targets" in table
+
+    model = dataclasses.replace(cfg.model, device="cpu", output_width=192, output_height=108)
+    gen = Generator(model)
+    aiko_char = load_character("aiko")
+    info = write_sheet(gen, aiko_char, reference_frame(aiko_char, gen.native_size), tmp_path / "sheet.png",
+                       steps=(1,), actions=("blink",), cell_height=48)
+    image = read_png(tmp_path / "sheet.png")
+    assert list(image.shape[1::-1]) == info["size"] and image.shape[2] == 3
+    assert image.shape[0] > 48 and image.shape[1] > len(SHEET_TIMES) * 20
+    cells = image[-48 - 4:-4, -len(SHEET_TIMES) * 20:].astype(int)  # the right part of the only row: idol cells
+    assert cells.std() > 10
