@@ -16,13 +16,17 @@ cross-attention context (its cache is recomputed only when they change); per lat
 controls are ``[mouth openness of its temporal_factor video frames..., action progress]``
 (:func:`control_vector`, shared with training). An action switch takes effect at the next chunk;
 frames already produced never change (causality).
+
+:class:`StreamingGenerator` is what this generator and the Wan tier's (``backend/model/wan/generator.py``)
+share: caches, seeded noise, counters, snapshots, argument checks and the upscale-to-uint8 tail.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +51,11 @@ __all__ = [
     "GeneratorSnapshot",
     "GeneratorState",
     "StageTimer",
+    "StreamSnapshot",
+    "StreamingGenerator",
     "action_progress",
     "control_vector",
+    "reference_float",
     "resolve_device",
 ]
 
@@ -82,6 +89,10 @@ class Conditions:
         """Same action, emotion and text (the serial does not change the context)."""
         if other is None or (self.action, self.emotion) != (other.action, other.emotion):
             return False
+        return self.same_text(other)
+
+    def same_text(self, other: Conditions) -> bool:
+        """Same text embedding (both None counts as the same)."""
         if self.text is None or other.text is None:
             return self.text is other.text
         return self.text is other.text or (self.text.shape == other.text.shape and torch.equal(self.text, other.text))
@@ -160,21 +171,37 @@ def control_vector(mouth_frames: Sequence[float] | np.ndarray | torch.Tensor | N
     return out
 
 
+def reference_float(image: np.ndarray) -> torch.Tensor:
+    """A reference image, checked: an (H, W, 4) or (H, W, 3) uint8 array -> ``(1, C, H, W)`` float32 in [0, 1]."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+        raise GeneratorError(f"reference image: expected a (H, W, 4) or (H, W, 3) uint8 array, got {got}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise GeneratorError(f"reference image: empty shape {image.shape}")
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+
+
 @dataclass(frozen=True)
-class GeneratorSnapshot:
-    """Opaque state of a :class:`Generator` at a chunk boundary (see :meth:`Generator.snapshot`)."""
+class StreamSnapshot:
+    """The state every tier's generator snapshots: caches, noise, conditions and counters."""
 
     k: torch.Tensor = field(repr=False)
     v: torch.Tensor = field(repr=False)
     ends: tuple[int, int]
     cross: tuple[list, list] = field(repr=False)
-    cross_idle: tuple[list, list] = field(repr=False)
-    decoder: tuple[torch.Tensor | None, int] = field(repr=False)
     noise: torch.Tensor = field(repr=False)
     conditions: Conditions | None
     context: torch.Tensor | None = field(repr=False)
-    idle_context: torch.Tensor | None = field(repr=False)
     counters: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GeneratorSnapshot(StreamSnapshot):
+    """Opaque state of a :class:`Generator` at a chunk boundary (see :meth:`Generator.snapshot`)."""
+
+    cross_idle: tuple[list, list] = field(repr=False)
+    decoder: tuple[torch.Tensor | None, int] = field(repr=False)
+    idle_context: torch.Tensor | None = field(repr=False)
 
 
 class StageTimer:
@@ -219,7 +246,164 @@ class StageTimer:
         self._marks = []
 
 
-class Generator:
+class StreamingGenerator:
+    """What every tier's generator shares (:class:`Generator`, the Wan tier's ``WanGenerator``): the sizes,
+    the self- and cross-attention caches over the latent grid, the seeded chunk noise, the stream's counters
+    and their snapshot, the checks of :meth:`next_chunk`'s arguments and the upscale-to-uint8 tail.
+
+    A subclass sets ``cfg``, ``device``, ``dtype``, ``dit`` and ``decoder`` (``reset()``, ``step(latents)``),
+    then calls :meth:`_init_stream`.
+    """
+
+    cfg: ModelConfig
+    device: torch.device
+    dtype: torch.dtype
+    dit: CausalDiT
+    decoder: Any
+    fast: FastDiT
+
+    @staticmethod
+    def _check_stream_config(cfg: ModelConfig) -> None:
+        if cfg.dit.patch_size[0] != 1:
+            raise GeneratorError(f"model.dit.patch_size = {cfg.dit.patch_size}: the generator needs a time patch of 1")
+        if cfg.chunk_frames > cfg.window_frames:
+            raise GeneratorError(f"model.chunk_frames = {cfg.chunk_frames} exceeds model.window_frames = "
+                                 f"{cfg.window_frames}: a chunk must fit the cache window")
+
+    def _init_stream(self) -> None:
+        """The caches, schedule, noise and counters (after ``dit``, ``device`` and ``dtype`` exist)."""
+        cfg, s, ae = self.cfg, self.cfg.dit, self.cfg.autoencoder
+        self.timer: StageTimer | None = None  # set one to collect per-stage times (the bench does)
+        self.latent_hw = (ae.native_height // ae.spatial_factor, ae.native_width // ae.spatial_factor)
+        self.frame_tokens = self.dit.frame_tokens(*self.latent_hw)
+        self.kv = KVCache(num_layers=s.num_layers, heads=s.num_heads, head_dim=self.dit.head_dim,
+                          frame_tokens=self.frame_tokens, sink_frames=cfg.sink_frames,
+                          window_frames=cfg.window_frames, dtype=self.dtype, device=self.device)
+        self.cross = CrossAttentionCache(s.num_layers)
+        self.schedule = FlowMatchSchedule(shift=cfg.shift)
+        self._noise = torch.Generator().manual_seed(cfg.seed)
+        self._conditions: Conditions | None = None
+        self._context: torch.Tensor | None = None
+        self._position = 0  # next absolute latent frame
+        self._action_start = 0
+        self._frames_made = self._latents_made = self._chunks_made = 0
+        self._last_steps, self._last_chunk = cfg.steps, cfg.chunk_frames
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(width, height) of decoded frames before upscaling."""
+        return self.cfg.autoencoder.native_width, self.cfg.autoencoder.native_height
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of returned frames."""
+        return self.cfg.output_width, self.cfg.output_height
+
+    def frames_per_chunk(self, chunk_frames: int | None = None) -> int:
+        """Video frames returned by one :meth:`next_chunk` call."""
+        return (chunk_frames or self.cfg.chunk_frames) * self.cfg.autoencoder.temporal_factor
+
+    @property
+    def state(self) -> GeneratorState:
+        action_name = self._conditions.action if self._conditions is not None else "idle"
+        progress = action_progress(action_name, self._position - self._action_start, self.cfg.autoencoder.temporal_factor)
+        return GeneratorState(
+            frames_made=self._frames_made, latent_frames_made=self._latents_made, chunks_made=self._chunks_made,
+            cache_frames=self.kv.filled_frames, cache_bytes=self.kv.nbytes + self.cross.nbytes,
+            steps=self._last_steps, chunk_frames=self._last_chunk, attention_backend=self.dit.attention.name,
+            device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), action=action_name,
+            action_progress=progress)
+
+    # -- conditioning --------------------------------------------------------------------------
+    @staticmethod
+    def _check_names(c: Conditions) -> None:
+        if c.action not in ACTION_INDEX:
+            raise GeneratorError(f"unknown action {c.action!r} (known: {', '.join(ACTION_INDEX)})")
+        if c.emotion not in EMOTION_INDEX:
+            raise GeneratorError(f"unknown emotion {c.emotion!r} (known: {', '.join(EMOTION_INDEX)})")
+
+    def _switch_conditions(self, c: Conditions) -> Conditions | None:
+        """Make ``c`` current (a new action, or a new play of it, starts at this chunk); the previous ones."""
+        prev = self._conditions
+        if prev is None or (c.action, c.serial) != (prev.action, prev.serial):
+            self._action_start = self._position
+        self._conditions = c
+        return prev
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the model's device and dtype; on CUDA through pinned memory, without waiting."""
+        if self.device.type == "cuda":
+            return host.pin_memory().to(self.device, self.dtype, non_blocking=True)
+        return host.to(self.device, self.dtype)
+
+    # -- snapshots (the engine rolls back unshown chunks when a command interrupts them) -----
+    def _snapshot_stream(self) -> dict[str, Any]:
+        """The :class:`StreamSnapshot` fields. The self-attention cache (the only state written in place) is
+        copied; everything else is replaced, never mutated, so it is shared."""
+        return dict(k=self.kv.k.clone(), v=self.kv.v.clone(), ends=(self.kv.global_end, self.kv.local_end),
+                    cross=(list(self.cross._k), list(self.cross._v)), noise=self._noise.get_state(),
+                    conditions=self._conditions, context=self._context,
+                    counters=(self._position, self._action_start, self._frames_made, self._latents_made,
+                              self._chunks_made, self._last_steps, self._last_chunk))
+
+    def _restore_stream(self, snap: StreamSnapshot) -> None:
+        self.kv.k.copy_(snap.k)
+        self.kv.v.copy_(snap.v)
+        self.kv.global_end, self.kv.local_end = snap.ends
+        self.cross._k, self.cross._v = list(snap.cross[0]), list(snap.cross[1])
+        self._noise.set_state(snap.noise)
+        self._conditions, self._context = snap.conditions, snap.context
+        (self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
+         self._last_steps, self._last_chunk) = snap.counters
+
+    # -- the stream ----------------------------------------------------------------------------
+    def _reset_stream(self) -> None:
+        """Empty caches, reseeded noise, no conditions, counters at 0."""
+        self.kv.reset()
+        self.cross.reset()
+        self.decoder.reset()
+        self._noise.manual_seed(self.cfg.seed)
+        self._conditions, self._context = None, None
+        self._position = self._action_start = 0
+        self._frames_made = self._latents_made = self._chunks_made = 0
+
+    def _chunk_args(self, steps: int | None, chunk_frames: int | None) -> tuple[int, int]:
+        """``next_chunk``'s ``steps`` and ``chunk_frames``, defaulted from config and checked."""
+        cfg = self.cfg
+        steps = cfg.steps if steps is None else steps
+        f = cfg.chunk_frames if chunk_frames is None else chunk_frames
+        max_steps = min(4, len(cfg.timesteps))
+        if not 1 <= steps <= max_steps:
+            raise GeneratorError(f"steps = {steps}: expected 1 to {max_steps}")
+        if not 1 <= f <= cfg.window_frames:
+            raise GeneratorError(f"chunk_frames = {f}: expected 1 to model.window_frames = {cfg.window_frames}")
+        return steps, f
+
+    def _chunk_noise(self, f: int) -> torch.Tensor:
+        """The starting noise of an ``f``-latent-frame chunk ``(1, F, C, h, w)``, from the stream's seeded generator."""
+        h, w = self.latent_hw
+        return self._to_device(torch.randn((1, f, self.cfg.dit.in_dim, h, w), generator=self._noise))
+
+    def _finish_chunk(self, frames: torch.Tensor, steps: int, f: int) -> np.ndarray:
+        """Decoded RGBA ``(T, 4, H, W)`` in [0, 1] -> the output size as uint8 on the host; counts the chunk."""
+        timer = self.timer
+        frames = upscale(frames.float(), self.output_size)
+        if timer is not None:
+            timer.lap("upscale")
+        out = to_uint8_hwc(frames)
+        if timer is not None:
+            timer.lap("host_copy")
+            timer.finish()
+        self._position += f
+        self._latents_made += f
+        self._frames_made += out.shape[0]
+        self._chunks_made += 1
+        self._last_steps, self._last_chunk = steps, f
+        return out
+
+
+class Generator(StreamingGenerator):
     """Streaming video generator over a causal DiT, a bounded KV cache and a streaming decoder.
 
     usage::
@@ -237,17 +421,13 @@ class Generator:
         if not (ae_cfg.latent_channels == sizes.in_dim == sizes.out_dim):
             raise GeneratorError(f"model.autoencoder.latent_channels = {ae_cfg.latent_channels} must equal "
                                  f"model.dit.in_dim = {sizes.in_dim} and out_dim = {sizes.out_dim}")
-        if sizes.patch_size[0] != 1:
-            raise GeneratorError(f"model.dit.patch_size = {sizes.patch_size}: the generator needs a time patch of 1")
+        self._check_stream_config(cfg)
         if 0 < sizes.num_controls < ae_cfg.temporal_factor + 1:
             raise GeneratorError(f"model.dit.num_controls = {sizes.num_controls}: need 0 or at least "
                                  f"temporal_factor + 1 = {ae_cfg.temporal_factor + 1}")
         if cfg.steps > min(4, len(cfg.timesteps)):
             raise GeneratorError(f"model.steps = {cfg.steps} but model.timesteps has only {len(cfg.timesteps)} "
                                  "values (at most 4 are used)")
-        if cfg.chunk_frames > cfg.window_frames:
-            raise GeneratorError(f"model.chunk_frames = {cfg.chunk_frames} exceeds model.window_frames = "
-                                 f"{cfg.window_frames}: a chunk must fit the cache window")
         self.device, self.dtype = resolve_device(cfg)
         attn = select_attention(cfg.attention, self.device, dtype=self.dtype, sparse_keep=cfg.sparse_keep)
         self.dit = CausalDiT(sizes, attention=attn)
@@ -262,30 +442,16 @@ class Generator:
         if cfg.compile and not cuda:
             logger.info("model.compile applies on CUDA only; the DiT runs eager on %s", self.device)
         self.fast = FastDiT(self.dit, compile=cfg.compile and cuda, graphs=cfg.compile and cuda)
-        self.timer: StageTimer | None = None  # set one to collect per-stage times (the bench does)
 
-        sf, (_, ph, pw) = ae_cfg.spatial_factor, sizes.patch_size
-        self.latent_hw = (ae_cfg.native_height // sf, ae_cfg.native_width // sf)
+        self._init_stream()
+        _, ph, pw = sizes.patch_size
         if self.latent_hw[0] % ph or self.latent_hw[1] % pw:
             raise GeneratorError(f"latent grid {self.latent_hw} (native size / spatial_factor) is not divisible "
                                  f"by the patch {sizes.patch_size[1:]}")
-        self.frame_tokens = self.dit.frame_tokens(*self.latent_hw)
-        self.kv = KVCache(num_layers=sizes.num_layers, heads=sizes.num_heads, head_dim=self.dit.head_dim,
-                          frame_tokens=self.frame_tokens, sink_frames=cfg.sink_frames,
-                          window_frames=cfg.window_frames, dtype=self.dtype, device=self.device)
-        self.cross = CrossAttentionCache(sizes.num_layers)
         self.cross_idle = CrossAttentionCache(sizes.num_layers)  # the idle context, for action guidance
         self._idle_context: torch.Tensor | None = None
-        self.schedule = FlowMatchSchedule(shift=cfg.shift)
         self.hires = self._use_hires()
         self.decoder = self.autoencoder.decoder_stream(hires=self.hires)
-        self._noise = torch.Generator().manual_seed(cfg.seed)
-        self._conditions: Conditions | None = None
-        self._context: torch.Tensor | None = None
-        self._position = 0  # next absolute latent frame
-        self._action_start = 0
-        self._frames_made = self._latents_made = self._chunks_made = 0
-        self._last_steps, self._last_chunk = cfg.steps, cfg.chunk_frames
         logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d output=%dx%d tokens_per_frame=%d "
                     "cache_frames=%d cache_mb=%.1f", self.device, self.dtype, attn.name, *self.native_size,
                     *self.output_size, self.frame_tokens, cfg.sink_frames + cfg.window_frames, self.kv.nbytes / 2**20)
@@ -344,42 +510,18 @@ class Generator:
         return size or self.native_size
 
     @property
-    def native_size(self) -> tuple[int, int]:
-        """(width, height) of decoded frames before upscaling."""
-        return self.cfg.autoencoder.native_width, self.cfg.autoencoder.native_height
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        """(width, height) of returned frames."""
-        return self.cfg.output_width, self.cfg.output_height
-
-    @property
     def parameter_count(self) -> int:
         """Parameters of the DiT and the autoencoder."""
         return sum(p.numel() for m in (self.dit, self.autoencoder) for p in m.parameters())
 
-    def frames_per_chunk(self, chunk_frames: int | None = None) -> int:
-        """Video frames returned by one :meth:`next_chunk` call."""
-        return (chunk_frames or self.cfg.chunk_frames) * self.cfg.autoencoder.temporal_factor
-
     @property
     def state(self) -> GeneratorState:
-        action_name = self._conditions.action if self._conditions is not None else "idle"
-        progress = action_progress(action_name, self._position - self._action_start, self.cfg.autoencoder.temporal_factor)
-        return GeneratorState(
-            frames_made=self._frames_made, latent_frames_made=self._latents_made, chunks_made=self._chunks_made,
-            cache_frames=self.kv.filled_frames, cache_bytes=self.kv.nbytes + self.cross.nbytes,
-            steps=self._last_steps, chunk_frames=self._last_chunk, attention_backend=self.dit.attention.name,
-            device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), action=action_name,
-            action_progress=progress, linears=self.linears, compiled=self.fast.compiled)
+        return replace(super().state, linears=self.linears, compiled=self.fast.compiled)
 
     # -- conditioning --------------------------------------------------------------------------
     def _check_conditions(self, c: Conditions) -> tuple[int, int]:
         s = self.cfg.dit
-        if c.action not in ACTION_INDEX:
-            raise GeneratorError(f"unknown action {c.action!r} (known: {', '.join(ACTION_INDEX)})")
-        if c.emotion not in EMOTION_INDEX:
-            raise GeneratorError(f"unknown emotion {c.emotion!r} (known: {', '.join(EMOTION_INDEX)})")
+        self._check_names(c)
         a, e = ACTION_INDEX[c.action], EMOTION_INDEX[c.emotion]
         if a >= s.num_actions or e >= s.num_emotions:
             raise GeneratorError(f"action {c.action!r} (row {a}) or emotion {c.emotion!r} (row {e}) is past the "
@@ -391,10 +533,7 @@ class Generator:
         return a, e
 
     def _apply_conditions(self, c: Conditions, indices: tuple[int, int]) -> None:
-        prev = self._conditions
-        if prev is None or (c.action, c.serial) != (prev.action, prev.serial):
-            self._action_start = self._position  # a new action (or a new play of it) starts at this chunk
-        self._conditions = c
+        prev = self._switch_conditions(c)
         if prev is not None and c.same_as(prev):
             return
         a, e = (torch.tensor([i], device=self.device) for i in indices)
@@ -425,12 +564,6 @@ class Generator:
         if cfg.guidance <= 0 or (cfg.guidance_frames and self._position - self._action_start >= cfg.guidance_frames):
             return 0.0
         return cfg.guidance
-
-    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
-        """A host tensor on the model's device and dtype; on CUDA through pinned memory, without waiting."""
-        if self.device.type == "cuda":
-            return host.pin_memory().to(self.device, self.dtype, non_blocking=True)
-        return host.to(self.device, self.dtype)
 
     def _flow_fn(self, controls: torch.Tensor, guidance: float = 0.0, steps: int = 0):
         """The model's flow for the current chunk. With ``guidance`` > 0 and an action other than idle, the
@@ -464,27 +597,16 @@ class Generator:
         """Everything next_chunk depends on, at this chunk boundary. The self-attention cache (the only
         state written in place) is copied; everything else is replaced, never mutated, so it is shared."""
         return GeneratorSnapshot(
-            k=self.kv.k.clone(), v=self.kv.v.clone(), ends=(self.kv.global_end, self.kv.local_end),
-            cross=(list(self.cross._k), list(self.cross._v)),
-            cross_idle=(list(self.cross_idle._k), list(self.cross_idle._v)),
-            decoder=(self.decoder._prev, self.decoder.frames_decoded), noise=self._noise.get_state(),
-            conditions=self._conditions, context=self._context, idle_context=self._idle_context,
-            counters=(self._position, self._action_start, self._frames_made, self._latents_made,
-                      self._chunks_made, self._last_steps, self._last_chunk))
+            **self._snapshot_stream(), cross_idle=(list(self.cross_idle._k), list(self.cross_idle._v)),
+            decoder=(self.decoder._prev, self.decoder.frames_decoded), idle_context=self._idle_context)
 
     @torch.inference_mode()
     def restore(self, snap: GeneratorSnapshot) -> None:
         """Return to the state of :meth:`snapshot` (the snapshot stays valid for another restore)."""
-        self.kv.k.copy_(snap.k)
-        self.kv.v.copy_(snap.v)
-        self.kv.global_end, self.kv.local_end = snap.ends
-        self.cross._k, self.cross._v = list(snap.cross[0]), list(snap.cross[1])
+        self._restore_stream(snap)
         self.cross_idle._k, self.cross_idle._v = list(snap.cross_idle[0]), list(snap.cross_idle[1])
         self.decoder._prev, self.decoder.frames_decoded = snap.decoder
-        self._noise.set_state(snap.noise)
-        self._conditions, self._context, self._idle_context = snap.conditions, snap.context, snap.idle_context
-        (self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
-         self._last_steps, self._last_chunk) = snap.counters
+        self._idle_context = snap.idle_context
 
     # -- lifecycle -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -496,14 +618,8 @@ class Generator:
         """
         indices = self._check_conditions(conditions)
         ref = self._reference_tensor(reference_rgba) if reference_rgba is not None else None
-        self.kv.reset()
-        self.cross.reset()
+        self._reset_stream()
         self.cross_idle.reset()
-        self.decoder.reset()
-        self._noise.manual_seed(self.cfg.seed)
-        self._conditions, self._context = None, None
-        self._position = self._action_start = 0
-        self._frames_made = self._latents_made = self._chunks_made = 0
         self._apply_conditions(conditions, indices)
         if ref is None:
             return
@@ -517,14 +633,9 @@ class Generator:
         self._action_start = 1
 
     def _reference_tensor(self, image: np.ndarray) -> torch.Tensor:
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
-            got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
-            raise GeneratorError(f"reference image: expected a (H, W, 4) or (H, W, 3) uint8 array, got {got}")
-        if image.shape[0] < 1 or image.shape[1] < 1:
-            raise GeneratorError(f"reference image: empty shape {image.shape}")
-        if image.shape[2] == 3:
-            image = np.concatenate([image, np.full((*image.shape[:2], 1), 255, np.uint8)], axis=2)
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0  # (1, 4, H, W)
+        t = reference_float(image)
+        if t.shape[1] == 3:  # opaque
+            t = torch.cat([t, torch.ones_like(t[:, :1])], dim=1)  # (1, 4, H, W)
         return upscale(t, self.native_size).to(self.device, self.dtype)
 
     @torch.inference_mode()
@@ -536,13 +647,7 @@ class Generator:
         ``steps`` (1-4) and ``chunk_frames`` (latent frames) override the config for this chunk.
         """
         cfg, tf = self.cfg, self.cfg.autoencoder.temporal_factor
-        steps = cfg.steps if steps is None else steps
-        f = cfg.chunk_frames if chunk_frames is None else chunk_frames
-        max_steps = min(4, len(cfg.timesteps))
-        if not 1 <= steps <= max_steps:
-            raise GeneratorError(f"steps = {steps}: expected 1 to {max_steps}")
-        if not 1 <= f <= cfg.window_frames:
-            raise GeneratorError(f"chunk_frames = {f}: expected 1 to model.window_frames = {cfg.window_frames}")
+        steps, f = self._chunk_args(steps, chunk_frames)
         if mouth is not None:
             mouth = np.asarray(mouth, dtype=np.float32).reshape(-1)
             if mouth.shape[0] != f * tf:
@@ -557,8 +662,7 @@ class Generator:
         indices = self._check_conditions(conditions)
         self._apply_conditions(conditions, indices)
 
-        h, w = self.latent_hw
-        noise = self._to_device(torch.randn((1, f, cfg.autoencoder.latent_channels, h, w), generator=self._noise))
+        noise = self._chunk_noise(f)
         timesteps = self.schedule.warp_list(cfg.timesteps[:steps])
         timer = self.timer
         if timer is not None:
@@ -568,17 +672,4 @@ class Generator:
         frames = self.decoder.step(x0)[0]  # (F*tf, 4, H, W)
         if timer is not None:
             timer.lap("decode")
-        frames = upscale(frames.float(), self.output_size)
-        if timer is not None:
-            timer.lap("upscale")
-        out = to_uint8_hwc(frames)
-        if timer is not None:
-            timer.lap("host_copy")
-            timer.finish()
-
-        self._position += f
-        self._latents_made += f
-        self._frames_made += out.shape[0]
-        self._chunks_made += 1
-        self._last_steps, self._last_chunk = steps, f
-        return out
+        return self._finish_chunk(frames, steps, f)

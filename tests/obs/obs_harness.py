@@ -15,11 +15,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import obsws_python as obsws
 import websocket  # websocket-client, obsws-python's transport
 from obsws_python.error import OBSSDKError
+
+from tests.requires import unavailable
 
 SCRIPT = Path(__file__).resolve().parents[2] / "obs_plugin" / "liveidol_source.py"
 
@@ -145,6 +149,26 @@ class ObsProcess:
 
 def have_obs() -> bool:
     return shutil.which("obs") is not None and shutil.which("Xvfb") is not None
+
+
+def require_obs(test: str) -> None:
+    """Skip (locally) or fail (CI=true, which requires ``test``) when OBS Studio or Xvfb is not installed."""
+    if not have_obs():
+        unavailable("needs the obs and Xvfb binaries (apt-get install obs-studio xvfb libgl1-mesa-dri)",
+                    ci_reason=f"OBS Studio or Xvfb is not installed, and CI=true requires {test}")
+
+
+@contextmanager
+def running_obs(root: Path, *, width: int, height: int,
+                password: str = "") -> Iterator[tuple[ObsProcess, obsws.ReqClient]]:
+    """OBS (under Xvfb) started in ``root`` and a client of it; the client disconnected and OBS stopped on exit."""
+    proc = ObsProcess(root, width=width, height=height, password=password)
+    client = proc.start()
+    try:
+        yield proc, client
+    finally:
+        client.disconnect()
+        proc.stop()
 
 
 def decode_png(data: bytes) -> tuple[int, int, int, bytes]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 import secrets
 import threading
@@ -27,7 +26,7 @@ from backend.config import ObsConfig
 from obs_plugin import _stream
 from obs_plugin.setup import INPUT_KIND, ObsSetupError, run_setup, setup_obs
 from tests.obs.obs_fake_backend import FakeBackend
-from tests.obs.obs_harness import ObsProcess, decode_png, free_port, have_obs
+from tests.obs.obs_harness import ObsProcess, decode_png, free_port, require_obs, running_obs
 from tests.obs.obs_real_backend import RealBackend
 
 pytestmark = pytest.mark.obs
@@ -39,23 +38,11 @@ MATCH = 2.0        # mean abs error (0..255) for "this is that image"; OBS here 
 DIFFERENT = 20.0   # and at least this far from anything else
 
 
-def _require_obs() -> None:
-    if not have_obs():
-        if os.environ.get("CI") == "true":
-            pytest.fail("OBS Studio or Xvfb is not installed, and CI=true requires the OBS end-to-end test")
-        pytest.skip("needs the obs and Xvfb binaries (apt-get install obs-studio xvfb libgl1-mesa-dri)")
-
-
 @pytest.fixture(scope="module")
 def obs(tmp_path_factory):
-    _require_obs()
-    proc = ObsProcess(tmp_path_factory.mktemp("obs"), width=CANVAS[0], height=CANVAS[1], password=PASSWORD)
-    client = proc.start()
-    try:
-        yield proc, client
-    finally:
-        client.disconnect()
-        proc.stop()
+    require_obs("the OBS end-to-end test")
+    with running_obs(tmp_path_factory.mktemp("obs"), width=CANVAS[0], height=CANVAS[1], password=PASSWORD) as obs:
+        yield obs
 
 
 def screenshot(client: obsws.ReqClient, name: str = "LiveIdol", size: tuple[int, int] = FRAME) -> np.ndarray:
@@ -207,7 +194,7 @@ def test_obs_shows_stream_placeholder_and_recovers(obs, capsys):
 def test_obs_shows_the_real_backend(tmp_path):
     """The real backend (Engine + Server, tiny random generator): OBS shows what it serves and
     follows it across a restart.  A second /stream client records the served frames."""
-    _require_obs()
+    require_obs("the OBS end-to-end test")
     size = (64, 36)
     backend = RealBackend(width=size[0], height=size[1], fps=15.0)
     proc = ObsProcess(tmp_path, width=CANVAS[0], height=CANVAS[1])

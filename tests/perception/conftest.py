@@ -5,25 +5,19 @@ Tests that need a package skip only when it is missing and CI is not 'true' (in 
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.requires import need_modules
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "perception"
 
 
 def need(*modules: str) -> None:
     """Skip (locally) or fail (CI=true) when a python module is not importable."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if not missing:
-        return
-    msg = "not installed: " + ", ".join(missing) + " (pip install -e '.[perception]')"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
+    need_modules(*modules, install="pip install -e '.[perception]'")
 
 
 def picture(name: str) -> np.ndarray:

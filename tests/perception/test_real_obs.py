@@ -7,12 +7,11 @@ the image source's file."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
 from backend.config import PerceptionConfig
-from tests.obs.obs_harness import ObsProcess, have_obs
+from tests.obs.obs_harness import require_obs, running_obs
 
 from .conftest import FIXTURES, need
 from .test_perception_e2e import DEADLINE_S, gen, idol_watching  # noqa: F401 - gen is the generator fixture
@@ -22,17 +21,9 @@ pytestmark = [pytest.mark.obs, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def obs(tmp_path_factory):
-    if not have_obs():
-        if os.environ.get("CI") == "true":
-            pytest.fail("OBS Studio or Xvfb is not installed, and CI=true requires the real-OBS perception test")
-        pytest.skip("needs the obs and Xvfb binaries (apt-get install obs-studio xvfb libgl1-mesa-dri)")
-    proc = ObsProcess(tmp_path_factory.mktemp("obs-perception"), width=640, height=360, password="camera-pw")
-    client = proc.start()
-    try:
-        yield proc, client
-    finally:
-        client.disconnect()
-        proc.stop()
+    require_obs("the real-OBS perception test")
+    with running_obs(tmp_path_factory.mktemp("obs-perception"), width=640, height=360, password="camera-pw") as obs:
+        yield obs
 
 
 async def test_real_obs_camera_source_drives_reactions(obs, gen):  # noqa: F811 - the fixture

@@ -7,6 +7,7 @@ import json
 import time
 
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from backend.config import AutoencoderConfig, DiTSizes, ModelConfig
 from backend.server.protocol import decode_server
@@ -28,6 +29,16 @@ def real_generator(width: int = 64, height: int = 36):
     for steps in (1, 2, 1, 2, 1, 2):
         gen.next_chunk(Conditions(), steps=steps, chunk_frames=1)
     return gen
+
+
+async def close_code(ws) -> int | None:
+    """The close code the server sent (None: closed without one), reading until the connection closes."""
+    async with asyncio.timeout(5):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else None
 
 
 async def recv_msg(ws, wait_s: float = 5.0):

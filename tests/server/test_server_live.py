@@ -11,12 +11,11 @@ import msgpack
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from backend.config import EngineConfig, ServerConfig
 from backend.engine import Engine
 from backend.server import Server, ServerError
-from tests.server.server_helpers import FPS, TOKEN, control, frames_for, recv_msg
+from tests.server.server_helpers import FPS, TOKEN, close_code, control, frames_for, recv_msg
 
 
 def http_get(url: str) -> tuple[int, str, str]:
@@ -26,15 +25,6 @@ def http_get(url: str) -> tuple[int, str, str]:
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
-
-
-async def closed_code(ws) -> int | None:
-    async with asyncio.timeout(5):
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed as exc:
-            return exc.rcvd.code if exc.rcvd else None
 
 
 async def test_stream_sends_hello_then_raw_rgba_frames(running):
@@ -63,17 +53,17 @@ async def test_stream_jpeg_on_request_and_bad_query_refused(running):
     async with connect(server.url + "/stream?format=png") as ws:
         err = await recv_msg(ws)
         assert (err.type, err.code) == ("error", "bad_request") and "png" in err.message
-        assert await closed_code(ws) == 1008
+        assert await close_code(ws) == 1008
 
 
 async def test_wrong_token_closes_4001_and_commands_before_auth_close_4003(running):
     _, server = running
     async with connect(server.url + "/control") as ws:
         await ws.send(json.dumps({"type": "auth", "token": "nope"}))
-        assert await closed_code(ws) == 4001
+        assert await close_code(ws) == 4001
     async with connect(server.url + "/control") as ws:
         await ws.send(json.dumps({"type": "command", "kind": "act", "argument": "wave"}))
-        assert await closed_code(ws) == 4003
+        assert await close_code(ws) == 4003
     assert server.stats()["auth_failures"] == 1
 
 
@@ -114,7 +104,7 @@ async def test_bad_messages_get_errors_oversized_closes_1009_and_others_keep_str
         assert st["type"] == "status" and st["engine"]["commands_rejected"] == 1
         assert st["server"]["bad_messages"] == 2
         await ctl.send(b"\x00" * 5000)  # over max_message_bytes = 4096
-        assert await closed_code(ctl) == 1009
+        assert await close_code(ctl) == 1009
         frames = await frames_for(stream, 0.5)
     assert len(frames) >= 0.3 * FPS
 

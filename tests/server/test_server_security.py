@@ -22,14 +22,14 @@ import msgpack
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from backend.config import EngineConfig, ServerConfig
 from backend.engine import Engine
 from backend.remote import ControlClient, backend_url, client_tls
 from backend.server import Server, ServerError
 from backend.server import server as server_module
-from tests.server.server_helpers import FPS, TOKEN, recv_msg
+from tests.server.server_helpers import FPS, TOKEN, close_code, recv_msg
 
 TLS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "tls"
 CLIENT_LOG = logging.getLogger("tests.client")  # the test's own websockets clients log here, not as the server
@@ -37,15 +37,6 @@ CLIENT_LOG = logging.getLogger("tests.client")  # the test's own websockets clie
 
 def ws_connect(url: str, **kwargs):
     return connect(url, logger=CLIENT_LOG, **kwargs)
-
-
-async def close_code(ws) -> int | None:
-    async with asyncio.timeout(5):
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed as exc:
-            return exc.rcvd.code if exc.rcvd else None
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:

@@ -5,24 +5,16 @@ Tests that need a model skip only when its package is missing and CI is not 'tru
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
 from backend.config import VoiceConfig
+from tests.requires import need_modules
 
 
 def need(*modules: str) -> None:
     """Skip (locally) or fail (CI=true) when a python module is not importable."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if not missing:
-        return
-    msg = "not installed: " + ", ".join(missing) + " (pip install -e '.[voice]' and the model packages)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
+    need_modules(*modules, install="pip install -e '.[voice]' and the model packages")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ beside it, everything here loads public weights' own layouts from local paths:
 - ``bench_decode.py``: decode timing at full size (random weights) for the GPU;
 - ``text.py``: the umT5-XXL text encoder (transformers) and its non-blocking prompt cache;
 - ``prompts.py``: commands -> prompts from the character's templates;
-- ``generator.py``: the Wan-tier generator the streaming engine drives;
+- ``generator.py``: the Wan-tier generator the streaming engine drives (a ``StreamingGenerator``, as the
+  default tier's);
 - ``hub.py``: ``liveidol models``: the known weights, pulled into a local cache and verified.
 """

@@ -25,29 +25,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX
+from backend.actions import ACTIONS
 from backend.config import ModelConfig
 from backend.model.accel import FastDiT
 from backend.model.attention import select_attention
-from backend.model.autoencoder import to_uint8_hwc, upscale
 from backend.model.checkpoint import init_dit_, load_dit, load_weights
 from backend.model.dit import CausalDiT
 from backend.model.generator import (
     Conditions,
     GeneratorError,
-    GeneratorState,
-    action_progress,
+    StreamingGenerator,
+    StreamSnapshot,
+    reference_float,
     resolve_device,
 )
-from backend.model.kv_cache import CrossAttentionCache, KVCache
-from backend.model.sampler import FlowMatchSchedule, sample_chunk
+from backend.model.sampler import sample_chunk
 from backend.model.wan.prompts import PromptTemplates
 from backend.model.wan.taehv import (
     TAEHV,
@@ -64,24 +64,17 @@ __all__ = ["PromptConditions", "WanGenerator", "WanSnapshot", "build_wan_generat
 log = logging.getLogger(__name__)
 
 Decoder = StreamingWanDecoder | StreamingTAEHVDecoder
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
-class WanSnapshot:
+class WanSnapshot(StreamSnapshot):
     """Opaque state of a :class:`WanGenerator` at a chunk boundary."""
 
-    k: torch.Tensor = field(repr=False)
-    v: torch.Tensor = field(repr=False)
-    ends: tuple[int, int]
-    cross: tuple[list, list] = field(repr=False)
     decoder: WanDecoderSnapshot | TAEHVDecoderSnapshot = field(repr=False)
-    noise: torch.Tensor = field(repr=False)
-    conditions: Conditions | None
-    context: torch.Tensor | None = field(repr=False)
-    counters: tuple[int, ...]
 
 
-class WanGenerator:
+class WanGenerator(StreamingGenerator):
     """Streaming generator over a Wan2.1 causal DiT (the engine's ``FrameGenerator``; see module docstring).
 
     ``vae``: the Wan VAE (its encoder makes the sink frame; also the decoder when ``decoder`` is None);
@@ -97,8 +90,7 @@ class WanGenerator:
         if s.in_dim != vae.cfg.z_dim or s.out_dim != vae.cfg.z_dim:
             raise GeneratorError(f"model.dit.in_dim/out_dim = {s.in_dim}/{s.out_dim} but the Wan VAE has "
                                  f"{vae.cfg.z_dim} latent channels")
-        if s.patch_size[0] != 1:
-            raise GeneratorError(f"model.dit.patch_size = {s.patch_size}: the generator needs a time patch of 1")
+        self._check_stream_config(cfg)
         sf, tf = vae.cfg.spatial_factor, vae.cfg.temporal_factor
         if (ae.spatial_factor, ae.temporal_factor) != (sf, tf):
             raise GeneratorError(f"model.autoencoder.spatial_factor/temporal_factor = {ae.spatial_factor}/"
@@ -107,9 +99,6 @@ class WanGenerator:
             raise GeneratorError(f"model.autoencoder.native_width x native_height = {ae.native_width}x"
                                  f"{ae.native_height}: both must be multiples of {sf * s.patch_size[1]} "
                                  "(VAE factor x patch), e.g. 832x480 or 960x544")
-        if cfg.chunk_frames > cfg.window_frames:
-            raise GeneratorError(f"model.chunk_frames = {cfg.chunk_frames} exceeds model.window_frames = "
-                                 f"{cfg.window_frames}: a chunk must fit the cache window")
         if cfg.steps > min(4, len(cfg.timesteps)):
             raise GeneratorError(f"model.steps = {cfg.steps} but model.timesteps has only {len(cfg.timesteps)} values")
         if cfg.guidance > 0:
@@ -124,19 +113,7 @@ class WanGenerator:
         self.vae = vae.to(self.device, self.dtype)
         self.decoder: Decoder = decoder if decoder is not None else StreamingWanDecoder(self.vae)
         self.prompts, self.templates, self.idle_action = prompts, templates or PromptTemplates(), idle_action
-        self.latent_hw = (ae.native_height // sf, ae.native_width // sf)
-        self.frame_tokens = self.dit.frame_tokens(*self.latent_hw)
-        self.kv = KVCache(num_layers=s.num_layers, heads=s.num_heads, head_dim=self.dit.head_dim,
-                          frame_tokens=self.frame_tokens, sink_frames=cfg.sink_frames,
-                          window_frames=cfg.window_frames, dtype=self.dtype, device=self.device)
-        self.cross = CrossAttentionCache(s.num_layers)
-        self.schedule = FlowMatchSchedule(shift=cfg.shift)
-        self._noise = torch.Generator().manual_seed(cfg.seed)
-        self._conditions: Conditions | None = None
-        self._context: torch.Tensor | None = None
-        self._position = self._action_start = 0
-        self._frames_made = self._latents_made = self._chunks_made = 0
-        self._last_steps, self._last_chunk = cfg.steps, cfg.chunk_frames
+        self._init_stream()
         log.info("wan generator ready device=%s dtype=%s attention=%s decoder=%s native=%dx%d output=%dx%d "
                  "tokens_per_frame=%d cache_mb=%.1f", self.device, self.dtype, attn.name, type(self.decoder).__name__,
                  *self.native_size, *self.output_size, self.frame_tokens, self.kv.nbytes / 2**20)
@@ -159,35 +136,12 @@ class WanGenerator:
 
     # -- sizes -----------------------------------------------------------------------------------
     @property
-    def native_size(self) -> tuple[int, int]:
-        return self.cfg.autoencoder.native_width, self.cfg.autoencoder.native_height
-
-    @property
-    def output_size(self) -> tuple[int, int]:
-        return self.cfg.output_width, self.cfg.output_height
-
-    @property
     def parameter_count(self) -> int:
         """Parameters of the DiT, the VAE and the frame decoder (the text encoder not counted)."""
         mods: list[torch.nn.Module] = [self.dit, self.vae]
         if isinstance(self.decoder, StreamingTAEHVDecoder):
             mods.append(self.decoder.tae)
         return sum(p.numel() for m in mods for p in m.parameters())
-
-    def frames_per_chunk(self, chunk_frames: int | None = None) -> int:
-        return (chunk_frames or self.cfg.chunk_frames) * self.cfg.autoencoder.temporal_factor
-
-    @property
-    def state(self) -> GeneratorState:
-        c = self._conditions
-        name = c.action if c is not None else "idle"
-        return GeneratorState(
-            frames_made=self._frames_made, latent_frames_made=self._latents_made, chunks_made=self._chunks_made,
-            cache_frames=self.kv.filled_frames, cache_bytes=self.kv.nbytes + self.cross.nbytes,
-            steps=self._last_steps, chunk_frames=self._last_chunk, attention_backend=self.dit.attention.name,
-            device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), action=name,
-            action_progress=action_progress(name, self._position - self._action_start,
-                                            self.cfg.autoencoder.temporal_factor))
 
     # -- conditioning ----------------------------------------------------------------------------
     def conditions_factory(self) -> PromptConditions:
@@ -198,10 +152,7 @@ class WanGenerator:
 
     def _check(self, c: Conditions) -> None:
         s = self.cfg.dit
-        if c.action not in ACTION_INDEX:
-            raise GeneratorError(f"unknown action {c.action!r} (known: {', '.join(ACTION_INDEX)})")
-        if c.emotion not in EMOTION_INDEX:
-            raise GeneratorError(f"unknown emotion {c.emotion!r} (known: {', '.join(EMOTION_INDEX)})")
+        self._check_names(c)
         if c.text is None:
             raise GeneratorError("the Wan generator needs a text embedding: Conditions(text=...) "
                                  "(use WanGenerator.conditions_factory())")
@@ -210,13 +161,8 @@ class WanGenerator:
                                  f"got {tuple(c.text.shape)}")
 
     def _apply(self, c: Conditions) -> None:
-        prev = self._conditions
-        if prev is None or (c.action, c.serial) != (prev.action, prev.serial):
-            self._action_start = self._position
-        self._conditions = c
-        same_text = prev is not None and prev.text is not None and c.text is not None and (
-            prev.text is c.text or (prev.text.shape == c.text.shape and torch.equal(prev.text, c.text)))
-        if same_text and self._context is not None:
+        prev = self._switch_conditions(c)
+        if prev is not None and c.same_text(prev) and self._context is not None:
             return
         assert c.text is not None
         s = self.cfg.dit
@@ -233,31 +179,16 @@ class WanGenerator:
     # -- snapshots -------------------------------------------------------------------------------
     @torch.inference_mode()
     def snapshot(self) -> WanSnapshot:
-        return WanSnapshot(
-            k=self.kv.k.clone(), v=self.kv.v.clone(), ends=(self.kv.global_end, self.kv.local_end),
-            cross=(list(self.cross._k), list(self.cross._v)), decoder=self.decoder.snapshot(),
-            noise=self._noise.get_state(), conditions=self._conditions, context=self._context,
-            counters=(self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
-                      self._last_steps, self._last_chunk))
+        return WanSnapshot(**self._snapshot_stream(), decoder=self.decoder.snapshot())
 
     @torch.inference_mode()
     def restore(self, snap: WanSnapshot) -> None:
-        self.kv.k.copy_(snap.k)
-        self.kv.v.copy_(snap.v)
-        self.kv.global_end, self.kv.local_end = snap.ends
-        self.cross._k, self.cross._v = list(snap.cross[0]), list(snap.cross[1])
+        self._restore_stream(snap)
         self.decoder.restore(snap.decoder)  # type: ignore[arg-type]
-        self._noise.set_state(snap.noise)
-        self._conditions, self._context = snap.conditions, snap.context
-        (self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
-         self._last_steps, self._last_chunk) = snap.counters
 
     # -- the stream ------------------------------------------------------------------------------
     def _reference_video(self, image: np.ndarray) -> torch.Tensor:
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
-            got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
-            raise GeneratorError(f"reference image: expected a (H, W, 3) or (H, W, 4) uint8 array, got {got}")
-        rgba = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+        rgba = reference_float(image)
         if rgba.shape[1] == 4:  # straight alpha over white: a cut-out avatar on a plain studio wall
             rgba = torch.cat([rgba[:, :3] * rgba[:, 3:] + (1 - rgba[:, 3:]), rgba[:, 3:]], dim=1)
         w, h = self.native_size
@@ -270,13 +201,7 @@ class WanGenerator:
         """Start a new stream: clear caches, reseed, encode the reference as latent frame 0 into the sink."""
         self._check(conditions)
         video = self._reference_video(reference_rgba) if reference_rgba is not None else None
-        self.kv.reset()
-        self.cross.reset()
-        self.decoder.reset()
-        self._noise.manual_seed(self.cfg.seed)
-        self._conditions, self._context = None, None
-        self._position = self._action_start = 0
-        self._frames_made = self._latents_made = self._chunks_made = 0
+        self._reset_stream()
         self._apply(conditions)
         if video is None:
             return
@@ -291,29 +216,14 @@ class WanGenerator:
         """The next chunk ``(N, out_h, out_w, 4)`` RGBA uint8 (N = 4 x latent frames; 1 + 4(F-1) for a
         stream's first chunk without a reference). ``mouth`` is accepted and ignored (no mouth control here)."""
         cfg = self.cfg
-        steps = cfg.steps if steps is None else steps
-        f = cfg.chunk_frames if chunk_frames is None else chunk_frames
-        max_steps = min(4, len(cfg.timesteps))
-        if not 1 <= steps <= max_steps:
-            raise GeneratorError(f"steps = {steps}: expected 1 to {max_steps}")
-        if not 1 <= f <= cfg.window_frames:
-            raise GeneratorError(f"chunk_frames = {f}: expected 1 to model.window_frames = {cfg.window_frames}")
+        steps, f = self._chunk_args(steps, chunk_frames)
         self._check(conditions)
         self._apply(conditions)
-        h, w = self.latent_hw
-        noise = torch.randn((1, f, cfg.dit.in_dim, h, w), generator=self._noise).to(self.device, self.dtype)
-        x0 = sample_chunk(self._flow, noise, self.schedule.warp_list(cfg.timesteps[:steps]), self.schedule,
-                          self._noise, context_t=1000.0 * cfg.context_noise)
+        x0 = sample_chunk(self._flow, self._chunk_noise(f), self.schedule.warp_list(cfg.timesteps[:steps]),
+                          self.schedule, self._noise, context_t=1000.0 * cfg.context_noise)
         video = self.decoder.step(x0.permute(0, 2, 1, 3, 4))[0]  # (3, T, H, W) in [-1, 1]
         rgb = ((video.float() + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3)  # (T, 3, H, W)
-        rgba = torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1)
-        out = to_uint8_hwc(upscale(rgba, self.output_size))
-        self._position += f
-        self._latents_made += f
-        self._frames_made += out.shape[0]
-        self._chunks_made += 1
-        self._last_steps, self._last_chunk = steps, f
-        return out
+        return self._finish_chunk(torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1), steps, f)
 
 
 class PromptConditions:
@@ -364,17 +274,13 @@ def build_wan_generator(cfg: ModelConfig, templates: PromptTemplates | None = No
     w = cfg.wan
     device, dtype = resolve_device(cfg)
     if w.vae == "random":
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.seed)
-            vae = WanVAE(vae_cfg or WanVAEConfig()).to(device, dtype).eval().requires_grad_(False)
+        vae = _seeded(lambda: WanVAE(vae_cfg or WanVAEConfig()), cfg.seed, device, dtype)
     else:
         vae = load_wan_vae(_path(w.vae, "model.wan.vae", "wan-vae"), device=device, dtype=dtype, cfg=vae_cfg)
     decoder: Decoder
     if w.decoder == "taehv":
         if w.taehv == "random":
-            with torch.random.fork_rng():
-                torch.manual_seed(cfg.seed)
-                tae = TAEHV(taehv_cfg or TAEHVConfig()).to(device, dtype).eval().requires_grad_(False)
+            tae = _seeded(lambda: TAEHV(taehv_cfg or TAEHVConfig()), cfg.seed, device, dtype)
         else:
             tae = load_taehv(_path(w.taehv, "model.wan.taehv", "taehv"), device=device, dtype=dtype, cfg=taehv_cfg)
         decoder = StreamingTAEHVDecoder(tae)
@@ -394,6 +300,13 @@ def build_wan_generator(cfg: ModelConfig, templates: PromptTemplates | None = No
                              f"{cfg.dit.text_dim}")
     prompts = PromptEncoder(encoder, capacity=w.prompt_cache).start()
     return WanGenerator(cfg, vae, decoder, prompts=prompts, templates=templates, idle_action=idle_action)
+
+
+def _seeded(make: Callable[[], M], seed: int, device: torch.device, dtype: torch.dtype) -> M:
+    """``make()``'s module with its random init drawn from ``seed`` (the global RNG left as it was), for inference."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return make().to(device, dtype).eval().requires_grad_(False)
 
 
 def _path(value: str, key: str, recipe: str) -> Path:
