@@ -13,40 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from backend.pixelfont import text_mask
+
 __all__ = ["CARD_TEXT", "starting_card"]
 
 CARD_TEXT = "LIVEIDOL IS STARTING"
 
-# 5x7 glyphs, rows top to bottom, "#" = ink: only the letters the card needs.
-_GLYPHS: dict[str, tuple[str, ...]] = {
-    "A": (".###.", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),
-    "D": ("####.", "#...#", "#...#", "#...#", "#...#", "#...#", "####."),
-    "E": ("#####", "#....", "#....", "####.", "#....", "#....", "#####"),
-    "G": (".###.", "#...#", "#....", "#.###", "#...#", "#...#", ".###."),
-    "I": ("#####", "..#..", "..#..", "..#..", "..#..", "..#..", "#####"),
-    "L": ("#....", "#....", "#....", "#....", "#....", "#....", "#####"),
-    "N": ("#...#", "##..#", "#.#.#", "#..##", "#...#", "#...#", "#...#"),
-    "O": (".###.", "#...#", "#...#", "#...#", "#...#", "#...#", ".###."),
-    "R": ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#"),
-    "S": (".####", "#....", "#....", ".###.", "....#", "....#", "####."),
-    "T": ("#####", "..#..", "..#..", "..#..", "..#..", "..#..", "..#.."),
-    "V": ("#...#", "#...#", "#...#", "#...#", "#...#", ".#.#.", "..#.."),
-    " ": (".....",) * 7,
-}
 _PANEL = np.array([96, 64, 160, 204], np.uint8)  # the OBS source's violet, 80% opaque
 _INK = np.array([255, 255, 255, 255], np.uint8)
 _DIM = np.array([200, 110, 170, 255], np.uint8)
-
-
-def _text_mask(text: str) -> np.ndarray:
-    """(7, 6 * len(text) - 1) bool: the text in the 5x7 font, one blank column between letters."""
-    cols: list[np.ndarray] = []
-    for i, ch in enumerate(text):
-        glyph = _GLYPHS[ch]
-        if i:
-            cols.append(np.zeros((7, 1), bool))
-        cols.append(np.array([[c == "#" for c in row] for row in glyph], bool))
-    return np.concatenate(cols, axis=1)
 
 
 def starting_card(width: int, height: int, *, phase: int = 0) -> np.ndarray:
@@ -54,7 +29,7 @@ def starting_card(width: int, height: int, *, phase: int = 0) -> np.ndarray:
     if width < 16 or height < 16:
         raise ValueError(f"starting card needs at least 16x16 pixels, got {width}x{height}")
     out = np.zeros((height, width, 4), np.uint8)
-    text = _text_mask(CARD_TEXT)
+    text = text_mask(CARD_TEXT)
     th, tw = text.shape
     scale = max(1, min((width * 7 // 10) // tw, (height // 6) // th))
     pw, ph = (tw + 8) * scale, (th + 8) * scale  # panel: margin, text, gap, dots, margin

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.actions import EMOTIONS
+from backend.pixelfont import draw_text
 from backend.training.evaluate import emotion_templates, plan_commands, recognise_emotion, world_script
 from backend.training.probe import PROBE_PATH, Probe
 from backend.training.quality import (
@@ -25,7 +26,7 @@ from backend.training.quality import (
     psnr,
     ssim,
 )
-from backend.training.sheet import SHEET_TIMES, compose_sheet, draw_text
+from backend.training.sheet import SHEET_TIMES, compose_sheet
 from backend.world import identity_tensor, load_character, render, simulate
 from backend.world.pose import random_script
 
