@@ -42,6 +42,7 @@ from backend.model.dit import CausalDiT
 from backend.model.generator import (
     Conditions,
     GeneratorError,
+    GeneratorState,
     StreamingGenerator,
     StreamSnapshot,
     reference_float,
@@ -104,7 +105,7 @@ class WanGenerator(StreamingGenerator):
         if cfg.guidance > 0:
             log.warning("model.guidance is not used by the Wan tier (guidance=%s)", cfg.guidance)
         self.device, self.dtype = resolve_device(cfg)
-        attn = select_attention(cfg.attention, self.device, dtype=self.dtype)
+        attn = select_attention(cfg.attention, self.device, dtype=self.dtype, sparse_keep=cfg.sparse_keep)
         self.dit = CausalDiT(s, attention=attn)
         self._load(weights)
         self.dit.to(self.device, self.dtype).eval().requires_grad_(False)
@@ -135,6 +136,11 @@ class WanGenerator(StreamingGenerator):
             self.prompts.close()
 
     # -- sizes -----------------------------------------------------------------------------------
+    @property
+    def state(self) -> GeneratorState:
+        """The base state, with whether the cached DiT step runs compiled (``model.compile`` on CUDA)."""
+        return dataclasses.replace(super().state, compiled=self.fast.compiled)
+
     @property
     def parameter_count(self) -> int:
         """Parameters of the DiT, the VAE and the frame decoder (the text encoder not counted)."""

@@ -137,3 +137,15 @@ def test_bad_input_is_refused_with_one_line(gen: WanGenerator) -> None:
         gen.reset(REF.astype(np.float32), _cond(gen, "x"))  # type: ignore[arg-type]
     gen.reset(REF, _cond(gen, "a young woman waves"))  # the stream goes on
     assert gen.next_chunk(_cond(gen, "a young woman waves")).shape[0] == 8
+
+
+def test_the_tier_takes_the_attention_settings_and_reports_compilation(root: Path) -> None:
+    """`model.attention = "sparse"` keeps `model.sparse_keep` in this tier too, and the state says whether the
+    cached step runs compiled (never on the CPU)."""
+    g = build_wan_generator(tiny_model_config(root, attention="sparse", sparse_keep=0.5), PromptTemplates(),
+                            vae_cfg=TINY_VAE, taehv_cfg=TINY_TAEHV)
+    try:
+        assert getattr(g.dit.attention, "keep", None) == 0.5
+        assert g.state.compiled is False
+    finally:
+        g.close()
