@@ -313,7 +313,7 @@ class StreamingGenerator:
             cache_frames=self.kv.filled_frames, cache_bytes=self.kv.nbytes + self.cross.nbytes,
             steps=self._last_steps, chunk_frames=self._last_chunk, attention_backend=self.dit.attention.name,
             device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), action=action_name,
-            action_progress=progress)
+            action_progress=progress, compiled=self.fast.compiled)
 
     # -- conditioning --------------------------------------------------------------------------
     @staticmethod
@@ -516,7 +516,7 @@ class Generator(StreamingGenerator):
 
     @property
     def state(self) -> GeneratorState:
-        return replace(super().state, linears=self.linears, compiled=self.fast.compiled)
+        return replace(super().state, linears=self.linears)
 
     # -- conditioning --------------------------------------------------------------------------
     def _check_conditions(self, c: Conditions) -> tuple[int, int]:

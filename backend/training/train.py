@@ -204,6 +204,15 @@ def _spec_pool(n: int, frames: int, seed: int, tf: int) -> list[ClipSpec]:
     return specs
 
 
+def _sub_clips(specs: list[ClipSpec], batch: int, gen: torch.Generator, tf: int) -> list[ClipSpec]:
+    """``batch`` random clips of the pool, each cut to 2 latent frames (``2 * tf`` video frames) at one random
+    start (video only: the labels are not cut along)."""
+    idx = torch.randint(len(specs), (batch,), generator=gen).tolist()
+    start = int(torch.randint(0, specs[0].poses.shape[0] - 2 * tf + 1, (1,), generator=gen).item())
+    return [ClipSpec(s.identity, s.poses[start:start + 2 * tf], s.actions, s.emotions, s.progress, s.mouth)
+            for s in (specs[i] for i in idx)]
+
+
 def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torch.device) -> None:
     from backend.training.train_autoencoder import fit_latent_stats, train_autoencoder
 
@@ -217,11 +226,7 @@ def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torc
     specs = _spec_pool(512 if device.type == "cuda" else 16, 16 * tf, pool_seed, tf)
 
     def clips(batch: int, gen: torch.Generator) -> Tensor:
-        idx = torch.randint(len(specs), (batch,), generator=gen).tolist()
-        start = int(torch.randint(0, 16 * tf - 2 * tf + 1, (1,), generator=gen).item())
-        sub = [ClipSpec(s.identity, s.poses[start:start + 2 * tf], s.actions, s.emotions, s.progress, s.mouth)
-               for s in (specs[i] for i in idx)]
-        return straight_alpha(render_clips(sub, size, tf, device, labels=False).video)
+        return straight_alpha(render_clips(_sub_clips(specs, batch, gen, tf), size, tf, device, labels=False).video)
 
     ae = VideoAutoencoder(ae_cfg)
     total = 6000 if device.type == "cuda" else 40
@@ -315,9 +320,8 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
     if ae.hires is None or ae.hires_size is None:
         raise SystemExit("model.autoencoder.hires_factors is empty: there is no detail decoder to train")
     tf, native, big = ae_cfg.temporal_factor, (ae_cfg.native_width, ae_cfg.native_height), ae.hires_size
-    prev = run.load("hires.pt")
+    prev = run.load("hires.pt")  # its weights are in ``ae.hires`` already (_load_autoencoder)
     if prev is not None:
-        ae.hires.load_state_dict(prev["model"])
         step = int(prev["step"])
     else:
         log.info("detail decoder seeded from the native decoder tensors=%d", _seed_hires_from_native(ae))
@@ -326,11 +330,14 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
     opt = torch.optim.AdamW(ae.hires.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
     if prev is not None and prev.get("optimizer") is not None:
         opt.load_state_dict(prev["optimizer"])
-    disc = PatchDiscriminator().to(device)
-    d_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
-    if prev is not None and prev.get("disc") is not None:
-        disc.load_state_dict(prev["disc"])
-        d_opt.load_state_dict(prev["disc_optimizer"])
+    disc: PatchDiscriminator | None = None
+    critic_state: dict[str, Any] = {k: prev[k] for k in ("disc", "disc_optimizer") if k in prev} if prev else {}
+    if critic:
+        disc = PatchDiscriminator().to(device)
+        d_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
+        if critic_state:
+            disc.load_state_dict(critic_state["disc"])
+            d_opt.load_state_dict(critic_state["disc_optimizer"])
     cuda = device.type == "cuda"
     specs = _spec_pool(512 if cuda else 8, 16 * tf, 5000 + step, tf)
     batch, total = (6 if cuda else 1), (8000 if cuda else 200)
@@ -343,10 +350,7 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
             break
         t0 = time.monotonic()
         gen = torch.Generator().manual_seed(cfg.model.seed * 1_000_003 + step)
-        idx = torch.randint(len(specs), (batch,), generator=gen).tolist()
-        start = int(torch.randint(0, 16 * tf - 2 * tf + 1, (1,), generator=gen).item())
-        sub = [ClipSpec(s.identity, s.poses[start:start + 2 * tf], s.actions, s.emotions, s.progress, s.mouth)
-               for s in (specs[i] for i in idx)]
+        sub = _sub_clips(specs, batch, gen, tf)
         with torch.no_grad():
             small = straight_alpha(render_clips(sub, native, tf, device, labels=False).video)
             target = straight_alpha(render_clips(sub, big, tf, device, labels=False).video)
@@ -361,16 +365,16 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
         loss = recon.new_zeros((), dtype=torch.float32)
         for k, v in terms.items():
             loss = loss + DEFAULT_WEIGHTS[k] * v
-        adv_weight = HIRES_ADV_WEIGHT * min(1.0, max(0.0, (step - HIRES_GAN_START) / 200)) if critic else 0.0
-        if adv_weight > 0:
+        adv_weight = HIRES_ADV_WEIGHT * min(1.0, max(0.0, (step - HIRES_GAN_START) / 200)) if disc else 0.0
+        if disc is not None and adv_weight > 0:
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
                 fake_score = disc(recon)
             loss = loss + adv_weight * -fake_score.float().mean()  # hinge loss, generator side
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.hires.parameters(), 1.0)
         opt.step()
-        if critic and step >= HIRES_GAN_START - 100:  # the critic starts a little before it is listened to
+        if disc is not None and step >= HIRES_GAN_START - 100:  # the critic starts a little before it is heard
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
                 real, fake = disc(target).float(), disc(recon.detach()).float()
             d_loss = torch.relu(1.0 - real).mean() + torch.relu(1.0 + fake).mean()
@@ -386,8 +390,10 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
             log.info("hires step=%d loss=%.4f step_ms=%.0f", step, mean, 1000 * sum(step_times[-100:]) / 100)
             run.log(stage="hires", step=step, loss=mean)
     ae.hires.eval().requires_grad_(False)
+    if disc is not None:
+        critic_state = {"disc": disc.state_dict(), "disc_optimizer": d_opt.state_dict()}
     run.save("hires.pt", {"step": step, "model": {k: v.cpu() for k, v in ae.hires.state_dict().items()},
-                          "optimizer": opt.state_dict(), "disc": disc.state_dict(), "disc_optimizer": d_opt.state_dict()})
+                          "optimizer": opt.state_dict(), **critic_state})
     log.info("hires saved step=%d steps_this_call=%d seconds=%.0f last_loss=%.4f size=%dx%d", step, done,
              time.monotonic() - t_start, sum(losses[-100:]) / max(1, len(losses[-100:])), *big)
 
@@ -702,7 +708,8 @@ def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
 
 def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     ae = _load_autoencoder(cfg, run, torch.device("cpu"))
-    if run.load("hires.pt") is None:
+    hires = run.load("hires.pt")
+    if hires is None:
         ae.hires = None  # never trained in this run: the export carries no detail decoder
     ema = run.load_weights("dit_ema.safetensors")
     if ema is None:
@@ -712,7 +719,7 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     prev = run.meta()
     save_checkpoint(path, dit, ae, cfg.model, dtype=torch.float16,
                     training={"dit_step": int(prev.get("step", 0)), "sf_step": int(prev.get("sf_step", 0)),
-                              "hires_step": int((run.load("hires.pt") or {}).get("step", 0))})
+                              "hires_step": int(hires["step"]) if hires is not None else 0})
     size = path.stat().st_size
     log.info("exported %s bytes=%d dit_step=%d", path, size, prev["step"])
     run.log(stage="export", bytes=size, dit_step=prev["step"])

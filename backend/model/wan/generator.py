@@ -42,7 +42,6 @@ from backend.model.dit import CausalDiT
 from backend.model.generator import (
     Conditions,
     GeneratorError,
-    GeneratorState,
     StreamingGenerator,
     StreamSnapshot,
     reference_float,
@@ -136,11 +135,6 @@ class WanGenerator(StreamingGenerator):
             self.prompts.close()
 
     # -- sizes -----------------------------------------------------------------------------------
-    @property
-    def state(self) -> GeneratorState:
-        """The base state, with whether the cached DiT step runs compiled (``model.compile`` on CUDA)."""
-        return dataclasses.replace(super().state, compiled=self.fast.compiled)
-
     @property
     def parameter_count(self) -> int:
         """Parameters of the DiT, the VAE and the frame decoder (the text encoder not counted)."""
