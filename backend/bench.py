@@ -59,6 +59,8 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         gen.next_chunk(conditions(n))
     sync()
     peak_all = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    # what the caching allocator holds decides whether the tier fits a card (the 24 GB mode), not only what is allocated
+    reserved_all = torch.cuda.max_memory_reserved() / 2**20 if cuda else None
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     latencies: list[float] = []
@@ -74,8 +76,10 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         frames += out.shape[0]
     elapsed = time.perf_counter() - start
     state = gen.state
+    reserved = None
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
+        reserved = torch.cuda.max_memory_reserved() / 2**20
     else:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = rss / 2**20 if sys.platform == "darwin" else rss / 1024
@@ -106,6 +110,8 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         "peak_memory_mib": round(peak, 1),
         "peak_memory_kind": "cuda_allocated" if cuda else "process_rss",
         "peak_memory_with_load_mib": round(peak_all, 1) if peak_all is not None else round(peak, 1),
+        **({"peak_reserved_mib": round(reserved, 1), "peak_reserved_with_load_mib": round(reserved_all, 1)}
+           if reserved is not None and reserved_all is not None else {}),
         "first_frame_latency_ms": round(1000 * first_frame_s, 1),
         "load_seconds": round(load_s, 2),
         "model_family": cfg.model.family,
