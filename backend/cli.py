@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=2, help="measure picture quality on every Nth frame (default 2)")
     p.add_argument("--no-quality", action="store_true", help="skip the picture-quality measures")
     p.add_argument("--sheet", metavar="PATH.png", help="also write a contact sheet of every action at 1 and 4 steps")
+    p.add_argument("--balance-emotions", action="store_true",
+                   help="issue every emotion equally often (default: neutral about two thirds of the commands)")
 
     p = sub.add_parser("obs", help="OBS helpers")
     obs_sub = p.add_subparsers(dest="obs_command", required=True)
@@ -358,6 +360,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 extra[key] = getattr(args, key)
         if args.no_quality:
             extra["quality"] = False
+        if args.balance_emotions:
+            extra["balance_emotions"] = True
         if args.stride != 2:
             extra["stride"] = args.stride
         result = run_eval(cfg, commands=args.commands, minutes=args.minutes, seed=args.seed, **extra)
