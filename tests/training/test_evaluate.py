@@ -13,9 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.actions import action
+from backend.actions import EMOTIONS, action
 from backend.config import AutoencoderConfig, Config
-from backend.actions import EMOTIONS
 from backend.training.evaluate import (
     COMMANDABLE,
     EvalError,
