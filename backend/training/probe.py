@@ -40,6 +40,7 @@ from backend.world.character import (
     IDENTITY_DIM,
     OUTFITS,
     PALETTE_KEYS,
+    Identity,
     identity_tensor,
     sample_identity,
 )
@@ -90,9 +91,11 @@ class Probe(nn.Module):
     pose_lo: Tensor  # (P,) buffers, registered in __init__
     pose_span: Tensor
 
-    def __init__(self, width: int = 24, size: tuple[int, int] = PROBE_SIZE, emotion: bool = False) -> None:
+    def __init__(self, width: int = 24, size: tuple[int, int] = PROBE_SIZE, emotion: bool = False,
+                 face_width: int | None = None) -> None:
         super().__init__()
         self.width, self.size, self.emotion = width, size, emotion
+        self.face_width = fw = face_width or width
         w = width
 
         def stage(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -107,11 +110,11 @@ class Probe(nn.Module):
         self.head = nn.Linear(8 * w, sum(n for _, n in _HEADS))
         if emotion:  # the head region at full resolution -> emotion logits + the face parameters
             self.face = nn.Sequential(
-                *stage(4, w, 1), *stage(w, 2 * w, 2), *stage(2 * w, 4 * w, 2), *stage(4 * w, 4 * w, 1),
-                *stage(4 * w, 4 * w, 2), nn.Conv2d(4 * w, 16, 1), nn.AdaptiveAvgPool2d(_FACE_GRID), nn.Flatten(1),
-                nn.Linear(16 * _FACE_GRID[0] * _FACE_GRID[1], 8 * w), nn.SiLU(),
+                *stage(4, fw, 1), *stage(fw, 2 * fw, 2), *stage(2 * fw, 4 * fw, 2), *stage(4 * fw, 4 * fw, 1),
+                *stage(4 * fw, 4 * fw, 2), nn.Conv2d(4 * fw, 16, 1), nn.AdaptiveAvgPool2d(_FACE_GRID), nn.Flatten(1),
+                nn.Linear(16 * _FACE_GRID[0] * _FACE_GRID[1], 8 * fw), nn.SiLU(),
             )
-            self.face_head = nn.Linear(8 * w, len(EMOTIONS) + len(FACE_PARAMS))
+            self.face_head = nn.Linear(8 * fw, len(EMOTIONS) + len(FACE_PARAMS))
         lo = torch.tensor([r[0] for r in POSE_RANGES])
         self.register_buffer("pose_lo", lo, persistent=False)
         self.register_buffer("pose_span", torch.tensor([r[1] for r in POSE_RANGES]) - lo, persistent=False)
@@ -189,7 +192,8 @@ class Probe(nn.Module):
         meta = {"format": _FORMAT, "width": str(self.width), "size": json.dumps(list(self.size)),
                 "pose_params": json.dumps(list(POSE_PARAMS))}
         if self.emotion:
-            meta |= {"emotion": json.dumps(list(EMOTIONS)), "face_box": json.dumps(FACE_BOX)}
+            meta |= {"emotion": json.dumps(list(EMOTIONS)), "face_box": json.dumps(FACE_BOX),
+                     "face_width": str(self.face_width)}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.state_dict().items()}, str(path),
                   metadata=meta)
@@ -214,7 +218,7 @@ class Probe(nn.Module):
             raise ProbeError(f"{path}: its emotion head was trained for other emotions or another face box; "
                              "retrain it: liveidol train probe")
         probe = cls(width=int(meta["width"]), size=tuple(json.loads(meta["size"])),  # type: ignore[arg-type]
-                    emotion="emotion" in meta)
+                    emotion="emotion" in meta, face_width=int(meta.get("face_width", meta["width"])))
         try:
             probe.load_state_dict({k: v.float() for k, v in state.items()})
         except RuntimeError as exc:
@@ -238,13 +242,17 @@ def render_batch(n: int, gen: torch.Generator, device: torch.device | str, size:
 
 def _render_labelled(n: int, gen: torch.Generator, device: torch.device | str, size: tuple[int, int],
                      pose_pool: Tensor, labels: Tensor | None, *, run: int = 1,
-                     autoencoder: VideoAutoencoder | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """:func:`render_batch`, also picking the per-frame emotion ``labels`` (clips, T) of the chosen poses."""
+                     autoencoder: VideoAutoencoder | None = None, fixed: list[Identity] | None = None,
+                     fixed_share: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """:func:`render_batch`, also picking the per-frame emotion ``labels`` (clips, T) of the chosen poses; with
+    ``fixed``, about ``fixed_share`` of the idols are drawn from those identities instead of at random."""
     if n % run:
         raise ValueError(f"render_batch: n = {n} is not a multiple of run = {run}")
     k = n // run
     clips, length, _ = pose_pool.shape
-    ident = identity_tensor([sample_identity(gen) for _ in range(k)])
+    who = [fixed[int(torch.randint(len(fixed), (), generator=gen))]
+           if fixed and float(torch.rand((), generator=gen)) < fixed_share else sample_identity(gen) for _ in range(k)]
+    ident = identity_tensor(who)
     clip = torch.randint(clips, (k,), generator=gen)
     first = torch.randint(length - run + 1, (k,), generator=gen)
     at = (clip[:, None], first[:, None] + torch.arange(run))
@@ -384,8 +392,69 @@ def train_probe(steps: int, device: torch.device | str = "cpu", *, batch: int = 
     return probe.eval()
 
 
+def train_emotion_head(base: Probe, minutes: float, *, frames: int = 6144, batch: int = 64, lr: float = 2e-3,
+                       seed: int = 0, autoencoder: VideoAutoencoder | None = None, autoencoder_share: float = 0.5,
+                       fixed: list[Identity] | None = None, fixed_share: float = 0.5, clips: int = 400,
+                       face_width: int = 8) -> Probe:
+    """Add an emotion head to ``base`` (a probe without one) on the CPU: ``base``'s trunk and heads are kept
+    exactly (its pose read-out does not change); only the face branch trains, on ``frames`` head crops rendered
+    once (``autoencoder_share`` of them through ``autoencoder``; about ``fixed_share`` of the idols drawn from
+    ``fixed``, e.g. the shipped characters, the rest random), for ``minutes`` with a cosine learning rate."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = Probe(width=base.width, size=base.size, emotion=True, face_width=face_width)
+    probe.load_state_dict(base.state_dict(), strict=False)
+    poses_pool, labels = _labelled_pool(gen, clips)
+    freq = torch.bincount(labels[labels >= 0], minlength=len(EMOTIONS)).float().clamp(min=1.0)
+    class_weight = freq.sum() / freq / len(EMOTIONS)
+    face_idx = [POSE_INDEX[k] for k in FACE_PARAMS]
+    run = autoencoder.cfg.temporal_factor if autoencoder is not None else 1
+    if autoencoder is not None:
+        autoencoder = autoencoder.eval().requires_grad_(False)
+    crops, faces, emos = [], [], []
+    t0 = time.monotonic()
+    with torch.no_grad():
+        for i in range(0, frames, 64):
+            through = autoencoder is not None and (i // 64) % max(1, round(1 / max(autoencoder_share, 1e-3))) == 0
+            x, p, _, e = _render_labelled(64, gen, "cpu", probe.size, poses_pool, labels, run=run if through else 1,
+                                          autoencoder=autoencoder if through else None, fixed=fixed,
+                                          fixed_share=fixed_share)
+            assert e is not None
+            keep = e >= 0
+            crops.append(probe._face_crop(probe._prepare(x[keep])).half())
+            faces.append(((p - probe.pose_lo) / probe.pose_span)[keep][:, face_idx])
+            emos.append(e[keep])
+    data = torch.cat(crops), torch.cat(faces), torch.cat(emos)
+    log.info("emotion head pool frames=%d labelled=%d seconds=%.1f", frames, data[0].shape[0], time.monotonic() - t0)
+    params = list(probe.face.parameters()) + list(probe.face_head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    probe.train()
+    t0 = time.monotonic()
+    deadline = t0 + minutes * 60
+    step = 0
+    while time.monotonic() < deadline:
+        progress = (time.monotonic() - t0) / (deadline - t0)
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, 20.0 * progress + 0.01) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        idx = torch.randint(data[0].shape[0], (batch,), generator=gen)
+        x = data[0][idx].float()
+        x = x + 0.06 * torch.randn(x.shape, generator=gen)  # the noise of train_probe (0.03 in [0, 1])
+        out = probe.face_head(probe.face(x))
+        logits, face = out[:, :len(EMOTIONS)], out[:, len(EMOTIONS):]
+        loss = F.cross_entropy(logits, data[2][idx], weight=class_weight) + F.mse_loss(face, data[1][idx]) * 10.0
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            acc = float((logits.argmax(-1) == data[2][idx]).float().mean())
+            log.info("emotion head step=%d loss=%.4f acc=%.3f progress=%.2f", step, loss.item(), acc, progress)
+        step += 1
+    return probe.eval()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m backend.training.probe --steps 20000 --device cuda --out backend/weights/probe.safetensors``"""
+    """``python -m backend.training.probe --steps 20000 --device cuda --out backend/weights/probe.safetensors``;
+    ``--emotion-head MINUTES --base P`` adds an emotion head to the probe file P on the CPU (its pose read-out kept)."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Train the evaluation probe on procedural world renders.")
@@ -397,11 +466,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, nargs=2, default=list(PROBE_SIZE), metavar=("W", "H"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--emotion", action="store_true", help="add the emotion head (what liveidol eval reads emotions with)")
+    ap.add_argument("--emotion-head", type=float, metavar="MINUTES",
+                    help="only train an emotion head onto --base for this long (CPU: train_emotion_head)")
+    ap.add_argument("--base", help="the probe file to add the emotion head to")
+    ap.add_argument("--frames", type=int, default=3072, help="--emotion-head: head crops rendered for training")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    probe = train_probe(args.steps, args.device, batch=args.batch, lr=args.lr, pool=args.pool,
-                        size=(args.size[0], args.size[1]), seed=args.seed, emotion=args.emotion)
+    if args.emotion_head is not None:
+        from backend.config import load_config
+        from backend.training.train import _checkpoint_autoencoder
+        from backend.world.character import load_character
+
+        if not args.base:
+            ap.error("--emotion-head needs --base PROBE_FILE")
+        _, ae = _checkpoint_autoencoder(load_config(None, {"model.device": "cpu"}), "the autoencoder comes from "
+                                        "model.checkpoint: none could be loaded")
+        fixed = [load_character(n).identity for n in ("aiko", "rin", "hana")]
+        probe = train_emotion_head(Probe.load(args.base), args.emotion_head, frames=args.frames, seed=args.seed,
+                                   autoencoder=ae.float(), autoencoder_share=0.25, fixed=fixed)
+    else:
+        probe = train_probe(args.steps, args.device, batch=args.batch, lr=args.lr, pool=args.pool,
+                            size=(args.size[0], args.size[1]), seed=args.seed, emotion=args.emotion)
     probe.save(args.out)
     log.info("probe saved path=%s", args.out)
 

@@ -521,11 +521,12 @@ def action_scores(poses: Tensor, fps: float = 25.0) -> dict[str, Tensor]:
     s["like"] = g["r_thumb"] * clip01(1.0 - g["racket"])
     s["touch_nose"] = g["r_point"] * _near(sk.r_hand, (NOSE[0] - 3.0, NOSE[1] + 5.0), 30.0).sqrt()
     # A blink is a transient closure: measured against the eyes' open level of the last 0.8 s (wide surprised
-    # eyes blink too) and above the least closure of the last 1.2 s, it must cover enough of the window (one
-    # idle blink stays below 0.25) AND vary (eyes kept half shut by a sad face and a one-eyed touch_nose are
-    # not blinking, even when an idle blink comes on top).
+    # eyes blink too; a sad face's or a generated frame's eyes that never open fully to 1 blink as well) and
+    # above the least closure of the last 1.2 s, it must cover enough of the window (one idle blink stays
+    # below 0.25) AND vary (eyes kept half shut by a sad face and a one-eyed touch_nose are not blinking, even
+    # when an idle blink comes on top).
     bwin = round(0.8 * fps)
-    closed_rel = clip01(1.0 - eyes / torch.clamp(_window_max(eyes, bwin), min=1.0))
+    closed_rel = clip01(1.0 - eyes / torch.clamp(_window_max(eyes, bwin), min=0.3))
     transient = closed_rel + _window_max(-closed_rel, round(1.2 * fps))  # closure above the 1.2 s minimum
     double = (clip01((_window_mean(transient, bwin) - 0.25) / 0.12)
               * clip01(_window_std(closed_rel, bwin) / 0.2))

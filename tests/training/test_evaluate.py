@@ -29,7 +29,7 @@ from backend.training.evaluate import (
 )
 from backend.training.probe import Probe
 from backend.world import identity_tensor, load_character, render, simulate
-from backend.world.pose import action_scores
+from backend.world.pose import POSE_INDEX, action_scores
 from tests.model.model_kit import micro_config, random_weights
 
 NATIVE = (64, 32)  # big enough for a quick probe to see arms and the bow; the micro DiT stays tiny
@@ -158,6 +158,17 @@ def test_half_shut_eyes_are_no_blink_and_a_surprised_face_no_surprise():
         poses, _ = simulate([(0, "idle", "neutral"), (25, act, emo)], 75, seed=4)
         s = action_scores(poses[25:50])
         assert followed(s, act) and not followed(s, not_read), (act, emo)
+
+
+def test_a_generated_blink_as_the_probe_reads_it_is_a_blink():
+    """Eyes per frame that the shipped probe read from the shipped model's blink (aiko, neutral, CPU, 256x144): the
+    eyes never open past 0.85 and close in steps of one latent frame (4 frames). The world's blink closes fully."""
+    eyes = [0.84, 0.84, 0.83, 0.82, 0.27, 0.26, 0.25, 0.24, 0.8, 0.8, 0.8, 0.79, 0.31, 0.31, 0.3, 0.29, 0.67, 0.68,
+            0.68, 0.66, 0.82, 0.83, 0.83, 0.82, 0.85]
+    poses, _ = simulate([(0, "idle", "neutral")], 25, seed=3)
+    for side in ("l", "r"):
+        poses[:, POSE_INDEX[f"eye_open_{side}"]] = torch.tensor(eyes)
+    assert followed(action_scores(poses), "blink")
 
 
 def test_emotion_rule_averages_the_settled_part_of_the_window():

@@ -85,3 +85,38 @@ def test_quality_eval_runs_on_the_shipped_weights(tmp_path) -> None:
     assert image.shape[0] > 48 and image.shape[1] > len(SHEET_TIMES) * 20
     cells = image[-48 - 4:-4, -len(SHEET_TIMES) * 20:].astype(int)  # the right part of the only row: idol cells
     assert cells.std() > 10
+
+
+def test_shipped_probe_reads_the_world_right() -> None:
+    """The rules of `liveidol eval` on PERFECT video: the world's own renders (the probe's size, all three shipped
+    characters, a balanced plan of 15 commands each: 3 per emotion, 9 per emotion in all; plan seed 41 is used
+    nowhere else). A probe or rule that misreads ground truth cannot certify the model: every emotion must read
+    >= 97% (here: all 9) and actions >= 95%."""
+    from backend.actions import EMOTIONS
+    from backend.training.evaluate import (
+        ALL_CHARACTERS,
+        _premultiplied,
+        _world_chunks,
+        plan_commands,
+        read_emotion,
+        world_script,
+    )
+    from backend.world.pose import simulate
+
+    probe = Probe.load(PROBE_PATH)
+    assert probe.emotion  # the shipped probe has the emotion head the emotion rule reads
+    hits: dict[str, list[bool]] = {e: [] for e in EMOTIONS}
+    followed_ok: list[bool] = []
+    for name in ALL_CHARACTERS:
+        plan = plan_commands(15, frames_per_chunk=8, seed=41, balance_emotions=True)
+        poses, _ = simulate(world_script(plan), plan[-1].start + 25, seed=41)
+        character = load_character(name)
+        for c in plan:
+            frames = torch.cat([_premultiplied(x, torch.device("cpu")) for x in _world_chunks(
+                character, poses[c.start:c.start + c.window], (256, 144), torch.device("cpu"))])
+            read, ident = probe.predict(frames)
+            followed_ok.append(followed(action_scores(read), c.action))
+            hits[c.emotion].append(read_emotion(ident["emotion"]) == c.emotion)  # type: ignore[arg-type]
+    rates = {e: sum(v) / len(v) for e, v in hits.items()}
+    assert all(r >= 0.97 for r in rates.values()), rates
+    assert sum(followed_ok) / len(followed_ok) >= 0.95

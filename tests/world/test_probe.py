@@ -161,3 +161,15 @@ def test_training_from_a_probe_keeps_its_weights_as_the_start():
     assert torch.allclose(probe.head.bias, init.head.bias)  # lr 0: exactly the inherited weights
     with pytest.raises(ValueError, match="width 4"):
         train_probe(1, "cpu", batch=4, size=(64, 36), width=8, init=init)
+
+
+def test_emotion_head_training_keeps_the_base_probe_exactly():
+    from backend.training.probe import train_emotion_head
+
+    base = Probe(width=4, size=(64, 36))
+    probe = train_emotion_head(base, 0.01, frames=64, clips=4, face_width=4, fixed_share=0.0)
+    assert probe.emotion and probe.face_width == 4
+    for k, v in base.state_dict().items():
+        assert torch.equal(probe.state_dict()[k], v), k  # the trunk and its heads: the pose read-out is unchanged
+    frames = torch.rand(2, 4, 36, 64)
+    assert torch.equal(base.predict(frames)[0], probe.predict(frames)[0])
