@@ -94,9 +94,13 @@ def _preset(name: str | None) -> dict[str, Any]:
         known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.toml")))
         raise CliError(f"--model {name}: unknown model (known: {known})")
     try:
-        return _flatten(tomllib.loads(path.read_text()))
+        data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise CliError(f"{path}: not valid TOML: {exc}") from None
+    base = data.pop("base", None)  # a preset over another preset (e.g. wan-1.3b-live over wan-1.3b)
+    if base is not None and (not isinstance(base, str) or base == name):
+        raise CliError(f"{path}: base must name another preset, got {base!r}")
+    return {**(_preset(base) if base else {}), **_flatten(data)}
 
 
 def _config(args: argparse.Namespace, **flags: Any) -> Config:

@@ -138,6 +138,9 @@ class WanConfig:
     decoder: Literal["taehv", "vae"] = opt("taehv", "Frame decoder: TAEHV (fast, real time) or the Wan VAE's "
                                            "causal decoder (full quality, slower).")
     taehv: str = opt("", "taew2_1.pth for decoder = 'taehv'; '' = the `liveidol models pull taehv` cache; 'random'.")
+    decode_stream: bool = opt(True, "On CUDA with decoder = 'taehv': decode each chunk on a second CUDA stream, "
+                              "overlapped with the next chunk's DiT passes (the engine shows its frames once they "
+                              "are on the host). Off, or on a CPU: decode after the passes, in line.")
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,11 @@ class EngineConfig:
     min_steps: int = opt(1, "Fewest denoising steps the engine may drop to when behind real time.", min=1, max=4)
     min_chunk_frames: int = opt(1, "Smallest chunk (latent frames) the engine may drop to when behind.", min=1)
     idle_action: str = opt("idle", "Action played when no command is active.")
+    restart_on_command: bool = opt(False, "A command that comes while a chunk is being made stops it and makes it "
+                                    "again under the command (exact: its context is not in the cache yet), and only "
+                                    "the made frames that cover the next chunk's making are kept: lower latency, "
+                                    "some generator work thrown away. Off: that chunk is kept and the command "
+                                    "follows it.")
     log_path: str = opt("", "Append-only input log (JSON lines, each command written when accepted; "
                         "`liveidol replay` re-renders a session from it); '' keeps it in memory only.")
 
