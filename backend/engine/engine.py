@@ -24,8 +24,8 @@ With ``engine.restart_on_command`` (a generator with an ``interrupt`` hook: both
 that comes while a chunk is being made stops that chunk between two passes and the generator goes back to
 the snapshot before it -- exact, since the chunk has not written its context into the cache yet -- and the
 chunk is made again under the command. Of the chunks already made, only those that cover the time to make
-the next one are kept (the measured seconds per chunk plus one frame), the rest are dropped: the picture
-neither freezes nor waits longer than it must.
+the next one are kept (the measured seconds per chunk, with a margin, from the pacer's next slot on), the rest
+are dropped: the picture neither freezes nor waits longer than it must.
 
 Action timing has one owner, the :class:`~backend.engine.session.Session`: it numbers each play of an
 action (``serial``; the same action again is a new play) and computes its progress per frame at the
@@ -826,11 +826,17 @@ class Engine:
         log.debug("applied changes=%d boundary=%d dropped_chunks=%d", len(changes), boundary, len(dropped))
 
     def _cover_frames(self) -> float:
-        """Frames that must stay queued while the next chunk is made: its measured seconds, plus one frame
-        (everything, before a chunk was measured)."""
+        """Frames that must stay queued so the next chunk is ready for the slot after them: its measured
+        making (the smoothed seconds per chunk, +10% and 10 ms for its jitter and decode) less the time until
+        the pacer's next slot (everything, before a chunk was measured)."""
         if self._chunk_s is None:
             return math.inf
-        return self._chunk_s * self.cfg.fps + 1.0
+        need = 1.1 * self._chunk_s + 0.01
+        if not self.pacer.started:
+            return need * self.cfg.fps + 1.0
+        # kept frames fill the slots from the next one on; the new chunk's first frame is due K slots later
+        slack = max(0.0, self.pacer.deadline(self.pacer.next_seq) - self._clock())
+        return max(0.0, (need - slack) * self.cfg.fps)
 
     # ------------------------------------------------------------------ pacer
 

@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from backend.config import EngineConfig, load_config
 from backend.engine import Engine
@@ -140,7 +141,7 @@ async def test_a_command_keeps_only_the_frames_that_cover_the_next_chunk(tmp_pat
             await engine.wait_started()
             while engine.buffer_frames < 11:  # noqa: ASYNC110 - the producer fills the look-ahead
                 await asyncio.sleep(0.005)
-            engine._chunk_s = 0.1  # as if measured: 0.1 s a chunk = 2 frames at 20 FPS, so 3 frames cover it
+            engine._chunk_s = 0.1  # as if measured: 0.1 s a chunk, so 1.4 to 2.4 frames at 20 FPS cover it
             assert engine._last is not None
             last_g = int(engine._last.rgba[0, 0, 0]) + 256 * int(engine._last.rgba[0, 0, 1])
             ticket = await engine.submit(Command(CommandKind.ACT, "wave"))
@@ -149,10 +150,26 @@ async def test_a_command_keeps_only_the_frames_that_cover_the_next_chunk(tmp_pat
     at_g = next(json.loads(line)["at_g"] for line in log.read_text().splitlines()
                 if json.loads(line)["event"] == "applied")
     kept = at_g - last_g - 1  # frames after the one on screen at the command that were shown before it took effect
-    # 11+ frames were ready; a whole-chunk prefix just covering 2-3 frames stayed (<= 3 + a chunk of 4 - 1, plus
-    # a frame or two the pacer showed while the command was being applied), the rest was dropped and remade
+    # 11+ frames were ready; a whole-chunk prefix just covering 1.4-2.4 frames stayed (at most 1 + a chunk of 4,
+    # plus a frame or two the pacer showed while the command was being applied), the rest was dropped and remade
     assert 2 <= kept <= 8, kept
     assert engine.counters["chunks_dropped"] >= 1
+
+
+def test_the_cover_is_the_next_chunks_making_less_the_time_to_the_next_slot() -> None:
+    now = [100.0]
+    engine = Engine(EngineConfig(fps=20.0, restart_on_command=True), PipelinedStandIn(), None, max_steps=4,
+                    max_chunk_frames=1, clock=lambda: now[0])
+    assert engine._cover_frames() == float("inf")  # nothing measured yet: keep everything
+    engine._chunk_s = 0.1  # needs 1.1 * 0.1 + 0.01 = 0.12 s
+    assert engine._cover_frames() == pytest.approx(0.12 * 20 + 1)  # no clock yet: a frame of margin
+    engine.pacer.start(t0=100.0)
+    assert engine._cover_frames() == pytest.approx(2.4)  # the next slot is due now: 0.12 s = 2.4 frames
+    now[0] = 100.12  # slots 0, 1, 2 shown; slot 3 is due at 100.15, 0.03 s away
+    engine.pacer._next = 3
+    assert engine._cover_frames() == pytest.approx((0.12 - 0.03) * 20)
+    engine._chunk_s = 0.001
+    assert engine._cover_frames() == 0.0  # ready before the next slot: nothing needs keeping
 
 
 def test_the_live_preset_is_the_wan_preset_with_the_latency_settings() -> None:
