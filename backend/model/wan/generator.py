@@ -110,7 +110,10 @@ class WanGenerator(StreamingGenerator):
         self._load(weights)
         self.dit.to(self.device, self.dtype).eval().requires_grad_(False)
         cuda = self.device.type == "cuda"  # model.compile: compiled cached passes replayed as CUDA graphs
-        self.fast = FastDiT(self.dit, compile=cfg.compile and cuda, graphs=cfg.compile and cuda)
+        # one graph per cache placement of a chunk: while the cache fills, every chunk lands at a new place (9
+        # places for 1-latent chunks and a 9-frame window, the last one the steady state): room for all of them
+        graphs = max(8, 2 * (cfg.sink_frames + cfg.window_frames) + 4)
+        self.fast = FastDiT(self.dit, compile=cfg.compile and cuda, graphs=cfg.compile and cuda, max_graphs=graphs)
         self.vae = vae.to(self.device, self.dtype)
         self.decoder: Decoder = decoder if decoder is not None else StreamingWanDecoder(self.vae)
         self.prompts, self.templates, self.idle_action = prompts, templates or PromptTemplates(), idle_action
