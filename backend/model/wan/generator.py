@@ -217,7 +217,14 @@ class WanGenerator(StreamingGenerator):
             return
         latent = self.vae.encode(video).permute(0, 2, 1, 3, 4)  # (1, 1, C, h, w)
         self._flow(latent, torch.zeros((1, 1), device=self.device))  # the t=0 pass writes the sink frame
-        self.decoder.step(latent.permute(0, 2, 1, 3, 4))  # primes the decoder's causal memory (1 frame, dropped)
+        side = self.decode_stream
+        if side is None:
+            self.decoder.step(latent.permute(0, 2, 1, 3, 4))  # primes the decoder's causal memory (1 frame, dropped)
+        else:  # the decoder's memory is made, read and freed on its own stream only
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            latent.record_stream(side)
+            with torch.cuda.stream(side):
+                self.decoder.step(latent.permute(0, 2, 1, 3, 4))
         self._position = self._action_start = 1
 
     @torch.inference_mode()
