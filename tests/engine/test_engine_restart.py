@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ async def test_a_command_mid_chunk_restarts_it_exactly_as_a_clean_replay(tmp_pat
 
 
 async def test_pending_frames_are_shown_once_each_in_order_across_restarts_and_drops() -> None:
-    gen = PipelinedStandIn(seconds_per_step=0.004, decode_s=0.03, frames_per_latent=4)
+    gen: Any = PipelinedStandIn(seconds_per_step=0.004, decode_s=0.03, frames_per_latent=4)
     cfg = EngineConfig(fps=40.0, lookahead_frames=8, min_steps=4, restart_on_command=True)
     engine = Engine(cfg, gen, None, max_steps=4, max_chunk_frames=1)
     seen: list[int] = []
@@ -133,7 +134,7 @@ async def test_pending_frames_are_shown_once_each_in_order_across_restarts_and_d
 
 async def test_a_command_keeps_only_the_frames_that_cover_the_next_chunk(tmp_path: Path) -> None:
     log = tmp_path / "inputs.jsonl"
-    gen = PipelinedStandIn(seconds_per_step=0.0, frames_per_latent=4)
+    gen: Any = PipelinedStandIn(seconds_per_step=0.0, frames_per_latent=4)
     cfg = EngineConfig(fps=20.0, lookahead_frames=12, min_steps=4, restart_on_command=True, log_path=str(log))
     engine = Engine(cfg, gen, None, max_steps=4, max_chunk_frames=1)
     async with engine:
@@ -158,7 +159,8 @@ async def test_a_command_keeps_only_the_frames_that_cover_the_next_chunk(tmp_pat
 
 def test_the_cover_is_the_next_chunks_making_less_the_time_to_the_next_slot() -> None:
     now = [100.0]
-    engine = Engine(EngineConfig(fps=20.0, restart_on_command=True), PipelinedStandIn(), None, max_steps=4,
+    stand_in: Any = PipelinedStandIn()
+    engine = Engine(EngineConfig(fps=20.0, restart_on_command=True), stand_in, None, max_steps=4,
                     max_chunk_frames=1, clock=lambda: now[0])
     assert engine._cover_frames() == float("inf")  # nothing measured yet: keep everything
     engine._chunk_s = 0.1  # needs 1.1 * 0.1 + 0.01 = 0.12 s
