@@ -82,7 +82,7 @@ def test_teacher_trajectory_guides_only_young_actions_and_is_a_function_of_z() -
     assert db.guided[0].tolist() == [False, False, True, True]
     z = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(2))
     states, x0 = teacher_trajectory(teacher, db, z, cfg, sched, guidance=1.0)
-    states2, x0b = teacher_trajectory(teacher, db, z, cfg, sched, guidance=1.0)
+    _, x0b = teacher_trajectory(teacher, db, z, cfg, sched, guidance=1.0)
     assert len(states) == 4 and torch.equal(states[0], z) and torch.equal(x0, x0b)
     _, plain = teacher_trajectory(teacher, db, z, cfg, sched, guidance=0.0)
     diff = (x0 - plain).abs().mean(dim=(2, 3, 4))[0]
@@ -112,7 +112,7 @@ def test_student_at_one_step_moves_toward_the_teachers_four_step_output() -> Non
     losses = []
     for _ in range(60):
         db = build_batch(teacher, student, cfg, batch, 2, 5, torch.Generator().manual_seed(1), None)
-        loss, stats = distill_loss(student, db, states, target, batch["latents"], 2, sched, cfg,
+        loss, _ = distill_loss(student, db, states, target, batch["latents"], 2, sched, cfg,
                                    torch.Generator().manual_seed(4), torch.Generator().manual_seed(5), weight)
         opt.zero_grad()
         loss.backward()
