@@ -193,3 +193,12 @@ def test_generator_skips_the_guidance_pass_of_a_guidance_distilled_checkpoint(tm
     gen.fast = counting  # type: ignore[assignment]
     gen.next_chunk(Conditions(action="wave"), steps=2)
     assert len(calls) == passes
+
+
+def test_cli_names_the_stage_and_the_export_path() -> None:
+    from backend.cli import build_parser
+
+    args = build_parser().parse_args(["train", "distill", "--run", "runs/d", "--minutes", "5.5"])
+    assert (args.stage, args.run, args.minutes, args.out) == ("distill", "runs/d", 5.5, None)
+    args = build_parser().parse_args(["train", "export", "--run", "runs/d", "--out", "d.safetensors"])
+    assert args.out == "d.safetensors"
