@@ -129,15 +129,15 @@ def _flow(dit: CausalDiT, db: DistillBatch, noisy: Tensor, t_noisy: Tensor, cont
 
 @torch.no_grad()
 def teacher_trajectory(teacher: CausalDiT, db: DistillBatch, z: Tensor, cfg: ModelConfig, sched: FlowMatchSchedule,
-                       *, guidance: float) -> tuple[list[Tensor], Tensor]:
+                       *, guidance: float, noise: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
     """The teacher's guided sampler on every chunk at once: ``(states, x0)``: the input of each of its
     ``TEACHER_STEPS`` calls (``states[0]`` is ``z``) and its final x0, float32 ``(B, n, C, h, w)``.
 
     Step for step what ``sample_chunk`` with the generator's flow does (x0 by the nearest training sigma,
     re-noise by ``t_next / 1000``, guidance ``f + g (f - f_idle)`` on the guided frames only), with the
-    noise of :func:`trajectory_noise`."""
+    noise of :func:`trajectory_noise` (or ``noise``: the initial noise and each re-noising draw, explicitly)."""
     ts = sched.warp_list(cfg.timesteps[:TEACHER_STEPS])
-    noise = trajectory_noise(z.float(), len(ts))
+    noise = trajectory_noise(z.float(), len(ts)) if noise is None else [e.float() for e in noise]
     b, n = z.shape[:2]
     idle_ctx = None
     if guidance > 0 and bool(db.guided.any()):  # the idle pass runs on every row: one shape for the compiled blocks

@@ -202,3 +202,42 @@ def test_cli_names_the_stage_and_the_export_path() -> None:
     assert (args.stage, args.run, args.minutes, args.out) == ("distill", "runs/d", 5.5, None)
     args = build_parser().parse_args(["train", "export", "--run", "runs/d", "--out", "d.safetensors"])
     assert args.out == "d.safetensors"
+
+
+def test_teacher_trajectory_is_the_generators_guided_sampler() -> None:
+    """The distillation target is what the engine samples: the first chunk of a stream after a command (guided),
+    made by the real Generator (cache path, 4 steps), equals the teacher's trajectory on the training sequence
+    given the same noise draws."""
+    from backend.model.generator import Conditions, Generator
+
+    cfg = micro_config(guidance=0.5, guidance_frames=4, chunk_frames=2, context_noise=0.1)
+    weights = random_weights(cfg, seed=3, std=0.15)
+    gen = Generator(cfg, weights=weights)
+    ref_img = np.random.default_rng(0).integers(0, 256, (16, 32, 4), dtype=np.uint8)
+    gen.reset(ref_img, Conditions())
+    ref_latent = gen.autoencoder.encode(gen._reference_tensor(ref_img)[:, None].expand(1, 4, 4, 16, 32))
+    state = gen._noise.get_state()
+    draws = torch.Generator().manual_seed(0)
+    draws.set_state(state)
+    f, (h, w) = cfg.chunk_frames, gen.latent_hw
+    noise = [torch.randn((1, f, cfg.dit.in_dim, h, w), generator=draws)]
+    noise += [torch.randn((1, f, cfg.dit.in_dim, h, w), generator=draws) for _ in range(3)]
+    captured = []
+    step = gen.decoder.step
+    gen.decoder.step = lambda x0: captured.append(x0.clone()) or step(x0)  # type: ignore[method-assign]
+    gen.next_chunk(Conditions(action="wave"), steps=4)
+
+    teacher = gen.dit
+    acts = torch.full((1, f), ACTION_INDEX["wave"])
+    batch = {"latents": torch.zeros(1, f, cfg.dit.in_dim, h, w), "reference": ref_latent,
+             "actions": acts, "emotions": torch.zeros(1, f, dtype=torch.long),
+             "mouth": torch.zeros(1, f * cfg.autoencoder.temporal_factor),
+             "progress": progress_from_labels(acts, cfg.autoencoder.temporal_factor), "since": frames_since_switch(acts)}
+    db = build_batch(teacher, teacher, cfg, batch, f, 0, torch.Generator().manual_seed(0), None)
+    assert db.guided.all()
+    _, x0 = teacher_trajectory(teacher, db, noise[0], cfg, FlowMatchSchedule(shift=cfg.shift), guidance=0.5,
+                               noise=noise)
+    torch.testing.assert_close(x0, captured[0].float(), atol=1e-4, rtol=1e-4)
+    _, unguided = teacher_trajectory(teacher, db, noise[0], cfg, FlowMatchSchedule(shift=cfg.shift), guidance=0.0,
+                                     noise=noise)
+    assert (unguided - captured[0]).abs().max() > 1e-3  # the comparison can fail: guidance is in the target
