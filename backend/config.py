@@ -178,6 +178,9 @@ class ModelConfig:
     guidance_negative: str = opt("idle", "The action whose prediction guidance pushes away from.")
     guidance_frames: int = opt(4, "Guide only the first this many latent frames of each action (the push that "
                                "starts it; the model's own context carries it on); 0 = the whole action.", min=0)
+    distilled_guidance: Literal["skip", "apply"] = opt(
+        "skip", "When the checkpoint has action guidance distilled into it (`liveidol train distill`): 'skip' the "
+        "second pass (the weights guide themselves), or 'apply' model.guidance on top anyway.")
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)

@@ -569,11 +569,14 @@ class Generator(StreamingGenerator):
     def _load(self, flat: dict[str, torch.Tensor] | None) -> None:
         weights = split_state(flat, "<weights>") if flat is not None else load_weights(self.cfg.checkpoint)
         self._hires_trained = False
+        self.guidance_distilled = False
         if weights is None:
             init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
             logger.info("generator weights source=random")
             return
         check_config(weights, self.cfg)
+        # `liveidol train distill` folds the action guidance into the weights: no second pass then
+        self.guidance_distilled = bool(((weights.config or {}).get("training") or {}).get("guidance_distilled"))
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
             load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",
@@ -656,8 +659,11 @@ class Generator(StreamingGenerator):
 
     def _guidance_now(self) -> float:
         """The guidance scale for the chunk about to be made: ``model.guidance`` while the action is younger
-        than ``model.guidance_frames`` latent frames (or always, when that is 0), else 0."""
+        than ``model.guidance_frames`` latent frames (or always, when that is 0), else 0; always 0 for a checkpoint
+        whose guidance is distilled (unless ``model.distilled_guidance`` = 'apply')."""
         cfg = self.cfg
+        if self.guidance_distilled and cfg.distilled_guidance == "skip":
+            return 0.0
         if cfg.guidance <= 0 or (cfg.guidance_frames and self._position - self._action_start >= cfg.guidance_frames):
             return 0.0
         return cfg.guidance
