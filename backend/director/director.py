@@ -14,9 +14,11 @@ Lanes - decided here, documented for the engine:
 * **Serialized lane** (``ACT``, ``SAY``): body actions and speech never overlap.  They wait in the priority
   queue (:mod:`backend.director.policy`) and the next one is sent only when the current one has finished.
   The engine owns action timing (its session counts frames): when the sink returns the engine's ticket, the
-  director waits on its ``finished``. Only a sink that gives no such word (a remote backend over
-  ``/control``, a test recorder) falls back to an estimate on the director's clock: an action's
-  ``duration_s`` from :mod:`backend.actions`, speech by :func:`say_duration_s`.
+  director waits on its ``finished`` -- in process (``engine.submit``) or from another process over ``/control``
+  (:class:`backend.remote.RemoteTicket`, resolved by the backend's command events). Only where that word cannot
+  come (a sink that gives none, like a test recorder; a ``finished`` that raises: the connection dropped, an older
+  backend) does the director go by an estimate on its own clock: an action's ``duration_s`` from
+  :mod:`backend.actions`, speech by :func:`say_duration_s`; and a watchdog goes on if the word never comes.
 * **Moderation after the start**: a deleted message, or a banned viewer, whose command is already playing is
   cancelled (``CommandKind.CANCEL`` to the engine: speech stops at once, an action at its next chunk).
 * **Immediate lane** (``EMOTION``, ``PROMPT``, ``RESET``): they change the conditioning, not the body, so they
@@ -323,6 +325,13 @@ class Director:
                 await self._accept(item)
             self._changed()
         cur = self._current
+        if cur is not None and cur.finished is not None and cur.finished.done() \
+                and (cur.finished.cancelled() or cur.finished.exception() is not None):
+            # no word will come (a remote backend's connection dropped, the engine stopped): the estimate ends it
+            error = "cancelled" if cur.finished.cancelled() else str(cur.finished.exception())
+            logger.warning("no word from the engine about command=%s (%s); going by its estimate",
+                           cur.item.command.command_id, error)
+            cur.finished = None
         if cur is not None and cur.finished is not None and not cur.finished.done() \
                 and now >= cur.ends + WATCHDOG_S:  # a safety net only: the engine stopped answering
             logger.warning("no word from the engine about command=%s %.0f s after its estimated end; going on",

@@ -185,12 +185,15 @@ class Ticket:
     or None if a later command replaced it before any of its frames were shown. ``finished`` resolves to
     the output frame seq at which what it started (an action's play, a speech) ended on screen -- by
     itself, interrupted or cancelled -- or None if it never showed. The session's frame count is the one
-    clock of action timing: the director waits on ``finished``, not on its own clock."""
+    clock of action timing: the director waits on ``finished``, not on its own clock. ``ended`` says why it
+    finished (set before ``finished`` resolves): "played" (by itself; an emotion or prompt once shown),
+    "replaced" (a later command took its place), "cancelled", "ignored" (a cancel with nothing to stop)."""
 
     command_id: str
     record: InputRecord
     shown: asyncio.Future[int | None] = field(repr=False)
     finished: asyncio.Future[int | None] = field(repr=False)
+    ended: str = ""
 
 
 @dataclass
@@ -468,7 +471,7 @@ class Engine:
                     self.session.log.resolve(ticket.record, "cancelled")
                     if not ticket.shown.done():
                         ticket.shown.set_result(None)
-                    self._finish(ticket, None)
+                    self._finish(ticket, None, "cancelled")
                 self.counters["commands_cancelled"] += 1
         silenced = False
         if self._scheduled_speech is not None and self._scheduled_speech[0] is not None \
@@ -494,7 +497,7 @@ class Engine:
             ticket = Ticket(change.command.command_id, change.record, loop.create_future(), loop.create_future())
             self.session.log.resolve(change.record, "cancelled")
             ticket.shown.set_result(None)
-            ticket.finished.set_result(None)
+            self._finish(ticket, None, "cancelled")
             log.info("command cancelled before it was queued id=%s", change.command.command_id)
             return ticket
         if not self._tasks or self.error is not None:
@@ -729,7 +732,7 @@ class Engine:
                     self.session.log.resolve(ticket.record, "ignored", error="nothing of it was playing")
                     if not ticket.shown.done():
                         ticket.shown.set_result(None)
-                    self._finish(ticket, None)
+                    self._finish(ticket, None, "ignored")
                 continue
             if cmd.kind is CommandKind.CANCEL:
                 self.counters["commands_cancelled"] += 1
@@ -775,7 +778,7 @@ class Engine:
             did = directive.command_id
             if play_id != self._shown_play:
                 ended, self._shown_play = self._shown_play, play_id
-                self._finish(self._plays.pop(ended, None), seq)
+                self._finish(self._plays.pop(ended, None), seq, self._ended_by(self._plays.get(play_id), ended))
             self._wake.set()
             if self._last is None or did != self._last.directive_id:
                 self.directive = dataclasses.replace(directive, started_frame=seq)
@@ -823,13 +826,24 @@ class Engine:
                 ticket.shown.set_result(seq if i == idx else None)
             kind = ticket.record.kind
             if i != idx or kind in (CommandKind.EMOTION.value, CommandKind.PROMPT.value):
-                self._finish(ticket, seq if i == idx else None)  # never played / occupies no action
+                # never played / occupies no action
+                self._finish(ticket, seq if i == idx else None,
+                             "played" if i == idx else self._ended_by(self._tickets[idx], ticket.command_id))
                 self._plays.pop(ticket.command_id, None)
         del self._tickets[:idx + 1]
 
-    def _finish(self, ticket: Ticket | None, seq: int | None) -> None:
+    def _finish(self, ticket: Ticket | None, seq: int | None, why: str = "played") -> None:
         if ticket is not None and not ticket.finished.done():
+            ticket.ended = why
             ticket.finished.set_result(seq)
+
+    @staticmethod
+    def _ended_by(successor: Ticket | None, command_id: str) -> str:
+        """Why ``command_id``'s play ended, from the ticket of the play that took its place (None: by itself)."""
+        if successor is None:
+            return "played"
+        record = successor.record
+        return "cancelled" if record.kind == CommandKind.CANCEL.value and record.argument == command_id else "replaced"
 
     def _emit_audio(self, pts: float) -> None:
         playing = self._playing
