@@ -771,7 +771,7 @@ class Engine:
             if self._last is None:
                 self._show_card(seq, pts)
                 return
-            rgba, did, g = self._last.rgba, self._last.directive_id, None
+            rgba, did, g, play_id = self._last.rgba, self._last.directive_id, None, self._shown_play
             self.counters["frames_repeated"] += 1
         else:
             rgba, directive, g, play_id = item
@@ -789,7 +789,7 @@ class Engine:
         self.counters["frames_shown"] += 1
         self._rate.tick()
         if g is not None and (prev is None or did != prev.directive_id):
-            self._took_effect(did, seq)
+            self._took_effect(did, seq, play_id)
         if g is not None and self._scheduled_speech is not None and g >= self._scheduled_speech[1]:
             speech = self._scheduled_speech[0]
             self._scheduled_speech = None
@@ -810,12 +810,18 @@ class Engine:
         self.counters["frames_starting"] += 1
         self._out.publish_frame(VideoFrame(seq, pts, card, ""))
 
-    def _took_effect(self, directive_id: str, seq: int) -> None:
+    def _took_effect(self, directive_id: str, seq: int, play_id: str = "") -> None:
         idx = next((i for i, t in enumerate(self._tickets) if t.command_id == directive_id), None)
         if idx is None:
             return
         now = self._clock()
         for i, ticket in enumerate(self._tickets[:idx + 1]):
+            if i != idx and ticket.command_id == play_id:
+                # its action plays, under an emotion or prompt that came at the same boundary: shown, not ended
+                self.session.log.resolve(ticket.record, "shown", frame=seq, time=now)
+                if not ticket.shown.done():
+                    ticket.shown.set_result(seq)
+                continue
             outcome = "shown" if i == idx else "superseded"
             self.session.log.resolve(ticket.record, outcome, frame=seq, time=now)
             if i == idx:
