@@ -101,6 +101,11 @@ class RemoteTicket:
         return self.started
 
     @property
+    def ended(self) -> str:
+        """Why it finished, as the engine's ``Ticket.ended`` says it ("" until then)."""
+        return self.reason.value if self.reason is not None else ""
+
+    @property
     def effective_frame(self) -> int | None:
         return self.ok.effective_frame
 

@@ -130,6 +130,7 @@ class _Current:
     ends: float  # an estimate (for the overlay), and the end only where the sink gives no ``finished``
     finished: asyncio.Future[Any] | None = None  # the engine's word that its play ended (Ticket.finished)
     engine_id: str = ""  # the id the engine knows it by (a remote backend assigns its own)
+    ticket: object = None  # what the sink returned (its ``ended``: why the play ended, once ``finished``)
 
 
 class Director:
@@ -339,7 +340,9 @@ class Director:
             cur.finished = None
         if cur is not None and (cur.finished.done() if cur.finished is not None else now >= cur.ends):
             self._current = None
-            self._decide("finished", "played" if cur.finished is not None else "duration_elapsed", item=cur.item)
+            word = cur.finished is not None  # the engine's (played, replaced by another client's command ...)
+            self._decide("finished", "played" if word else "duration_elapsed", item=cur.item,
+                         detail=str(getattr(cur.ticket, "ended", "") or "") if word else "")
             self._changed()
         for stale in self.queue.remove_where(lambda i: i.expires_at <= now):
             self._decide("expired", "not_started_in_time", item=stale)
@@ -358,6 +361,7 @@ class Director:
             sent = await self._send(item.command)
             if current is not None and self._current is current:
                 current.engine_id = str(getattr(sent, "command_id", "") or item.command.command_id)
+                current.ticket = sent
                 finished = getattr(sent, "finished", None)
                 looping = item.command.kind is CommandKind.ACT and action(item.command.argument).loop
                 if isinstance(finished, asyncio.Future) and not looping:  # the engine times the action

@@ -107,7 +107,7 @@ async def test_a_remote_directors_queued_actions_play_back_to_back(backend: Back
             await settled(backend, *tickets)
             await until("the director to see the last one end", lambda: director.current is None)
     finished = [d for d in director.decisions if d.decision == "finished"]
-    assert [(d.argument, d.reason) for d in finished] == [(p, "played") for p in plays]  # the backend's word
+    assert [(d.argument, d.reason, d.detail) for d in finished] == [(p, "played", "played") for p in plays]
     for name, ticket in zip(plays, tickets, strict=True):
         start, end = ticket.started.result(), ticket.finished.result()
         assert ticket.reason is EndReason.PLAYED, ticket
@@ -131,6 +131,7 @@ async def test_a_replaced_command_reports_replaced(backend: Backend) -> None:
                                            control.command(Command(CommandKind.ACT, "like")))
         await settled(backend, wave, nod, heart, like)
     assert (wave.reason, nod.reason, heart.reason, like.reason) == (EndReason.REPLACED,) * 3 + (EndReason.PLAYED,)
+    assert (wave.ended, like.ended) == ("replaced", "played")  # as the engine's Ticket.ended says it
     assert wave.finished.result() == nod.started.result()  # cut where the nod began
     assert backend.seqs_of(wave.command_id) == list(range(wave.started.result(), wave.finished.result()))
     assert nod.finished.result() == like.started.result()
