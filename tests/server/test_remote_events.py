@@ -180,6 +180,7 @@ async def test_a_client_that_never_reads_events_does_not_stall_anyone(backend: B
         await settled(backend, blink)
         frames = await watching
         dropped = server.stats()["control_events_dropped"]
+        metrics = server.metrics_text()
         # reading again: events arrive, stamped with the number this connection lost
         lost = 0
         async with asyncio.timeout(DEADLINE_S):
@@ -193,6 +194,7 @@ async def test_a_client_that_never_reads_events_does_not_stall_anyone(backend: B
     assert len(seqs) >= 10 and max(b - a for a, b in itertools.pairwise(seqs)) <= 2  # the viewer missed nothing
     assert engine.status()["frames_shown"] > shown_before
     assert dropped > 0 and 0 < lost <= dropped
+    assert f'liveidol_control_events_total{{state="dropped"}} {dropped}' in metrics
 
 
 async def test_on_disconnect_tickets_fail_clearly_and_the_director_goes_by_its_estimate(backend: Backend) -> None:
