@@ -190,8 +190,9 @@ async def test_a_client_that_never_reads_events_does_not_stall_anyone(backend: B
                     lost = msg.dropped
     assert blink.reason is EndReason.PLAYED
     assert backend.seqs_of(blink.command_id) == list(range(blink.started.result(), blink.finished.result()))
-    seqs = [f.seq for f in frames]
-    assert len(seqs) >= 10 and max(b - a for a, b in itertools.pairwise(seqs)) <= 2  # the viewer missed nothing
+    seqs = {f.seq for f in frames}
+    shown = {f.seq for f in backend.frames if min(seqs) <= f.seq <= max(seqs)}  # what the engine showed meanwhile
+    assert len(seqs) >= 5 and len(shown - seqs) <= 0.1 * len(shown)  # the viewer got (nearly) every one of them
     assert engine.status()["frames_shown"] > shown_before
     assert dropped > 0 and 0 < lost <= dropped
     assert f'liveidol_control_events_total{{state="dropped"}} {dropped}' in metrics
