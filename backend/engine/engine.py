@@ -194,12 +194,15 @@ class Ticket:
     or None if a later command replaced it before any of its frames were shown. ``finished`` resolves to
     the output frame seq at which what it started (an action's play, a speech) ended on screen -- by
     itself, interrupted or cancelled -- or None if it never showed. The session's frame count is the one
-    clock of action timing: the director waits on ``finished``, not on its own clock."""
+    clock of action timing: the director waits on ``finished``, not on its own clock. ``ended`` says why it
+    finished (set before ``finished`` resolves): "played" (by itself; an emotion or prompt once shown),
+    "replaced" (a later command took its place), "cancelled", "ignored" (a cancel with nothing to stop)."""
 
     command_id: str
     record: InputRecord
     shown: asyncio.Future[int | None] = field(repr=False)
     finished: asyncio.Future[int | None] = field(repr=False)
+    ended: str = ""
 
 
 class _Ready:
@@ -514,7 +517,7 @@ class Engine:
                     self.session.log.resolve(ticket.record, "cancelled")
                     if not ticket.shown.done():
                         ticket.shown.set_result(None)
-                    self._finish(ticket, None)
+                    self._finish(ticket, None, "cancelled")
                 self.counters["commands_cancelled"] += 1
         silenced = False
         if self._scheduled_speech is not None and self._scheduled_speech[0] is not None \
@@ -540,7 +543,7 @@ class Engine:
             ticket = Ticket(change.command.command_id, change.record, loop.create_future(), loop.create_future())
             self.session.log.resolve(change.record, "cancelled")
             ticket.shown.set_result(None)
-            ticket.finished.set_result(None)
+            self._finish(ticket, None, "cancelled")
             log.info("command cancelled before it was queued id=%s", change.command.command_id)
             return ticket
         if not self._tasks or self.error is not None:
@@ -816,7 +819,7 @@ class Engine:
                     self.session.log.resolve(ticket.record, "ignored", error="nothing of it was playing")
                     if not ticket.shown.done():
                         ticket.shown.set_result(None)
-                    self._finish(ticket, None)
+                    self._finish(ticket, None, "ignored")
                 continue
             if cmd.kind is CommandKind.CANCEL:
                 self.counters["commands_cancelled"] += 1
@@ -889,14 +892,14 @@ class Engine:
             if self._last is None:
                 self._show_card(seq, pts)
                 return
-            rgba, did, g = self._last.rgba, self._last.directive_id, None
+            rgba, did, g, play_id = self._last.rgba, self._last.directive_id, None, self._shown_play
             self.counters["frames_repeated"] += 1
         else:
             rgba, directive, g, play_id = item
             did = directive.command_id
             if play_id != self._shown_play:
                 ended, self._shown_play = self._shown_play, play_id
-                self._finish(self._plays.pop(ended, None), seq)
+                self._finish(self._plays.pop(ended, None), seq, self._ended_by(self._plays.get(play_id), ended))
             self._wake.set()
             if self._last is None or did != self._last.directive_id:
                 self.directive = dataclasses.replace(directive, started_frame=seq)
@@ -907,7 +910,7 @@ class Engine:
         self.counters["frames_shown"] += 1
         self._rate.tick()
         if g is not None and (prev is None or did != prev.directive_id):
-            self._took_effect(did, seq)
+            self._took_effect(did, seq, play_id)
         if g is not None and self._scheduled_speech is not None and g >= self._scheduled_speech[1]:
             speech = self._scheduled_speech[0]
             self._scheduled_speech = None
@@ -928,12 +931,18 @@ class Engine:
         self.counters["frames_starting"] += 1
         self._out.publish_frame(VideoFrame(seq, pts, card, ""))
 
-    def _took_effect(self, directive_id: str, seq: int) -> None:
+    def _took_effect(self, directive_id: str, seq: int, play_id: str = "") -> None:
         idx = next((i for i, t in enumerate(self._tickets) if t.command_id == directive_id), None)
         if idx is None:
             return
         now = self._clock()
         for i, ticket in enumerate(self._tickets[:idx + 1]):
+            if i != idx and ticket.command_id == play_id:
+                # its action plays, under an emotion or prompt that came at the same boundary: shown, not ended
+                self.session.log.resolve(ticket.record, "shown", frame=seq, time=now)
+                if not ticket.shown.done():
+                    ticket.shown.set_result(seq)
+                continue
             outcome = "shown" if i == idx else "superseded"
             self.session.log.resolve(ticket.record, outcome, frame=seq, time=now)
             if i == idx:
@@ -944,13 +953,24 @@ class Engine:
                 ticket.shown.set_result(seq if i == idx else None)
             kind = ticket.record.kind
             if i != idx or kind in (CommandKind.EMOTION.value, CommandKind.PROMPT.value):
-                self._finish(ticket, seq if i == idx else None)  # never played / occupies no action
+                # never played / occupies no action
+                self._finish(ticket, seq if i == idx else None,
+                             "played" if i == idx else self._ended_by(self._tickets[idx], ticket.command_id))
                 self._plays.pop(ticket.command_id, None)
         del self._tickets[:idx + 1]
 
-    def _finish(self, ticket: Ticket | None, seq: int | None) -> None:
+    def _finish(self, ticket: Ticket | None, seq: int | None, why: str = "played") -> None:
         if ticket is not None and not ticket.finished.done():
+            ticket.ended = why
             ticket.finished.set_result(seq)
+
+    @staticmethod
+    def _ended_by(successor: Ticket | None, command_id: str) -> str:
+        """Why ``command_id``'s play ended, from the ticket of the play that took its place (None: by itself)."""
+        if successor is None:
+            return "played"
+        record = successor.record
+        return "cancelled" if record.kind == CommandKind.CANCEL.value and record.argument == command_id else "replaced"
 
     def _emit_audio(self, pts: float) -> None:
         playing = self._playing

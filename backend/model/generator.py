@@ -680,7 +680,10 @@ class Generator(StreamingGenerator):
 
         def flow(x: torch.Tensor, t: torch.Tensor, t_value: float) -> torch.Tensor:  # x: (B, F, C, h, w)
             assert self._context is not None
-            guided = guidance > 0 and self._idle_context is not None and t_value > 0  # host float: no device read
+            # the denoising calls only: the cache pass (call steps + 1, at t = 1000 * context_noise, which is > 0
+            # for this model) keeps only the conditional K/V and its output is discarded, so an idle pass there
+            # was wasted work
+            guided = guidance > 0 and self._idle_context is not None and calls[0] < steps and t_value > 0
             if not guided:
                 out = run(x, t, self._context, self.cross)
             else:
@@ -688,8 +691,8 @@ class Generator(StreamingGenerator):
                 uncond = run(x, t, self._idle_context, self.cross_idle)
                 cond = run(x, t, self._context, self.cross)
                 out = cond + guidance * (cond - uncond)
+            calls[0] += 1
             if self.timer is not None:
-                calls[0] += 1
                 self.timer.lap("cache" if calls[0] > steps else "dit")
             return out
         calls = [0]

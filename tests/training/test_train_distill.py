@@ -170,12 +170,11 @@ def test_distill_stage_resumes_and_exports_its_metadata(tmp_path: Path) -> None:
         export_stage(cfg, run, tmp_path / "stale.safetensors")
 
 
-@pytest.mark.parametrize(("distilled", "mode", "passes"), [(False, "skip", 6), (True, "skip", 3), (True, "apply", 6)])
+@pytest.mark.parametrize(("distilled", "mode", "passes"), [(False, "skip", 5), (True, "skip", 3), (True, "apply", 5)])
 def test_generator_skips_the_guidance_pass_of_a_guidance_distilled_checkpoint(tmp_path: Path, distilled: bool,
                                                                             mode: str, passes: int) -> None:
-    """2 steps on a fresh action: guided = 2 x 2 passes + the cache pass (guided too: with context noise it runs
-    at t > 0, so the idle pass runs there as well, though only the conditional pass's K/V are kept) = 6;
-    distilled = 2 + 1."""
+    """2 steps on a fresh action: guided = 2 x 2 passes + the cache pass (never guided: only its conditional
+    K/V are kept and its output is discarded, though with context noise it runs at t > 0) = 5; distilled = 2 + 1."""
     from backend.model.generator import Conditions, Generator
 
     cfg = Config(model=micro_config(guidance=0.5, guidance_frames=4, distilled_guidance=mode))
