@@ -120,34 +120,60 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
     }
 
 
-def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float = 2.0) -> dict[str, Any]:
+def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float = 2.0,
+                   warmup_s: float = 2.0, max_warmup_s: float = 120.0) -> dict[str, Any]:
     """The whole streaming engine, paced in real time, with a command every ``command_every_s``: the output
-    frame rate and its jitter as a subscriber sees them, and command-to-first-responding-frame latency."""
+    frame rate and its jitter as a subscriber sees them, and command-to-first-responding-frame latency.
+
+    What it counts: a frame *shown* is one published at a pacer slot; it is *distinct* when it is a frame
+    the model generated, shown for the first time; a *repeat* is the last frame published again because the
+    next generated one was not ready (the engine's counters; the subscriber checks the same by identity of
+    the frame array). There is no frame interpolation: every distinct frame came out of the model.
+
+    Warm-up (not measured): at least ``warmup_s`` and until the KV cache has filled and a few more chunks
+    came (compiling and capturing the cached step happens then), at most ``max_warmup_s``. The window also
+    reports the steps and chunk sizes held (min/max over the chunks made in it), the per-stage device times
+    of the generator (median per chunk: the denoising passes, the cache pass, decode, resampling, host copy),
+    the subscriber's wire encoding of a frame, and peak GPU memory."""
     import asyncio
 
     from backend.app import build_generator
     from backend.engine.engine import Engine
     from backend.events import Command, CommandKind, VideoFrame
+    from backend.model.generator import StageTimer
+    from backend.server.protocol import encode, frame_message
 
     generator, reference, character = build_generator(cfg)
     actions = [a.name for a in ACTIONS if not a.loop]
+    cuda = generator.state.device.startswith("cuda")
+    m = cfg.model
+    warm_chunks = -(-(m.sink_frames + m.window_frames) // max(1, m.chunk_frames)) + 4  # cache full, then 4
 
     async def main() -> dict[str, Any]:
         factory = getattr(generator, "conditions_factory", None)  # the Wan tier: commands -> prompt embeddings
         async with Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
                           max_chunk_frames=cfg.model.chunk_frames, character=character,
                           conditions=factory() if factory is not None else None) as engine:
+            t_load = time.perf_counter()
             await engine.wait_started()
+            first_chunk_s = time.perf_counter() - t_load
             sub = engine.subscribe(audio=False)
             arrivals: list[float] = []
             latencies: list[float] = []
+            encode_ms: list[float] = []
             repeats = RepeatCounter()
+            last_frame: list[Any] = [None]
 
             async def watch() -> None:
                 async for item in sub:
                     if isinstance(item, VideoFrame):
                         arrivals.append(time.perf_counter())
                         repeats.add(item)
+                        last_frame[0] = item
+                        if repeats.frames % 5 == 1:  # what a loopback client gets: the raw RGBA frame message
+                            t0 = time.perf_counter()
+                            encode(frame_message(item, "rgba"))
+                            encode_ms.append(1000 * (time.perf_counter() - t0))
 
             async def command(i: int) -> None:
                 t0 = time.perf_counter()
@@ -156,11 +182,25 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                     latencies.append(time.perf_counter() - t0)
 
             watcher = asyncio.create_task(watch())
-            await asyncio.sleep(2.0)  # warm-up
+            t_warm = time.perf_counter()
+            def warming() -> bool:
+                waited = time.perf_counter() - t_warm
+                return waited < max_warmup_s and (waited < warmup_s or engine.counters["chunks_made"] < warm_chunks)
+
+            while warming():  # noqa: ASYNC110 - polls the engine's counters and the clock
+                await asyncio.sleep(0.1)
+            warm_s = time.perf_counter() - t_warm
+            timer = StageTimer(cuda) if hasattr(generator, "timer") else None
+            if timer is not None:
+                generator.timer = timer  # type: ignore[attr-defined]
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             arrivals.clear()
+            encode_ms.clear()
             repeats.reset()
             before = engine.status()
             start = time.perf_counter()
+            t_engine = engine._clock()
             commands = []
             i = 0
             while time.perf_counter() - start < seconds:
@@ -170,8 +210,18 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
             await asyncio.gather(*commands)
             elapsed = time.perf_counter() - start
             status = engine.status()
+            if timer is not None:
+                generator.timer = None  # type: ignore[attr-defined]
             watcher.cancel()
+            made = [c for c in engine.chunk_log if c[0] >= t_engine]
+            jpeg_ms = None
+            if last_frame[0] is not None:
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    encode(frame_message(last_frame[0], "jpeg", jpeg_quality=cfg.server.jpeg_quality))
+                jpeg_ms = round(1000 * (time.perf_counter() - t0) / 3, 2)
             intervals = np.diff(np.asarray(arrivals)) * 1000
+            stages = {k: round(_percentile(v, 50), 2) for k, v in (timer.laps.items() if timer else [])}
             return {
                 "device": _device_name(generator), "fps_target": cfg.engine.fps,
                 "fps_shown": round(len(arrivals) / elapsed, 2),
@@ -182,10 +232,31 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 "commands": len(latencies),
                 "command_to_frame_ms_p50": round(1000 * _percentile(latencies, 50), 1),
                 "command_to_frame_ms_p95": round(1000 * _percentile(latencies, 95), 1),
+                "command_to_frame_ms_max": round(1000 * max(latencies), 1) if latencies else None,
                 "frames_made": status["frames_made"], "frames_shown": status["frames_shown"],
                 "frames_repeated": status["frames_repeated"], "frames_dropped": status["frames_dropped"],
+                "chunks_restarted_window": status["chunks_restarted"] - before["chunks_restarted"],
+                "chunks_dropped_window": status["chunks_dropped"] - before["chunks_dropped"],
                 "steps_now": status["steps"], "chunk_frames_now": status["chunk_frames"],
+                "steps_held_min": min((c[1] for c in made), default=None),
+                "steps_held_max": max((c[1] for c in made), default=None),
+                "chunk_latents_min": min((c[2] for c in made), default=None),
+                "chunk_latents_max": max((c[2] for c in made), default=None),
+                "chunks_window": len(made),
+                "chunk_worker_ms_p50": round(1000 * _percentile([c[3] for c in made], 50), 1),
+                "chunk_worker_ms_p95": round(1000 * _percentile([c[3] for c in made], 95), 1),
+                "stage_ms_p50": stages,  # device clock, per chunk: dit (all denoising passes), cache, decode, ...
+                "encode_rgba_ms_p50": round(_percentile(encode_ms, 50), 2) if encode_ms else None,
+                "encode_jpeg_ms": jpeg_ms,
+                "restart_on_command": status["restart_on_command"],
+                "decode_stream": getattr(generator, "decode_stream", None) is not None,
+                "lookahead_frames": cfg.engine.lookahead_frames,
+                "chunk_video_frames": generator.frames_per_chunk(cfg.model.chunk_frames),
+                "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+                "warmup_s": round(warm_s, 1), "first_chunk_s": round(first_chunk_s, 2),
                 "output_resolution": f"{cfg.model.output_width}x{cfg.model.output_height}",
+                "native_resolution": "{}x{}".format(*generator.native_size) if hasattr(generator, "native_size")
+                else None,
                 **distinct_figures(before, status, elapsed, repeats),
             }
 

@@ -4,7 +4,7 @@
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
-    liveidol train {autoencoder,dit,selfforcing,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile]
+    liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
     liveidol obs setup [--host H] [--port P] [--new-scene]
@@ -94,9 +94,13 @@ def _preset(name: str | None) -> dict[str, Any]:
         known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.toml")))
         raise CliError(f"--model {name}: unknown model (known: {known})")
     try:
-        return _flatten(tomllib.loads(path.read_text()))
+        data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise CliError(f"{path}: not valid TOML: {exc}") from None
+    base = data.pop("base", None)  # a preset over another preset (e.g. wan-1.3b-live over wan-1.3b)
+    if base is not None and (not isinstance(base, str) or base == name):
+        raise CliError(f"{path}: base must name another preset, got {base!r}")
+    return {**(_preset(base) if base else {}), **_flatten(data)}
 
 
 def _config(args: argparse.Namespace, **flags: Any) -> Config:
@@ -173,13 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the default model (resumable steps of at most --minutes)")
     _add_common(p)
-    p.add_argument("stage", choices=["autoencoder", "hires", "dit", "selfforcing", "probe", "export", "import"],
+    p.add_argument("stage", choices=["autoencoder", "hires", "dit", "selfforcing", "distill", "probe", "export",
+                                     "import"],
                    help="import: seed a new run from --checkpoint (default: the shipped weights) to train on")
     p.add_argument("--run", default="runs/default", help="run directory holding checkpoints and logs")
     p.add_argument("--minutes", type=_finite, default=9.0, help="stop and save after this long (default 9)")
     p.add_argument("--anneal", action="store_true",
                    help="dit/selfforcing: decay the learning rate to 10%% by the end of this step (before export)")
     p.add_argument("--checkpoint", help="import: the checkpoint to start from (default 'builtin', the shipped weights)")
+    p.add_argument("--out", metavar="PATH.safetensors",
+                   help="export: write the checkpoint here (default: the shipped weights' path)")
     p.add_argument("--critic", action="store_true",
                    help="hires: sharpen the detail decoder with a patch discriminator (crisper, but can dither edges)")
     p.add_argument("--kernel", choices=["auto", "flex", "sdpa"], default="auto",
@@ -345,8 +352,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         _setup_logging(cfg.log_level)
         from backend.training.train import run_stage
 
+        out = {"export_path": Path(args.out)} if args.out else {}
         return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
-                         kernel=args.kernel, compile=args.compile, critic=args.critic)
+                         kernel=args.kernel, compile=args.compile, critic=args.critic, **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

@@ -138,6 +138,9 @@ class WanConfig:
     decoder: Literal["taehv", "vae"] = opt("taehv", "Frame decoder: TAEHV (fast, real time) or the Wan VAE's "
                                            "causal decoder (full quality, slower).")
     taehv: str = opt("", "taew2_1.pth for decoder = 'taehv'; '' = the `liveidol models pull taehv` cache; 'random'.")
+    decode_stream: bool = opt(True, "On CUDA with decoder = 'taehv': decode each chunk on a second CUDA stream, "
+                              "overlapped with the next chunk's DiT passes (the engine shows its frames once they "
+                              "are on the host). Off, or on a CPU: decode after the passes, in line.")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,9 @@ class ModelConfig:
     guidance_negative: str = opt("idle", "The action whose prediction guidance pushes away from.")
     guidance_frames: int = opt(4, "Guide only the first this many latent frames of each action (the push that "
                                "starts it; the model's own context carries it on); 0 = the whole action.", min=0)
+    distilled_guidance: Literal["skip", "apply"] = opt(
+        "skip", "When the checkpoint has action guidance distilled into it (`liveidol train distill`): 'skip' the "
+        "second pass (the weights guide themselves), or 'apply' model.guidance on top anyway.")
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)
@@ -202,6 +208,11 @@ class EngineConfig:
     min_steps: int = opt(1, "Fewest denoising steps the engine may drop to when behind real time.", min=1, max=4)
     min_chunk_frames: int = opt(1, "Smallest chunk (latent frames) the engine may drop to when behind.", min=1)
     idle_action: str = opt("idle", "Action played when no command is active.")
+    restart_on_command: bool = opt(False, "A command that comes while a chunk is being made stops it and makes it "
+                                    "again under the command (exact: its context is not in the cache yet), and only "
+                                    "the made frames that cover the next chunk's making are kept: lower latency, "
+                                    "some generator work thrown away. Off: that chunk is kept and the command "
+                                    "follows it.")
     log_path: str = opt("", "Append-only input log (JSON lines, each command written when accepted; "
                         "`liveidol replay` re-renders a session from it); '' keeps it in memory only.")
 

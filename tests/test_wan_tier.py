@@ -66,6 +66,52 @@ async def test_serve_streams_the_wan_tier_and_takes_prompts(tmp_path: Path) -> N
         gen.close()
 
 
+async def test_serve_the_live_setting_restarts_the_chunk_a_command_finds_in_the_making(tmp_path: Path) -> None:
+    """The Wan tier's live setting (1-latent chunks, restart on command) through the real server: a command sent
+    over /control while a chunk is being made (held there by PassGate: a CPU's timing cannot be relied on)
+    stops that chunk, it is made again under the command, the command's frames reach the websocket client and
+    the stream never stops."""
+    from tests.engine.engine_helpers import PassGate
+
+    cfg = dataclasses.replace(Config(), character="sakura", model=tiny_model_config(tmp_path, chunk_frames=1),
+                              engine=EngineConfig(fps=16.0, lookahead_frames=8, min_steps=2, restart_on_command=True),
+                              server=ServerConfig(port=0, token_file=str(tmp_path / "token")))
+    character = load_character(cfg.character)
+    gen = build_wan_generator(cfg.model, character.prompts, vae_cfg=TINY_VAE, taehv_cfg=TINY_TAEHV)
+    gate = PassGate(gen, at_pass=3)  # steps=2: both denoising passes ran, the cache pass is next
+    reference = reference_frame(character, gen.native_size)
+    stop = asyncio.Event()
+    ready: asyncio.Future = asyncio.get_running_loop().create_future()
+    backend = asyncio.create_task(run_backend(cfg, gen, reference, character, stop=stop, ready=ready.set_result))
+    try:
+        async with asyncio.timeout(120):
+            server = await ready
+            engine = server.engine
+            async with connect(server.url + "/stream", max_size=None) as ws:
+                await recv_msg(ws, 60)  # hello
+                assert len(await frames_for(ws, 2.0)) >= 4
+                token = load_or_create_token(cfg.server.token_file).value
+                async with connect(server.url + "/control") as control:
+                    await control.send(json.dumps({"type": "auth", "token": token}))
+                    assert json.loads(await control.recv())["type"] == "ok"
+                    gate.armed.set()
+                    assert await asyncio.to_thread(gate.caught.wait, 30)
+                    await control.send(json.dumps({"type": "command", "kind": "act", "argument": "wave",
+                                                   "id": "w1", "wait": False}))
+                    assert json.loads(await control.recv())["type"] == "ok"
+                    while not engine._interrupt.is_set():  # noqa: ASYNC110 - the director hands it to the engine
+                        await asyncio.sleep(0.01)
+                    gate.go.set()
+                while engine.directive.action != "wave":  # noqa: ASYNC110 - shown once its chunk is made
+                    await asyncio.sleep(0.02)
+                assert engine.counters["chunks_restarted"] == 1 and engine.error is None
+                assert len(await frames_for(ws, 1.0)) >= 4  # and frames keep coming
+    finally:
+        stop.set()
+        await backend
+        gen.close()
+
+
 def test_bench_cli_runs_the_wan_tier_with_random_weights(capsys: pytest.CaptureFixture[str]) -> None:
     tiny = {"model.device": "cpu", "model.dit.dim": 32, "model.dit.ffn_dim": 64, "model.dit.num_heads": 2,
             "model.dit.num_layers": 2, "model.dit.text_dim": 32, "model.dit.text_len": 16,

@@ -14,9 +14,11 @@ Lanes - decided here, documented for the engine:
 * **Serialized lane** (``ACT``, ``SAY``): body actions and speech never overlap.  They wait in the priority
   queue (:mod:`backend.director.policy`) and the next one is sent only when the current one has finished.
   The engine owns action timing (its session counts frames): when the sink returns the engine's ticket, the
-  director waits on its ``finished``. Only a sink that gives no such word (a remote backend over
-  ``/control``, a test recorder) falls back to an estimate on the director's clock: an action's
-  ``duration_s`` from :mod:`backend.actions`, speech by :func:`say_duration_s`.
+  director waits on its ``finished`` -- in process (``engine.submit``) or from another process over ``/control``
+  (:class:`backend.remote.RemoteTicket`, resolved by the backend's command events). Only where that word cannot
+  come (a sink that gives none, like a test recorder; a ``finished`` that raises: the connection dropped, an older
+  backend) does the director go by an estimate on its own clock: an action's ``duration_s`` from
+  :mod:`backend.actions`, speech by :func:`say_duration_s`; and a watchdog goes on if the word never comes.
 * **Moderation after the start**: a deleted message, or a banned viewer, whose command is already playing is
   cancelled (``CommandKind.CANCEL`` to the engine: speech stops at once, an action at its next chunk).
 * **Immediate lane** (``EMOTION``, ``PROMPT``, ``RESET``): they change the conditioning, not the body, so they
@@ -128,6 +130,7 @@ class _Current:
     ends: float  # an estimate (for the overlay), and the end only where the sink gives no ``finished``
     finished: asyncio.Future[Any] | None = None  # the engine's word that its play ended (Ticket.finished)
     engine_id: str = ""  # the id the engine knows it by (a remote backend assigns its own)
+    ticket: object = None  # what the sink returned (its ``ended``: why the play ended, once ``finished``)
 
 
 class Director:
@@ -323,6 +326,13 @@ class Director:
                 await self._accept(item)
             self._changed()
         cur = self._current
+        if cur is not None and cur.finished is not None and cur.finished.done() \
+                and (cur.finished.cancelled() or cur.finished.exception() is not None):
+            # no word will come (a remote backend's connection dropped, the engine stopped): the estimate ends it
+            error = "cancelled" if cur.finished.cancelled() else str(cur.finished.exception())
+            logger.warning("no word from the engine about command=%s (%s); going by its estimate",
+                           cur.item.command.command_id, error)
+            cur.finished = None
         if cur is not None and cur.finished is not None and not cur.finished.done() \
                 and now >= cur.ends + WATCHDOG_S:  # a safety net only: the engine stopped answering
             logger.warning("no word from the engine about command=%s %.0f s after its estimated end; going on",
@@ -330,7 +340,9 @@ class Director:
             cur.finished = None
         if cur is not None and (cur.finished.done() if cur.finished is not None else now >= cur.ends):
             self._current = None
-            self._decide("finished", "played" if cur.finished is not None else "duration_elapsed", item=cur.item)
+            word = cur.finished is not None  # the engine's (played, replaced by another client's command ...)
+            self._decide("finished", "played" if word else "duration_elapsed", item=cur.item,
+                         detail=str(getattr(cur.ticket, "ended", "") or "") if word else "")
             self._changed()
         for stale in self.queue.remove_where(lambda i: i.expires_at <= now):
             self._decide("expired", "not_started_in_time", item=stale)
@@ -349,6 +361,7 @@ class Director:
             sent = await self._send(item.command)
             if current is not None and self._current is current:
                 current.engine_id = str(getattr(sent, "command_id", "") or item.command.command_id)
+                current.ticket = sent
                 finished = getattr(sent, "finished", None)
                 looping = item.command.kind is CommandKind.ACT and action(item.command.argument).loop
                 if isinstance(finished, asyncio.Future) and not looping:  # the engine times the action

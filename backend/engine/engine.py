@@ -20,6 +20,13 @@ effect together after it (coalesced, the newest winning, counted in ``commands_c
 coming faster than chunks are made cannot freeze the picture. The latency from ``submit`` to the first
 shown frame under the new directive is measured (``status()["latency_p50_s"]``).
 
+With ``engine.restart_on_command`` (a generator with an ``interrupt`` hook: both tiers have it) a command
+that comes while a chunk is being made stops that chunk between two passes and the generator goes back to
+the snapshot before it -- exact, since the chunk has not written its context into the cache yet -- and the
+chunk is made again under the command. Of the chunks already made, only those that cover the time to make
+the next one are kept (the measured seconds per chunk, with a margin, from the pacer's next slot on), the rest
+are dropped: the picture neither freezes nor waits longer than it must.
+
 Action timing has one owner, the :class:`~backend.engine.session.Session`: it numbers each play of an
 action (``serial``; the same action again is a new play) and computes its progress per frame at the
 engine's fps; both go to the generator in its conditions. ``Ticket.finished`` says when a play ended on
@@ -54,6 +61,8 @@ import collections
 import dataclasses
 import itertools
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,18 +194,36 @@ class Ticket:
     or None if a later command replaced it before any of its frames were shown. ``finished`` resolves to
     the output frame seq at which what it started (an action's play, a speech) ended on screen -- by
     itself, interrupted or cancelled -- or None if it never showed. The session's frame count is the one
-    clock of action timing: the director waits on ``finished``, not on its own clock."""
+    clock of action timing: the director waits on ``finished``, not on its own clock. ``ended`` says why it
+    finished (set before ``finished`` resolves): "played" (by itself; an emotion or prompt once shown),
+    "replaced" (a later command took its place), "cancelled", "ignored" (a cancel with nothing to stop)."""
 
     command_id: str
     record: InputRecord
     shown: asyncio.Future[int | None] = field(repr=False)
     finished: asyncio.Future[int | None] = field(repr=False)
+    ended: str = ""
+
+
+class _Ready:
+    """Frames already on the host, as a pending chunk (a generator without ``start_chunk``)."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.frames = frames
+        self.count = int(frames.shape[0]) if frames.ndim >= 1 else 0
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> np.ndarray:
+        return self.frames
 
 
 @dataclass
 class _Chunk:
     start_g: int
-    frames: np.ndarray = field(repr=False)  # (n, H, W, 4) uint8
+    count: int  # video frames
+    pending: Any = field(repr=False)  # its frames on their way to the host (.done(), .result())
     directive: Directive  # what it was generated under (started_frame unset)
     snapshot: Any = field(repr=False)  # generator state before this chunk; None once it started showing
     shown: int = 0
@@ -204,10 +231,11 @@ class _Chunk:
     steps: int = 0  # denoising steps and latent frames it was made with (the input log keeps them for replay)
     latents: int = 0
     keep: bool = False  # it was in progress when a command came: kept, the command applies after it
+    frames: np.ndarray | None = field(default=None, repr=False)  # (count, H, W, 4) uint8 once on the host
 
     @property
     def left(self) -> int:
-        return int(self.frames.shape[0]) - self.shown
+        return self.count - self.shown
 
 
 @dataclass
@@ -215,6 +243,21 @@ class _Playing:
     speech: Speech
     start_pts: float
     pos: int = 0  # next sample
+
+
+def _check_frames(frames: np.ndarray) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 4 or frames.dtype != np.uint8:
+        raise EngineError(f"generator returned frames of shape {frames.shape} dtype {frames.dtype}; "
+                          "expected (N, H, W, 4) uint8")
+
+
+def _is_interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is the generator's ChunkInterrupted (imported lazily: the engine runs without torch)."""
+    try:
+        from backend.model.generator import ChunkInterrupted
+    except ImportError:
+        return False
+    return isinstance(exc, ChunkInterrupted)
 
 
 def _percentile(values: collections.abc.Sequence[float], q: float) -> float | None:
@@ -247,6 +290,10 @@ class Engine:
                                     min_chunk=min(cfg.min_chunk_frames, max_chunk_frames))
         self.pacer = Pacer(cfg.fps, clock=clock)
         self._worker = GeneratorWorker()
+        self._interrupt = threading.Event()  # set from the loop: the chunk being made stops (restart_on_command)
+        self._chunk_s: float | None = None  # smoothed worker seconds per chunk (not the first: it warms up)
+        # (clock, steps, latent frames, worker seconds) of each chunk made: what the benchmark reports
+        self.chunk_log: collections.deque[tuple[float, int, int, float]] = collections.deque(maxlen=4096)
         self._out = Broadcaster()
         self._buffer: collections.deque[_Chunk] = collections.deque()
         self._next_g = 0
@@ -275,7 +322,7 @@ class Engine:
         self.counters = {"frames_made": 0, "frames_shown": 0, "frames_dropped": 0, "frames_repeated": 0,
                          "chunks_made": 0, "chunks_dropped": 0, "audio_chunks": 0, "commands": 0,
                          "commands_rejected": 0, "commands_coalesced": 0, "commands_cancelled": 0,
-                         "frames_starting": 0}
+                         "frames_starting": 0, "chunks_restarted": 0}
         self._plays: dict[str, Ticket] = {}  # applied commands whose play has not ended on screen yet
         self._cancelled: collections.deque[str] = collections.deque(maxlen=64)  # ids cancelled lately
         self._shown_play = ""  # play_id of the last frame shown
@@ -423,6 +470,8 @@ class Engine:
             "load": self.policy.load,
             "buffer_frames": self.buffer_frames,
             "lookahead_frames": self.cfg.lookahead_frames,
+            "restart_on_command": self._restartable,
+            "chunk_seconds": self._chunk_s,
             "latency_p50_s": _percentile(lat, 50),
             "latency_p95_s": _percentile(lat, 95),
             "latency_last_s": lat[-1] if lat else None,
@@ -468,7 +517,7 @@ class Engine:
                     self.session.log.resolve(ticket.record, "cancelled")
                     if not ticket.shown.done():
                         ticket.shown.set_result(None)
-                    self._finish(ticket, None)
+                    self._finish(ticket, None, "cancelled")
                 self.counters["commands_cancelled"] += 1
         silenced = False
         if self._scheduled_speech is not None and self._scheduled_speech[0] is not None \
@@ -494,7 +543,7 @@ class Engine:
             ticket = Ticket(change.command.command_id, change.record, loop.create_future(), loop.create_future())
             self.session.log.resolve(change.record, "cancelled")
             ticket.shown.set_result(None)
-            ticket.finished.set_result(None)
+            self._finish(ticket, None, "cancelled")
             log.info("command cancelled before it was queued id=%s", change.command.command_id)
             return ticket
         if not self._tasks or self.error is not None:
@@ -506,7 +555,10 @@ class Engine:
         ticket = Ticket(change.command.command_id, change.record, loop.create_future(), loop.create_future())
         self._pending.append((change, ticket))
         if self._generating:
-            self._arrived_while_generating = True
+            if self._restartable:
+                self._interrupt.set()  # the chunk being made stops at its next pass and is made again
+            else:
+                self._arrived_while_generating = True
         self._wake.set()
         return ticket
 
@@ -589,11 +641,35 @@ class Engine:
         result, _ = await self._worker.call(fn, *args, **kwargs)
         return result
 
-    def _gen_chunk(self, conditions: Any, mouth: np.ndarray | None, steps: int, chunk: int) -> tuple[Any, np.ndarray]:
-        """Runs in the worker thread: state before the chunk, then the chunk."""
+    @property
+    def _restartable(self) -> bool:
+        """A command may stop the chunk being made (``restart_on_command`` and a generator that can)."""
+        return self.cfg.restart_on_command and hasattr(self._gen, "interrupt")
+
+    def _gen_chunk(self, conditions: Any, mouth: np.ndarray | None, steps: int,
+                   chunk: int) -> tuple[Any, Any]:
+        """Runs in the worker thread: state before the chunk, then the chunk (None: a command stopped it, and
+        the generator is back at that state)."""
         snap = self._gen.snapshot()
-        frames = self._gen.next_chunk(conditions, mouth=mouth, steps=steps, chunk_frames=chunk)
-        return snap, frames
+        restart = self._restartable
+        if restart:
+            self._gen.interrupt = self._interrupt.is_set  # type: ignore[attr-defined]
+        try:
+            start = getattr(self._gen, "start_chunk", None)  # decode overlapped with the next chunk's passes
+            if start is not None:
+                made = start(conditions, mouth=mouth, steps=steps, chunk_frames=chunk)
+            else:
+                made = _Ready(np.asarray(self._gen.next_chunk(conditions, mouth=mouth, steps=steps,
+                                                              chunk_frames=chunk)))
+        except Exception as exc:
+            if not (restart and _is_interrupted(exc)):
+                raise
+            self._gen.restore(snap)
+            return snap, None
+        finally:
+            if restart:
+                self._gen.interrupt = None  # type: ignore[attr-defined]
+        return snap, made
 
     def _make_conditions(self, action: str, emotion: str, prompt: str, serial: int = 0,
                          progress: np.ndarray | None = None) -> Any:
@@ -656,32 +732,39 @@ class Engine:
         cond = self._make_conditions(plan.action, plan.emotion, plan.prompt, plan.serial, plan.progress)
         steps, latents = policy.steps, policy.chunk
         policy.chunk_started()
+        self._interrupt.clear()
         self._generating = True
         try:
-            snap, frames = await self._call(self._gen_chunk, cond, plan.mouth, steps, latents)
+            (snap, made), seconds = await self._worker.call(self._gen_chunk, cond, plan.mouth, steps, latents)
         finally:
             self._generating = False
+        if made is None:  # a command stopped it: it is made again under the command (see _apply_pending)
+            policy.chunk_discarded()
+            self.counters["chunks_restarted"] += 1
+            return
+        if self.counters["chunks_made"] > 0:
+            self._chunk_s = seconds if self._chunk_s is None else 0.5 * seconds + 0.5 * self._chunk_s
+        self.chunk_log.append((self._clock(), steps, latents, seconds))
         if self.counters["chunks_made"] == 0:
             policy.chunk_discarded()  # the first chunk pays the warm-up: not a measure of the level
         else:
             before = policy.level
-            policy.chunk_finished(len(frames))
+            policy.chunk_finished(made.count)
             self._level_held = 0 if policy.level != before else self._level_held + 1
             if (self._remember_level is not None and self._level_held >= REMEMBER_AFTER_CHUNKS
                     and policy.level != self._level_remembered):
                 self._level_remembered = policy.level
                 self._remember_level(*policy.level)
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 4 or frames.dtype != np.uint8:
-            raise EngineError(f"generator returned frames of shape {frames.shape} dtype {frames.dtype}; "
-                              "expected (N, H, W, 4) uint8")
         directive = Directive(plan.action, plan.emotion, plan.prompt, command_id=plan.directive_id)
         # A command that came while this chunk was being made does not throw it away (see _apply_pending).
         keep, self._arrived_while_generating = self._arrived_while_generating, False
-        self._buffer.append(_Chunk(self._next_g, frames, directive, snap, play_id=plan.play_id, steps=steps,
-                                   latents=latents, keep=keep))
-        self._next_g += len(frames)
-        self.counters["frames_made"] += len(frames)
+        chunk = _Chunk(self._next_g, made.count, made, directive, snap, play_id=plan.play_id, steps=steps,
+                       latents=latents, keep=keep)
+        if made.done():
+            _check_frames(self._take_frames(chunk))  # in line (no decode stream): checked here, as made
+        self._buffer.append(chunk)
+        self._next_g += made.count
+        self.counters["frames_made"] += made.count
         self.counters["chunks_made"] += 1
         self._first_chunk.set()
 
@@ -692,7 +775,14 @@ class Engine:
         # the picture still moves on). Chunks made ahead of that, not showing yet, are dropped for a quick
         # response (the engine is ahead of real time then, so dropping them cannot freeze the picture).
         keep = sum(1 for chunk in self._buffer if chunk.shown > 0)  # only the head can have started
-        if keep < len(self._buffer) and self._buffer[keep].keep:
+        if self._restartable:
+            # keep what covers the making of the next chunk, so the picture does not freeze meanwhile
+            cover = self._cover_frames()
+            kept = sum(c.left for c in itertools.islice(self._buffer, keep))
+            while keep < len(self._buffer) and kept < cover:
+                kept += self._buffer[keep].left
+                keep += 1
+        elif keep < len(self._buffer) and self._buffer[keep].keep:
             keep += 1
         for chunk in self._buffer:
             chunk.keep = False
@@ -729,7 +819,7 @@ class Engine:
                     self.session.log.resolve(ticket.record, "ignored", error="nothing of it was playing")
                     if not ticket.shown.done():
                         ticket.shown.set_result(None)
-                    self._finish(ticket, None)
+                    self._finish(ticket, None, "ignored")
                 continue
             if cmd.kind is CommandKind.CANCEL:
                 self.counters["commands_cancelled"] += 1
@@ -738,15 +828,49 @@ class Engine:
                 self._plays[cmd.command_id] = ticket
         log.debug("applied changes=%d boundary=%d dropped_chunks=%d", len(changes), boundary, len(dropped))
 
+    def _cover_frames(self) -> float:
+        """Frames that must stay queued so the next chunk is ready for the slot after them: its measured
+        making (the smoothed seconds per chunk, +10% and 10 ms for its jitter and decode) less the time until
+        the pacer's next slot (everything, before a chunk was measured)."""
+        if self._chunk_s is None:
+            return math.inf
+        need = 1.1 * self._chunk_s + 0.01
+        if not self.pacer.started:
+            return need * self.cfg.fps + 1.0
+        # kept frames fill the slots from the next one on; the new chunk's first frame is due K slots later
+        slack = max(0.0, self.pacer.deadline(self.pacer.next_seq) - self._clock())
+        return max(0.0, (need - slack) * self.cfg.fps)
+
     # ------------------------------------------------------------------ pacer
+
+    @staticmethod
+    def _take_frames(chunk: _Chunk) -> np.ndarray:
+        """The chunk's frames, fetched from its pending result (which must be done)."""
+        if chunk.frames is None:
+            chunk.frames = np.asarray(chunk.pending.result())
+            chunk.pending = None
+            if chunk.frames.shape[:1] != (chunk.count,):
+                raise EngineError(f"generator returned {chunk.frames.shape[0]} frames for a chunk of {chunk.count}")
+        return chunk.frames
 
     def _pop(self) -> tuple[np.ndarray, Directive, int, str] | None:
         if not self._buffer:
             return None
         chunk = self._buffer[0]
+        if chunk.frames is None:
+            if not chunk.pending.done():  # still decoding on the second stream: repeat for now
+                return None
+            try:
+                _check_frames(self._take_frames(chunk))
+            except Exception as exc:  # a broken generator: the stream repeats its last frame, as when it fails
+                self.error = exc
+                self._buffer.clear()
+                log.error("generator returned bad frames: %s", exc)
+                return None
+        assert chunk.frames is not None
         i = chunk.shown
         if i == 0:  # it starts showing: it can no longer be dropped, so it is part of the session for good
-            self.session.log.chunk(chunk.start_g, int(chunk.frames.shape[0]), chunk.steps, chunk.latents)
+            self.session.log.chunk(chunk.start_g, chunk.count, chunk.steps, chunk.latents)
         chunk.shown += 1
         chunk.snapshot = None  # started showing: never restored to
         if chunk.left == 0:
@@ -768,14 +892,14 @@ class Engine:
             if self._last is None:
                 self._show_card(seq, pts)
                 return
-            rgba, did, g = self._last.rgba, self._last.directive_id, None
+            rgba, did, g, play_id = self._last.rgba, self._last.directive_id, None, self._shown_play
             self.counters["frames_repeated"] += 1
         else:
             rgba, directive, g, play_id = item
             did = directive.command_id
             if play_id != self._shown_play:
                 ended, self._shown_play = self._shown_play, play_id
-                self._finish(self._plays.pop(ended, None), seq)
+                self._finish(self._plays.pop(ended, None), seq, self._ended_by(self._plays.get(play_id), ended))
             self._wake.set()
             if self._last is None or did != self._last.directive_id:
                 self.directive = dataclasses.replace(directive, started_frame=seq)
@@ -786,7 +910,7 @@ class Engine:
         self.counters["frames_shown"] += 1
         self._rate.tick()
         if g is not None and (prev is None or did != prev.directive_id):
-            self._took_effect(did, seq)
+            self._took_effect(did, seq, play_id)
         if g is not None and self._scheduled_speech is not None and g >= self._scheduled_speech[1]:
             speech = self._scheduled_speech[0]
             self._scheduled_speech = None
@@ -807,12 +931,18 @@ class Engine:
         self.counters["frames_starting"] += 1
         self._out.publish_frame(VideoFrame(seq, pts, card, ""))
 
-    def _took_effect(self, directive_id: str, seq: int) -> None:
+    def _took_effect(self, directive_id: str, seq: int, play_id: str = "") -> None:
         idx = next((i for i, t in enumerate(self._tickets) if t.command_id == directive_id), None)
         if idx is None:
             return
         now = self._clock()
         for i, ticket in enumerate(self._tickets[:idx + 1]):
+            if i != idx and ticket.command_id == play_id:
+                # its action plays, under an emotion or prompt that came at the same boundary: shown, not ended
+                self.session.log.resolve(ticket.record, "shown", frame=seq, time=now)
+                if not ticket.shown.done():
+                    ticket.shown.set_result(seq)
+                continue
             outcome = "shown" if i == idx else "superseded"
             self.session.log.resolve(ticket.record, outcome, frame=seq, time=now)
             if i == idx:
@@ -823,13 +953,24 @@ class Engine:
                 ticket.shown.set_result(seq if i == idx else None)
             kind = ticket.record.kind
             if i != idx or kind in (CommandKind.EMOTION.value, CommandKind.PROMPT.value):
-                self._finish(ticket, seq if i == idx else None)  # never played / occupies no action
+                # never played / occupies no action
+                self._finish(ticket, seq if i == idx else None,
+                             "played" if i == idx else self._ended_by(self._tickets[idx], ticket.command_id))
                 self._plays.pop(ticket.command_id, None)
         del self._tickets[:idx + 1]
 
-    def _finish(self, ticket: Ticket | None, seq: int | None) -> None:
+    def _finish(self, ticket: Ticket | None, seq: int | None, why: str = "played") -> None:
         if ticket is not None and not ticket.finished.done():
+            ticket.ended = why
             ticket.finished.set_result(seq)
+
+    @staticmethod
+    def _ended_by(successor: Ticket | None, command_id: str) -> str:
+        """Why ``command_id``'s play ended, from the ticket of the play that took its place (None: by itself)."""
+        if successor is None:
+            return "played"
+        record = successor.record
+        return "cancelled" if record.kind == CommandKind.CANCEL.value and record.argument == command_id else "replaced"
 
     def _emit_audio(self, pts: float) -> None:
         playing = self._playing

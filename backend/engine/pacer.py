@@ -48,6 +48,11 @@ class Pacer:
         self.t0 = self._clock() if t0 is None else t0
         self._next = 0
 
+    @property
+    def next_seq(self) -> int:
+        """The slot :meth:`next_slot` waits for next (0 before the first)."""
+        return self._next
+
     def deadline(self, seq: int) -> float:
         if self.t0 is None:
             raise RuntimeError("pacer not started")

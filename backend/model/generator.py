@@ -24,8 +24,9 @@ share: caches, seeded noise, counters, snapshots, argument checks and the upscal
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -45,11 +46,13 @@ from backend.model.sampler import FlowMatchSchedule, sample_chunk
 
 __all__ = [
     "ACTION_FPS",
+    "ChunkInterrupted",
     "Conditions",
     "Generator",
     "GeneratorError",
     "GeneratorSnapshot",
     "GeneratorState",
+    "PendingFrames",
     "StageTimer",
     "StreamSnapshot",
     "StreamingGenerator",
@@ -70,6 +73,11 @@ class GeneratorError(LiveIdolError, ValueError):
 
     Raised before any state changes: the stream can go on with corrected input.
     """
+
+
+class ChunkInterrupted(LiveIdolError):
+    """:meth:`StreamingGenerator.next_chunk` stopped between two passes because its ``interrupt`` check said
+    so (the engine: a command came). The generator is then mid-chunk: restore the snapshot taken before it."""
 
 
 @dataclass(frozen=True)
@@ -235,15 +243,56 @@ class StageTimer:
         if self._marks:
             self._marks.append((stage, self._now()))
 
-    def finish(self) -> None:
-        """Fold this chunk's marks into ``laps`` (the device has finished: the frames are on the host)."""
+    def take(self) -> list[tuple[str, object]]:
+        """This chunk's marks, handed over (to fold in with :meth:`finish` once its frames are on the host)."""
+        marks, self._marks = self._marks, []
+        return marks
+
+    def finish(self, marks: list[tuple[str, object]] | None = None) -> None:
+        """Fold this chunk's marks (or ``marks`` from :meth:`take`) into ``laps`` (the device has finished:
+        the frames are on the host)."""
+        marks = self._marks if marks is None else marks
         chunk: dict[str, float] = {}
-        for (_, a), (stage, b) in zip(self._marks, self._marks[1:]):
+        for (_, a), (stage, b) in pairwise(marks):
             ms = a.elapsed_time(b) if self.cuda else 1000.0 * (b - a)  # type: ignore[attr-defined,operator]
             chunk[stage] = chunk.get(stage, 0.0) + ms
         for stage, ms in chunk.items():
             self.laps.setdefault(stage, []).append(ms)
         self._marks = []
+
+
+class PendingFrames:
+    """A chunk's frames on their way to the host: ``count`` RGBA uint8 frames. :meth:`done` asks without
+    waiting; :meth:`result` waits and returns ``(count, H, W, 4)``.
+
+    On CUDA with a decode stream (the Wan tier's ``model.wan.decode_stream``) the decode, the resampling and
+    the copy into pinned host memory run on that second stream while the next chunk's DiT passes run on the
+    main one; ``event`` marks their end and this object keeps the host buffer alive. Without one (a CPU, or
+    the option off) the frames are already here (:meth:`ready`)."""
+
+    def __init__(self, count: int, host: torch.Tensor | None = None, event: Any = None,
+                 on_done: Callable[[], None] | None = None, frames: np.ndarray | None = None) -> None:
+        self.count = count
+        self._host, self._event, self._on_done, self._frames = host, event, on_done, frames
+
+    @classmethod
+    def ready(cls, frames: np.ndarray) -> PendingFrames:
+        return cls(int(frames.shape[0]), frames=frames)
+
+    def done(self) -> bool:
+        return self._frames is not None or self._event is None or bool(self._event.query())
+
+    def result(self) -> np.ndarray:
+        if self._frames is None:
+            if self._event is not None:
+                self._event.synchronize()
+            assert self._host is not None
+            self._frames = self._host.numpy()  # the pinned buffer itself: it lives as long as the array
+            self._host = self._event = None
+            if self._on_done is not None:
+                self._on_done()
+                self._on_done = None
+        return self._frames
 
 
 class StreamingGenerator:
@@ -274,6 +323,8 @@ class StreamingGenerator:
         """The caches, schedule, noise and counters (after ``dit``, ``device`` and ``dtype`` exist)."""
         cfg, s, ae = self.cfg, self.cfg.dit, self.cfg.autoencoder
         self.timer: StageTimer | None = None  # set one to collect per-stage times (the bench does)
+        # Checked before every pass of next_chunk: True stops the chunk (ChunkInterrupted; see _before_pass).
+        self.interrupt: Callable[[], bool] | None = None
         self.latent_hw = (ae.native_height // ae.spatial_factor, ae.native_width // ae.spatial_factor)
         self.frame_tokens = self.dit.frame_tokens(*self.latent_hw)
         self.kv = KVCache(num_layers=s.num_layers, heads=s.num_heads, head_dim=self.dit.head_dim,
@@ -330,6 +381,19 @@ class StreamingGenerator:
             self._action_start = self._position
         self._conditions = c
         return prev
+
+    def _before_pass(self) -> None:
+        """Called before each DiT pass of a chunk: raise :class:`ChunkInterrupted` if ``interrupt()`` says so.
+        On CUDA the host runs ahead of the device; with an ``interrupt`` set it first waits for the work
+        queued so far (the previous pass), so a stop saves every pass not yet run. The gap this leaves on the
+        device is the host's launch of one pass (a CUDA graph replay: well under a millisecond)."""
+        check = self.interrupt
+        if check is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # releases the GIL while it waits
+        if check():
+            raise ChunkInterrupted("chunk interrupted between passes")
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         """A host tensor on the model's device and dtype; on CUDA through pinned memory, without waiting."""
@@ -395,12 +459,45 @@ class StreamingGenerator:
         if timer is not None:
             timer.lap("host_copy")
             timer.finish()
+        self._count_chunk(steps, f, out.shape[0])
+        return out
+
+    def _count_chunk(self, steps: int, f: int, frames: int) -> None:
         self._position += f
         self._latents_made += f
-        self._frames_made += out.shape[0]
+        self._frames_made += frames
         self._chunks_made += 1
         self._last_steps, self._last_chunk = steps, f
-        return out
+
+    def _finish_chunk_on(self, stream: Any, decode: Callable[[], torch.Tensor], x0: torch.Tensor, count: int,
+                         steps: int, f: int) -> PendingFrames:
+        """:meth:`_finish_chunk` on the CUDA ``stream`` without waiting: ``decode()`` (RGBA ``(T, 4, H, W)`` in
+        [0, 1] from ``x0``), the resampling, uint8, and a non-blocking copy into pinned host memory, all after
+        the work queued so far on the current stream (the chunk's passes). ``x0`` is marked as used by
+        ``stream`` so the allocator does not hand its memory to the next chunk's passes too early; what the
+        decode allocates belongs to ``stream`` and is only reused there, in order."""
+        timer = self.timer
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        x0.record_stream(stream)
+        with torch.cuda.stream(stream):
+            frames = decode()
+            if timer is not None:
+                timer.lap("decode")
+            frames = upscale(frames.float(), self.output_size)
+            if timer is not None:
+                timer.lap("upscale")
+            u8 = frames.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(u8, non_blocking=True)
+            if timer is not None:
+                timer.lap("host_copy")
+            done = torch.cuda.Event()
+            done.record(stream)
+        if int(u8.shape[0]) != count:
+            raise GeneratorError(f"decoded {u8.shape[0]} frames, expected {count}")
+        self._count_chunk(steps, f, count)
+        marks = timer.take() if timer is not None else None
+        return PendingFrames(count, host, done, on_done=(lambda: timer.finish(marks)) if timer is not None else None)
 
 
 class Generator(StreamingGenerator):
@@ -472,11 +569,14 @@ class Generator(StreamingGenerator):
     def _load(self, flat: dict[str, torch.Tensor] | None) -> None:
         weights = split_state(flat, "<weights>") if flat is not None else load_weights(self.cfg.checkpoint)
         self._hires_trained = False
+        self.guidance_distilled = False
         if weights is None:
             init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
             logger.info("generator weights source=random")
             return
         check_config(weights, self.cfg)
+        # `liveidol train distill` folds the action guidance into the weights: no second pass then
+        self.guidance_distilled = bool(((weights.config or {}).get("training") or {}).get("guidance_distilled"))
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
             load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",
@@ -559,8 +659,11 @@ class Generator(StreamingGenerator):
 
     def _guidance_now(self) -> float:
         """The guidance scale for the chunk about to be made: ``model.guidance`` while the action is younger
-        than ``model.guidance_frames`` latent frames (or always, when that is 0), else 0."""
+        than ``model.guidance_frames`` latent frames (or always, when that is 0), else 0; always 0 for a checkpoint
+        whose guidance is distilled (unless ``model.distilled_guidance`` = 'apply')."""
         cfg = self.cfg
+        if self.guidance_distilled and cfg.distilled_guidance == "skip":
+            return 0.0
         if cfg.guidance <= 0 or (cfg.guidance_frames and self._position - self._action_start >= cfg.guidance_frames):
             return 0.0
         return cfg.guidance
@@ -571,12 +674,16 @@ class Generator(StreamingGenerator):
         passes write the chunk's own cache slots, the conditional one last; the cache pass is never guided)."""
 
         def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache) -> torch.Tensor:
+            self._before_pass()
             return self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, context, start_frame=self._position,
                              cache=self.kv, cross_cache=cross, controls=controls).permute(0, 2, 1, 3, 4)
 
         def flow(x: torch.Tensor, t: torch.Tensor, t_value: float) -> torch.Tensor:  # x: (B, F, C, h, w)
             assert self._context is not None
-            guided = guidance > 0 and self._idle_context is not None and t_value > 0  # host float: no device read
+            # the denoising calls only: the cache pass (call steps + 1, at t = 1000 * context_noise, which is > 0
+            # for this model) keeps only the conditional K/V and its output is discarded, so an idle pass there
+            # was wasted work
+            guided = guidance > 0 and self._idle_context is not None and calls[0] < steps and t_value > 0
             if not guided:
                 out = run(x, t, self._context, self.cross)
             else:
@@ -584,8 +691,8 @@ class Generator(StreamingGenerator):
                 uncond = run(x, t, self._idle_context, self.cross_idle)
                 cond = run(x, t, self._context, self.cross)
                 out = cond + guidance * (cond - uncond)
+            calls[0] += 1
             if self.timer is not None:
-                calls[0] += 1
                 self.timer.lap("cache" if calls[0] > steps else "dit")
             return out
         calls = [0]

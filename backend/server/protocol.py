@@ -4,12 +4,21 @@ Pure functions and one small state machine over bytes: no sockets, no clocks, no
 
 * typed messages: client -> server :class:`Auth`, :class:`CommandRequest`, :class:`StatusRequest`,
   :class:`SubscribeRequest`, :class:`PushToTalkRequest`; server -> client :class:`Hello`, :class:`Frame`, :class:`Audio`, :class:`Ok`,
-  :class:`Error`, :class:`Status`, :class:`State`;
+  :class:`Error`, :class:`Status`, :class:`State`, :class:`Event`;
 * :func:`decode_client` / :func:`decode_server` validate bytes (msgpack) or text (JSON) into them,
   raising :class:`ProtocolError` with a code; :func:`encode` is the inverse;
 * :func:`frame_message` / :func:`audio_message` turn engine output into wire messages (raw RGBA or JPEG);
 * :class:`ControlProtocol`: the ``/control`` connection's state machine (auth first, then requests):
   feed it each received message, it returns what to do (:class:`Send`, :class:`Close`, :class:`Dispatch`).
+
+Command events (``events``, version :data:`EVENTS_VERSION`, an opt-in extension of protocol 1): a ``command``
+that carries ``"events": 1`` is answered by an ``ok`` that carries ``"events": 1`` too (the version the server
+will push; an older server leaves the key out, and pushes nothing), and then the server pushes to that connection
+one :class:`Event` ``started`` when the command's first frame is shown (``frame``: that frame's ``seq`` on
+``/stream``) and one ``finished`` when what it started ended on screen (``frame``: the first frame after it) or
+it never showed (``frame`` null), with the :class:`EndReason`. Clients that do not ask never see an event, and
+the keys added for it are left out of ``command`` and ``ok`` at their defaults: what older clients get is
+byte-for-byte what they always got.
 
 Usage::
 
@@ -32,6 +41,7 @@ import numpy as np
 from backend.events import AudioChunk, CommandKind, VideoFrame
 
 __all__ = [
+    "EVENTS_VERSION",
     "FORMATS",
     "PROTOCOL_VERSION",
     "TOPICS",
@@ -44,8 +54,11 @@ __all__ = [
     "ControlProtocol",
     "ControlState",
     "Dispatch",
+    "EndReason",
     "Error",
     "ErrorCode",
+    "Event",
+    "EventKind",
     "Frame",
     "Hello",
     "Ok",
@@ -59,6 +72,7 @@ __all__ = [
     "SubscribeRequest",
     "audio_message",
     "decode_client",
+    "decode_event",
     "decode_server",
     "encode",
     "frame_message",
@@ -67,6 +81,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 TOPICS = ("state",)
 FORMATS = ("rgba", "jpeg")
+EVENTS_VERSION = 1  # the command events this server pushes (``command``/``ok`` key ``events``)
 MAX_DEPTH = 8  # nesting of maps/lists in a client message; valid ones need 2 (a map holding a list)
 
 
@@ -87,6 +102,23 @@ class ErrorCode(enum.StrEnum):
     BAD_COMMAND = "bad_command"  # the engine refused the command (unknown action ...)
     UNAVAILABLE = "unavailable"  # the engine is not running
     INTERNAL = "internal"
+
+
+class EventKind(enum.StrEnum):
+    """What an :class:`Event` reports about a command (docs/protocol.md, "Command events")."""
+
+    STARTED = "started"  # its first frame was shown: ``frame`` is that frame's seq
+    FINISHED = "finished"  # what it started ended on screen (``frame``: the first frame after it) or never showed
+
+
+class EndReason(enum.StrEnum):
+    """Why a command ``finished`` (the engine's ``Ticket.ended``)."""
+
+    PLAYED = "played"  # ended by itself: the action's duration, the speech's end (emotion, prompt: once shown)
+    REPLACED = "replaced"  # a later command took its place; ``frame`` null when that was before it showed
+    CANCELLED = "cancelled"  # a ``cancel`` stopped it, or withdrew it before it showed (``frame`` null)
+    IGNORED = "ignored"  # a ``cancel`` that found nothing of its target playing
+    STOPPED = "stopped"  # the engine stopped first
 
 
 class ProtocolError(ValueError):
@@ -114,6 +146,7 @@ class CommandRequest:
     argument: str = ""
     id: str = ""
     wait: bool = False  # reply only once the command's first frame is shown (effective_frame set)
+    events: int = 0  # the version of command events the client reads (EVENTS_VERSION); 0: push none
     type = "command"
 
 
@@ -184,6 +217,7 @@ class Ok:
     effective_frame: int | None = None
     command_id: str = ""
     latency_ms: float | None = None
+    events: int = 0  # a command's reply: the version of the events the server will push for it (0: none)
     type = "ok"
 
 
@@ -210,15 +244,41 @@ class State:
     type = "state"
 
 
-ServerMessage = Hello | Frame | Audio | Ok | Error | Status | State
+@dataclass(frozen=True)
+class Event:
+    """A command's play started or finished (only to the connection that sent it with ``events``)."""
+
+    event: EventKind
+    command_id: str  # the engine's id of the command (the ``command_id`` of its ``ok``)
+    id: str = ""  # the id of the ``command`` request
+    frame: int | None = None  # output frame seq (``/stream``); started: always set; finished: null if never shown
+    reason: EndReason | None = None  # finished only
+    dropped: int = 0  # events this connection has lost so far (its queue was full: a client not reading)
+    type = "event"
+
+    def __post_init__(self) -> None:
+        if (self.event is EventKind.FINISHED) != (self.reason is not None):
+            raise ValueError(f"event {self.event}: a reason goes with finished, and only there (got {self.reason!r})")
+        if self.event is EventKind.STARTED and self.frame is None:
+            raise ValueError("event started: the frame it was shown at is missing")
+
+
+ServerMessage = Hello | Frame | Audio | Ok | Error | Status | State | Event
 
 # ------------------------------------------------------------------ encoding
+
+
+# Keys added to messages after protocol 1 first shipped, left out at their default (0): a client that does not
+# use them gets the same bytes as before (some compare whole replies).
+_OMITTED_AT_DEFAULT = frozenset({"events"})
 
 
 def _to_map(msg: ClientMessage | ServerMessage) -> dict[str, Any]:
     d: dict[str, Any] = {"type": msg.type}
     for name in msg.__dataclass_fields__:
         value = getattr(msg, name)
+        if name in _OMITTED_AT_DEFAULT and value == 0:
+            continue
         if isinstance(value, tuple):
             value = list(value)
         elif isinstance(value, enum.Enum):
@@ -308,8 +368,12 @@ def decode_client(data: bytes | bytearray | memoryview | str) -> ClientMessage:
         except ValueError:
             known = ", ".join(k.value for k in CommandKind)
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"command: unknown kind {kind!r} (known: {known})", mid) from None
+        events = _field(obj, "events", int, 0, mid=mid)
+        if events < 0:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"command: 'events' must be 0 (none) or a version >= 1, got "
+                                f"{events}", mid)
         return CommandRequest(ckind, _field(obj, "argument", str, "", mid=mid), _field(obj, "id", str, "", mid=mid),
-                              _field(obj, "wait", bool, False, mid=mid))
+                              _field(obj, "wait", bool, False, mid=mid), events)
     if mtype == "status":
         return StatusRequest(_field(obj, "id", str, ""))
     if mtype == "ptt":
@@ -328,9 +392,44 @@ def decode_client(data: bytes | bytearray | memoryview | str) -> ClientMessage:
 _SERVER_TYPES: dict[str, type[ServerMessage]] = {c.type: c for c in (Hello, Frame, Audio, Ok, Error, Status, State)}  # type: ignore[attr-defined]
 
 
+def _enum_field(obj: dict[str, Any], key: str, kind: type[enum.StrEnum], where: str) -> Any:
+    value = _field(obj, key, str)
+    try:
+        return kind(value)
+    except ValueError:
+        known = ", ".join(k.value for k in kind)
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where}: unknown {key} {value!r} (known: {known})") from None
+
+
+def decode_event(obj: dict[str, Any]) -> Event:
+    """Validate an ``event`` map strictly (a client acts on it: a wrong one must not pass for a right one)."""
+    kind = _enum_field(obj, "event", EventKind, "event")
+    where = f"event {kind.value}"
+    command_id = _field(obj, "command_id", str)
+    frame = obj.get("frame")
+    if frame is not None and (not isinstance(frame, int) or isinstance(frame, bool) or frame < 0):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where}: field 'frame' must be a frame seq (int >= 0) or null, "
+                            f"got {frame!r}")
+    if kind is EventKind.STARTED:
+        if frame is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where}: field 'frame' must be the seq it was shown at, got null")
+        if obj.get("reason") is not None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where}: a reason goes with finished only, got "
+                                f"{obj['reason']!r}")
+        reason = None
+    else:
+        reason = _enum_field(obj, "reason", EndReason, where)
+    dropped = _field(obj, "dropped", int, 0)
+    if dropped < 0:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{where}: field 'dropped' must be >= 0, got {dropped}")
+    return Event(kind, command_id, _field(obj, "id", str, ""), frame, reason, dropped)
+
+
 def decode_server(data: bytes | bytearray | memoryview | str) -> ServerMessage:
     """Parse one server message (for clients and tests). Raises :class:`ProtocolError`."""
     obj = _parse(data)
+    if obj.get("type") == "event":
+        return decode_event(obj)
     cls = _SERVER_TYPES.get(obj.get("type"))  # type: ignore[arg-type]
     if cls is None:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"unknown message type {obj.get('type')!r}")

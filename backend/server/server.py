@@ -16,6 +16,13 @@ Usage::
 ``state_fn()`` (optional) returns the director's ``{"now": ..., "next": [...]}`` for the "state" topic.
 Binding a non-loopback host needs ``ServerConfig.allow_remote``.
 
+Command events (docs/protocol.md, "Command events"): a ``/control`` command sent with ``events`` gets its
+``started`` and ``finished`` pushed to that connection, from the engine ticket's ``shown`` / ``finished``
+futures (and ``Ticket.ended`` for the reason). The futures' callbacks only append to the connection's bounded
+queue (``event_queue`` events; the oldest are dropped, counted in ``control_events_dropped`` and in each
+event's ``dropped``), and one task per connection sends them: a client that does not read never blocks the
+engine or another client.
+
 Hostile clients (docs/protocol.md, "Endpoints" and "Errors and limits"): a request whose ``Origin`` header is not in
 ``server.allowed_origins`` gets 403 (a web page in the streamer's browser cannot reach the backend);
 off loopback every path needs the token (``Authorization: Bearer`` for HTTP and ``/stream``, the first
@@ -37,7 +44,7 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -62,6 +69,7 @@ from backend.server.auth import (
     wire_logger,
 )
 from backend.server.protocol import (
+    EVENTS_VERSION,
     FORMATS,
     Close,
     CloseCode,
@@ -69,8 +77,11 @@ from backend.server.protocol import (
     ControlProtocol,
     ControlState,
     Dispatch,
+    EndReason,
     Error,
     ErrorCode,
+    Event,
+    EventKind,
     Hello,
     Ok,
     PushToTalkRequest,
@@ -92,6 +103,7 @@ VERSION = "0.1.0"
 STATE_POLL_S = 0.2
 COMMAND_WAIT_S = 10.0
 LOG_LINES_PER_CONNECTION = 5  # lines of one kind one connection may log; the rest are counted
+EVENT_QUEUE = 256  # command events waiting to be sent to one /control connection; beyond, the oldest are dropped
 
 
 class ServerError(LiveIdolError):
@@ -248,6 +260,49 @@ class _FrameCache:
         return data
 
 
+class _EventQueue:
+    """Command events waiting for one ``/control`` connection: bounded, the oldest dropped (counted) while the
+    client does not read. ``put`` never blocks (the engine's future callbacks call it); one task ``get``s."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: collections.deque[tuple[Event, bool]] = collections.deque()
+        self._limit = max(1, limit)
+        self._ready = asyncio.Event()
+        self.dropped = 0
+        self.closed = False  # the connection is gone: nothing more is kept
+
+    def put(self, event: Event, text: bool) -> bool:
+        """Queue ``event`` (to go as JSON text if ``text``); False when the oldest waiting one was dropped."""
+        if self.closed:
+            return True
+        kept = len(self._items) < self._limit
+        if not kept:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append((event, text))
+        self._ready.set()
+        return kept
+
+    async def get(self) -> tuple[Event, bool]:
+        """The oldest waiting event, stamped with how many this connection has lost so far."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        event, text = self._items.popleft()
+        return dataclasses.replace(event, dropped=self.dropped), text
+
+
+@dataclasses.dataclass
+class _ControlClient:
+    """One ``/control`` connection: its serialized ``send`` and, once a command asks, its event queue and sender."""
+
+    cid: int
+    send: Callable[[bytes | str], Awaitable[None]]
+    events: _EventQueue
+    tasks: set[asyncio.Task[None]]
+    sender: asyncio.Task[None] | None = None
+
+
 @dataclasses.dataclass
 class _StreamClient:
     cid: int
@@ -263,7 +318,7 @@ class Server:
 
     def __init__(self, cfg: ServerConfig, engine: StreamEngine, *, token: str | Token | None = None,
                  state_fn: Callable[[], dict[str, Any]] | None = None,
-                 chat_fn: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+                 chat_fn: Callable[[], list[dict[str, Any]]] | None = None, event_queue: int = EVENT_QUEUE) -> None:
         if not cfg.allow_remote and not is_loopback(cfg.host):
             raise ServerError(f"server.host = {cfg.host!r} is not a loopback address; set server.allow_remote = "
                               "true to serve other machines (frames then go out as JPEG)")
@@ -282,9 +337,11 @@ class Server:
         self._ids = itertools.count(1)
         self._streams: dict[int, _StreamClient] = {}
         self._controls = 0
+        self._event_queue = event_queue
         self.counters = {"stream_connections": 0, "control_connections": 0, "auth_failures": 0,
                          "bad_messages": 0, "commands": 0, "commands_rejected": 0,
-                         "client_frames_dropped": 0, "refused_requests": 0}
+                         "client_frames_dropped": 0, "refused_requests": 0,
+                         "control_events_sent": 0, "control_events_dropped": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -415,6 +472,10 @@ class Server:
             M("liveidol_clients", "gauge", "Connected clients.",
               [S(len(self._streams), {"endpoint": "stream"}), S(self._controls, {"endpoint": "control"})]),
             M("liveidol_commands_total", "counter", "Commands received on /control.", [S(self.counters["commands"])]),
+            M("liveidol_control_events_total", "counter",
+              "Command events (started/finished) pushed on /control, and those dropped for clients not reading.",
+              [S(self.counters["control_events_sent"], {"state": "sent"}),
+               S(self.counters["control_events_dropped"], {"state": "dropped"})]),
             M("liveidol_commands_coalesced_total", "counter",
               "Commands that arrived while a chunk was made and took effect together at its end (the newest wins).",
               [S(st.get("commands_coalesced", 0))]),
@@ -484,6 +545,8 @@ class Server:
             async with send_lock:
                 await connection.send(payload)
 
+        client = _ControlClient(cid, send, _EventQueue(self._event_queue), tasks)
+
         try:
             async for data in connection:
                 authenticating = proto.state is ControlState.AWAITING_AUTH
@@ -522,7 +585,7 @@ class Server:
                         await connection.close(action.code, action.reason)
                         return
                     elif isinstance(action, Dispatch):
-                        task = asyncio.create_task(self._dispatch(action, send, proto), name=f"control-{cid}")
+                        task = asyncio.create_task(self._dispatch(action, client, proto), name=f"control-{cid}")
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                 if proto.errors:
@@ -533,6 +596,7 @@ class Server:
                     proto.errors = 0
         finally:
             self._controls -= 1
+            client.events.closed = True
             if bad_logs.suppressed:
                 log.info("control client gone client=%d remote=%s bad_messages=%d (%d not logged)", cid, remote,
                          bad_total, bad_logs.suppressed)
@@ -542,14 +606,18 @@ class Server:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await task
 
-    async def _dispatch(self, action: Dispatch, send: Callable[[bytes | str], Any],
-                        proto: ControlProtocol) -> None:
+    async def _dispatch(self, action: Dispatch, client: _ControlClient, proto: ControlProtocol) -> None:
         req, text = action.request, action.text
+        send = client.send
         reply: Ok | Error | Status
         try:
             if isinstance(req, CommandRequest):
-                reply = await self._command(req)
-            elif isinstance(req, StatusRequest):
+                reply, ticket = await self._command(req)
+                await send(encode(reply, text=text))
+                if ticket is not None:  # after its ok: the events never overtake the reply
+                    self._watch(ticket, req, text, client)
+                return
+            if isinstance(req, StatusRequest):
                 server = self.stats()
                 if self._chat_fn is not None:
                     server["chat"] = self._chat_fn()
@@ -578,25 +646,70 @@ class Server:
         log.debug("push to talk held=%s", req.held)
         return Ok(req.id)
 
-    async def _command(self, req: CommandRequest) -> Ok | Error:
+    async def _command(self, req: CommandRequest) -> tuple[Ok | Error, Any]:
+        """The reply, and the engine's ticket when the client asked for its events (else None)."""
         self.counters["commands"] += 1
         try:
             ticket = await self.engine.submit(Command(req.kind, req.argument, source="control"))
         except CommandError as exc:
             self.counters["commands_rejected"] += 1
-            return Error(ErrorCode.BAD_COMMAND, str(exc), req.id)
+            return Error(ErrorCode.BAD_COMMAND, str(exc), req.id), None
         except EngineError as exc:
-            return Error(ErrorCode.UNAVAILABLE, str(exc), req.id)
+            return Error(ErrorCode.UNAVAILABLE, str(exc), req.id), None
         command_id = getattr(ticket, "command_id", "")
+        watched = req.events > 0 and all(isinstance(getattr(ticket, name, None), asyncio.Future)
+                                         for name in ("shown", "finished"))
+        events = min(req.events, EVENTS_VERSION) if watched else 0
         if not req.wait:
-            return Ok(req.id, None, command_id)
+            return Ok(req.id, None, command_id, events=events), ticket if watched else None
         try:
             async with asyncio.timeout(COMMAND_WAIT_S):
-                seq = await ticket.shown
+                seq = await asyncio.shield(ticket.shown)
         except TimeoutError:
-            return Ok(req.id, None, command_id)
+            return Ok(req.id, None, command_id, events=events), ticket if watched else None
         latency = ticket.record.latency
-        return Ok(req.id, seq, command_id, None if latency is None else round(latency * 1000, 1))
+        return (Ok(req.id, seq, command_id, None if latency is None else round(latency * 1000, 1), events),
+                ticket if watched else None)
+
+    def _watch(self, ticket: Any, req: CommandRequest, text: bool, client: _ControlClient) -> None:
+        """Push ``started`` / ``finished`` of ``ticket`` to ``client`` when the engine resolves them."""
+        command_id = str(ticket.command_id)
+
+        def push(event: Event) -> None:
+            if not client.events.put(event, text):
+                self.counters["control_events_dropped"] += 1
+            if client.sender is None and not client.events.closed:
+                client.sender = asyncio.create_task(self._send_events(client), name=f"control-{client.cid}-events")
+                client.tasks.add(client.sender)
+
+        def started(fut: asyncio.Future[int | None]) -> None:
+            if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+                push(Event(EventKind.STARTED, command_id, req.id, fut.result()))
+
+        def finished(fut: asyncio.Future[int | None]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                frame, reason = None, EndReason.STOPPED
+            else:
+                frame = fut.result()
+                try:
+                    reason = EndReason(getattr(ticket, "ended", "") or EndReason.PLAYED)
+                except ValueError:
+                    log.warning("engine ticket id=%s ended=%r: no such reason; reported as played", command_id,
+                                ticket.ended)
+                    reason = EndReason.PLAYED
+            push(Event(EventKind.FINISHED, command_id, req.id, frame, reason))
+
+        ticket.shown.add_done_callback(started)  # resolved first by the engine, so queued first
+        ticket.finished.add_done_callback(finished)
+
+    async def _send_events(self, client: _ControlClient) -> None:
+        try:
+            while True:
+                event, text = await client.events.get()
+                await client.send(encode(event, text=text))
+                self.counters["control_events_sent"] += 1
+        except ConnectionClosed:
+            pass
 
     def _state(self) -> dict[str, Any]:
         if self._state_fn is not None:

@@ -12,6 +12,8 @@ Stages, in order (each picks up where the last call stopped; state lives in the 
    few-step rollout (no gradient) instead of the clean ground truth, and the model learns to bring the
    next chunks back to the commanded trajectory (the Self-Forcing idea, with a regression target
    from the world instead of a distillation critic).
+3b. ``distill`` — few-step distillation (backend/training/distill.py): the same weights learn to land at 1
+   and 2 sampling steps where the guided 4-step sampler lands (and to skip the guidance pass).
 4. ``probe`` — the evaluation probe that reads pose and identity back from frames.
 5. ``export`` — the EMA weights as one small safetensors file: backend/weights/liveidol-small.safetensors.
 
@@ -67,6 +69,7 @@ MAX_OFFSET = 10**7  # largest random temporal offset of a clip behind its refere
 ACTION_START_LATENTS = 6  # latent frames (about 1 s) after a command switch that the loss weighs up
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
+DISTILL_KEYS = ("distill_step", "guidance_distilled", "distilled")  # training metadata of `train distill`
 HIRES_ADV_WEIGHT = 0.1  # weight of its adversarial loss (ramped in over 200 steps) beside the reconstruction
 
 
@@ -718,17 +721,27 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     hires = run.load("hires.pt")
     if hires is None:
         ae.hires = None  # never trained in this run: the export carries no detail decoder
-    ema = run.load_weights("dit_ema.safetensors")
+    from backend.training.distill import export_metadata
+
+    prev = run.meta()
+    distilled = export_metadata(run.path)  # a distilled student (train distill) is what the run ships
+    ema = run.load_weights("distill_ema.safetensors" if distilled else "dit_ema.safetensors")
     if ema is None:
         raise SystemExit(f"{run.path}/dit_ema.safetensors missing: train the dit stage first")
+    if distilled and distilled["distilled"]["teacher_dit_step"] != int(prev.get("step", 0)):
+        raise SystemExit(f"{run.path}: the distilled student was made from dit step "
+                         f"{distilled['distilled']['teacher_dit_step']} but the DiT was trained on since (step "
+                         f"{prev.get('step')}): distil again in a new run (`liveidol train import`)")
     dit = CausalDiT(cfg.model.dit)
     dit.load_state_dict(ema)
-    prev = run.meta()
+    kept = {k: prev[k] for k in DISTILL_KEYS if k in prev}  # an imported distilled checkpoint's own record
     save_checkpoint(path, dit, ae, cfg.model, dtype=torch.float16,
                     training={"dit_step": int(prev.get("step", 0)), "sf_step": int(prev.get("sf_step", 0)),
-                              "hires_step": int(hires["step"]) if hires is not None else 0})
+                              "hires_step": int(hires["step"]) if hires is not None else 0,
+                              **kept, **(distilled or {})})
     size = path.stat().st_size
-    log.info("exported %s bytes=%d dit_step=%d", path, size, prev["step"])
+    log.info("exported %s bytes=%d dit_step=%d distill_step=%s", path, size, prev["step"],
+             (distilled or kept).get("distill_step", 0))
     run.log(stage="export", bytes=size, dit_step=prev["step"])
 
 
@@ -752,7 +765,8 @@ def import_stage(cfg: Config, run: Run) -> None:
                               "model": {k: v.float() for k, v in ae.hires.state_dict().items()}})
     run.save_weights("dit_model.safetensors", dit.state_dict())
     run.save_weights("dit_ema.safetensors", dit.state_dict())
-    state = {"step": int(trained.get("dit_step", 0)), "sf_step": int(trained.get("sf_step", 0))}
+    state = {"step": int(trained.get("dit_step", 0)), "sf_step": int(trained.get("sf_step", 0)),
+             **{k: trained[k] for k in DISTILL_KEYS if k in trained}}  # a distilled checkpoint stays one
     (run.path / "dit_state.json").write_text(json.dumps(state))
     run.log(stage="import", source=weights.source, **state)
     log.info("imported %s into %s dit_step=%d", weights.source, run.path, state["step"])
@@ -775,6 +789,10 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     elif stage in ("dit", "selfforcing"):
         train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal, kernel=kernel,
                         compile=compile)
+    elif stage == "distill":
+        from backend.training.distill import train_distill_stage
+
+        train_distill_stage(cfg, run, deadline, device, kernel=kernel, compile=compile)
     elif stage == "probe":
         train_probe_stage(cfg, run, deadline, device)
     elif stage == "export":

@@ -75,3 +75,105 @@ class SlowStandIn:
     @property
     def state(self) -> dict:
         return {"frames_made": self.g}
+
+
+class PassGate:
+    """Holds the generator's worker thread before a chosen pass of a chunk until the test lets it go, so a
+    command lands mid-chunk for certain: the only way to do that on a CPU whose speed varies. It wraps the
+    generator's own ``_before_pass`` (which then runs as usual, interrupt check included) and ``_chunk_args``
+    (called at each chunk's start, to count its passes).
+
+    Usage::
+
+        gate = PassGate(gen, at_pass=3)
+        ticket = await gate.command_mid_chunk(engine, Command(CommandKind.ACT, "wave"))
+    """
+
+    def __init__(self, gen, at_pass: int = 2) -> None:
+        self.gen, self.at_pass = gen, at_pass
+        self.armed, self.caught, self.go = threading.Event(), threading.Event(), threading.Event()
+        self.held = 0
+        self._n = 0
+        before, args = gen._before_pass, gen._chunk_args
+
+        def chunk_args(*a):
+            self._n = 0
+            return args(*a)
+
+        def gate() -> None:
+            self._n += 1
+            if self.gen.interrupt is not None and self._n == self.at_pass and self.armed.is_set():
+                self.armed.clear()
+                self.held += 1
+                self.caught.set()
+                self.go.wait(30)
+                self.go.clear()
+            before()
+
+        gen._before_pass, gen._chunk_args = gate, chunk_args
+
+    async def command_mid_chunk(self, engine, command):
+        """Wait for a chunk to reach the gate, submit ``command`` while it is held there, release it."""
+        import asyncio
+
+        self.armed.set()
+        assert await asyncio.to_thread(self.caught.wait, 30), "no chunk reached the gate"
+        self.caught.clear()
+        try:
+            return await engine.submit(command)
+        finally:
+            self.go.set()
+
+
+class FakePending:
+    """A chunk's frames that reach the host ``delay_s`` after they are made, as with decode on a second CUDA
+    stream (which a CPU has not): ``done()`` asks, ``result()`` waits."""
+
+    def __init__(self, frames: np.ndarray, delay_s: float) -> None:
+        self.frames, self.count = frames, int(frames.shape[0])
+        self.ready_at = time.monotonic() + delay_s
+        self.waited = 0
+
+    def done(self) -> bool:
+        return time.monotonic() >= self.ready_at
+
+    def result(self) -> np.ndarray:
+        delay = self.ready_at - time.monotonic()
+        if delay > 0:
+            self.waited += 1
+            time.sleep(delay)
+        return self.frames
+
+
+class PipelinedStandIn(SlowStandIn):
+    """:class:`SlowStandIn` with the two hooks of the real generators that the engine's latency path uses:
+    ``interrupt`` (checked before each of its steps, raising the generator's ChunkInterrupted: the index rolls
+    back by the engine's restore) and ``start_chunk`` (frames handed back as :class:`FakePending`, ready
+    ``decode_s`` later). Frames encode their generated index in pixel [0, 0, 0:2] (16 bits)."""
+
+    def __init__(self, seconds_per_step: float = 0.0, decode_s: float = 0.0, **kw) -> None:
+        super().__init__(seconds_per_step, **kw)
+        self.decode_s = decode_s
+        self.interrupt = None
+        self.interrupted = 0
+        self.pending: list[FakePending] = []
+
+    def start_chunk(self, conditions, *, mouth=None, steps=None, chunk_frames=None) -> FakePending:
+        from backend.model.generator import ChunkInterrupted
+
+        steps = steps or 4
+        for _ in range(steps):
+            time.sleep(self.seconds_per_step)
+            if self.interrupt is not None and self.interrupt():
+                self.interrupted += 1
+                raise ChunkInterrupted("interrupted")
+        frames = SlowStandIn.next_chunk(self, conditions, mouth=mouth, steps=1, chunk_frames=chunk_frames)
+        g0 = self.g - frames.shape[0]
+        idx = g0 + np.arange(frames.shape[0])
+        frames[:, 0, 0, 0], frames[:, 0, 0, 1] = idx % 256, idx // 256
+        pending = FakePending(frames, self.decode_s)
+        self.pending.append(pending)
+        return pending
+
+    def next_chunk(self, conditions, *, mouth=None, steps=None, chunk_frames=None) -> np.ndarray:
+        return self.start_chunk(conditions, mouth=mouth, steps=steps, chunk_frames=chunk_frames).result()

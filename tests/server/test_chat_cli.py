@@ -1,5 +1,6 @@
 """`liveidol chat console` as a separate process: typed commands reach a running backend over /control
-(token from the token file), play one after the other, and the process ends once its input is played out."""
+(token from the token file), play one after the other -- each next one when the backend says the last one ended --
+and the process ends once its input is played out."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ async def test_console_chat_process_drives_a_running_backend(running, tmp_path: 
     text = out.decode()
     assert proc.returncode == 0, text
     assert TOKEN not in text  # the token is never printed
+    # the backend said when each ended (command events over /control), not the director's estimate
+    assert text.count("decision=finished reason=played") == 2 and "duration_elapsed" not in text, text
     acts = [r for r in engine.session.log.records() if r.kind == "act" and r.source == "control"]
     assert [r.argument for r in acts] == ["blink", "nod"], text  # in order; the chatter is no command
     # the process left only after the director's queue played out, so both have been on screen by then

@@ -42,6 +42,7 @@ from backend.model.dit import CausalDiT
 from backend.model.generator import (
     Conditions,
     GeneratorError,
+    PendingFrames,
     StreamingGenerator,
     StreamSnapshot,
     reference_float,
@@ -109,10 +110,18 @@ class WanGenerator(StreamingGenerator):
         self._load(weights)
         self.dit.to(self.device, self.dtype).eval().requires_grad_(False)
         cuda = self.device.type == "cuda"  # model.compile: compiled cached passes replayed as CUDA graphs
-        self.fast = FastDiT(self.dit, compile=cfg.compile and cuda, graphs=cfg.compile and cuda)
+        # one graph per cache placement of a chunk: while the cache fills, every chunk lands at a new place (9
+        # places for 1-latent chunks and a 9-frame window, the last one the steady state): room for all of them
+        graphs = max(8, 2 * (cfg.sink_frames + cfg.window_frames) + 4)
+        self.fast = FastDiT(self.dit, compile=cfg.compile and cuda, graphs=cfg.compile and cuda, max_graphs=graphs)
         self.vae = vae.to(self.device, self.dtype)
         self.decoder: Decoder = decoder if decoder is not None else StreamingWanDecoder(self.vae)
         self.prompts, self.templates, self.idle_action = prompts, templates or PromptTemplates(), idle_action
+        # decode on a second CUDA stream, overlapped with the next chunk's passes (TAEHV only: its frame count
+        # per chunk is known before it runs)
+        self.decode_stream: torch.cuda.Stream | None = None
+        if cuda and cfg.wan.decode_stream and isinstance(self.decoder, StreamingTAEHVDecoder):
+            self.decode_stream = torch.cuda.Stream(self.device)
         self._init_stream()
         log.info("wan generator ready device=%s dtype=%s attention=%s decoder=%s native=%dx%d output=%dx%d "
                  "tokens_per_frame=%d cache_mb=%.1f", self.device, self.dtype, attn.name, type(self.decoder).__name__,
@@ -173,6 +182,7 @@ class WanGenerator(StreamingGenerator):
 
     def _flow(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x: (B, F, C, h, w)
         assert self._context is not None
+        self._before_pass()
         return self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
                          cache=self.kv, cross_cache=self.cross).permute(0, 2, 1, 3, 4)
 
@@ -207,7 +217,14 @@ class WanGenerator(StreamingGenerator):
             return
         latent = self.vae.encode(video).permute(0, 2, 1, 3, 4)  # (1, 1, C, h, w)
         self._flow(latent, torch.zeros((1, 1), device=self.device))  # the t=0 pass writes the sink frame
-        self.decoder.step(latent.permute(0, 2, 1, 3, 4))  # primes the decoder's causal memory (1 frame, dropped)
+        side = self.decode_stream
+        if side is None:
+            self.decoder.step(latent.permute(0, 2, 1, 3, 4))  # primes the decoder's causal memory (1 frame, dropped)
+        else:  # the decoder's memory is made, read and freed on its own stream only
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            latent.record_stream(side)
+            with torch.cuda.stream(side):
+                self.decoder.step(latent.permute(0, 2, 1, 3, 4))
         self._position = self._action_start = 1
 
     @torch.inference_mode()
@@ -215,15 +232,51 @@ class WanGenerator(StreamingGenerator):
                    steps: int | None = None, chunk_frames: int | None = None) -> np.ndarray:
         """The next chunk ``(N, out_h, out_w, 4)`` RGBA uint8 (N = 4 x latent frames; 1 + 4(F-1) for a
         stream's first chunk without a reference). ``mouth`` is accepted and ignored (no mouth control here)."""
+        return self.start_chunk(conditions, mouth=mouth, steps=steps, chunk_frames=chunk_frames).result()
+
+    @torch.inference_mode()
+    def start_chunk(self, conditions: Conditions, *, mouth: np.ndarray | None = None,
+                    steps: int | None = None, chunk_frames: int | None = None) -> PendingFrames:
+        """:meth:`next_chunk` returning as soon as the DiT passes are queued: with a decode stream the
+        decode and host copy run there, overlapped with the next chunk's passes (``.result()`` waits for the
+        frames); without one the frames come back done. The generator's state has moved past the chunk
+        either way: the next call continues the stream."""
         cfg = self.cfg
         steps, f = self._chunk_args(steps, chunk_frames)
         self._check(conditions)
         self._apply(conditions)
-        x0 = sample_chunk(self._flow, self._chunk_noise(f), self.schedule.warp_list(cfg.timesteps[:steps]),
+        timer = self.timer
+        flow = self._flow
+        if timer is not None:  # per-stage times: the denoising passes, then the pass that writes the cache
+            timer.start()
+            passes = [0]
+
+            def flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                out = self._flow(x, t)
+                passes[0] += 1
+                timer.lap("cache" if passes[0] > steps else "dit")
+                return out
+        x0 = sample_chunk(flow, self._chunk_noise(f), self.schedule.warp_list(cfg.timesteps[:steps]),
                           self.schedule, self._noise, context_t=1000.0 * cfg.context_noise)
+        if self.decode_stream is not None:
+            assert isinstance(self.decoder, StreamingTAEHVDecoder)
+            trim = self.decoder.tae.frames_to_trim if self.decoder.latent_frames == 0 else 0
+            pending = self._finish_chunk_on(self.decode_stream, lambda: self._decode_rgba(x0), x0,
+                                            self.frames_per_chunk(f) - trim, steps, f)
+            # return when the passes are done (the decode goes on): the caller's clock then measures the
+            # chunk's own work, and the host never queues more than one chunk ahead of the device
+            torch.cuda.current_stream(self.device).synchronize()
+            return pending
+        rgba = self._decode_rgba(x0)
+        if timer is not None:
+            timer.lap("decode")
+        return PendingFrames.ready(self._finish_chunk(rgba, steps, f))
+
+    def _decode_rgba(self, x0: torch.Tensor) -> torch.Tensor:
+        """Latents ``(1, F, C, h, w)`` -> opaque RGBA ``(T, 4, H, W)`` in [0, 1] (the decoder's state moves on)."""
         video = self.decoder.step(x0.permute(0, 2, 1, 3, 4))[0]  # (3, T, H, W) in [-1, 1]
         rgb = ((video.float() + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3)  # (T, 3, H, W)
-        return self._finish_chunk(torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1), steps, f)
+        return torch.cat([rgb, torch.ones_like(rgb[:, :1])], dim=1)
 
 
 class PromptConditions:

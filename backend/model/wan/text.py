@@ -247,7 +247,10 @@ class UMT5TextEncoder:
         sizes["vocab_size"] = max(sizes["vocab_size"], _ByteTokenizer.vocab_size)
         config = UMT5Config(**sizes, feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False)
         torch.manual_seed(seed)
-        init_device = device if not offload else torch.device("cpu")
+        home = device if not offload else torch.device("cpu")
+        # drawing 5.7 billion random numbers on a CPU takes minutes: on a GPU machine they are drawn there and
+        # the model then moves to its home (the 24 GB mode's CPU); real weights are read from the file instead
+        init_device = torch.device("cuda") if home.type == "cpu" and torch.cuda.is_available() else home
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # made in its dtype: umT5-XXL is 11 GB in bf16, 23 GB in float32
         try:
@@ -255,6 +258,9 @@ class UMT5TextEncoder:
                 model = UMT5EncoderModel(config)
         finally:
             torch.set_default_dtype(default)
+        if init_device != home:
+            model = model.to(home)
+            torch.cuda.empty_cache()
         return cls(model, _ByteTokenizer(), text_len=text_len, device=device, dtype=dtype, offload=offload,
                    source="random")
 

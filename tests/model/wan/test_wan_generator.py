@@ -149,3 +149,55 @@ def test_the_tier_takes_the_attention_settings_and_reports_compilation(root: Pat
         assert g.state.compiled is False
     finally:
         g.close()
+
+
+def test_a_chunk_interrupted_mid_way_and_remade_equals_a_clean_run(gen: WanGenerator) -> None:
+    """The engine's restart at a command: the chunk stops between two passes (its denoising passes have
+    written its cache slots already), the snapshot before it comes back, and the chunk made again under the
+    new prompt is the one a clean run makes, and so are the chunks after it."""
+    from backend.model.generator import ChunkInterrupted
+
+    a, b, z = _cond(gen, "she waves"), _cond(gen, "she sings"), _cond(gen, "she bows")
+    gen.reset(REF, a)
+    gen.next_chunk(a)
+    clean_snap = gen.snapshot()
+    clean = np.concatenate([gen.next_chunk(z) for _ in range(3)])
+    gen.restore(clean_snap)
+    checks: list[int] = []
+
+    def stop() -> bool:  # asked before each pass: two run, the third is stopped
+        checks.append(1)
+        return len(checks) > 2
+
+    gen.interrupt = stop
+    snap = gen.snapshot()
+    with pytest.raises(ChunkInterrupted):
+        gen.next_chunk(b)
+    gen.interrupt = None
+    assert len(checks) == 3 and gen.kv.k.ne(snap.k).any()  # two passes ran and wrote the chunk's slots
+    gen.restore(snap)
+    again = np.concatenate([gen.next_chunk(z) for _ in range(3)])
+    assert np.array_equal(again, clean)
+
+
+def test_decode_on_a_second_stream_falls_back_in_line_on_a_cpu_with_the_same_frames(root: Path) -> None:
+    """``start_chunk`` (the engine's overlapped path) hands back pending frames; on a CPU there is no second
+    stream, the frames come back done, and several chunks started before any is read equal ``next_chunk``'s
+    one by one (on CUDA the same comparison runs in the GPU script: /work/brief/gpu/wan-live.sh)."""
+    cfg = tiny_model_config(root)
+    assert cfg.wan.decode_stream  # on by default, and ignored on a CPU
+    one = build_wan_generator(cfg, PromptTemplates(), vae_cfg=TINY_VAE, taehv_cfg=TINY_TAEHV)
+    two = build_wan_generator(cfg, PromptTemplates(), vae_cfg=TINY_VAE, taehv_cfg=TINY_TAEHV)
+    try:
+        assert one.decode_stream is None
+        texts = ["she waves", "she waves", "she sings", "she bows"]
+        one.reset(REF, _cond(one, texts[0]))
+        two.reset(REF, _cond(two, texts[0]))
+        started = [one.start_chunk(_cond(one, t)) for t in texts]
+        assert all(p.done() for p in started) and [p.count for p in started] == [8] * 4
+        serial = [two.next_chunk(_cond(two, t)) for t in texts]
+        for p, frames in zip(started, serial, strict=True):
+            assert np.array_equal(p.result(), frames)
+    finally:
+        one.close()
+        two.close()
