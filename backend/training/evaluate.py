@@ -24,8 +24,12 @@ Four measurements, each on frames read back by the evaluation probe (``backend.t
   rate, speck (alpha islands) and blotch (patch colour variance) rates, sharpness ratio; overall, per
   action and per emotion. Per character also the autoencoder's round trip (PSNR / SSIM at the output
   size), per-emotion recognition, and ``targets``: 1 step within 1.5x of 4 steps, no action worse than
-  2x idle, following >= 95%, every emotion >= 90%. ``config.tuning_seeds`` lists the plan seeds the
-  defaults were picked on (figures on other seeds are held out).
+  2x idle (each group's figure less the world's on the same frames: ``<figure>_excess``), following
+  >= 95%, every emotion >= 90%. ``config.tuning_seeds`` lists the plan seeds the defaults were picked on
+  (figures on other seeds are held out).
+* **emotions** — read by the probe's emotion head (:func:`read_emotion`; a probe without one falls back
+  to :func:`recognise_emotion`); ``balance_emotions`` issues every emotion equally often, and every rate
+  comes with a 95% Wilson interval (``ci95``) and, per emotion, what it was misread as.
 
 The generator runs at the configured output size; the probe and the flicker statistics read its frames
 area-resized to the native size (where the world is rendered for them). Everything is deterministic for
