@@ -198,18 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate action following, identity and temporal stability, speed")
     _add_common(p)
     p.add_argument("--checkpoint", help="'builtin', 'random' or a checkpoint path")
-    p.add_argument("--commands", type=int, default=100, help="random commands to test (default 100)")
+    p.add_argument("--commands", type=int, help="random commands to test per character (default 100; 150 with "
+                                                 "--all-characters, for a per-character rate within about +-4%%)")
     p.add_argument("--minutes", type=_finite, default=30.0, help="minutes of video for the identity test")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the command plan and identity script (another seed = a held-out plan)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--character", help="evaluate this character (configs/characters/NAME.toml)")
-    p.add_argument("--all-characters", action="store_true", help="evaluate aiko, rin and hana in turn")
+    p.add_argument("--all-characters", action="store_true",
+                   help="evaluate aiko, rin and hana in turn (every emotion issued equally often)")
     p.add_argument("--steps", type=_int_list, help="compute levels: denoising steps, e.g. 1,2,3,4 (default: model.steps)")
     p.add_argument("--chunks", type=_int_list, help="compute levels: latent frames per chunk, e.g. 1,2 (default: model.chunk_frames)")
     p.add_argument("--stride", type=int, default=2, help="measure picture quality on every Nth frame (default 2)")
     p.add_argument("--no-quality", action="store_true", help="skip the picture-quality measures")
     p.add_argument("--sheet", metavar="PATH.png", help="also write a contact sheet of every action at 1 and 4 steps")
+    p.add_argument("--balance-emotions", action="store_true",
+                   help="issue every emotion equally often (default: neutral about two thirds of the commands)")
 
     p = sub.add_parser("obs", help="OBS helpers")
     obs_sub = p.add_subparsers(dest="obs_command", required=True)
@@ -361,14 +365,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         extra: dict[str, Any] = {}
         if args.all_characters:
             extra["characters"] = list(ALL_CHARACTERS)
+            extra["balance_emotions"] = True  # each emotion's rate on enough commands to mean something
         for key in ("steps", "chunks", "sheet"):
             if getattr(args, key) is not None:
                 extra[key] = getattr(args, key)
         if args.no_quality:
             extra["quality"] = False
+        if args.balance_emotions:
+            extra["balance_emotions"] = True
+        commands = args.commands if args.commands is not None else (150 if args.all_characters else 100)
         if args.stride != 2:
             extra["stride"] = args.stride
-        result = run_eval(cfg, commands=args.commands, minutes=args.minutes, seed=args.seed, **extra)
+        result = run_eval(cfg, commands=commands, minutes=args.minutes, seed=args.seed, **extra)
         if "characters" in result:
             print(format_table(result), file=sys.stderr, flush=True)  # for people; stdout stays one JSON line
         print(json.dumps(result), flush=True)

@@ -702,9 +702,10 @@ def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
     """Train the evaluation probe until ``deadline`` (a fresh probe each time: it trains in minutes).
 
     Half of each batch goes through the autoencoder (the run's, else the configured checkpoint's), so
-    the probe reads the softer decoded frames the generator shows as well as clean renders.
+    the probe reads the softer decoded frames the generator shows as well as clean renders. The probe has
+    the emotion head ``liveidol eval`` reads emotions with.
     """
-    from backend.training.probe import PROBE_PATH, train_probe
+    from backend.training.probe import PROBE_PATH, Probe, ProbeError, train_probe
 
     minutes = max(0.5, (deadline - time.monotonic()) / 60)
     if (run.path / "autoencoder.pt").is_file():
@@ -713,8 +714,14 @@ def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
         _, ae = _checkpoint_autoencoder(cfg, f"{run.path}/autoencoder.pt is missing too: train the autoencoder "
                                              "stage first")
     cuda = device.type == "cuda"
+    try:  # continue from the shipped probe (its pose read-out fine-tuned gently, the emotion head added)
+        init: Probe | None = Probe.load(PROBE_PATH) if PROBE_PATH.is_file() else None
+    except ProbeError as exc:
+        log.warning("probe: not continuing from %s: %s", PROBE_PATH, exc)
+        init = None
     probe = train_probe(steps=10**9 if cuda else 200, device=device, batch=128 if cuda else 32,
-                        deadline=deadline - 15.0, autoencoder=ae.float())
+                        deadline=deadline - 15.0, autoencoder=ae.float(), emotion=True, clips=480 if cuda else None,
+                        init=init)
     probe.save(PROBE_PATH)
     run.log(stage="probe", minutes=minutes, path=str(PROBE_PATH))
 

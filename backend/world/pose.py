@@ -485,6 +485,12 @@ def _window_mean(x: Tensor, win: int) -> Tensor:
     return xp.unfold(0, win, 1).mean(dim=-1)
 
 
+def _window_max(x: Tensor, win: int) -> Tensor:
+    pad = win // 2
+    xp = torch.nn.functional.pad(x[None, None], (pad, win - 1 - pad), mode="replicate")[0, 0]
+    return xp.unfold(0, win, 1).amax(dim=-1)
+
+
 def _near(a: Tensor, b: tuple[float, float] | Tensor, radius: float) -> Tensor:
     b_t = torch.as_tensor(b, dtype=a.dtype, device=a.device)
     d = torch.linalg.vector_norm(a - b_t, dim=-1)
@@ -514,7 +520,16 @@ def action_scores(poses: Tensor, fps: float = 25.0) -> dict[str, Tensor]:
                   * _near(sk.l_hand, chest, 22.0).sqrt())
     s["like"] = g["r_thumb"] * clip01(1.0 - g["racket"])
     s["touch_nose"] = g["r_point"] * _near(sk.r_hand, (NOSE[0] - 3.0, NOSE[1] + 5.0), 30.0).sqrt()
-    double = clip01((_window_mean(closed, round(0.8 * fps)) - 0.3) / 0.12)  # one idle blink stays below 0.3
+    # A blink is a transient closure: measured against the eyes' open level of the last 0.8 s (wide surprised
+    # eyes blink too; a sad face's or a generated frame's eyes that never open fully to 1 blink as well) and
+    # above the least closure of the last 1.2 s, it must cover enough of the window (one idle blink stays
+    # below 0.25) AND vary (eyes kept half shut by a sad face and a one-eyed touch_nose are not blinking, even
+    # when an idle blink comes on top).
+    bwin = round(0.8 * fps)
+    closed_rel = clip01(1.0 - eyes / torch.clamp(_window_max(eyes, bwin), min=0.3))
+    transient = closed_rel + _window_max(-closed_rel, round(1.2 * fps))  # closure above the 1.2 s minimum
+    double = (clip01((_window_mean(transient, bwin) - 0.25) / 0.12)
+              * clip01(_window_std(closed_rel, bwin) / 0.2))
     s["blink"] = double * clip01(1.0 - g["eye_smile"]) * clip01(1.0 - g["body_bow"] * 2)
     s["racket"] = g["racket"]
     s["angry"] = clip01(g["brow_anger"]) * clip01(-g["mouth_smile"] + 0.2)
@@ -522,7 +537,8 @@ def action_scores(poses: Tensor, fps: float = 25.0) -> dict[str, Tensor]:
     s["nod"] = clip01(_window_std(g["head_pitch"], win) / 0.08) * clip01(1.0 - g["body_bow"] * 2)
     s["shake_head"] = clip01(_window_std(g["head_yaw"], win) / 0.1)
     wide_or_hands = torch.maximum(clip01((eyes - 1.0) / 0.25), clip01((g["r_open"] + g["l_open"]) / 1.5))
-    s["surprise"] = clip01((g["mouth_round"] - 0.3) / 0.5) * clip01(g["brow_height"] / 0.6) * wide_or_hands
+    # the round mouth past what the surprised emotion alone makes (0.5): the action opens it to 1
+    s["surprise"] = clip01((g["mouth_round"] - 0.55) / 0.4) * clip01(g["brow_height"] / 0.6) * wide_or_hands
     s["bow"] = clip01(g["body_bow"] / 0.6)
     s["talk"] = clip01(_window_std(g["mouth_open"], win) / 0.15) * clip01(1.0 - g["mouth_round"])
     others = torch.stack(list(s.values())).amax(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from backend.config import load_config
@@ -85,3 +86,63 @@ def test_quality_eval_runs_on_the_shipped_weights(tmp_path) -> None:
     assert image.shape[0] > 48 and image.shape[1] > len(SHEET_TIMES) * 20
     cells = image[-48 - 4:-4, -len(SHEET_TIMES) * 20:].astype(int)  # the right part of the only row: idol cells
     assert cells.std() > 10
+
+
+def _world_readings() -> tuple[dict[str, list[bool]], list[bool]]:
+    """The rules of `liveidol eval` on PERFECT video: the world's own renders (the probe's size, all three shipped
+    characters, a balanced plan of 15 commands each: 3 per emotion, 9 per emotion in all; plan seed 41 is used
+    nowhere else). Per emotion, whether it was read right; per command, whether its action was followed."""
+    from backend.actions import EMOTIONS
+    from backend.training.evaluate import (
+        ALL_CHARACTERS,
+        _premultiplied,
+        _world_chunks,
+        plan_commands,
+        read_emotion,
+        world_script,
+    )
+    from backend.world.pose import simulate
+
+    probe = Probe.load(PROBE_PATH)
+    assert probe.emotion  # the shipped probe has the emotion head the emotion rule reads
+    hits: dict[str, list[bool]] = {e: [] for e in EMOTIONS}
+    followed_ok: list[bool] = []
+    for name in ALL_CHARACTERS:
+        plan = plan_commands(15, frames_per_chunk=8, seed=41, balance_emotions=True)
+        poses, _ = simulate(world_script(plan), plan[-1].start + 25, seed=41)
+        character = load_character(name)
+        for c in plan:
+            frames = torch.cat([_premultiplied(x, torch.device("cpu")) for x in _world_chunks(
+                character, poses[c.start:c.start + c.window], (256, 144), torch.device("cpu"))])
+            read, ident = probe.predict(frames)
+            followed_ok.append(followed(action_scores(read), c.action))
+            hits[c.emotion].append(read_emotion(ident["emotion"]) == c.emotion)  # type: ignore[arg-type]
+    return hits, followed_ok
+
+
+@pytest.fixture(scope="module")
+def world_readings() -> tuple[dict[str, list[bool]], list[bool]]:
+    return _world_readings()
+
+
+def test_shipped_probe_follows_the_world(world_readings) -> None:
+    _, followed_ok = world_readings
+    assert sum(followed_ok) / len(followed_ok) >= 0.95
+
+
+def test_shipped_probe_reads_the_world_emotions_better_than_the_face_templates(world_readings) -> None:
+    """The emotion head against the old rule (nearest simulated face to the trunk's face read-out), which read a
+    balanced world plan at 57% on average (rin, plan seed 102: neutral 83%, happy 0%, angry 50%, surprised 83%,
+    sad 67%)."""
+    hits, _ = world_readings
+    rates = {e: sum(v) / len(v) for e, v in hits.items()}
+    assert sum(rates.values()) / len(rates) >= 0.65, rates
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped emotion head (trained on the CPU for minutes) still misreads the "
+                   "world: happy mostly as neutral; an instrument below 97% on ground truth cannot certify the >= 90% "
+                   "emotion target (docs/eval/README.md)")
+def test_shipped_probe_reads_every_world_emotion(world_readings) -> None:
+    hits, _ = world_readings
+    rates = {e: sum(v) / len(v) for e, v in hits.items()}
+    assert all(r >= 0.97 for r in rates.values()), rates

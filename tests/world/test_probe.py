@@ -111,3 +111,65 @@ def test_deadline_stops_training_early(caplog):
                             deadline=time.monotonic() + 1.0)
     assert isinstance(probe, Probe)
     assert any("stopped at the deadline" in r.getMessage() for r in caplog.records)
+
+
+def test_emotion_head_saves_loads_and_reads_probabilities(tmp_path):
+    from backend.actions import EMOTIONS
+
+    probe = Probe(width=4, size=(128, 72), emotion=True)
+    probe.save(tmp_path / "e.safetensors")
+    again = Probe.load(tmp_path / "e.safetensors")
+    assert again.emotion
+    frames = torch.rand(3, 4, 72, 128)
+    _, a = probe.predict(frames)
+    _, b = again.predict(frames)
+    assert a["emotion"].shape == (3, len(EMOTIONS))  # type: ignore[union-attr]
+    assert torch.allclose(a["emotion"].sum(-1), torch.ones(3))  # type: ignore[union-attr]
+    assert (a["emotion"] - b["emotion"]).abs().max() < 0.01  # type: ignore[operator]
+    assert "emotion" not in Probe(width=4, size=(128, 72)).predict(frames)[1]  # the old layout: no head
+
+
+def test_emotion_labels_are_the_segment_emotion_left_out_while_blending():
+    from backend.actions import EMOTIONS
+    from backend.training.probe import EMOTION_SETTLE_S, _labelled_pool
+    from backend.world.pose import random_script, segments
+
+    gen = torch.Generator().manual_seed(5)
+    poses, labels = _labelled_pool(gen, clips=3, frames=250)
+    assert poses.shape == (3, 250, len(POSE_PARAMS)) and labels.shape == (3, 250)
+    # the same draws again: the scripts behind the labels
+    gen = torch.Generator().manual_seed(5)
+    torch.randint(0, 2**31 - 1, (3,), generator=gen)
+    script = random_script(250, gen, switch_every=(20, 60))
+    segs = segments(script, 250)
+    settle = round(EMOTION_SETTLE_S * 25)
+    for i, (start, _a, emo) in enumerate(segs):
+        end = segs[i + 1][0] if i + 1 < len(segs) else 250
+        changed = i > 0 and segs[i - 1][2] != emo
+        if changed:
+            assert (labels[0, start:min(end, start + settle)] == -1).all()
+        if end > start + settle:
+            assert (labels[0, start + settle:end] == EMOTIONS.index(emo)).all()
+    assert (labels >= 0).float().mean() > 0.6
+
+
+def test_training_from_a_probe_keeps_its_weights_as_the_start():
+    init = Probe(width=4, size=(64, 36))
+    torch.nn.init.constant_(init.head.bias, 0.123)
+    probe = train_probe(1, "cpu", batch=4, size=(64, 36), width=4, lr=0.0, emotion=True, clips=2, init=init)
+    assert probe.emotion
+    assert torch.allclose(probe.head.bias, init.head.bias)  # lr 0: exactly the inherited weights
+    with pytest.raises(ValueError, match="width 4"):
+        train_probe(1, "cpu", batch=4, size=(64, 36), width=8, init=init)
+
+
+def test_emotion_head_training_keeps_the_base_probe_exactly():
+    from backend.training.probe import train_emotion_head
+
+    base = Probe(width=4, size=(64, 36))
+    probe = train_emotion_head(base, 0.01, frames=64, clips=4, face_width=4, fixed_share=0.0)
+    assert probe.emotion and probe.face_width == 4
+    for k, v in base.state_dict().items():
+        assert torch.equal(probe.state_dict()[k], v), k  # the trunk and its heads: the pose read-out is unchanged
+    frames = torch.rand(2, 4, 36, 64)
+    assert torch.equal(base.predict(frames)[0], probe.predict(frames)[0])
