@@ -243,6 +243,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
         _load_autoencoder,
         _randn,
         _random_offset,
+        training_kernels,
     )
 
     mcfg = cfg.model
@@ -282,20 +283,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
         load_into(ema, ew, source=str(run.path / "distill_ema.safetensors"), what="dit",
                   optional_prefixes=EXTRA_PREFIXES)
     cuda = device.type == "cuda"
-    if kernel not in ("auto", "flex", "sdpa"):
-        raise ValueError(f"kernel = {kernel!r}: expected 'auto', 'flex' or 'sdpa'")
-    if kernel == "flex" and not cuda:
-        raise SystemExit("--kernel flex trains on CUDA only (flex attention has no backward on CPU): use auto or sdpa")
-    if compile is None:
-        compile = cuda
-    if compile:
-        from torch._dynamo import config as dynamo_config
-
-        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
-        for block in (*student.blocks, *teacher.blocks):
-            block.compile()
-    use_flex = kernel == "flex" or (kernel == "auto" and cuda)
-    flex = FlexAttention(compile=cuda and not compile) if use_flex else None
+    flex, compile = training_kernels(kernel, compile, device, student, teacher)
     gen = torch.Generator().manual_seed(mcfg.seed + 7919 + step)
     noise_gen = torch.Generator(device).manual_seed(mcfg.seed + 7919 + step)
     pool = LatentPool(cfg, ae, 1024 if cuda else 8, seed=11 + step, device=device)

@@ -555,6 +555,30 @@ def _self_predicted(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], 
     return noisy - sig * flow
 
 
+def training_kernels(kernel: str, compile: bool | None, device: torch.device,
+                     *dits: CausalDiT) -> tuple[FlexAttention | None, bool]:
+    """The DiT stages' attention kernel and compilation: ``kernel`` 'auto' = block-sparse flex attention on
+    CUDA (skips the ~70% of tiles the training mask hides; same result), SDPA with the dense mask on CPU;
+    ``compile`` None = on CUDA: each block of ``dits`` compiled (fused norms, modulation, RoPE; flex traced
+    into the block's graph), else flex compiled alone. Returns (the flex kernel or None, compiled)."""
+    cuda = device.type == "cuda"
+    if kernel not in ("auto", "flex", "sdpa"):
+        raise ValueError(f"kernel = {kernel!r}: expected 'auto', 'flex' or 'sdpa'")
+    if kernel == "flex" and not cuda:
+        raise SystemExit("--kernel flex trains on CUDA only (flex attention has no backward on CPU): use auto or sdpa")
+    if compile is None:
+        compile = cuda
+    if compile:
+        from torch._dynamo import config as dynamo_config
+
+        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)  # blocks x masks x grad modes
+        for dit in dits:
+            for block in dit.blocks:
+                block.compile()
+    use_flex = kernel == "flex" or (kernel == "auto" and cuda)
+    return (FlexAttention(compile=cuda and not compile) if use_flex else None), compile
+
+
 def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool,
                     anneal: bool = False, kernel: str = "auto", compile: bool | None = None) -> None:
     """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
@@ -580,21 +604,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
                   optional_prefixes=EXTRA_PREFIXES)
     opt = torch.optim.AdamW(dit.parameters(), lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01)
     cuda = device.type == "cuda"
-    # block-sparse attention (skips the ~70% of tiles the training mask hides; same result); compiled on CUDA
-    if kernel not in ("auto", "flex", "sdpa"):
-        raise ValueError(f"kernel = {kernel!r}: expected 'auto', 'flex' or 'sdpa'")
-    if kernel == "flex" and not cuda:
-        raise SystemExit("--kernel flex trains on CUDA only (flex attention has no backward on CPU): use auto or sdpa")
-    if compile is None:
-        compile = cuda
-    if compile:  # each block compiled (fused norms, modulation, RoPE; flex traced into the block's graph)
-        from torch._dynamo import config as dynamo_config
-
-        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)  # 6 blocks x masks x grad modes
-        for block in dit.blocks:
-            block.compile()
-    use_flex = kernel == "flex" or (kernel == "auto" and cuda)
-    flex = FlexAttention(compile=cuda and not compile) if use_flex else None  # compiled alone when blocks are not
+    flex, compile = training_kernels(kernel, compile, device, dit)
     log.info("dit training attention kernel=%s compiled=%s", "flex" if flex else "sdpa", compile)
     pool = LatentPool(cfg, ae, 2048 if cuda else 8, seed=7 + step, device=device)
     sched = FlowMatchSchedule(shift=mcfg.shift)
