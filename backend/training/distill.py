@@ -243,6 +243,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
         _load_autoencoder,
         _randn,
         _random_offset,
+        optimizer_step,
         training_kernels,
     )
 
@@ -313,16 +314,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
             loss, stats = distill_loss(student, db, states, target, batch["latents"], chunk, sched, mcfg, gen,
                                        noise_gen, weight)
         lr = LR * min(1.0, (step - resumed_at + 1) / WARMUP)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(EMA_DECAY, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), student.parameters()):
-                pe.lerp_(p, 1 - decay)
+        optimizer_step(opt, student, ema, loss, lr=lr, step=step, ema_decay=EMA_DECAY)
         step += 1
         losses.append(loss.item())
         stats_acc.append(stats)

@@ -555,6 +555,22 @@ def _self_predicted(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], 
     return noisy - sig * flow
 
 
+def optimizer_step(opt: torch.optim.Optimizer, model: torch.nn.Module, ema: torch.nn.Module, loss: Tensor, *,
+                   lr: float, step: int, ema_decay: float) -> None:
+    """One step of the DiT stages: ``lr`` set, gradients clipped to norm 1, then the EMA moves toward the model
+    (its decay ramps up from 0.1 over the first steps of a run to ``ema_decay``)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - decay)
+
+
 def training_kernels(kernel: str, compile: bool | None, device: torch.device,
                      *dits: CausalDiT) -> tuple[FlexAttention | None, bool]:
     """The DiT stages' attention kernel and compilation: ``kernel`` 'auto' = block-sparse flex attention on
@@ -668,16 +684,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         if anneal:
             done = min(1.0, (time.monotonic() - t_start) / max(1.0, deadline - t_start))
             lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            decay = min(0.999, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), dit.parameters()):
-                pe.lerp_(p, 1 - decay)
+        optimizer_step(opt, dit, ema, loss, lr=lr, step=step, ema_decay=0.999)
         step += 1
         losses.append(loss.item())
         step_times.append(time.monotonic() - t0)
