@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from backend.errors import LiveIdolError
+from backend.model.wan.weights import WeightsError, load_state_dict_into
 
 __all__ = [
     "WAN_T5_FILE",
@@ -61,7 +62,6 @@ log = logging.getLogger(__name__)
 
 WAN_T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"  # the encoder's file name in Wan-AI/Wan2.1-T2V-1.3B
 WAN_TOKENIZER_DIR = "google/umt5-xxl"  # the tokenizer's folder in that repository
-_MAX_LISTED = 8
 # umT5-XXL (google/umt5-xxl, and Wan's umt5_xxl()): used for random weights at text_dim 4096.
 UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64}
 
@@ -80,12 +80,6 @@ def clean_prompt(text: str) -> str:
         text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
-
-
-def _listed(keys: list[str]) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
-    return ", ".join(keys[:_MAX_LISTED]) + more
 
 
 def wan_to_hf_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -142,21 +136,6 @@ def _config_from_wan(state: dict[str, torch.Tensor], source: str) -> Any:
     return UMT5Config(vocab_size=vocab, d_model=dim, d_kv=dim_attn // heads, d_ff=dim_ffn, num_layers=layers,
                       num_heads=heads, relative_attention_num_buckets=buckets, relative_attention_max_distance=128,
                       feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False)
-
-
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing:
-        raise TextEncoderError(f"{source}: text encoder keys missing: {_listed(missing)}")
-    if unexpected:
-        raise TextEncoderError(f"{source}: unexpected text encoder keys: {_listed(unexpected)}")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise TextEncoderError(f"{source}: text encoder key {k} has shape {tuple(v.shape)} in the file "
-                                   f"but {tuple(own[k].shape)} in the model")
-    model.load_state_dict(state, strict=True, assign=True)
 
 
 class _ByteTokenizer:
@@ -223,7 +202,11 @@ class UMT5TextEncoder:
             config = _config_from_wan(state, str(wan_file))
             with torch.device("meta"):
                 model = UMT5EncoderModel(config)
-            _load_strict(model, wan_to_hf_keys(state), str(wan_file))
+            try:  # the tier's one check: every missing, unexpected and mis-shaped key named in one line
+                load_state_dict_into(model, wan_to_hf_keys(state), what="text encoder", source=str(wan_file),
+                                     assign=True)
+            except WeightsError as exc:
+                raise TextEncoderError(str(exc)) from None
             model.encoder.embed_tokens = model.shared
         elif (folder / "config.json").is_file():
             try:
