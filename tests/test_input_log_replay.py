@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from backend.config import load_config
-from backend.events import Command, CommandKind, VideoFrame
+from backend.events import Command, CommandKind
+from tests.engine.engine_helpers import frames_digest, record_shown
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 60.0
@@ -88,13 +88,6 @@ async def test_kill_9_during_a_flood_loses_no_acknowledged_command(tmp_path: Pat
     assert all(r["time"] > 1.7e9 for r in accepted)  # wall-clock seconds since the epoch
 
 
-def _digest(frames: list[np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for f in frames:
-        h.update(np.ascontiguousarray(f).tobytes())
-    return h.hexdigest()
-
-
 async def test_replay_re_renders_a_session_with_the_shipped_model_frame_for_frame(tmp_path: Path) -> None:
     from backend.app import build_generator, replay_header
     from backend.cli import main
@@ -112,14 +105,7 @@ async def test_replay_re_renders_a_session_with_the_shipped_model_frame_for_fram
     async with engine:
         sub = engine.subscribe(audio=False, slot_frames=1024)
 
-        async def watch() -> None:
-            last = None
-            async for item in sub:
-                if isinstance(item, VideoFrame) and item.rgba is not last:  # a repeat is the same array
-                    shown.append(item.rgba)
-                    last = item.rgba
-
-        watcher = asyncio.create_task(watch())
+        watcher = asyncio.create_task(record_shown(sub, shown))
         try:
             async with asyncio.timeout(DEADLINE_S):
                 for kind, arg in (("act", "wave"), ("emotion", "happy"), ("act", "wave"), ("act", "heart")):
@@ -133,7 +119,7 @@ async def test_replay_re_renders_a_session_with_the_shipped_model_frame_for_fram
     assert engine.error is None
     summary = replay(None, log, max_frames=len(shown))
     assert summary["frames"] == len(shown) and summary["commands"] == 4
-    assert summary["sha256"] == _digest(shown)  # the same frames as the live session showed
+    assert summary["sha256"] == frames_digest(shown)  # the same frames as the live session showed
 
     out = tmp_path / "frames"
     assert main(["replay", str(log), "--out", str(out), "--frames", "8"]) == 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 
@@ -177,3 +180,22 @@ class PipelinedStandIn(SlowStandIn):
 
     def next_chunk(self, conditions, *, mouth=None, steps=None, chunk_frames=None) -> np.ndarray:
         return self.start_chunk(conditions, mouth=mouth, steps=steps, chunk_frames=chunk_frames).result()
+
+
+def frames_digest(frames: list[np.ndarray]) -> str:
+    """SHA-256 over the frames' bytes in order (computed here, independently of ``backend.replay``'s own)."""
+    h = hashlib.sha256()
+    for f in frames:
+        h.update(np.ascontiguousarray(f).tobytes())
+    return h.hexdigest()
+
+
+async def record_shown(sub: AsyncIterator[Any], shown: list[np.ndarray]) -> None:
+    """Append each newly shown frame of a subscription to ``shown`` (a repeat is the same array: skipped)."""
+    from backend.events import VideoFrame
+
+    last = None
+    async for item in sub:
+        if isinstance(item, VideoFrame) and item.rgba is not last:
+            shown.append(item.rgba)
+            last = item.rgba

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,9 @@ import pytest
 from backend.config import EngineConfig, load_config
 from backend.engine import Engine
 from backend.events import Command, CommandKind, VideoFrame
-from tests.engine.engine_helpers import PassGate, PipelinedStandIn
+from tests.engine.engine_helpers import PassGate, PipelinedStandIn, frames_digest, record_shown
 
 DEADLINE_S = 90.0
-
-
-def _digest(frames: list[np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for f in frames:
-        h.update(np.ascontiguousarray(f).tobytes())
-    return h.hexdigest()
 
 
 async def test_a_command_mid_chunk_restarts_it_exactly_as_a_clean_replay(tmp_path: Path) -> None:
@@ -57,14 +49,7 @@ async def test_a_command_mid_chunk_restarts_it_exactly_as_a_clean_replay(tmp_pat
     async with engine:
         sub = engine.subscribe(audio=False, slot_frames=1024)
 
-        async def watch() -> None:
-            last = None
-            async for item in sub:
-                if isinstance(item, VideoFrame) and item.rgba is not last:  # a repeat is the same array
-                    shown.append(item.rgba)
-                    last = item.rgba
-
-        watcher = asyncio.create_task(watch())
+        watcher = asyncio.create_task(record_shown(sub, shown))
         try:
             async with asyncio.timeout(DEADLINE_S):
                 await engine.wait_started()
@@ -80,7 +65,7 @@ async def test_a_command_mid_chunk_restarts_it_exactly_as_a_clean_replay(tmp_pat
     assert engine.counters["chunks_restarted"] == 4  # each command stopped the chunk it found in the making
     summary = replay(None, log, max_frames=len(shown))
     assert summary["frames"] == len(shown) and summary["commands"] == 4
-    assert summary["sha256"] == _digest(shown)  # the same frames as a clean run with each command from its chunk
+    assert summary["sha256"] == frames_digest(shown)  # the same frames as a clean run with each command from its chunk
 
 
 async def test_pending_frames_are_shown_once_each_in_order_across_restarts_and_drops() -> None:
