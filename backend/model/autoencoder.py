@@ -52,6 +52,7 @@ __all__ = [
     "AutoencoderError",
     "StreamingDecoder",
     "VideoAutoencoder",
+    "quantize_hwc",
     "to_uint8_hwc",
     "upscale",
 ]
@@ -353,13 +354,17 @@ def upscale(frames: Tensor, size: tuple[int, int], *, mode: str = "bicubic") -> 
         return _resample_premultiplied(frames, height, width, mode)
 
 
-def to_uint8_hwc(frames: Tensor) -> np.ndarray:
-    """(N, 4, H, W) float in [0, 1] -> contiguous numpy (N, H, W, 4) uint8 (rounded, clamped)."""
+def quantize_hwc(frames: Tensor) -> Tensor:
+    """(N, 4, H, W) float in [0, 1] -> contiguous (N, H, W, 4) uint8 on the frames' device (rounded half up,
+    clamped): a quarter of the bytes to move to the host."""
     _check_video(frames, "to_uint8_hwc(frames)", 4)
     if frames.shape[1] != CHANNELS:
         raise AutoencoderError(f"to_uint8_hwc(frames): expected (N, 4, H, W) RGBA, got shape {tuple(frames.shape)}")
     with torch.no_grad():
-        # round half up, on the frames' device (a quarter of the bytes to move)
         u8 = frames.float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
-        hwc = u8.permute(0, 2, 3, 1).contiguous().cpu()  # (N, H, W, 4)
-    return np.ascontiguousarray(hwc.numpy())
+        return u8.permute(0, 2, 3, 1).contiguous()
+
+
+def to_uint8_hwc(frames: Tensor) -> np.ndarray:
+    """(N, 4, H, W) float in [0, 1] -> contiguous numpy (N, H, W, 4) uint8 (rounded, clamped)."""
+    return np.ascontiguousarray(quantize_hwc(frames).cpu().numpy())

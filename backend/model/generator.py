@@ -37,7 +37,7 @@ from backend.config import ModelConfig
 from backend.errors import LiveIdolError
 from backend.model.accel import FastDiT
 from backend.model.attention import select_attention
-from backend.model.autoencoder import VideoAutoencoder, to_uint8_hwc, upscale
+from backend.model.autoencoder import VideoAutoencoder, quantize_hwc, to_uint8_hwc, upscale
 from backend.model.checkpoint import check_config, init_dit_, load_dit, load_into, load_weights, split_state
 from backend.model.dit import CausalDiT
 from backend.model.fp8 import fp8_supported, quantize_blocks_
@@ -486,7 +486,7 @@ class StreamingGenerator:
             frames = upscale(frames.float(), self.output_size)
             if timer is not None:
                 timer.lap("upscale")
-            u8 = frames.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            u8 = quantize_hwc(frames)
             host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
             host.copy_(u8, non_blocking=True)
             if timer is not None:
