@@ -64,10 +64,11 @@ from backend.config import Config, ModelConfig
 from backend.errors import LiveIdolError
 from backend.model.autoencoder import upscale
 from backend.model.generator import ACTION_FPS, Conditions, Generator, resolve_device
-from backend.training.probe import EMOTION_SETTLE_S, PROBE_PATH, Probe
+from backend.training.face_reader import FACE_READER_PATH, FACE_SCALE, FaceReader, FaceReaderError
+from backend.training.probe import EMOTION_SETTLE_S, FACE_PARAMS, PROBE_PATH, Probe
 from backend.training.quality import Calibration, FrameStats, frechet_distance, psnr, ssim
 from backend.world.character import CharacterConfig, identity_tensor, load_character
-from backend.world.pose import EMOTION_FACES, POSE_INDEX, action_scores, simulate
+from backend.world.pose import POSE_INDEX, action_scores, simulate
 from backend.world.reference import reference_frame
 from backend.world.render import premultiplied, render, straight_alpha
 
@@ -85,6 +86,7 @@ __all__ = [
     "plan_commands",
     "read_emotion",
     "recognise_emotion",
+    "recognise_face",
     "run_eval",
     "wilson",
 ]
@@ -107,8 +109,8 @@ FOLLOW_TARGET = 0.95  # action following on held-out plans, every character
 STEP_RATIO_TARGET = 1.5  # a quality figure at 1 step within this factor of the 4-step figure
 IDLE_RATIO_TARGET = 2.0  # ... and no action's figure worse than this factor of idle's
 # Face parameters an emotion moves (backend.world.pose.EMOTION_FACES), each scaled by its largest offset.
-_FACE = tuple(sorted({k for face in EMOTION_FACES.values() for k in face}))
-_FACE_SCALE = np.array([max(abs(face.get(k, 0.0)) for face in EMOTION_FACES.values()) for k in _FACE])
+_FACE = FACE_PARAMS
+_FACE_SCALE = np.array(FACE_SCALE)
 _SCORED = tuple(a.name for a in ACTIONS if a.name != "idle")  # the candidates of the argmax
 
 
@@ -234,15 +236,28 @@ def followed(scores: dict[str, Tensor], commanded: str, *, smooth: int = FOLLOW_
     return bool(((best == i) & (avg[i] >= min_score)).any())
 
 
-def _face(poses: Tensor | np.ndarray) -> np.ndarray:
-    """Mean face vector (len(_FACE),) of poses (T, P), in units of each parameter's largest emotion offset."""
-    p = np.asarray(poses, dtype=np.float64)
-    return p[:, [POSE_INDEX[k] for k in _FACE]].mean(0) / _FACE_SCALE
+def _settled(x: np.ndarray, fps: float) -> np.ndarray:
+    """The frames of a scoring window (T, ...) from ``EMOTION_SETTLE_S`` on (before that the world itself is
+    still blending from the previous emotion); all of them when the window is shorter than twice that."""
+    skip = _frames(EMOTION_SETTLE_S, fps)
+    return x[skip:] if x.shape[0] >= 2 * skip else x
+
+
+def _face(faces: Tensor | np.ndarray, fps: float = ACTION_FPS) -> np.ndarray:
+    """Mean face vector (len(_FACE),) of the settled part of ``faces`` (T, len(_FACE)) in ``FACE_PARAMS`` order,
+    in units of each parameter's largest emotion offset."""
+    return _settled(np.asarray(faces, dtype=np.float64), fps).mean(0) / _FACE_SCALE
+
+
+def _face_of_poses(poses: Tensor | np.ndarray) -> np.ndarray:
+    """The face parameters (T, len(_FACE)) of poses (T, P)."""
+    return np.asarray(poses, dtype=np.float64)[:, [POSE_INDEX[k] for k in _FACE]]
 
 
 def emotion_templates(plan: list[PlannedCommand], seed: int, fps: float = ACTION_FPS) -> list[np.ndarray]:
-    """Per command, (len(EMOTIONS), F): the mean face the world shows over its scoring window under each
-    emotion, everything else (the action, the commands before it, the world's random blinks) unchanged.
+    """Per command, (len(EMOTIONS), F): the mean face the world shows over the settled part of its scoring window
+    (from ``EMOTION_SETTLE_S`` on) under each emotion, everything else (the action, the commands before it, the
+    world's random blinks) unchanged.
 
     What the face should look like depends on the action too (``smile`` and ``angry`` move the brows and
     the mouth themselves), so the emotion is read against these per-command templates, not fixed faces.
@@ -253,18 +268,24 @@ def emotion_templates(plan: list[PlannedCommand], seed: int, fps: float = ACTION
         for emo in EMOTIONS:
             script = world_script([*plan[:i], dataclasses.replace(c, emotion=emo)])
             poses, _ = simulate(script, c.start + c.window, fps=fps, seed=seed)
-            rows.append(_face(poses[c.start:c.start + c.window]))
+            rows.append(_face(_face_of_poses(poses[c.start:c.start + c.window]), fps))
         out.append(np.stack(rows))
     return out
 
 
-def recognise_emotion(poses: Tensor | np.ndarray, templates: np.ndarray) -> str:
-    """The emotion whose template face (``emotion_templates`` row) is nearest the mean face of ``poses``.
-
-    The fallback rule for a probe without an emotion head: it needs a precise face read-out, which the
-    pose trunk does not give (on world renders it misreads about a fifth of the emotions)."""
-    d = ((templates - _face(poses)[None]) ** 2).sum(1)
+def recognise_face(faces: Tensor | np.ndarray, templates: np.ndarray, fps: float = ACTION_FPS) -> str:
+    """THE emotion rule of ``liveidol eval``: the emotion whose template face (``emotion_templates`` row of the
+    command) is nearest (squared distance in units of each parameter's largest emotion offset) the mean of
+    ``faces`` (T, len(FACE_PARAMS)) over the settled part of the scoring window. ``faces`` are what the face
+    reader (``backend.training.face_reader``) reads from the window's frames, or the world's true face."""
+    d = ((templates - _face(faces, fps)[None]) ** 2).sum(1)
     return EMOTIONS[int(d.argmin())]
+
+
+def recognise_emotion(poses: Tensor | np.ndarray, templates: np.ndarray, fps: float = ACTION_FPS) -> str:
+    """:func:`recognise_face` on the face parameters of ``poses`` (T, P): on the world's true poses the ceiling
+    of the rule; on the probe's trunk read-out the last fallback (it misreads about a fifth of the emotions)."""
+    return recognise_face(_face_of_poses(poses), templates, fps)
 
 
 def read_emotion(probs: Tensor | np.ndarray, fps: float = ACTION_FPS) -> str:
@@ -279,10 +300,15 @@ def read_emotion(probs: Tensor | np.ndarray, fps: float = ACTION_FPS) -> str:
     return EMOTIONS[int(p.mean(0).argmax())]
 
 
-def _emotion_of(probe_out: tuple[Tensor, dict[str, object]], template: np.ndarray, fps: float) -> str:
+def _emotion_of(probe_out: tuple[Tensor, dict[str, object]], faces: Tensor | None, template: np.ndarray,
+                fps: float) -> str:
+    """The emotion of a scoring window: from the face reader's ``faces`` when there are, else the probe's
+    emotion head, else the template rule on the probe's poses."""
+    if faces is not None:
+        return recognise_face(faces.cpu(), template, fps)
     poses, ident = probe_out
     probs = ident.get("emotion")
-    return read_emotion(probs, fps) if isinstance(probs, Tensor) else recognise_emotion(poses.cpu(), template)
+    return read_emotion(probs, fps) if isinstance(probs, Tensor) else recognise_emotion(poses.cpu(), template, fps)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
@@ -355,6 +381,19 @@ def _load_probe(probe: Probe | str | Path | None, device: torch.device) -> Probe
     return Probe.load(path, device)
 
 
+def _load_face_reader(reader: FaceReader | str | Path | bool | None, device: torch.device) -> FaceReader | None:
+    """``None``: the shipped reader (an error naming the file when it is missing or bad); ``False``: none (the
+    probe's emotion head reads emotions)."""
+    if reader is False:
+        return None
+    if isinstance(reader, FaceReader):
+        return reader.to(device).eval()
+    try:
+        return FaceReader.load(FACE_READER_PATH if reader is None or reader is True else Path(reader), device)
+    except FaceReaderError as exc:
+        raise EvalError(str(exc)) from exc
+
+
 def _resize_area(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Premultiplied (N, 4, H, W) -> (N, 4, h, w) at ``size`` = (w, h) by area averaging (a no-op at that size)."""
     w, h = size
@@ -376,12 +415,13 @@ class _WorldPlan:
 
 
 def _world_plan(plan: list[PlannedCommand], n_frames: int, probe: Probe, character: CharacterConfig,
-                size: tuple[int, int], device: torch.device, seed: int, fps: float) -> _WorldPlan:
+                size: tuple[int, int], device: torch.device, seed: int, fps: float,
+                reader: FaceReader | None = None) -> _WorldPlan:
     motion = _Motion()
     ok: list[bool] = []
     emos: list[str] = []
-    # The template rule's faces; a probe with an emotion head reads the emotion itself.
-    templates = (emotion_templates(plan, seed, fps) if plan and not probe.emotion
+    # The template rule's faces; without a face reader, a probe with an emotion head reads the emotion itself.
+    templates = (emotion_templates(plan, seed, fps) if plan and (reader is not None or not probe.emotion)
                  else [np.zeros((len(EMOTIONS), len(_FACE)))] * len(plan))
     poses = None
     if n_frames:
@@ -393,7 +433,7 @@ def _world_plan(plan: list[PlannedCommand], n_frames: int, probe: Probe, charact
                 character, poses[c.start:c.start + c.window], size, device)])
             read = probe.predict(window)
             ok.append(followed(action_scores(read[0].cpu(), fps), c.action))
-            emos.append(_emotion_of(read, tmpl, fps))
+            emos.append(_emotion_of(read, reader.predict(window) if reader is not None else None, tmpl, fps))
     return _WorldPlan(plan, n_frames, poses, ok, emos, templates, motion)
 
 
@@ -425,12 +465,15 @@ def _world_quality(world: _WorldPlan, character: CharacterConfig, probe: Probe, 
 def _action_following(gen: Any, probe: Probe, character: CharacterConfig, reference: np.ndarray | None,
                       commands: int, seed: int, fps: float, *, steps: int | None = None, chunk: int | None = None,
                       quality: _Quality | None = None, worlds: dict[int, _WorldPlan] | None = None,
-                      balance_emotions: bool = False) -> tuple[dict[str, Any], dict[str, Any], float]:
+                      balance_emotions: bool = False,
+                      reader: FaceReader | None = None) -> tuple[dict[str, Any], dict[str, Any], float]:
     """Roll the generator out over the plan of ``seed`` at ``steps`` / ``chunk`` (None: the configured ones),
     score action following and emotions, and with ``quality`` measure the picture (``result["quality"]``).
 
     Generated frames may come at any size; the probe and the flicker statistics read them resized to the
-    native size (area), as the world is rendered there. ``worlds`` caches the world side by chunk size."""
+    native size (area), as the world is rendered there; the face ``reader`` (emotions) reads the head of each
+    generated frame at the size it comes in, the world's at the native size. ``worlds`` caches the world side
+    by chunk size."""
     fpc = gen.frames_per_chunk(chunk) if chunk is not None else gen.frames_per_chunk()
     plan = plan_commands(commands, frames_per_chunk=fpc, seed=seed, fps=fps, balance_emotions=balance_emotions)
     win = _frames(FOLLOW_WINDOW_S, fps)
@@ -439,7 +482,8 @@ def _action_following(gen: Any, probe: Probe, character: CharacterConfig, refere
     native = tuple(gen.native_size)
     world = (worlds or {}).get(fpc)
     if world is None:
-        world = _world_plan(plan, n_frames, probe, character, native, device, seed, fps)  # type: ignore[arg-type]
+        world = _world_plan(plan, n_frames, probe, character, native, device, seed, fps,  # type: ignore[arg-type]
+                            reader)
         if worlds is not None:
             worlds[fpc] = world
     gen_ok: list[bool] = []
@@ -453,6 +497,7 @@ def _action_following(gen: Any, probe: Probe, character: CharacterConfig, refere
         kw["chunk_frames"] = chunk
     q_stats: list[FrameStats] = []
     q_feats: list[Tensor] = []
+    faces: list[Tensor] = []  # the face reader's read-out of every generated frame so far, at the output size
 
     # Generated: stream chunks, keep only the frames still needed for scoring (windows are in order).
     gen.reset(reference, Conditions())
@@ -468,6 +513,8 @@ def _action_following(gen: Any, probe: Probe, character: CharacterConfig, refere
             if sel:
                 q_stats.append(FrameStats.measure(x_out[sel], quality.calibration))
                 q_feats.append(probe.embed(x_out[sel]).cpu())
+        if reader is not None:
+            faces.append(reader.predict(x_out).cpu())
         x = _resize_area(x_out, native)  # type: ignore[arg-type]
         del x_out
         motion.add(x)
@@ -478,7 +525,8 @@ def _action_following(gen: Any, probe: Probe, character: CharacterConfig, refere
             c = plan[i]
             read = probe.predict(frames[c.start - kept_from:c.start - kept_from + c.window])
             gen_ok.append(followed(action_scores(read[0].cpu(), fps), c.action))
-            gen_emo.append(_emotion_of(read, world.templates[i], fps))
+            face = torch.cat(faces)[c.start:c.start + c.window] if reader is not None else None
+            gen_emo.append(_emotion_of(read, face, world.templates[i], fps))
             if len(gen_ok) % 10 == 0 or len(gen_ok) == len(plan):
                 log.info("action following commands=%d/%d rate_so_far=%.3f", len(gen_ok), len(plan),
                          sum(gen_ok) / len(gen_ok))
@@ -545,10 +593,14 @@ def _action_following(gen: Any, probe: Probe, character: CharacterConfig, refere
         "rule": (f"scores = action_scores(probe(frames of the first {FOLLOW_WINDOW_S:g} s)); followed when, in some run "
                  f"of {FOLLOW_SMOOTH_FRAMES} consecutive frames, the commanded action has the highest mean score of "
                  f"all non-idle actions and that mean is >= {FOLLOW_MIN_SCORE}"),
-        "emotion_rule": (f"the emotion of highest mean probability of the probe's emotion head over the scoring "
+        "emotion_rule": (f"the emotion whose world face (the same command under each emotion, simulated) is nearest "
+                         f"the face reader's mean face over the scoring window from {EMOTION_SETTLE_S:g} s on (the "
+                         f"head of each frame at the size it comes in)" if reader is not None else
+                         f"the emotion of highest mean probability of the probe's emotion head over the scoring "
                          f"window from {EMOTION_SETTLE_S:g} s on" if probe.emotion else
                          "the emotion whose world face (the same command under each emotion, simulated) is nearest "
                          "the probed mean face of the scoring window (a probe without an emotion head)"),
+        "emotion_reader": "face_reader" if reader is not None else "probe_head" if probe.emotion else "probe_poses",
         "balanced_emotions": balance_emotions,
         "target": FOLLOW_TARGET,
         "emotion_target": EMOTION_TARGET,
@@ -818,7 +870,7 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
              characters: list[str] | None = None, steps: list[int] | None = None, chunks: list[int] | None = None,
              quality: bool = True, stride: int = 2, calibration_frames: int = 12,
              sheet: str | Path | None = None, sheet_steps: tuple[int, ...] = (1, 4),
-             balance_emotions: bool = False) -> dict[str, Any]:
+             balance_emotions: bool = False, face_reader: FaceReader | str | Path | bool | None = None) -> dict[str, Any]:
     """Run the whole evaluation and return a JSON-able dict (see the module docstring).
 
     ``commands`` and ``minutes`` are honoured exactly (0 skips that part). ``probe``: a loaded
@@ -828,7 +880,9 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
     level): the levels rolled out for each character over the same plan, with picture quality measured
     on every ``stride``-th frame when ``quality``. ``sheet``: also write a contact sheet PNG there (every
     action at each of ``sheet_steps``, the first character). ``balance_emotions``: issue every emotion
-    equally often (:func:`plan_commands`). The top-level ``action_following`` and
+    equally often (:func:`plan_commands`). ``face_reader``: what reads the emotions (a loaded
+    :class:`FaceReader`, a file, None for the shipped ``backend/weights/face_reader.safetensors``, False for the
+    probe's emotion head instead). The top-level ``action_following`` and
     ``temporal`` are the first character's at the first level; ``identity`` and ``speed`` are the first
     character's at the configured level.
     """
@@ -845,6 +899,7 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
     names = list(characters or [cfg.character])
     device = resolve_device(cfg.model)[0]
     the_probe = _load_probe(probe, device)  # before the (slow) model load
+    reader = _load_face_reader(face_reader, device)
     gen = Generator(cfg.model, weights=weights)
     log.info("eval start commands=%d minutes=%.2f checkpoint=%s device=%s native=%dx%d output=%dx%d characters=%s "
              "steps=%s chunks=%s", commands, minutes, cfg.model.checkpoint, gen.device, *gen.native_size,
@@ -866,7 +921,7 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
                 log.info("eval level character=%s steps=%d chunk=%d", name, n_steps, c)
                 following, temporal, level_fps = _action_following(gen, the_probe, character, reference, commands, seed,
                                                                    fps, steps=n_steps, chunk=c, quality=q, worlds=worlds,
-                                                                   balance_emotions=balance_emotions)
+                                                                   balance_emotions=balance_emotions, reader=reader)
                 qual = following.pop("quality", None)
                 levels[_level_key(n_steps, c)] = {"action_following": following, "temporal": temporal, "fps": level_fps,
                                              **({"quality": qual} if qual is not None else {})}
@@ -908,7 +963,9 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
                    "balanced_emotions": balance_emotions,
                    "output_size": [cfg.model.output_width, cfg.model.output_height],
                    "model_seed": cfg.model.seed, "fps": fps, "commands": commands, "minutes": minutes,
-                   "probe": "<in memory>" if isinstance(probe, Probe) else str(probe or PROBE_PATH)},
+                   "probe": "<in memory>" if isinstance(probe, Probe) else str(probe or PROBE_PATH),
+                   "face_reader": (None if reader is None else "<in memory>" if isinstance(face_reader, FaceReader)
+                                   else str(FACE_READER_PATH if face_reader in (None, True) else face_reader))},
         "seconds": time.perf_counter() - t_start,
     }
 

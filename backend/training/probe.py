@@ -77,6 +77,13 @@ _FACE_GRID = (4, 4)
 EMOTION_SETTLE_S = 0.4  # frames this soon after an emotion changes are still blending: no emotion label
 
 
+def face_box_crop(x: Tensor) -> Tensor:
+    """``FACE_BOX`` of frames (..., H, W) of any size (the emotion head's crop, and the face reader's before resizing)."""
+    h, w = x.shape[-2:]
+    x0, y0, x1, y1 = FACE_BOX
+    return x[..., round(y0 * h):round(y1 * h), round(x0 * w):round(x1 * w)]
+
+
 class ProbeError(ValueError):
     """A probe file is missing, corrupt or of another layout; the message names the file."""
 
@@ -129,9 +136,7 @@ class Probe(nn.Module):
         return x * 2.0 - 1.0
 
     def _face_crop(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2:]
-        x0, y0, x1, y1 = FACE_BOX
-        return x[..., round(y0 * h):round(y1 * h), round(x0 * w):round(x1 * w)]
+        return face_box_crop(x)
 
     def forward(self, frames: Tensor) -> dict[str, Tensor]:
         """Raw head outputs: pose (N, P) normalised to 0..1 of POSE_RANGES, class logits, palette (N, 18);
@@ -243,9 +248,10 @@ def render_batch(n: int, gen: torch.Generator, device: torch.device | str, size:
 def _render_labelled(n: int, gen: torch.Generator, device: torch.device | str, size: tuple[int, int],
                      pose_pool: Tensor, labels: Tensor | None, *, run: int = 1,
                      autoencoder: VideoAutoencoder | None = None, fixed: list[Identity] | None = None,
-                     fixed_share: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+                     fixed_share: float = 0.0, hires: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """:func:`render_batch`, also picking the per-frame emotion ``labels`` (clips, T) of the chosen poses; with
-    ``fixed``, about ``fixed_share`` of the idols are drawn from those identities instead of at random."""
+    ``fixed``, about ``fixed_share`` of the idols are drawn from those identities instead of at random; ``hires``
+    decodes the round trip with the autoencoder's detail decoder (frames at its ``hires_size``)."""
     if n % run:
         raise ValueError(f"render_batch: n = {n} is not a multiple of run = {run}")
     k = n // run
@@ -265,7 +271,7 @@ def _render_labelled(n: int, gen: torch.Generator, device: torch.device | str, s
     video = render(ident, poses, size=size)  # (k, run, 4, H, W) premultiplied
     if autoencoder is not None:
         with torch.no_grad():
-            video = premultiplied(autoencoder.decode(autoencoder.encode(straight_alpha(video))).float())
+            video = premultiplied(autoencoder.decode(autoencoder.encode(straight_alpha(video)), hires=hires).float())
     emo = labels[at].flatten().to(device) if labels is not None else None
     return (video.flatten(0, 1), poses.flatten(0, 1),
             ident[:, None].expand(-1, run, -1).flatten(0, 1), emo)
@@ -452,9 +458,26 @@ def train_emotion_head(base: Probe, minutes: float, *, frames: int = 6144, batch
     return probe.eval()
 
 
+def _shipped_autoencoder() -> VideoAutoencoder:
+    """The configured checkpoint's autoencoder (the shipped one by default), float32 on the CPU."""
+    from backend.config import load_config
+    from backend.training.train import _checkpoint_autoencoder
+
+    _, ae = _checkpoint_autoencoder(load_config(None, {"model.device": "cpu"}), "the autoencoder comes from "
+                                    "model.checkpoint: none could be loaded")
+    return ae.float()
+
+
+def _shipped_identities() -> list[Identity]:
+    from backend.world.character import load_character
+
+    return [load_character(n).identity for n in ("aiko", "rin", "hana")]
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m backend.training.probe --steps 20000 --device cuda --out backend/weights/probe.safetensors``;
-    ``--emotion-head MINUTES --base P`` adds an emotion head to the probe file P on the CPU (its pose read-out kept)."""
+    ``--emotion-head MINUTES --base P`` adds an emotion head to the probe file P on the CPU (its pose read-out kept);
+    ``--face-reader MINUTES --out backend/weights/face_reader.safetensors`` trains the face reader on the CPU."""
     import argparse
 
     ap = argparse.ArgumentParser(description="Train the evaluation probe on procedural world renders.")
@@ -470,21 +493,27 @@ def main(argv: list[str] | None = None) -> None:
                     help="only train an emotion head onto --base for this long (CPU: train_emotion_head)")
     ap.add_argument("--base", help="the probe file to add the emotion head to")
     ap.add_argument("--frames", type=int, default=3072, help="--emotion-head: head crops rendered for training")
+    ap.add_argument("--face-reader", type=float, metavar="MINUTES",
+                    help="train the face reader liveidol eval reads emotions with, for this long (CPU: "
+                         "backend.training.face_reader.train_face_reader; --frames crops, default 12000)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.emotion_head is not None:
-        from backend.config import load_config
-        from backend.training.train import _checkpoint_autoencoder
-        from backend.world.character import load_character
+    if args.face_reader is not None:
+        from backend.training.face_reader import train_face_reader
 
+        reader = train_face_reader(args.face_reader, frames=args.frames if args.frames != 3072 else 12000,
+                                   seed=args.seed, autoencoder=_shipped_autoencoder(),
+                                   fixed=_shipped_identities())
+        reader.save(args.out)
+        log.info("face reader saved path=%s", args.out)
+        return
+    if args.emotion_head is not None:
         if not args.base:
             ap.error("--emotion-head needs --base PROBE_FILE")
-        _, ae = _checkpoint_autoencoder(load_config(None, {"model.device": "cpu"}), "the autoencoder comes from "
-                                        "model.checkpoint: none could be loaded")
-        fixed = [load_character(n).identity for n in ("aiko", "rin", "hana")]
         probe = train_emotion_head(Probe.load(args.base), args.emotion_head, frames=args.frames, seed=args.seed,
-                                   autoencoder=ae.float(), autoencoder_share=0.25, fixed=fixed)
+                                   autoencoder=_shipped_autoencoder(), autoencoder_share=0.25,
+                                   fixed=_shipped_identities())
     else:
         probe = train_probe(args.steps, args.device, batch=args.batch, lr=args.lr, pool=args.pool,
                             size=(args.size[0], args.size[1]), seed=args.seed, emotion=args.emotion)

@@ -21,6 +21,8 @@ from backend.world.reference import reference_frame
 def test_shipped_files_fit_the_budget() -> None:
     assert BUILTIN_PATH.stat().st_size <= 16 * 2**20
     assert PROBE_PATH.stat().st_size <= 3 * 2**20
+    weights = BUILTIN_PATH.parent  # backend/weights: the whole folder ships in the wheel
+    assert sum(f.stat().st_size for f in weights.iterdir() if f.is_file()) <= 32 * 2**20
 
 
 def _generate(action: str, chunks: int = 4) -> np.ndarray:
@@ -139,10 +141,16 @@ def test_shipped_probe_reads_the_world_emotions_better_than_the_face_templates(w
     assert sum(rates.values()) / len(rates) >= 0.65, rates
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped emotion head (trained on the CPU for minutes) still misreads the "
-                   "world: happy mostly as neutral; an instrument below 97% on ground truth cannot certify the >= 90% "
-                   "emotion target (docs/eval/README.md)")
-def test_shipped_probe_reads_every_world_emotion(world_readings) -> None:
-    hits, _ = world_readings
-    rates = {e: sum(v) / len(v) for e, v in hits.items()}
-    assert all(r >= 0.97 for r in rates.values()), rates
+def test_face_reader_reads_every_world_emotion() -> None:
+    """The emotion instrument of `liveidol eval` (the shipped face reader + the template rule) on PERFECT video: the
+    world's own renders at the probe's size of a balanced 15-command plan for each shipped character (3 per emotion,
+    9 per emotion in all; plan seed 127 is used nowhere else) reads every emotion at >= 97% (all 9). The old
+    instrument, the probe's emotion head, read happy at 22% on such a plan (seed 41)."""
+    from backend.actions import EMOTIONS
+    from backend.training.evaluate import ALL_CHARACTERS
+    from backend.training.face_reader import FACE_READER_PATH, FaceReader, world_emotions
+
+    reader = FaceReader.load(FACE_READER_PATH)
+    rows = [r for name in ALL_CHARACTERS for r in world_emotions(reader, name, seed=127, commands=15)["raw"]]
+    rates = {e: float(np.mean([read == e for want, read, _ in rows if want == e])) for e in EMOTIONS}
+    assert all(r >= 0.97 for r in rates.values()), (rates, [r for r in rows if r[0] != r[1]])
