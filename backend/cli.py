@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet", metavar="PATH.png", help="also write a contact sheet of every action at 1 and 4 steps")
     p.add_argument("--balance-emotions", action="store_true",
                    help="issue every emotion equally often (default: neutral about two thirds of the commands)")
+    p.add_argument("--face-reader", metavar="FILE", help="read emotions with this face reader (default: the shipped "
+                   "backend/weights/face_reader.safetensors; 'none': the probe's emotion head)")
 
     p = sub.add_parser("obs", help="OBS helpers")
     obs_sub = p.add_subparsers(dest="obs_command", required=True)
@@ -373,6 +375,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             extra["quality"] = False
         if args.balance_emotions:
             extra["balance_emotions"] = True
+        if args.face_reader:
+            extra["face_reader"] = False if args.face_reader == "none" else args.face_reader
         commands = args.commands if args.commands is not None else (150 if args.all_characters else 100)
         if args.stride != 2:
             extra["stride"] = args.stride

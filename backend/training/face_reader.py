@@ -110,7 +110,7 @@ class FaceReader(nn.Module):
         """Face parameters (N, len(FACE_PARAMS)) in pose units read from ``frames`` (N, 4, H, W), any size."""
         was = self.training
         self.eval()
-        dev = self.head[-1].weight.device
+        dev = next(self.parameters()).device
         out = [self(face_crops(frames[i:i + batch].to(dev), self.size)) for i in range(0, frames.shape[0], batch)]
         self.train(was)
         z = torch.cat(out) if out else torch.zeros(0, len(FACE_PARAMS), device=dev)
@@ -192,16 +192,19 @@ def _ceil(x: int, step: int) -> int:
 def train_face_reader(minutes: float, *, frames: int = 12000, batch: int = 64, lr: float = 2e-3, seed: int = 0,
                       width: int = 16, autoencoder: VideoAutoencoder | None = None,
                       fixed: list[Identity] | None = None, fixed_share: float = 0.5, clips: int = 400,
-                      noise: float = 0.03, shift: int = 3) -> FaceReader:
+                      noise: float = 0.03, shift: int = 3, init: FaceReader | None = None) -> FaceReader:
     """Train a face reader on the CPU: ``frames`` head crops are rendered once from ``SOURCES`` (without
     ``autoencoder`` only the raw world's), about ``fixed_share`` of the idols drawn from ``fixed`` (e.g. the
     shipped characters), in the poses of ``clips`` simulated random scripts (``_labelled_pool``); then it trains
     for ``minutes`` with a warm-up and a cosine learning rate, each batch with pixel ``noise`` and one random
     shift of up to ``shift`` px. The loss is the squared error in the template rule's units (each parameter
-    divided by its largest emotion offset, ``FACE_SCALE``)."""
+    divided by its largest emotion offset, ``FACE_SCALE``). ``init``: continue from this reader's weights (its
+    width wins), e.g. a second round on freshly rendered crops (another ``seed``) at a lower ``lr``."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    reader = FaceReader(width=width)
+    reader = FaceReader(width=init.width if init is not None else width)
+    if init is not None:
+        reader.load_state_dict(init.state_dict())
     pose_pool, _ = _labelled_pool(gen, clips)
     if autoencoder is not None:
         autoencoder = autoencoder.float().eval().requires_grad_(False)

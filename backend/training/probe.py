@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--emotion", action="store_true", help="add the emotion head (what liveidol eval reads emotions with)")
     ap.add_argument("--emotion-head", type=float, metavar="MINUTES",
                     help="only train an emotion head onto --base for this long (CPU: train_emotion_head)")
-    ap.add_argument("--base", help="the probe file to add the emotion head to")
+    ap.add_argument("--base", help="the probe file to add the emotion head to (--face-reader: a reader to continue)")
     ap.add_argument("--frames", type=int, default=3072, help="--emotion-head: head crops rendered for training")
     ap.add_argument("--face-reader", type=float, metavar="MINUTES",
                     help="train the face reader liveidol eval reads emotions with, for this long (CPU: "
@@ -500,11 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.face_reader is not None:
-        from backend.training.face_reader import train_face_reader
+        from backend.training.face_reader import FaceReader, train_face_reader
 
         reader = train_face_reader(args.face_reader, frames=args.frames if args.frames != 3072 else 12000,
-                                   seed=args.seed, autoencoder=_shipped_autoencoder(),
-                                   fixed=_shipped_identities())
+                                   seed=args.seed, lr=args.lr, autoencoder=_shipped_autoencoder(),
+                                   fixed=_shipped_identities(), init=FaceReader.load(args.base) if args.base else None)
         reader.save(args.out)
         log.info("face reader saved path=%s", args.out)
         return

@@ -146,3 +146,17 @@ def test_the_rule_reads_true_faces_and_not_a_flat_one():
              for c, t in zip(plan, templates) if c.emotion != "neutral"]
     assert wrong and not any(wrong)
     assert set(got) == set(EMOTIONS)
+
+
+def test_cli_eval_passes_the_face_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.training.evaluate as evaluate
+    from backend.cli import main
+
+    seen: dict = {}
+    monkeypatch.setattr(evaluate, "run_eval", lambda cfg, **kw: seen.update(kw) or {})
+    assert main(["eval", "--commands", "1", "--minutes", "0", "--device", "cpu"]) == 0
+    assert "face_reader" not in seen  # the shipped reader, run_eval's default
+    assert main(["eval", "--commands", "1", "--minutes", "0", "--device", "cpu", "--face-reader", "r.safetensors"]) == 0
+    assert seen["face_reader"] == "r.safetensors"
+    assert main(["eval", "--commands", "1", "--minutes", "0", "--device", "cpu", "--face-reader", "none"]) == 0
+    assert seen["face_reader"] is False
