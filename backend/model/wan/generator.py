@@ -123,6 +123,7 @@ class WanGenerator(StreamingGenerator):
         if cuda and cfg.wan.decode_stream and isinstance(self.decoder, StreamingTAEHVDecoder):
             self.decode_stream = torch.cuda.Stream(self.device)
         self._init_stream()
+        self.full_cache_pass = False  # the cache pass runs the whole DiT (the former way; benchmarks compare)
         log.info("wan generator ready device=%s dtype=%s attention=%s decoder=%s native=%dx%d output=%dx%d "
                  "tokens_per_frame=%d cache_mb=%.1f", self.device, self.dtype, attn.name, type(self.decoder).__name__,
                  *self.native_size, *self.output_size, self.frame_tokens, self.kv.nbytes / 2**20)
@@ -180,11 +181,14 @@ class WanGenerator(StreamingGenerator):
         self._context = torch.cat([text, pad])[None]  # (1, text_len, text_dim)
         self.cross.reset()  # refreshed from the new context by the next pass
 
-    def _flow(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x: (B, F, C, h, w)
+    def _flow(self, x: torch.Tensor, t: torch.Tensor, cache_only: bool = False) -> torch.Tensor:  # x: (B, F, C, h, w)
+        """The DiT's flow for ``x``; with ``cache_only`` (the pass after the last step, whose flow nobody reads)
+        the cache is written and ``x`` returned."""
         assert self._context is not None
         self._before_pass()
-        return self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
-                         cache=self.kv, cross_cache=self.cross).permute(0, 2, 1, 3, 4)
+        out = self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
+                        cache=self.kv, cross_cache=self.cross, cache_only=cache_only)
+        return x if cache_only else out.permute(0, 2, 1, 3, 4)
 
     # -- snapshots -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -246,16 +250,17 @@ class WanGenerator(StreamingGenerator):
         self._check(conditions)
         self._apply(conditions)
         timer = self.timer
-        flow = self._flow
+        passes = [0]
         if timer is not None:  # per-stage times: the denoising passes, then the pass that writes the cache
             timer.start()
-            passes = [0]
 
-            def flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                out = self._flow(x, t)
-                passes[0] += 1
-                timer.lap("cache" if passes[0] > steps else "dit")
-                return out
+        def flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            passes[0] += 1
+            cache = passes[0] > steps  # the pass after the last step writes the cache; its flow is not read
+            out = self._flow(x, t, cache_only=cache and not self.full_cache_pass)
+            if timer is not None:
+                timer.lap("cache" if cache else "dit")
+            return out
         x0 = sample_chunk(flow, self._chunk_noise(f), self.schedule.warp_list(cfg.timesteps[:steps]),
                           self.schedule, self._noise, context_t=1000.0 * cfg.context_noise)
         if self.decode_stream is not None:

@@ -202,3 +202,43 @@ def test_decode_on_a_second_stream_falls_back_in_line_on_a_cpu_with_the_same_fra
     finally:
         one.close()
         two.close()
+
+
+def test_the_cache_pass_stops_at_the_last_blocks_kv_and_writes_the_same_cache(gen: WanGenerator) -> None:
+    """The pass after a chunk's last step only writes the cache: it skips the last block's attention, FFN and
+    the head. Frames and cache equal those of the whole pass, chunk after chunk (the window rolling), and
+    after a snapshot's rewind (the same frames again)."""
+    a, b = _cond(gen, "she waves"), _cond(gen, "she nods", "nod")
+    runs = []
+    for full in (True, False):
+        gen.full_cache_pass = full
+        try:
+            gen.reset(REF, a)
+            frames = [gen.next_chunk(a if i % 3 else b) for i in range(5)]  # 2-latent chunks, a 3-frame window
+            snap = gen.snapshot()
+            frames += [gen.next_chunk(b), gen.next_chunk(a)]
+            gen.restore(snap)
+            frames += [gen.next_chunk(b), gen.next_chunk(a)]
+            runs.append((np.concatenate(frames), gen.kv.k.clone(), gen.kv.v.clone()))
+        finally:
+            gen.full_cache_pass = False
+    (fa, ka, va), (fb, kb, vb) = runs
+    assert np.array_equal(fa, fb) and torch.equal(ka, kb) and torch.equal(va, vb)
+    assert np.array_equal(fb[-16:], fb[-32:-16])  # after the rewind: the same two chunks again
+
+
+def test_the_cache_pass_runs_one_block_short(gen: WanGenerator) -> None:
+    calls: list[str] = []
+    blocks = list(gen.dit.blocks)
+    hooks = [blk.register_forward_hook(lambda *_: calls.append("block")) for blk in blocks]
+    hooks.append(gen.dit.head.register_forward_hook(lambda *_: calls.append("head")))
+    try:
+        c = _cond(gen, "she waves")
+        gen.reset(REF, c)
+        calls.clear()
+        gen.next_chunk(c, steps=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(blocks)
+    assert calls == (["block"] * n + ["head"]) * 2 + ["block"] * (n - 1)  # two steps, then the cache pass
