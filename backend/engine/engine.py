@@ -795,8 +795,16 @@ class Engine:
             cover = self._cover_frames()
             kept = sum(c.left for c in itertools.islice(self._buffer, keep))
             finished = max((i + 1 for i, c in enumerate(self._buffer) if c.keep), default=0)
+            # with finish_within_s, a chunk more is kept only while the command's first frame still shows within
+            # it of the command: past that, repeating a frame or two costs less than a chunk's wait
+            first = min((c.record.arrival for c, _ in changes if c.record is not None), default=None)
+            latest = None if self.cfg.finish_within_s <= 0 or first is None else first + self.cfg.finish_within_s
             while keep < len(self._buffer) and (kept < cover or keep < finished):
-                kept += self._buffer[keep].left
+                left = self._buffer[keep].left
+                if (keep >= finished and latest is not None and self.pacer.started and keep > 0
+                        and self.pacer.deadline(self.pacer.next_seq + kept + left) > latest):
+                    break
+                kept += left
                 keep += 1
         elif keep < len(self._buffer) and self._buffer[keep].keep:
             keep += 1

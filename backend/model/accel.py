@@ -130,11 +130,18 @@ class FastDiT:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, start_frame: int,
                  cache: KVCache, cross_cache: CrossAttentionCache, controls: torch.Tensor | None = None,
-                 cache_only: bool = False) -> torch.Tensor:
+                 cache_only: bool = False, before_launch: Callable[[], None] | None = None) -> torch.Tensor:
         """As ``CausalDiT.forward`` with a cache: flow ``(B, out_dim, F, H, W)``; with ``cache_only`` (the pass
-        that writes a chunk's clean K/V) the cache written the same and an empty tensor returned."""
+        that writes a chunk's clean K/V) the cache written the same and an empty tensor returned.
+
+        ``before_launch()`` is called before the pass touches the cache (it may raise to stop the pass: the
+        cache is then as before the call): for a captured graph after its inputs are queued, so what is left
+        once it returns is the eviction and one graph launch (the generator's interrupt check waits there for
+        the device to finish the previous pass)."""
         dit = self.dit
         if not self.active:
+            if before_launch is not None:
+                before_launch()
             return dit(x, t, context, start_frame=start_frame, cache=cache, cross_cache=cross_cache, controls=controls,
                        cache_only=cache_only)
         s = dit.sizes
@@ -148,7 +155,7 @@ class FastDiT:
             ctx = dit.embed_context(context, x.dtype)
             for i in range(s.num_layers):
                 dit.cross_kv(i, ctx, cross_cache)
-        step = cache.roll(cache.plan(start_frame * cache.frame_tokens, f * cache.frame_tokens))
+        step = cache.plan(start_frame * cache.frame_tokens, f * cache.frame_tokens)  # rolled just before the pass
         cos, sin = dit.rope.angles(start_frame, f, gh, gw, x.device)
         key = (tuple(x.shape), x.dtype, tuple(context.shape), controls is None, step.write_start, step.write_end,
                cache_only)
@@ -157,6 +164,10 @@ class FastDiT:
             self._seen[key] = self._seen.get(key, 0) + 1
             warm = not self.compiled or self._shapes.get(tuple(x.shape), 0) >= 2  # compiled halves ran once
             if self._seen[key] >= 2 and warm:  # a repeating pass with warm kernels: worth a graph
+                if before_launch is not None:
+                    before_launch()
+                    before_launch = None
+                step = cache.roll(step)
                 graph = self._capture(key, x, t, context, cos, sin, cache, step, cross_cache, controls, cache_only)
         if graph is not None:
             graph.inputs["x"].copy_(x)
@@ -167,9 +178,15 @@ class FastDiT:
             if controls is not None:
                 graph.inputs["controls"].copy_(controls)
             graph.cross.refresh(cross_cache)
+            if before_launch is not None:
+                before_launch()
+            step = cache.roll(step)
             graph.graph.replay()
             out = graph.out.clone()  # the next replay overwrites graph.out
         else:
+            if before_launch is not None:
+                before_launch()
+            step = cache.roll(step)
             out = self._pass(x, t, context, cos, sin, cache, step, cross_cache, controls, cache_only)
         cache.commit(step)
         return out

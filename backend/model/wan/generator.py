@@ -185,9 +185,8 @@ class WanGenerator(StreamingGenerator):
         """The DiT's flow for ``x``; with ``cache_only`` (the pass after the last step, whose flow nobody reads)
         the cache is written and ``x`` returned."""
         assert self._context is not None
-        self._before_pass()
         out = self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
-                        cache=self.kv, cross_cache=self.cross, cache_only=cache_only)
+                        cache=self.kv, cross_cache=self.cross, cache_only=cache_only, before_launch=self._before_pass)
         return x if cache_only else out.permute(0, 2, 1, 3, 4)
 
     # -- snapshots -------------------------------------------------------------------------------
