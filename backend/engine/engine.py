@@ -95,7 +95,6 @@ log = logging.getLogger(__name__)
 
 TTS = Callable[[str], tuple[np.ndarray, int]]
 REMEMBER_AFTER_CHUNKS = 32  # a compute level that held this long is remembered for the next start
-COVER_LEAD_FRAMES = 1.0  # lookahead_cover: frames queued beyond the next chunk's making
 READY_MARGIN_S = 0.005  # a chunk's frames reach the host this long after its passes (decode on a second stream)
 
 
@@ -795,16 +794,8 @@ class Engine:
             cover = self._cover_frames()
             kept = sum(c.left for c in itertools.islice(self._buffer, keep))
             finished = max((i + 1 for i, c in enumerate(self._buffer) if c.keep), default=0)
-            # with finish_within_s, a chunk more is kept only while the command's first frame still shows within
-            # it of the command: past that, repeating a frame or two costs less than a chunk's wait
-            first = min((c.record.arrival for c, _ in changes if c.record is not None), default=None)
-            latest = None if self.cfg.finish_within_s <= 0 or first is None else first + self.cfg.finish_within_s
             while keep < len(self._buffer) and (kept < cover or keep < finished):
-                left = self._buffer[keep].left
-                if (keep >= finished and latest is not None and self.pacer.started and keep > 0
-                        and self.pacer.deadline(self.pacer.next_seq + kept + left) > latest):
-                    break
-                kept += left
+                kept += self._buffer[keep].left
                 keep += 1
         elif keep < len(self._buffer) and self._buffer[keep].keep:
             keep += 1
@@ -867,12 +858,12 @@ class Engine:
 
     def _lookahead(self) -> float:
         """Frames the producer queues at most: ``lookahead_frames``, or with ``lookahead_cover`` (and a chunk
-        measured) only what covers the next chunk's making plus one frame, so a command finds no more queued
-        than the restart needs (each frame more delays its first frame by a frame)."""
+        measured) only what covers the next chunk's making plus that many frames, so a command finds no more
+        queued than a restart needs (each frame more delays its first frame by a frame)."""
         cap = float(self.cfg.lookahead_frames)
-        if not (self.cfg.lookahead_cover and self._restartable) or self._chunk_s is None:
+        if self.cfg.lookahead_cover <= 0 or not self._restartable or self._chunk_s is None:
             return cap
-        return min(cap, self._chunk_s * self.cfg.fps + COVER_LEAD_FRAMES)
+        return min(cap, self._chunk_s * self.cfg.fps + self.cfg.lookahead_cover)
 
     def _runout(self) -> float:
         """When the frames queued now have all been shown: the deadline of the first slot none of them fills."""
