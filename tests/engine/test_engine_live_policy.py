@@ -179,7 +179,7 @@ async def test_with_lookahead_cover_the_buffer_holds_no_more_than_the_cover() ->
         async with asyncio.timeout(DEADLINE_S):
             await engine.wait_started()
             settled = False  # the chunks made before a chunk time was measured have been shown
-            while len(samples) < 200:  # noqa: ASYNC110 - samples the engine's buffer as the tasks run
+            while len(samples) < 200:
                 if engine._chunk_s is not None:
                     b, lim = engine.buffer_frames, engine._lookahead()
                     settled = settled or b < lim
