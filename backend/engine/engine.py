@@ -25,7 +25,13 @@ that comes while a chunk is being made stops that chunk between two passes and t
 the snapshot before it -- exact, since the chunk has not written its context into the cache yet -- and the
 chunk is made again under the command. Of the chunks already made, only those that cover the time to make
 the next one are kept (the measured seconds per chunk, with a margin, from the pacer's next slot on), the rest
-are dropped: the picture neither freezes nor waits longer than it must.
+are dropped: the picture neither freezes nor waits longer than it must. Two settings trade what a restart
+costs: ``engine.finish_within_s`` lets the chunk in the making finish instead (nothing thrown away, the command's
+frames follow it) when the command's first frame still shows within that many seconds of the command, or no
+later than after a restart (decided once, at the first pass after the command: :meth:`Engine._finish_pays`);
+``engine.lookahead_cover`` queues only what covers the next chunk's making plus that many frames, so a command
+never waits behind more frames than a restart needs (a fixed ``lookahead_frames`` fills up whenever the
+generator is faster than real time, and a command's first frame then waits behind all of them).
 
 Action timing has one owner, the :class:`~backend.engine.session.Session`: it numbers each play of an
 action (``serial``; the same action again is a new play) and computes its progress per frame at the
