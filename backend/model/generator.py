@@ -251,6 +251,7 @@ class StageTimer:
     def finish(self, marks: list[tuple[str, object]] | None = None) -> None:
         """Fold this chunk's marks (or ``marks`` from :meth:`take`) into ``laps`` (the device has finished:
         the frames are on the host)."""
+        own = marks is None
         marks = self._marks if marks is None else marks
         chunk: dict[str, float] = {}
         for (_, a), (stage, b) in pairwise(marks):
@@ -258,7 +259,8 @@ class StageTimer:
             chunk[stage] = chunk.get(stage, 0.0) + ms
         for stage, ms in chunk.items():
             self.laps.setdefault(stage, []).append(ms)
-        self._marks = []
+        if own:  # marks handed over by take() are another chunk's: the next chunk may be marking meanwhile
+            self._marks = []
 
 
 class PendingFrames:

@@ -1,12 +1,14 @@
 """The live engine's policies against a stand-in generator timed like the H200's stages, in real time, on a CPU.
 
     PYTHONPATH=$PWD python -m tests.engine.measure_live_policy [--pass-ms 32 32 32 32 29] [--scale 0.98]
-        [--snapshot-ms 2] [--lookahead 8] [--cover 0] [--finish 0] [--seconds 20]
+        [--snapshot-ms 2] [--defer-cache] [--lookahead 8] [--cover 0] [--finish 0] [--seconds 20]
 
 The real engine (restart_on_command, 25 FPS, 1-latent chunks of 4 frames) runs a stand-in whose chunk is made of
 timed passes (sleeps: the four denoising passes and the cache pass, checked for the interrupt before each, as the
 Wan generator is), a snapshot of ``--snapshot-ms`` before each chunk, a rewind of 2 ms, and frames that reach
-the host 11 ms after the passes (the decode on the second CUDA stream). The measure is ``bench --live``'s: after
+the host 11 ms after the passes (the decode on the second CUDA stream). With ``--defer-cache`` the last pass (the
+cache pass) runs at the start of the next chunk instead, as ``WanGenerator.defer_cache_pass`` does (frames ready
+after the denoising passes; a chunk stopped after that pass keeps it). The measure is ``bench --live``'s: after
 the warm-up, a command every 2 s for ``--seconds``; one JSON line with shown and distinct FPS, repeats, command to
 frame p50/p95 and every latency, chunks restarted, let finish and dropped. The passes sleep, so the CPU's load
 barely matters. With ``--scale 0.98`` (the passes of session 5's H200 run: 155.8 ms a chunk in the worker) it gave
@@ -47,8 +49,11 @@ class TimedStandIn:
     """A generator of timed passes (see the module docstring); frames carry nothing but their shape."""
 
     def __init__(self, passes_s: list[float], snapshot_s: float, restore_s: float = 0.002, decode_s: float = 0.011,
-                 frames_per_latent: int = 4) -> None:
+                 frames_per_latent: int = 4, defer_cache: bool = False) -> None:
         self.passes_s, self.snapshot_s, self.restore_s, self.decode_s = passes_s, snapshot_s, restore_s, decode_s
+        self.defer_cache = defer_cache
+        self.pending = False  # the last chunk's cache pass waits for the next chunk (defer_cache)
+        self._snap: dict[str, Any] | None = None
         self.tf = frames_per_latent
         self.interrupt: Any = None
         self.g = 0
@@ -56,28 +61,36 @@ class TimedStandIn:
         self.state: dict[str, Any] = {}
 
     def reset(self, reference_rgba: Any, conditions: Any) -> None:
-        self.g = 0
+        self.g, self.pending = 0, False
 
     def frames_per_chunk(self, chunk_frames: int | None = None) -> int:
         return (chunk_frames or 1) * self.tf
 
-    def snapshot(self) -> int:
+    def snapshot(self) -> dict[str, Any]:
         _sleep(self.snapshot_s)
-        return self.g
+        self._snap = {"g": self.g, "pending": self.pending, "flushed": False}
+        return self._snap
 
-    def restore(self, snap: int) -> None:
+    def restore(self, snap: dict[str, Any]) -> None:
         _sleep(self.restore_s)
-        self.g = snap
+        self.g, self.pending = snap["g"], snap["pending"] and not snap["flushed"]
 
     def start_chunk(self, conditions: Any, *, mouth: Any = None, steps: Any = None, chunk_frames: Any = None) -> _Pending:
         from backend.model.generator import ChunkInterrupted
 
-        for seconds in self.passes_s:
+        *passes, cache = self.passes_s
+        if self.defer_cache:
+            passes = [cache, *passes] if self.pending else passes
+        else:
+            passes = self.passes_s
+        for i, seconds in enumerate(passes):
             if self.interrupt is not None and self.interrupt():
                 raise ChunkInterrupted("interrupted between passes")
             _sleep(seconds)
+            if i == 0 and self.pending and self._snap is not None:
+                self._snap["flushed"] = True  # the previous chunk's cache pass ran: a rewind keeps it
         n = self.frames_per_chunk(chunk_frames)
-        self.g += n
+        self.g, self.pending = self.g + n, self.defer_cache
         return _Pending(np.zeros((n, 8, 16, 4), np.uint8), self.decode_s)
 
     def next_chunk(self, conditions: Any, **kw: Any) -> np.ndarray:
@@ -129,6 +142,7 @@ def main() -> None:
     p.add_argument("--pass-ms", type=float, nargs="+", default=[32, 32, 32, 32, 29])
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every pass time")
     p.add_argument("--snapshot-ms", type=float, default=2.0)
+    p.add_argument("--defer-cache", action="store_true", help="the cache pass at the start of the next chunk")
     p.add_argument("--lookahead", type=int, default=8)
     p.add_argument("--cover", type=float, default=0.0, help="engine.lookahead_cover")
     p.add_argument("--finish", type=float, default=0.0, help="engine.finish_within_s")
@@ -136,7 +150,7 @@ def main() -> None:
     a = p.parse_args()
     cfg = EngineConfig(fps=25.0, lookahead_frames=a.lookahead, min_steps=4, restart_on_command=True,
                        lookahead_cover=a.cover, finish_within_s=a.finish)
-    gen = TimedStandIn([a.scale * ms / 1000 for ms in a.pass_ms], a.snapshot_ms / 1000)
+    gen = TimedStandIn([a.scale * ms / 1000 for ms in a.pass_ms], a.snapshot_ms / 1000, defer_cache=a.defer_cache)
     result = asyncio.run(measure(cfg, gen, seconds=a.seconds))
     print(json.dumps({"args": vars(a), **result}))
 
