@@ -387,7 +387,7 @@ class CausalDiT(nn.Module):
             if cache_only and i == last:  # only the cache is wanted: the last block's K/V, nothing after them
                 if cache is None or step is None:
                     raise ValueError("cache_only needs a cache")
-                _, k, v = block.attn_in(x, e0, *rope)
+                _, k, v = cast(Block, block).attn_in(x, e0, *rope)
                 cache.write(i, step, k, v)
                 cache.commit(step)
                 return x[:, :0]
