@@ -388,8 +388,9 @@ class StreamingGenerator:
     def _before_pass(self) -> None:
         """Called before each DiT pass of a chunk: raise :class:`ChunkInterrupted` if ``interrupt()`` says so.
         On CUDA the host runs ahead of the device; with an ``interrupt`` set it first waits for the work
-        queued so far (the previous pass), so a stop saves every pass not yet run. The gap this leaves on the
-        device is the host's launch of one pass (a CUDA graph replay: well under a millisecond)."""
+        queued so far (the previous pass), so a stop saves every pass not yet run. The Wan tier calls it from
+        ``FastDiT`` once the next pass's inputs are queued (``before_launch``): the gap this leaves on the device
+        is the eviction and one CUDA graph launch."""
         check = self.interrupt
         if check is None:
             return

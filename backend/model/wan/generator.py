@@ -1,7 +1,8 @@
 """The Wan-tier generator: a Wan2.1-based causal checkpoint streaming an idol made from one image.
 
 Per chunk: sample the chunk's latents with the causal DiT (``steps`` passes plus one at t=0 that writes the
-KV cache, as Self-Forcing's inference), stream-decode them with TAEHV (default) or the Wan VAE's causal
+KV cache, as Self-Forcing's inference; that pass runs at the start of the next chunk, ``defer_cache_pass``, and
+stops at the last block's K/V), stream-decode them with TAEHV (default) or the Wan VAE's causal
 decoder, upscale to the output size, return RGBA uint8 (opaque). Identity: :meth:`WanGenerator.reset`
 encodes the reference image with the Wan VAE as the first latent frame and writes it into the cache's sink,
 where it stays for the whole stream.
