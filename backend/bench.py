@@ -121,7 +121,8 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
 
 
 def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float = 2.0,
-                   warmup_s: float = 2.0, max_warmup_s: float = 120.0) -> dict[str, Any]:
+                   warmup_s: float = 2.0, max_warmup_s: float = 120.0,
+                   built: tuple[Any, np.ndarray, Any] | None = None) -> dict[str, Any]:
     """The whole streaming engine, paced in real time, with a command every ``command_every_s``: the output
     frame rate and its jitter as a subscriber sees them, and command-to-first-responding-frame latency.
 
@@ -134,7 +135,10 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
     came (compiling and capturing the cached step happens then), at most ``max_warmup_s``. The window also
     reports the steps and chunk sizes held (min/max over the chunks made in it), the per-stage device times
     of the generator (median per chunk: the denoising passes, the cache pass, decode, resampling, host copy),
-    the subscriber's wire encoding of a frame, and peak GPU memory."""
+    the subscriber's wire encoding of a frame, and peak GPU memory.
+
+    ``built``: ``build_generator(cfg)``'s result to use (and leave open) instead of building one, so several
+    engine settings can be measured on one generator in one process (each run resets the stream)."""
     import asyncio
 
     from backend.app import build_generator
@@ -143,7 +147,7 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
     from backend.model.generator import StageTimer
     from backend.server.protocol import encode, frame_message
 
-    generator, reference, character = build_generator(cfg)
+    generator, reference, character = built if built is not None else build_generator(cfg)
     actions = [a.name for a in ACTIONS if not a.loop]
     cuda = generator.state.device.startswith("cuda")
     m = cfg.model
@@ -236,6 +240,8 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 "frames_made": status["frames_made"], "frames_shown": status["frames_shown"],
                 "frames_repeated": status["frames_repeated"], "frames_dropped": status["frames_dropped"],
                 "chunks_restarted_window": status["chunks_restarted"] - before["chunks_restarted"],
+                "chunks_finished_for_command_window": status["chunks_finished_for_command"]
+                - before["chunks_finished_for_command"],
                 "chunks_dropped_window": status["chunks_dropped"] - before["chunks_dropped"],
                 "steps_now": status["steps"], "chunk_frames_now": status["chunk_frames"],
                 "steps_held_min": min((c[1] for c in made), default=None),
@@ -250,7 +256,8 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 "encode_jpeg_ms": jpeg_ms,
                 "restart_on_command": status["restart_on_command"],
                 "decode_stream": getattr(generator, "decode_stream", None) is not None,
-                "lookahead_frames": cfg.engine.lookahead_frames,
+                "lookahead_frames": cfg.engine.lookahead_frames, "lookahead_cover": cfg.engine.lookahead_cover,
+                "finish_within_s": cfg.engine.finish_within_s,
                 "chunk_video_frames": generator.frames_per_chunk(cfg.model.chunk_frames),
                 "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
                 "warmup_s": round(warm_s, 1), "first_chunk_s": round(first_chunk_s, 2),
@@ -264,7 +271,7 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
         return asyncio.run(main())
     finally:
         close = getattr(generator, "close", None)  # the Wan tier's text-encoder thread
-        if close is not None:
+        if close is not None and built is None:
             close()
 
 

@@ -213,6 +213,14 @@ class EngineConfig:
                                     "the made frames that cover the next chunk's making are kept: lower latency, "
                                     "some generator work thrown away. Off: that chunk is kept and the command "
                                     "follows it.")
+    lookahead_cover: float = opt(0.0, "With restart_on_command, > 0: generate ahead only what covers the next "
+                                 "chunk's making (its measured seconds) and this many frames more, at most "
+                                 "lookahead_frames: frames queued beyond that delay a command's first frame, "
+                                 "fewer make a restart repeat frames. 0: lookahead_frames alone.", min=0.0, max=600.0)
+    finish_within_s: float = opt(0.0, "With restart_on_command: a command that comes while a chunk is being made "
+                                 "lets that chunk finish (no work thrown away) instead of restarting it when the "
+                                 "command's first frame would still show within this many seconds of the command, "
+                                 "or no later than after a restart. 0: always restart.", min=0.0, max=10.0)
     log_path: str = opt("", "Append-only input log (JSON lines, each command written when accepted; "
                         "`liveidol replay` re-renders a session from it); '' keeps it in memory only.")
 

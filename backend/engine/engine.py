@@ -25,7 +25,13 @@ that comes while a chunk is being made stops that chunk between two passes and t
 the snapshot before it -- exact, since the chunk has not written its context into the cache yet -- and the
 chunk is made again under the command. Of the chunks already made, only those that cover the time to make
 the next one are kept (the measured seconds per chunk, with a margin, from the pacer's next slot on), the rest
-are dropped: the picture neither freezes nor waits longer than it must.
+are dropped: the picture neither freezes nor waits longer than it must. Two settings trade what a restart
+costs: ``engine.finish_within_s`` lets the chunk in the making finish instead (nothing thrown away, the command's
+frames follow it) when the command's first frame still shows within that many seconds of the command, or no
+later than after a restart (decided once, at the first pass after the command: :meth:`Engine._finish_pays`);
+``engine.lookahead_cover`` queues only what covers the next chunk's making plus that many frames, so a command
+never waits behind more frames than a restart needs (a fixed ``lookahead_frames`` fills up whenever the
+generator is faster than real time, and a command's first frame then waits behind all of them).
 
 Action timing has one owner, the :class:`~backend.engine.session.Session`: it numbers each play of an
 action (``serial``; the same action again is a new play) and computes its progress per frame at the
@@ -95,6 +101,7 @@ log = logging.getLogger(__name__)
 
 TTS = Callable[[str], tuple[np.ndarray, int]]
 REMEMBER_AFTER_CHUNKS = 32  # a compute level that held this long is remembered for the next start
+READY_MARGIN_S = 0.005  # a chunk's frames reach the host this long after its passes (decode on a second stream)
 
 
 class FrameGenerator(Protocol):
@@ -322,12 +329,17 @@ class Engine:
         self.counters = {"frames_made": 0, "frames_shown": 0, "frames_dropped": 0, "frames_repeated": 0,
                          "chunks_made": 0, "chunks_dropped": 0, "audio_chunks": 0, "commands": 0,
                          "commands_rejected": 0, "commands_coalesced": 0, "commands_cancelled": 0,
-                         "frames_starting": 0, "chunks_restarted": 0}
+                         "frames_starting": 0, "chunks_restarted": 0, "chunks_finished_for_command": 0}
         self._plays: dict[str, Ticket] = {}  # applied commands whose play has not ended on screen yet
         self._cancelled: collections.deque[str] = collections.deque(maxlen=64)  # ids cancelled lately
         self._shown_play = ""  # play_id of the last frame shown
         self._generating = False  # the worker is making a chunk now
         self._arrived_while_generating = False  # a command came while it was: that chunk is kept
+        # the first command that came while the chunk in the making was made: (its arrival, the time the frames
+        # queued then run out); set by the loop before the interrupt, read by the worker (engine.finish_within_s)
+        self._command_at: tuple[float, float] | None = None
+        self._chunk_t0 = 0.0  # worker clock at the start of the chunk in the making
+        self._finishing = False  # the chunk in the making finishes although a command came (finish_within_s)
         self._log_header = dict(log_header or {})
 
     # ------------------------------------------------------------------ lifecycle
@@ -556,7 +568,9 @@ class Engine:
         self._pending.append((change, ticket))
         if self._generating:
             if self._restartable:
-                self._interrupt.set()  # the chunk being made stops at its next pass and is made again
+                if not self._interrupt.is_set():
+                    self._command_at = (self._clock(), self._runout())
+                self._interrupt.set()  # the chunk being made stops at its next pass (or finishes: _stop_now)
             else:
                 self._arrived_while_generating = True
         self._wake.set()
@@ -653,7 +667,8 @@ class Engine:
         snap = self._gen.snapshot()
         restart = self._restartable
         if restart:
-            self._gen.interrupt = self._interrupt.is_set  # type: ignore[attr-defined]
+            self._chunk_t0 = self._clock()
+            self._gen.interrupt = self._stop_now  # type: ignore[attr-defined]
         try:
             start = getattr(self._gen, "start_chunk", None)  # decode overlapped with the next chunk's passes
             if start is not None:
@@ -713,7 +728,7 @@ class Engine:
                 if self._pending:
                     await self._apply_pending()
                     continue
-                if self.buffer_frames >= self.cfg.lookahead_frames:
+                if self.buffer_frames >= self._lookahead():
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -733,6 +748,7 @@ class Engine:
         steps, latents = policy.steps, policy.chunk
         policy.chunk_started()
         self._interrupt.clear()
+        self._command_at, self._finishing = None, False
         self._generating = True
         try:
             (snap, made), seconds = await self._worker.call(self._gen_chunk, cond, plan.mouth, steps, latents)
@@ -756,8 +772,11 @@ class Engine:
                 self._level_remembered = policy.level
                 self._remember_level(*policy.level)
         directive = Directive(plan.action, plan.emotion, plan.prompt, command_id=plan.directive_id)
-        # A command that came while this chunk was being made does not throw it away (see _apply_pending).
+        # A command that came while this chunk was being made does not throw it away (see _apply_pending); with
+        # restarts, when the chunk was let finish (or the command came during its last pass and finishing pays).
         keep, self._arrived_while_generating = self._arrived_while_generating, False
+        if self._restartable and self._interrupt.is_set():
+            keep = self._finishing or self._finish_pays(0.0)
         chunk = _Chunk(self._next_g, made.count, made, directive, snap, play_id=plan.play_id, steps=steps,
                        latents=latents, keep=keep)
         if made.done():
@@ -776,10 +795,12 @@ class Engine:
         # response (the engine is ahead of real time then, so dropping them cannot freeze the picture).
         keep = sum(1 for chunk in self._buffer if chunk.shown > 0)  # only the head can have started
         if self._restartable:
-            # keep what covers the making of the next chunk, so the picture does not freeze meanwhile
+            # keep what covers the making of the next chunk, so the picture does not freeze meanwhile, and a
+            # chunk let finish for the command (finish_within_s)
             cover = self._cover_frames()
             kept = sum(c.left for c in itertools.islice(self._buffer, keep))
-            while keep < len(self._buffer) and kept < cover:
+            finished = max((i + 1 for i, c in enumerate(self._buffer) if c.keep), default=0)
+            while keep < len(self._buffer) and (kept < cover or keep < finished):
                 kept += self._buffer[keep].left
                 keep += 1
         elif keep < len(self._buffer) and self._buffer[keep].keep:
@@ -840,6 +861,59 @@ class Engine:
         # kept frames fill the slots from the next one on; the new chunk's first frame is due K slots later
         slack = max(0.0, self.pacer.deadline(self.pacer.next_seq) - self._clock())
         return max(0.0, (need - slack) * self.cfg.fps)
+
+    def _lookahead(self) -> float:
+        """Frames the producer queues at most: ``lookahead_frames``, or with ``lookahead_cover`` (and a chunk
+        measured) only what covers the next chunk's making plus that many frames, so a command finds no more
+        queued than a restart needs (each frame more delays its first frame by a frame)."""
+        cap = float(self.cfg.lookahead_frames)
+        if self.cfg.lookahead_cover <= 0 or not self._restartable or self._chunk_s is None:
+            return cap
+        return min(cap, self._chunk_s * self.cfg.fps + self.cfg.lookahead_cover)
+
+    def _runout(self) -> float:
+        """When the frames queued now have all been shown: the deadline of the first slot none of them fills."""
+        now = self._clock()
+        if not self.pacer.started:
+            return now
+        return max(now, self.pacer.deadline(self.pacer.next_seq + self.buffer_frames))
+
+    def _slot_at(self, t: float) -> float:
+        """The deadline of the first slot at or after ``t`` (``t`` itself before the pacer started)."""
+        if self.pacer.t0 is None:
+            return t
+        return self.pacer.deadline(max(self.pacer.next_seq, math.ceil((t - self.pacer.t0) * self.cfg.fps - 1e-6)))
+
+    def _finish_pays(self, remaining_s: float) -> bool:
+        """Whether the chunk in the making, ``remaining_s`` from done, should finish rather than restart for the
+        command that came meanwhile: the command's first frame then shows within ``finish_within_s`` of it, or no
+        later than after a restart. Finishing throws nothing away; a restart throws the passes done away and
+        makes the chunk again (its making then has to be covered by the frames queued, or frames repeat)."""
+        budget, at, chunk_s = self.cfg.finish_within_s, self._command_at, self._chunk_s
+        if budget <= 0 or at is None or chunk_s is None:
+            return False
+        arrival, runout = at
+        now = self._clock()
+        ready = now + remaining_s + READY_MARGIN_S
+        shows = max(runout, self._slot_at(ready))  # the finished chunk's first frame
+        n = self._gen.frames_per_chunk(self.policy.chunk)
+        finish = max(shows + n / self.cfg.fps, self._slot_at(ready + chunk_s))  # then the command's
+        restart = max(runout, self._slot_at(now + chunk_s + READY_MARGIN_S))
+        return finish - arrival <= max(budget, restart - arrival + 1e-6)
+
+    def _stop_now(self) -> bool:
+        """The generator's ``interrupt`` (worker thread, before each pass): stop the chunk in the making for the
+        command that came, unless finishing it pays (:meth:`_finish_pays`; decided once, at the first pass after
+        the command)."""
+        if not self._interrupt.is_set() or self._finishing:
+            return False
+        if self.cfg.finish_within_s > 0 and self._chunk_s is not None:
+            remaining = max(0.0, self._chunk_s - (self._clock() - self._chunk_t0))
+            if self._finish_pays(remaining):
+                self._finishing = True
+                self.counters["chunks_finished_for_command"] += 1
+                return False
+        return True
 
     # ------------------------------------------------------------------ pacer
 

@@ -86,6 +86,7 @@ class FastDiT:
         self._shapes: dict[tuple[int, ...], int] = {}  # passes seen per input shape: compile only what repeats
         self.compiled = compile
         self.active = compile or graphs
+        self.late_check = True  # before_launch after a graph's inputs are queued (False: before anything)
 
     @property
     def graph_count(self) -> int:
@@ -98,40 +99,55 @@ class FastDiT:
 
     # -- the pass ----------------------------------------------------------------------------------
     def _pass(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-              cache: KVCache, step: CacheStep, cross: CrossAttentionCache, controls: torch.Tensor | None
-              ) -> torch.Tensor:
+              cache: KVCache, step: CacheStep, cross: CrossAttentionCache, controls: torch.Tensor | None,
+              cache_only: bool = False) -> torch.Tensor:
         """One cached pass with the cross K/V already in ``cross`` and the eviction done: no host work
         that depends on the data, so it can be captured."""
         seen = self._shapes[tuple(x.shape)] = self._shapes.get(tuple(x.shape), 0) + 1
         if seen == 2 and self._in is not self._eager_in and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             try:  # the first compiled pass: if the compiler fails here, run eager from now on
-                return self._run(self._in, self._out, x, t, context, cos, sin, cache, step, cross, controls)
+                return self._run(self._in, self._out, x, t, context, cos, sin, cache, step, cross, controls, cache_only)
             except Exception as exc:
                 logger.warning("torch.compile of the DiT blocks failed, running eager error=%s", exc)
                 self._in, self._out, self.compiled = self._eager_in, self._eager_out, False
         halves_in, halves_out = (self._in, self._out) if seen >= 2 else (self._eager_in, self._eager_out)
-        return self._run(halves_in, halves_out, x, t, context, cos, sin, cache, step, cross, controls)
+        return self._run(halves_in, halves_out, x, t, context, cos, sin, cache, step, cross, controls, cache_only)
 
     def _run(self, halves_in: list, halves_out: list, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
              cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, step: CacheStep, cross: CrossAttentionCache,
-             controls: torch.Tensor | None) -> torch.Tensor:
+             controls: torch.Tensor | None, cache_only: bool = False) -> torch.Tensor:
         dit = self.dit
         h, e, e0, grid = dit._embed(x, t, controls, context)
+        last = len(halves_in) - 1
         for i in range(len(halves_in)):
             q, k, v = halves_in[i](h, e0, cos, sin)
             k, v = cache.write(i, step, k, v)
+            if cache_only and i == last:  # the cache is written: the rest of the block and the head feed no cache
+                return h[:, :0]
             y = dit.attention(q, k, v)
             ck, cv = cross.get(i)  # type: ignore[misc]
             h = halves_out[i](h, y, e0, ck, cv, self._cross_attn)
         return dit.finish(h, e, grid)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, start_frame: int,
-                 cache: KVCache, cross_cache: CrossAttentionCache, controls: torch.Tensor | None = None
-                 ) -> torch.Tensor:
-        """As ``CausalDiT.forward`` with a cache: flow ``(B, out_dim, F, H, W)``."""
+                 cache: KVCache, cross_cache: CrossAttentionCache, controls: torch.Tensor | None = None,
+                 cache_only: bool = False, before_launch: Callable[[], None] | None = None) -> torch.Tensor:
+        """As ``CausalDiT.forward`` with a cache: flow ``(B, out_dim, F, H, W)``; with ``cache_only`` (the pass
+        that writes a chunk's clean K/V) the cache written the same and an empty tensor returned.
+
+        ``before_launch()`` is called before the pass touches the cache (it may raise to stop the pass: the
+        cache is then as before the call): for a captured graph after its inputs are queued, so what is left
+        once it returns is the eviction and one graph launch (the generator's interrupt check waits there for
+        the device to finish the previous pass)."""
         dit = self.dit
         if not self.active:
-            return dit(x, t, context, start_frame=start_frame, cache=cache, cross_cache=cross_cache, controls=controls)
+            if before_launch is not None:
+                before_launch()
+            return dit(x, t, context, start_frame=start_frame, cache=cache, cross_cache=cross_cache, controls=controls,
+                       cache_only=cache_only)
+        if before_launch is not None and not self.late_check:  # the former way (benchmarks compare)
+            before_launch()
+            before_launch = None
         s = dit.sizes
         b, _, f, hh, ww = x.shape
         _, ph, pw = s.patch_size
@@ -143,15 +159,20 @@ class FastDiT:
             ctx = dit.embed_context(context, x.dtype)
             for i in range(s.num_layers):
                 dit.cross_kv(i, ctx, cross_cache)
-        step = cache.roll(cache.plan(start_frame * cache.frame_tokens, f * cache.frame_tokens))
+        step = cache.plan(start_frame * cache.frame_tokens, f * cache.frame_tokens)  # rolled just before the pass
         cos, sin = dit.rope.angles(start_frame, f, gh, gw, x.device)
-        key = (tuple(x.shape), x.dtype, tuple(context.shape), controls is None, step.write_start, step.write_end)
+        key = (tuple(x.shape), x.dtype, tuple(context.shape), controls is None, step.write_start, step.write_end,
+               cache_only)
         graph = self._graphs.get(key) if self.graphs_enabled and x.is_cuda else None
         if graph is None and self.graphs_enabled and x.is_cuda and len(self._graphs) < self.max_graphs:
             self._seen[key] = self._seen.get(key, 0) + 1
             warm = not self.compiled or self._shapes.get(tuple(x.shape), 0) >= 2  # compiled halves ran once
             if self._seen[key] >= 2 and warm:  # a repeating pass with warm kernels: worth a graph
-                graph = self._capture(key, x, t, context, cos, sin, cache, step, cross_cache, controls)
+                if before_launch is not None:
+                    before_launch()
+                    before_launch = None
+                step = cache.roll(step)
+                graph = self._capture(key, x, t, context, cos, sin, cache, step, cross_cache, controls, cache_only)
         if graph is not None:
             graph.inputs["x"].copy_(x)
             graph.inputs["t"].copy_(t)
@@ -161,16 +182,22 @@ class FastDiT:
             if controls is not None:
                 graph.inputs["controls"].copy_(controls)
             graph.cross.refresh(cross_cache)
+            if before_launch is not None:
+                before_launch()
+            step = cache.roll(step)
             graph.graph.replay()
             out = graph.out.clone()  # the next replay overwrites graph.out
         else:
-            out = self._pass(x, t, context, cos, sin, cache, step, cross_cache, controls)
+            if before_launch is not None:
+                before_launch()
+            step = cache.roll(step)
+            out = self._pass(x, t, context, cos, sin, cache, step, cross_cache, controls, cache_only)
         cache.commit(step)
         return out
 
     def _capture(self, key: tuple, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor, cache: KVCache, step: CacheStep, cross_cache: CrossAttentionCache,
-                 controls: torch.Tensor | None) -> _Graph | None:
+                 controls: torch.Tensor | None, cache_only: bool = False) -> _Graph | None:
         inputs = {"x": x.clone(), "t": t.clone(), "context": context.clone(), "cos": cos.clone(), "sin": sin.clone()}
         if controls is not None:
             inputs["controls"] = controls.clone()
@@ -183,7 +210,7 @@ class FastDiT:
             # thread_local: other threads (the voice model on the same GPU, say) may keep using CUDA meanwhile
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 out = self._pass(inputs["x"], inputs["t"], inputs["context"], inputs["cos"], inputs["sin"], cache,
-                                 step, cross, inputs.get("controls"))
+                                 step, cross, inputs.get("controls"), cache_only)
         except Exception as exc:  # a kernel that cannot be captured: run without graphs from now on
             logger.warning("CUDA graph capture failed, running without graphs error=%s", exc)
             self.graphs_enabled = False

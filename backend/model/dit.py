@@ -345,13 +345,17 @@ class CausalDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, start_frame: int = 0,
                 cache: KVCache | None = None, cross_cache: CrossAttentionCache | None = None,
-                controls: torch.Tensor | None = None, causal_chunk: int | None = None) -> torch.Tensor:
+                controls: torch.Tensor | None = None, causal_chunk: int | None = None,
+                cache_only: bool = False) -> torch.Tensor:
         """Flow prediction ``(B, out_dim, F, H, W)`` for latents ``x`` ``(B, in_dim, F, H, W)``.
 
         ``t``: ``(B, F)`` timesteps in [0, 1000]; ``context``: ``(B, L <= text_len, text_dim)``;
         ``controls``: ``(B, F, num_controls)`` or None; ``start_frame``: absolute latent index of frame 0.
         Without ``cache`` the call attends only to itself: bidirectionally, or, with ``causal_chunk``
         (latent frames per chunk), block-causally as the streaming cache sees it (training's mask).
+        ``cache_only``: the pass that only writes the cache (a chunk's clean K/V): it stops once the last block's
+        K/V are written (that block's attention, cross-attention, FFN and the head feed nothing) and returns
+        an empty tensor; the cache gets the same values as a full pass writes.
         """
         s = self.sizes
         b, c, f, h, w = x.shape
@@ -378,7 +382,15 @@ class CausalDiT(nn.Module):
                 raise ValueError("causal_chunk is for cache-free (training) calls; the cache is causal already")
             chunk_of = torch.arange(gf, device=x.device).repeat_interleave(frame_tokens) // causal_chunk  # (S,)
             mask = chunk_of[:, None] >= chunk_of[None, :]  # (Sq, Sk) True = may attend
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
+            if cache_only and i == last:  # only the cache is wanted: the last block's K/V, nothing after them
+                if cache is None or step is None:
+                    raise ValueError("cache_only needs a cache")
+                _, k, v = cast(Block, block).attn_in(x, e0, *rope)
+                cache.write(i, step, k, v)
+                cache.commit(step)
+                return x[:, :0]
             x = block(x, e0, self.cross_kv(i, context, cross_cache), rope, self.attention, cache, step, i, mask)
         if cache is not None:
             assert step is not None

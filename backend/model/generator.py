@@ -41,7 +41,7 @@ from backend.model.autoencoder import VideoAutoencoder, quantize_hwc, to_uint8_h
 from backend.model.checkpoint import check_config, init_dit_, load_dit, load_into, load_weights, split_state
 from backend.model.dit import CausalDiT
 from backend.model.fp8 import fp8_supported, quantize_blocks_
-from backend.model.kv_cache import CrossAttentionCache, KVCache
+from backend.model.kv_cache import CrossAttentionCache, KVCache, KVMark
 from backend.model.sampler import FlowMatchSchedule, sample_chunk
 
 __all__ = [
@@ -193,9 +193,9 @@ def reference_float(image: np.ndarray) -> torch.Tensor:
 class StreamSnapshot:
     """The state every tier's generator snapshots: caches, noise, conditions and counters."""
 
-    k: torch.Tensor = field(repr=False)
-    v: torch.Tensor = field(repr=False)
-    ends: tuple[int, int]
+    # the self-attention cache: a mark to rewind to (what the chunks since changed is kept, not the cache), or
+    # with ``copy_cache_snapshots`` a copy of its K, V and counters
+    kv: KVMark | tuple[torch.Tensor, torch.Tensor, tuple[int, int]] = field(repr=False)
     cross: tuple[list, list] = field(repr=False)
     noise: torch.Tensor = field(repr=False)
     conditions: Conditions | None
@@ -251,6 +251,7 @@ class StageTimer:
     def finish(self, marks: list[tuple[str, object]] | None = None) -> None:
         """Fold this chunk's marks (or ``marks`` from :meth:`take`) into ``laps`` (the device has finished:
         the frames are on the host)."""
+        own = marks is None
         marks = self._marks if marks is None else marks
         chunk: dict[str, float] = {}
         for (_, a), (stage, b) in pairwise(marks):
@@ -258,7 +259,8 @@ class StageTimer:
             chunk[stage] = chunk.get(stage, 0.0) + ms
         for stage, ms in chunk.items():
             self.laps.setdefault(stage, []).append(ms)
-        self._marks = []
+        if own:  # marks handed over by take() are another chunk's: the next chunk may be marking meanwhile
+            self._marks = []
 
 
 class PendingFrames:
@@ -325,6 +327,7 @@ class StreamingGenerator:
         self.timer: StageTimer | None = None  # set one to collect per-stage times (the bench does)
         # Checked before every pass of next_chunk: True stops the chunk (ChunkInterrupted; see _before_pass).
         self.interrupt: Callable[[], bool] | None = None
+        self.copy_cache_snapshots = False  # snapshots copy the whole KV cache (the former way; benchmarks compare)
         self.latent_hw = (ae.native_height // ae.spatial_factor, ae.native_width // ae.spatial_factor)
         self.frame_tokens = self.dit.frame_tokens(*self.latent_hw)
         self.kv = KVCache(num_layers=s.num_layers, heads=s.num_heads, head_dim=self.dit.head_dim,
@@ -385,8 +388,9 @@ class StreamingGenerator:
     def _before_pass(self) -> None:
         """Called before each DiT pass of a chunk: raise :class:`ChunkInterrupted` if ``interrupt()`` says so.
         On CUDA the host runs ahead of the device; with an ``interrupt`` set it first waits for the work
-        queued so far (the previous pass), so a stop saves every pass not yet run. The gap this leaves on the
-        device is the host's launch of one pass (a CUDA graph replay: well under a millisecond)."""
+        queued so far (the previous pass), so a stop saves every pass not yet run. The Wan tier calls it from
+        ``FastDiT`` once the next pass's inputs are queued (``before_launch``): the gap this leaves on the device
+        is the eviction and one CUDA graph launch."""
         check = self.interrupt
         if check is None:
             return
@@ -404,17 +408,23 @@ class StreamingGenerator:
     # -- snapshots (the engine rolls back unshown chunks when a command interrupts them) -----
     def _snapshot_stream(self) -> dict[str, Any]:
         """The :class:`StreamSnapshot` fields. The self-attention cache (the only state written in place) is
-        copied; everything else is replaced, never mutated, so it is shared."""
-        return dict(k=self.kv.k.clone(), v=self.kv.v.clone(), ends=(self.kv.global_end, self.kv.local_end),
-                    cross=(list(self.cross._k), list(self.cross._v)), noise=self._noise.get_state(),
+        marked: each chunk made after it keeps what a rewind needs (:meth:`KVCache.rewind`; a copy of the
+        whole cache with ``copy_cache_snapshots``, as before: 2.9-3.8 GB at the Wan tier's sizes, per chunk);
+        everything else is replaced, never mutated, so it is shared."""
+        kv: Any = ((self.kv.k.clone(), self.kv.v.clone(), (self.kv.global_end, self.kv.local_end))
+                   if self.copy_cache_snapshots else self.kv.mark())
+        return dict(kv=kv, cross=(list(self.cross._k), list(self.cross._v)), noise=self._noise.get_state(),
                     conditions=self._conditions, context=self._context,
                     counters=(self._position, self._action_start, self._frames_made, self._latents_made,
                               self._chunks_made, self._last_steps, self._last_chunk))
 
     def _restore_stream(self, snap: StreamSnapshot) -> None:
-        self.kv.k.copy_(snap.k)
-        self.kv.v.copy_(snap.v)
-        self.kv.global_end, self.kv.local_end = snap.ends
+        if isinstance(snap.kv, KVMark):
+            self.kv.rewind(snap.kv)
+        else:
+            k, v, (self.kv.global_end, self.kv.local_end) = snap.kv
+            self.kv.k.copy_(k)
+            self.kv.v.copy_(v)
         self.cross._k, self.cross._v = list(snap.cross[0]), list(snap.cross[1])
         self._noise.set_state(snap.noise)
         self._conditions, self._context = snap.conditions, snap.context

@@ -16,6 +16,13 @@ guandeh17/Self-Forcing, ``wan/modules/causal_model.py``, commit 33593df), with c
 * Keys are stored after norm + RoPE at ABSOLUTE positions and are never re-based: the sink keeps
   position 0 for good. Memory is ``capacity`` tokens per layer however long the stream runs.
 
+Going back (the engine rolls back chunks not shown yet): :meth:`KVCache.mark` returns a :class:`KVMark`; each
+chunk made after it records in the newest mark its counters and the tokens its eviction dropped (a chunk's
+worth, not a copy of the cache); :meth:`KVCache.rewind` to a mark undoes those chunks, newest first (shift the
+survivors back, put the evicted tokens back, restore the counters). Exact: only copies. A mark stays valid
+for another rewind; it cannot rewind across a newer mark that was dropped (its chunks' records went with it)
+or a ``reset()``. Slots past ``local_end`` are not restored (nothing reads them before a pass writes them).
+
 Usage::
 
     cache = KVCache(num_layers=L, heads=H, head_dim=D, frame_tokens=T, sink_frames=1, window_frames=8)
@@ -26,11 +33,12 @@ Usage::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["CacheError", "CacheStep", "CrossAttentionCache", "KVCache"]
+__all__ = ["CacheError", "CacheStep", "CrossAttentionCache", "KVCache", "KVMark"]
 
 
 class CacheError(RuntimeError):
@@ -46,6 +54,25 @@ class CacheStep:
     write_start: int  # physical slot of the first new token (after eviction)
     write_end: int  # physical end == new local_end
     evict: int  # tokens dropped right after the sink before writing
+
+
+@dataclass
+class _Undo:
+    """One chunk made after a mark: the counters before and after its passes, and what its eviction dropped
+    (``(k, v)``, each ``(num_layers, B, evict, H, D)``), if anything."""
+
+    before: tuple[int, int]
+    after: tuple[int, int]
+    evicted: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+
+@dataclass(eq=False)
+class KVMark:
+    """A point :meth:`KVCache.rewind` can go back to (see the module docstring)."""
+
+    ends: tuple[int, int]
+    undo: list[_Undo] = field(default_factory=list, repr=False)
+    broken: bool = False  # a reset, or a newer mark dropped with its records: cannot rewind any more
 
 
 class KVCache:
@@ -83,14 +110,78 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.global_end = 0
         self.local_end = 0
+        self._marks: list[weakref.ref[KVMark]] = []  # oldest first; a mark lives as long as its holder keeps it
+        self._evicted: tuple[torch.Tensor, torch.Tensor] | None = None  # by the roll of the chunk being placed
 
     # -- lifecycle ---------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget everything (the buffers are kept, not reallocated)."""
+        """Forget everything (the buffers are kept, not reallocated); no earlier mark can be rewound to."""
         self.global_end = 0
         self.local_end = 0
         self.k.zero_()
         self.v.zero_()
+        self._break_marks(self._marks)
+        self._marks, self._evicted = [], None
+
+    @staticmethod
+    def _break_marks(refs: list[weakref.ref[KVMark]]) -> None:
+        for ref in refs:
+            mark = ref()
+            if mark is not None:
+                mark.broken = True
+                mark.undo = []
+
+    def _newest_mark(self) -> KVMark | None:
+        """The mark a new chunk records in. If the newest was dropped, its chunks' records went with it: the
+        older marks can no longer be rewound to."""
+        if self._marks and self._marks[-1]() is None:
+            self._break_marks(self._marks)
+            self._marks = []
+        return self._marks[-1]() if self._marks else None
+
+    # -- going back ---------------------------------------------------------------------------
+    def mark(self) -> KVMark:
+        """A mark of the cache now: :meth:`rewind` to it undoes every chunk made after it."""
+        self._newest_mark()  # a dropped newest mark breaks the older ones before this one comes
+        self._marks = [ref for ref in self._marks if ref() is not None]
+        mark = KVMark((self.global_end, self.local_end))
+        self._marks.append(weakref.ref(mark))
+        return mark
+
+    def rewind(self, mark: KVMark) -> None:
+        """Put the cache back as it was at ``mark`` (see the module docstring); raises :class:`CacheError` when
+        it cannot (a reset since, or a newer mark dropped with the records of its chunks)."""
+        self._newest_mark()
+        marks = [ref() for ref in self._marks]
+        index = next((i for i, m in enumerate(marks) if m is mark), None)
+        if index is None or mark.broken or any(m is None for m in marks[index:]):
+            raise CacheError("KVCache: cannot rewind to this mark (a reset since, or a newer mark was dropped)")
+        for m in reversed(marks[index:]):
+            assert m is not None
+            for u in reversed(m.undo):
+                if (self.global_end, self.local_end) != u.after:
+                    raise CacheError(f"KVCache: cannot rewind: the cache is at {self.global_end}/{self.local_end}, "
+                                     f"a chunk after the mark left it at {u.after[0]}/{u.after[1]}")
+                if u.evicted is not None:
+                    self._unroll(u.before[1], u.evicted)
+                self.global_end, self.local_end = u.before
+            m.undo = []
+        if (self.global_end, self.local_end) != mark.ends:
+            raise CacheError(f"KVCache: rewound to {self.global_end}/{self.local_end}, the mark is at {mark.ends}")
+        self._break_marks(self._marks[index + 1:])
+        self._marks = self._marks[:index + 1]
+
+    def _unroll(self, local_end: int, evicted: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Undo an eviction from a cache filled to ``local_end``: the survivors back right, the evicted back."""
+        s, e = self.sink_tokens, evicted[0].shape[2]
+        rolled = local_end - e - s
+        for buf, kept in zip((self.k, self.v), evicted, strict=True):  # (L, B, capacity, H, D)
+            i = rolled
+            while i > 0:  # last piece first, pieces of at most e tokens: no piece overlaps its source
+                n = min(e, i)
+                buf[:, :, s + e + i - n:s + e + i].copy_(buf[:, :, s + i - n:s + i])
+                i -= n
+            buf[:, :, s:s + e].copy_(kept)
 
     @property
     def num_layers(self) -> int:
@@ -140,6 +231,8 @@ class KVCache:
             return step
         s, e = self.sink_tokens, step.evict
         rolled = self.local_end - e - s
+        if self._newest_mark() is not None:  # kept for a rewind (recorded at commit)
+            self._evicted = (self.k[:, :, s:s + e].clone(), self.v[:, :, s:s + e].clone())
         for buf in (self.k, self.v):  # (L, B, capacity, H, D)
             for i in range(0, rolled, e):
                 m = min(e, rolled - i)
@@ -150,6 +243,9 @@ class KVCache:
         """Roll (evict), write ``k``/``v`` ``(B, n, H, D)`` for ``layer``; return the slots to attend (views)."""
         kb, vb = self.k[layer], self.v[layer]  # (B, capacity, H, D)
         n = step.write_end - step.write_start
+        if step.evict and self._marks:  # evicted layer by layer, not kept: no mark can undo this chunk
+            self._break_marks(self._marks)
+            self._marks = []
         assert k.shape[1] == n and v.shape == k.shape, f"layer {layer}: k {tuple(k.shape)} v {tuple(v.shape)}, n={n}"
         if step.evict:
             s, e = self.sink_tokens, step.evict
@@ -162,6 +258,10 @@ class KVCache:
 
     def commit(self, step: CacheStep) -> None:
         """Move the counters after every layer has written ``step``."""
+        mark = self._newest_mark()
+        if mark is not None and step.end > self.global_end:  # a new chunk: what a rewind needs to undo it
+            mark.undo.append(_Undo((self.global_end, self.local_end), (step.end, step.write_end), self._evicted))
+        self._evicted = None
         self.global_end = step.end
         self.local_end = step.write_end
 

@@ -22,10 +22,18 @@ from torch import Tensor
 
 from backend.actions import ACTION_INDEX, EMOTION_INDEX
 from backend.world.character import identity_tensor, sample_identity
-from backend.world.pose import REST_POSE, random_script, segments, simulate
-from backend.world.render import render, straight_alpha
+from backend.world.pose import REST_POSE, random_script, segments, simulate, skeleton
+from backend.world.render import DESIGN_SIZE, render, straight_alpha
 
-__all__ = ["ClipSpec", "Clips", "make_specs", "render_clips", "rest_reference", "straight_alpha"]
+__all__ = ["ClipSpec", "Clips", "face_boxes", "make_specs", "region_weights", "render_clips", "rest_reference", "straight_alpha"]
+
+# Where the loss weighs up (see region_weights): the face carries the emotions (brows, eyes and mouth are a few
+# pixels at the native size) and the hands carry most actions (heart, like, touch_nose), yet both cover a few
+# latent cells of the 32x18 grid, so a plain mean lets the body and hair drown them out.
+FACE_WEIGHT = 4.0  # extra weight at the head centre (a Gaussian of FACE_SIGMA design pixels)
+FACE_SIGMA = 14.0
+HAND_WEIGHT = 2.0  # extra weight at each hand
+HAND_SIGMA = 9.0
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,47 @@ def make_specs(n: int, n_frames: int, *, seed: int, align: int = 4, workers: int
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             return list(pool.map(_one_spec, jobs, chunksize=16))
     return [_one_spec(j) for j in jobs]
+
+
+def region_weights(poses: Tensor, size: tuple[int, int], spatial_factor: int, temporal_factor: int) -> Tensor:
+    """(B, F, h, w) loss weights per latent cell for clips of ``poses`` (B, T, P) rendered at ``size`` (w, h):
+    1 everywhere, plus ``FACE_WEIGHT`` and ``HAND_WEIGHT`` Gaussians centred where the head and the hands are
+    (the world's own kinematics), the largest over each latent frame's ``temporal_factor`` video frames."""
+    b, t, _ = poses.shape
+    if t % temporal_factor:
+        raise ValueError(f"clip of {t} frames is not a multiple of {temporal_factor}")
+    sk = skeleton(poses.float())
+    w_px, h_px = size
+    scale = h_px / DESIGN_SIZE[1]  # render's mapping: scaled by height, centred horizontally
+    ox = (w_px / scale - DESIGN_SIZE[0]) / 2.0
+    cells = spatial_factor / scale  # one latent cell in design pixels
+    xs = (torch.arange(w_px // spatial_factor, device=poses.device) + 0.5) * cells - ox
+    ys = (torch.arange(h_px // spatial_factor, device=poses.device) + 0.5) * cells
+
+    def bump(point: Tensor, sigma: float) -> Tensor:  # (B, T, 2) -> (B, T, h, w)
+        dx = xs.view(1, 1, 1, -1) - point[..., 0, None, None]
+        dy = ys.view(1, 1, -1, 1) - point[..., 1, None, None]
+        return torch.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma))
+
+    per_frame = (1.0 + FACE_WEIGHT * bump(sk.head, FACE_SIGMA)
+                 + HAND_WEIGHT * torch.maximum(bump(sk.r_hand, HAND_SIGMA), bump(sk.l_hand, HAND_SIGMA)))
+    return per_frame.view(b, t // temporal_factor, temporal_factor, *per_frame.shape[2:]).amax(2)
+
+
+def face_boxes(poses: Tensor, size: tuple[int, int], half: float) -> list[tuple[int, int, int, int]]:
+    """Per clip of ``poses`` (B, T, P) rendered at ``size`` (w, h): the (x0, y0, x1, y1) pixel box of side
+    ``2 * half`` design pixels centred on the head's mean position over the clip, shifted inside the frame."""
+    w_px, h_px = size
+    scale = h_px / DESIGN_SIZE[1]
+    ox = (w_px / scale - DESIGN_SIZE[0]) / 2.0
+    head = skeleton(poses.float()).head.mean(1)  # (B, 2) design pixels
+    side = min(round(2 * half * scale), w_px, h_px)
+    boxes = []
+    for x, y in head.tolist():
+        x0 = min(max(round((x + ox) * scale) - side // 2, 0), w_px - side)
+        y0 = min(max(round(y * scale) - side // 2, 0), h_px - side)
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    return boxes
 
 
 def rest_reference(identity: Tensor, size: tuple[int, int], frames: int) -> Tensor:

@@ -57,7 +57,7 @@ from backend.model.checkpoint import (
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT
 from backend.model.generator import ACTION_FPS
 from backend.model.sampler import FlowMatchSchedule
-from backend.training.data import ClipSpec, make_specs, render_clips
+from backend.training.data import ClipSpec, face_boxes, make_specs, region_weights, render_clips
 from backend.world.render import straight_alpha
 
 __all__ = ["block_causal_mask", "controls_from_labels", "progress_from_labels", "run_stage"]
@@ -71,6 +71,8 @@ HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail de
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
 DISTILL_KEYS = ("distill_step", "guidance_distilled", "distilled")  # training metadata of `train distill`
 HIRES_ADV_WEIGHT = 0.1  # weight of its adversarial loss (ramped in over 200 steps) beside the reconstruction
+HIRES_FACE_HALF = 26.0  # half side of the face crop the detail decoder is also scored on (design pixels)
+HIRES_FACE_WEIGHT = 1.0  # weight of that crop's reconstruction terms beside the whole frame's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,9 +367,14 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
             recon = ae.decode_raw(z, hires=True)
         terms = reconstruction_losses(recon, target)
+        # the face again on its own (eyes, brows and mouth carry the emotions; the frame-wide mean drowns them)
+        poses = torch.stack([s.poses for s in sub])
+        crops = [reconstruction_losses(recon[i:i + 1, :, :, y0:y1, x0:x1], target[i:i + 1, :, :, y0:y1, x0:x1])
+                 for i, (x0, y0, x1, y1) in enumerate(face_boxes(poses, big, HIRES_FACE_HALF))]
         loss = recon.new_zeros((), dtype=torch.float32)
         for k, v in terms.items():
-            loss = loss + DEFAULT_WEIGHTS[k] * v
+            face = sum(c[k] for c in crops) / len(crops)
+            loss = loss + DEFAULT_WEIGHTS[k] * (v + HIRES_FACE_WEIGHT * face)
         adv_weight = HIRES_ADV_WEIGHT * min(1.0, max(0.0, (step - HIRES_GAN_START) / 200)) if disc else 0.0
         if disc is not None and adv_weight > 0:
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
@@ -413,7 +420,7 @@ class LatentPool:
         ae_cfg = cfg.model.autoencoder
         tf, size = ae_cfg.temporal_factor, (ae_cfg.native_width, ae_cfg.native_height)
         specs = _spec_pool(n, CLIP_LATENTS * tf, seed, tf)
-        lat, ref, acts, emos, mouth = [], [], [], [], []
+        lat, ref, acts, emos, mouth, regions = [], [], [], [], [], []
         t0 = time.monotonic()
         with torch.no_grad():
             for i in range(0, n, 32):
@@ -423,7 +430,10 @@ class LatentPool:
                 acts.append(clips.actions)
                 emos.append(clips.emotions)
                 mouth.append(clips.mouth)
+                poses = torch.stack([s.poses for s in specs[i:i + 32]]).to(device)
+                regions.append(region_weights(poses, size, ae_cfg.spatial_factor, tf).to(torch.bfloat16))
         self.latents = torch.cat(lat)  # (N, F, C, h, w)
+        self.regions = torch.cat(regions)  # (N, F, h, w) the loss's weight per latent cell (face and hands up)
         self.reference = torch.cat(ref)  # (N, 1, C, h, w)
         self.actions = torch.cat(acts)
         self.emotions = torch.cat(emos)
@@ -439,7 +449,7 @@ class LatentPool:
     def batch(self, size: int, gen: torch.Generator) -> dict[str, Tensor]:
         idx = torch.randint(len(self), (size,), generator=gen).to(self.latents.device)
         return {k: getattr(self, k)[idx]
-                for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "since")}
+                for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "since", "regions")}
 
 
 def _inference_timesteps(cfg: ModelConfig, sched: FlowMatchSchedule) -> Tensor:
@@ -678,7 +688,10 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         pred = flow.permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
         # the first second after a command is where the model must act on the condition alone: weigh it up
         weight = 1.0 + 2.0 * (batch["since"] < ACTION_START_LATENTS).float()  # (B, F)
-        err = (pred - target).square().mean(dim=(2, 3, 4)) * weight
+        # per latent frame: the squared error weighed per cell (face and hands up), normalised by the weights
+        cells = batch["regions"].float().unsqueeze(2)  # (B, F, 1, h, w)
+        err = (pred - target).square().mul(cells).sum(dim=(2, 3, 4)) / (cells.sum(dim=(2, 3, 4)) * pred.shape[2])
+        err = err * weight
         loss = err[:, first_loss_frame:].sum() / weight[:, first_loss_frame:].sum()
         lr = 4e-4 * min(1.0, (step - resumed_at + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total_planned, 1.0))))
         if anneal:

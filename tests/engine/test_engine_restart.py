@@ -164,7 +164,8 @@ def test_the_live_preset_is_the_wan_preset_with_the_latency_settings() -> None:
 
     base, live = _preset("wan-1.3b"), _preset("wan-1.3b-live")
     assert {k: v for k, v in live.items() if base.get(k) != v} == {
-        "model.chunk_frames": 1, "engine.fps": 25.0, "engine.lookahead_frames": 8, "engine.min_steps": 4}
+        "model.chunk_frames": 1, "engine.fps": 25.0, "engine.lookahead_frames": 8, "engine.lookahead_cover": 2.0,
+        "engine.min_steps": 4}
     assert base["engine.restart_on_command"] is True and base["model.family"] == "wan"
     cfg = load_config(None, live)
     assert dataclasses.astuple(cfg.engine)[:1] == (25.0,) and cfg.model.chunk_frames == 1

@@ -190,3 +190,20 @@ def test_generator_runs_in_bfloat16() -> None:
     out = gen.next_chunk(Conditions(action="wave"), mouth=np.linspace(0, 1, gen.frames_per_chunk()))
     assert out.shape == (gen.frames_per_chunk(), 24, 48, 4) and out.dtype == np.uint8
     assert gen.state.dtype == "bfloat16"
+
+
+def test_a_chunks_timing_folded_in_late_leaves_the_next_chunks_marks_alone() -> None:
+    """With decode on a second stream a chunk's marks are folded in when its frames reach the host, from the
+    engine's thread, while the next chunk is already marking its stages: that must not wipe them."""
+    from backend.model.generator import StageTimer
+
+    timer = StageTimer(cuda=False)
+    timer.start()
+    timer.lap("dit")
+    first = timer.take()
+    timer.start()  # the next chunk
+    timer.lap("cache")
+    timer.finish(first)  # the first chunk's frames arrive now
+    timer.lap("dit")
+    timer.finish()
+    assert {k: len(v) for k, v in timer.laps.items()} == {"dit": 2, "cache": 1}

@@ -87,3 +87,90 @@ def test_cross_attention_cache() -> None:
     assert cross.filled and cross.nbytes == 4 * 6 * 4
     cross.reset()
     assert cross.get(1) is None and cross.nbytes == 0
+
+
+# -- rewinding to a mark (the engine's roll-back of chunks not shown) ------------------------------
+
+def _passes(cache: KVCache, start_frame: int, frames: int, passes: int, seed: int) -> None:
+    """One chunk of ``passes`` passes, as the generator makes it: the first rolls, every pass writes every layer."""
+    g = torch.Generator().manual_seed(seed)
+    n = frames * cache.frame_tokens
+    for _ in range(passes):
+        step = cache.roll(cache.plan(start_frame * cache.frame_tokens, n))
+        for layer in range(cache.num_layers):
+            k = torch.randn(1, n, 2, 3, generator=g)
+            cache.write(layer, step, k, -k)
+        cache.commit(step)
+
+
+def _state(cache: KVCache) -> tuple:
+    """What a pass reads: the counters and the filled slots."""
+    end = cache.local_end
+    return cache.global_end, end, cache.k[:, :, :end].clone(), cache.v[:, :, :end].clone()
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return a[:2] == b[:2] and torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3])
+def test_rewind_to_a_mark_undoes_the_chunks_since_exactly(frames: int) -> None:
+    cache = KVCache(num_layers=2, heads=2, head_dim=3, frame_tokens=4, sink_frames=1, window_frames=4)
+    f = 0
+    for i in range(3):  # filling, then full: the next chunks evict (1 to 3 frames, partly or wholly)
+        _passes(cache, f, frames, 2, seed=i)
+        f += frames
+    marks, states = [], []
+    for i in range(4):
+        marks.append(cache.mark())
+        states.append(_state(cache))
+        _passes(cache, f + i * frames, frames, 3, seed=10 + i)
+    end = _state(cache)
+    cache.rewind(marks[1])  # three chunks undone, newest first
+    assert _same(_state(cache), states[1])
+    _passes(cache, f + frames, frames, 3, seed=11)  # the same chunk again: the same cache
+    _passes(cache, f + 2 * frames, frames, 3, seed=12)
+    marks[3] = cache.mark()
+    _passes(cache, f + 3 * frames, frames, 3, seed=13)
+    assert _same(_state(cache), end)
+    cache.rewind(marks[1])  # a mark stays valid for another rewind
+    assert _same(_state(cache), states[1])
+    cache.rewind(marks[0])
+    assert _same(_state(cache), states[0])
+    with pytest.raises(CacheError, match="cannot rewind"):
+        cache.rewind(marks[2])  # rewound past it
+
+
+def test_an_interrupted_chunk_rewinds_and_a_chunk_without_a_mark_is_undone_with_the_marks_passes() -> None:
+    cache = KVCache(num_layers=1, heads=2, head_dim=3, frame_tokens=4, sink_frames=1, window_frames=2)
+    for i in range(3):
+        _passes(cache, i, 1, 1, seed=i)
+    mark = cache.mark()
+    before = _state(cache)
+    _passes(cache, 3, 1, 2, seed=7)  # two of its passes ran, then it stopped
+    cache.rewind(mark)
+    assert _same(_state(cache), before)
+    _passes(cache, 3, 1, 2, seed=8)
+    _passes(cache, 4, 1, 2, seed=9)  # two chunks after one mark: both undone
+    cache.rewind(mark)
+    assert _same(_state(cache), before)
+    cache.rewind(mark)  # nothing made since: nothing to undo
+    assert _same(_state(cache), before)
+
+
+def test_a_mark_cannot_rewind_across_a_dropped_newer_mark_or_a_reset() -> None:
+    cache = KVCache(num_layers=1, heads=2, head_dim=3, frame_tokens=4, sink_frames=1, window_frames=2)
+    for i in range(3):
+        _passes(cache, i, 1, 1, seed=i)
+    old = cache.mark()
+    _passes(cache, 3, 1, 1, seed=3)
+    newer = cache.mark()
+    _passes(cache, 4, 1, 1, seed=4)
+    del newer  # its chunk's record went with it
+    _passes(cache, 5, 1, 1, seed=5)
+    with pytest.raises(CacheError, match="cannot rewind"):
+        cache.rewind(old)
+    mark = cache.mark()
+    cache.reset()
+    with pytest.raises(CacheError, match="cannot rewind"):
+        cache.rewind(mark)

@@ -1,7 +1,8 @@
 """The Wan-tier generator: a Wan2.1-based causal checkpoint streaming an idol made from one image.
 
 Per chunk: sample the chunk's latents with the causal DiT (``steps`` passes plus one at t=0 that writes the
-KV cache, as Self-Forcing's inference), stream-decode them with TAEHV (default) or the Wan VAE's causal
+KV cache, as Self-Forcing's inference; that pass runs at the start of the next chunk, ``defer_cache_pass``, and
+stops at the last block's K/V), stream-decode them with TAEHV (default) or the Wan VAE's causal
 decoder, upscale to the output size, return RGBA uint8 (opaque). Identity: :meth:`WanGenerator.reset`
 encodes the reference image with the Wan VAE as the first latent frame and writes it into the cache's sink,
 where it stays for the whole stream.
@@ -73,6 +74,19 @@ class WanSnapshot(StreamSnapshot):
     """Opaque state of a :class:`WanGenerator` at a chunk boundary."""
 
     decoder: WanDecoderSnapshot | TAEHVDecoderSnapshot = field(repr=False)
+    pending: _CachePass | None = field(default=None, repr=False)  # the last chunk's cache pass, not run yet
+    flushed: list[bool] = field(default_factory=lambda: [False])  # set when the next chunk ran that pass
+
+
+@dataclass(frozen=True)
+class _CachePass:
+    """What the cache pass of a made chunk needs, kept until the next chunk runs it first (``defer_cache_pass``):
+    the chunk's clean latents, its text context and cross-attention K/V, and its first latent frame."""
+
+    x0: torch.Tensor = field(repr=False)
+    context: torch.Tensor = field(repr=False)
+    cross: tuple[list, list] = field(repr=False)
+    position: int
 
 
 class WanGenerator(StreamingGenerator):
@@ -123,6 +137,15 @@ class WanGenerator(StreamingGenerator):
         if cuda and cfg.wan.decode_stream and isinstance(self.decoder, StreamingTAEHVDecoder):
             self.decode_stream = torch.cuda.Stream(self.device)
         self._init_stream()
+        self.full_cache_pass = False  # the cache pass runs the whole DiT (the former way; benchmarks compare)
+        # A chunk's cache pass runs at the start of the next chunk's making instead of at its own end, so its
+        # frames are decoded and shown one pass sooner, and a chunk that a command stops after that pass has
+        # done work that stands (the pass writes the previous chunk's clean K/V: nothing of the stopped chunk).
+        # The same passes with the same inputs in the same order on the cache: the same frames. Needs clean
+        # context frames (model.context_noise = 0, as the Wan checkpoints): with noise the pass draws noise.
+        self.defer_cache_pass = cfg.context_noise == 0
+        self._pending_pass: _CachePass | None = None
+        self._flushed: list[bool] | None = None  # the latest snapshot's ``flushed``
         log.info("wan generator ready device=%s dtype=%s attention=%s decoder=%s native=%dx%d output=%dx%d "
                  "tokens_per_frame=%d cache_mb=%.1f", self.device, self.dtype, attn.name, type(self.decoder).__name__,
                  *self.native_size, *self.output_size, self.frame_tokens, self.kv.nbytes / 2**20)
@@ -180,21 +203,46 @@ class WanGenerator(StreamingGenerator):
         self._context = torch.cat([text, pad])[None]  # (1, text_len, text_dim)
         self.cross.reset()  # refreshed from the new context by the next pass
 
-    def _flow(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x: (B, F, C, h, w)
+    def _flow(self, x: torch.Tensor, t: torch.Tensor, cache_only: bool = False) -> torch.Tensor:  # x: (B, F, C, h, w)
+        """The DiT's flow for ``x``; with ``cache_only`` (the pass after the last step, whose flow nobody reads)
+        the cache is written and ``x`` returned."""
         assert self._context is not None
-        self._before_pass()
-        return self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
-                         cache=self.kv, cross_cache=self.cross).permute(0, 2, 1, 3, 4)
+        out = self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, self._context, start_frame=self._position,
+                        cache=self.kv, cross_cache=self.cross, cache_only=cache_only, before_launch=self._before_pass)
+        return x if cache_only else out.permute(0, 2, 1, 3, 4)
 
     # -- snapshots -------------------------------------------------------------------------------
     @torch.inference_mode()
     def snapshot(self) -> WanSnapshot:
-        return WanSnapshot(**self._snapshot_stream(), decoder=self.decoder.snapshot())
+        snap = WanSnapshot(**self._snapshot_stream(), decoder=self.decoder.snapshot(), pending=self._pending_pass)
+        self._flushed = snap.flushed
+        return snap
 
     @torch.inference_mode()
     def restore(self, snap: WanSnapshot) -> None:
         self._restore_stream(snap)
         self.decoder.restore(snap.decoder)  # type: ignore[arg-type]
+        # a cache pass that ran after the snapshot stands when the cache is rewound (it wrote the slots of a chunk
+        # made before the snapshot, which a rewind keeps); a copy of the cache brings back the slots before it
+        self._pending_pass = snap.pending if not snap.flushed[0] or self.copy_cache_snapshots else None
+        self._flushed = snap.flushed
+
+    def _run_pending_pass(self) -> None:
+        """The deferred cache pass of the last chunk (if any), under that chunk's text and position."""
+        p = self._pending_pass
+        if p is None:
+            return
+        now = self._context, self.cross._k, self.cross._v, self._position
+        self._context, self.cross._k, self.cross._v, self._position = p.context, list(p.cross[0]), list(p.cross[1]), \
+            p.position
+        try:
+            t = torch.zeros(p.x0.shape[:2], dtype=torch.float32, device=p.x0.device)
+            self._flow(p.x0, t, cache_only=not self.full_cache_pass)
+        finally:
+            self._context, self.cross._k, self.cross._v, self._position = now
+        self._pending_pass = None
+        if self._flushed is not None:
+            self._flushed[0] = True
 
     # -- the stream ------------------------------------------------------------------------------
     def _reference_video(self, image: np.ndarray) -> torch.Tensor:
@@ -212,6 +260,7 @@ class WanGenerator(StreamingGenerator):
         self._check(conditions)
         video = self._reference_video(reference_rgba) if reference_rgba is not None else None
         self._reset_stream()
+        self._pending_pass, self._flushed = None, None
         self._apply(conditions)
         if video is None:
             return
@@ -244,20 +293,30 @@ class WanGenerator(StreamingGenerator):
         cfg = self.cfg
         steps, f = self._chunk_args(steps, chunk_frames)
         self._check(conditions)
-        self._apply(conditions)
         timer = self.timer
-        flow = self._flow
+        passes = [0]
         if timer is not None:  # per-stage times: the denoising passes, then the pass that writes the cache
             timer.start()
-            passes = [0]
+        if self._pending_pass is not None:  # the previous chunk's cache pass first, under its own conditions
+            self._run_pending_pass()
+            if timer is not None:
+                timer.lap("cache")
+        self._apply(conditions)
+        defer = self.defer_cache_pass and cfg.context_noise == 0
+        position = self._position
 
-            def flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                out = self._flow(x, t)
-                passes[0] += 1
-                timer.lap("cache" if passes[0] > steps else "dit")
-                return out
+        def flow(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            passes[0] += 1
+            cache = passes[0] > steps  # the pass after the last step writes the cache; its flow is not read
+            out = self._flow(x, t, cache_only=cache and not self.full_cache_pass)
+            if timer is not None:
+                timer.lap("cache" if cache else "dit")
+            return out
         x0 = sample_chunk(flow, self._chunk_noise(f), self.schedule.warp_list(cfg.timesteps[:steps]),
-                          self.schedule, self._noise, context_t=1000.0 * cfg.context_noise)
+                          self.schedule, self._noise, context_t=1000.0 * cfg.context_noise, cache_pass=not defer)
+        if defer:
+            assert self._context is not None
+            self._pending_pass = _CachePass(x0, self._context, (list(self.cross._k), list(self.cross._v)), position)
         if self.decode_stream is not None:
             assert isinstance(self.decoder, StreamingTAEHVDecoder)
             trim = self.decoder.tae.frames_to_trim if self.decoder.latent_frames == 0 else 0

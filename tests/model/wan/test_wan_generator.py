@@ -165,16 +165,17 @@ def test_a_chunk_interrupted_mid_way_and_remade_equals_a_clean_run(gen: WanGener
     gen.restore(clean_snap)
     checks: list[int] = []
 
-    def stop() -> bool:  # asked before each pass: two run, the third is stopped
+    def stop() -> bool:  # asked before each pass: one runs (the previous chunk's cache pass ran already), the next stops
         checks.append(1)
-        return len(checks) > 2
+        return len(checks) > 1
 
     gen.interrupt = stop
     snap = gen.snapshot()
+    k_before = gen.kv.k.clone()
     with pytest.raises(ChunkInterrupted):
         gen.next_chunk(b)
     gen.interrupt = None
-    assert len(checks) == 3 and gen.kv.k.ne(snap.k).any()  # two passes ran and wrote the chunk's slots
+    assert len(checks) == 2 and gen.kv.k.ne(k_before).any()  # a pass ran and wrote the chunk's slots
     gen.restore(snap)
     again = np.concatenate([gen.next_chunk(z) for _ in range(3)])
     assert np.array_equal(again, clean)
@@ -201,3 +202,76 @@ def test_decode_on_a_second_stream_falls_back_in_line_on_a_cpu_with_the_same_fra
     finally:
         one.close()
         two.close()
+
+
+def test_the_cache_pass_stops_at_the_last_blocks_kv_and_runs_at_the_next_chunk_with_the_same_frames(
+        gen: WanGenerator) -> None:
+    """The pass after a chunk's last step only writes the cache: it skips the last block's attention, FFN and
+    the head; and it runs at the start of the next chunk's making (``defer_cache_pass``). Frames and cache equal
+    those of the whole pass at the chunk's end, chunk after chunk (the window rolling, prompts switching), and
+    after a snapshot's rewind (the same frames again)."""
+    a, b = _cond(gen, "she waves"), _cond(gen, "she nods", "nod")
+    runs = []
+    for full, defer in ((True, False), (False, False), (False, True), (True, True)):
+        gen.full_cache_pass, gen.defer_cache_pass = full, defer
+        try:
+            gen.reset(REF, a)
+            frames = [gen.next_chunk(a if i % 3 else b) for i in range(5)]  # 2-latent chunks, a 3-frame window
+            snap = gen.snapshot()
+            frames += [gen.next_chunk(b), gen.next_chunk(a)]
+            gen.restore(snap)
+            frames += [gen.next_chunk(b), gen.next_chunk(a)]
+            gen._run_pending_pass()  # the last chunk's context into the cache, to compare the caches
+            runs.append((np.concatenate(frames), gen.kv.k.clone(), gen.kv.v.clone()))
+        finally:
+            gen.full_cache_pass, gen.defer_cache_pass = False, True
+    fa, ka, va = runs[0]
+    for fb, kb, vb in runs[1:]:
+        assert np.array_equal(fa, fb) and torch.equal(ka, kb) and torch.equal(va, vb)
+    assert np.array_equal(fa[-16:], fa[-32:-16])  # after the rewind: the same two chunks again
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3])
+def test_a_chunk_stopped_before_or_after_the_previous_chunks_cache_pass_is_remade_as_a_clean_run(
+        gen: WanGenerator, stop_at: int) -> None:
+    """Stopped at its first check (the previous chunk's deferred cache pass not run), its second (that pass ran:
+    it stands, the rewind keeps it) or its third (a denoising pass ran too): the remade chunks equal a clean run."""
+    from backend.model.generator import ChunkInterrupted
+
+    a, b, z = _cond(gen, "she waves"), _cond(gen, "she sings"), _cond(gen, "she bows")
+    gen.reset(REF, a)
+    gen.next_chunk(a)
+    gen.next_chunk(a)
+    clean = np.concatenate([gen.next_chunk(z) for _ in range(3)])
+    gen.reset(REF, a)
+    gen.next_chunk(a)
+    gen.next_chunk(a)
+    snap = gen.snapshot()
+    assert snap.pending is not None  # the second chunk's cache pass waits for the next chunk
+    checks: list[int] = []
+    gen.interrupt = lambda: checks.append(1) is None and len(checks) >= stop_at
+    with pytest.raises(ChunkInterrupted):
+        gen.next_chunk(b)
+    gen.interrupt = None
+    assert snap.flushed[0] == (stop_at > 1)
+    gen.restore(snap)
+    assert (gen._pending_pass is None) == (stop_at > 1)
+    assert np.array_equal(np.concatenate([gen.next_chunk(z) for _ in range(3)]), clean)
+
+
+def test_the_cache_pass_runs_one_block_short_at_the_next_chunk(gen: WanGenerator) -> None:
+    calls: list[str] = []
+    blocks = list(gen.dit.blocks)
+    hooks = [blk.register_forward_hook(lambda *_: calls.append("block")) for blk in blocks]
+    hooks.append(gen.dit.head.register_forward_hook(lambda *_: calls.append("head")))
+    try:
+        c = _cond(gen, "she waves")
+        gen.reset(REF, c)
+        gen.next_chunk(c, steps=2)
+        calls.clear()
+        gen.next_chunk(c, steps=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(blocks)
+    assert calls == ["block"] * (n - 1) + (["block"] * n + ["head"]) * 2  # the previous cache pass, two steps
