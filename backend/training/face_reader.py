@@ -45,8 +45,8 @@ from backend.training.probe import (
 from backend.world.character import Identity
 from backend.world.pose import EMOTION_FACES, POSE_INDEX, POSE_RANGES
 
-__all__ = ["FACE_PARAMS", "FACE_READER_PATH", "FACE_SCALE", "READER_SIZE", "FaceReader", "FaceReaderError", "face_crops",
-           "train_face_reader"]
+__all__ = ["FACE_PARAMS", "FACE_READER_PATH", "FACE_SCALE", "READER_SIZE", "SOURCES", "FaceReader", "FaceReaderError",
+           "face_crops", "render_crops", "train_face_reader", "world_emotions"]
 
 log = logging.getLogger(__name__)
 
