@@ -55,6 +55,7 @@ __all__ = [
     "quantize_hwc",
     "to_uint8_hwc",
     "upscale",
+    "upscale_uint8_hwc",
 ]
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,34 @@ def upscale(frames: Tensor, size: tuple[int, int], *, mode: str = "bicubic") -> 
         return frames.clamp(0.0, 1.0)
     with torch.no_grad():
         return _resample_premultiplied(frames, height, width, mode)
+
+
+def upscale_uint8_hwc(frames: Tensor, size: tuple[int, int]) -> Tensor:
+    """:func:`upscale` then :func:`quantize_hwc`, in uint8 (CPU): RGBA (N, 4, H, W) in [0, 1] -> (N, height, width, 4)
+    uint8, bicubic (antialiased).
+
+    The float path (premultiply, resample, divide, quantize at the output size) costs ~100 ms per 8 frames of
+    960x540 on two CPU cores; this one ~20 ms: it quantizes at the input size and resamples uint8 channels-last
+    (PyTorch's vectorised path). Straight-alpha resampling would draw dark fringes where a transparent pixel's colour
+    (black, or whatever the decoder left there) mixes into the edge, so first every pixel under alpha 1/255 takes the
+    alpha-weighted mean colour of its 5x5 neighbourhood (colour bleeding, as game textures do). The composite over
+    any background then differs from the float path only along the silhouette's anti-aliased rim (mean 0.1 of 255
+    over whole frames of the default idol, a few pixels a frame up to ~50)."""
+    _check_video(frames, "upscale_uint8_hwc(frames)", 4)
+    if frames.shape[1] != CHANNELS:
+        raise AutoencoderError(f"upscale_uint8_hwc(frames): expected (N, 4, H, W) RGBA, got {tuple(frames.shape)}")
+    width, height = int(size[0]), int(size[1])
+    with torch.no_grad():
+        alpha = frames[:, 3:4].float().clamp(0.0, 1.0)
+        rgb = frames[:, :3].float().clamp(0.0, 1.0)
+        num = F.avg_pool2d(rgb * alpha, 5, stride=1, padding=2, count_include_pad=False)
+        den = F.avg_pool2d(alpha, 5, stride=1, padding=2, count_include_pad=False)
+        rgb = torch.where(alpha >= 1.0 / 255.0, rgb, num / den.clamp(min=1e-6))
+        u8 = torch.cat([rgb, alpha], 1).mul_(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+        u8 = u8.contiguous(memory_format=torch.channels_last)
+        if (height, width) != tuple(frames.shape[-2:]):
+            u8 = F.interpolate(u8, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+        return u8.permute(0, 2, 3, 1).contiguous()  # channels-last: the permute is already contiguous
 
 
 def quantize_hwc(frames: Tensor) -> Tensor:

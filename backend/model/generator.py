@@ -37,7 +37,7 @@ from backend.config import ModelConfig
 from backend.errors import LiveIdolError
 from backend.model.accel import FastDiT
 from backend.model.attention import select_attention
-from backend.model.autoencoder import VideoAutoencoder, quantize_hwc, to_uint8_hwc, upscale
+from backend.model.autoencoder import VideoAutoencoder, quantize_hwc, to_uint8_hwc, upscale, upscale_uint8_hwc
 from backend.model.checkpoint import check_config, init_dit_, load_dit, load_into, load_weights, split_state
 from backend.model.dit import CausalDiT
 from backend.model.fp8 import fp8_supported, quantize_blocks_
@@ -462,10 +462,16 @@ class StreamingGenerator:
     def _finish_chunk(self, frames: torch.Tensor, steps: int, f: int) -> np.ndarray:
         """Decoded RGBA ``(T, 4, H, W)`` in [0, 1] -> the output size as uint8 on the host; counts the chunk."""
         timer = self.timer
-        frames = upscale(frames.float(), self.output_size)
-        if timer is not None:
-            timer.lap("upscale")
-        out = to_uint8_hwc(frames)
+        if frames.device.type == "cpu":  # resampled in uint8: a fifth of the float path's time on a CPU
+            u8 = upscale_uint8_hwc(frames, self.output_size)
+            if timer is not None:
+                timer.lap("upscale")
+            out = np.ascontiguousarray(u8.numpy())
+        else:
+            frames = upscale(frames.float(), self.output_size)
+            if timer is not None:
+                timer.lap("upscale")
+            out = to_uint8_hwc(frames)
         if timer is not None:
             timer.lap("host_copy")
             timer.finish()

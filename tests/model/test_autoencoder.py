@@ -276,3 +276,31 @@ def test_detail_decoder_absent_is_a_clear_error() -> None:
         bare.decoder_stream(hires=True)
     with pytest.raises(AutoencoderError, match="hires_factors is empty"):
         bare.decode(torch.zeros(1, 1, 16, 4, 8), hires=True)
+
+
+def test_upscale_uint8_has_no_dark_fringe_and_matches_the_float_path() -> None:
+    """The CPU path (uint8, colour bled into transparent pixels first): the disc's rim stays white where a plain
+    straight-alpha uint8 resample turns it dark, and the frame composited over grey matches the float path."""
+    from backend.model.autoencoder import upscale_uint8_hwc
+
+    frame = _white_disc_on_black_transparent()
+    out = upscale_uint8_hwc(frame, (120, 90))
+    assert out.dtype == torch.uint8 and out.shape == (1, 90, 120, 4) and out.is_contiguous()
+    a, rgb = out[0, ..., 3].float() / 255, out[0, ..., :3].float() / 255
+    edge = (a > 0.05) & (a < 0.95)
+    assert edge.sum() > 20
+    assert rgb[edge].min() > 0.97
+    plain = torch.nn.functional.interpolate((frame * 255).round().to(torch.uint8), size=(90, 120), mode="bicubic",
+                                            antialias=True)
+    assert plain[0, :3].float().div(255)[:, edge].min() < 0.9  # without the bleed it is dark: the test can fail
+    ref = upscale(frame, (120, 90))[0].permute(1, 2, 0)
+
+    def over_grey(x: torch.Tensor) -> torch.Tensor:
+        return x[..., :3] * x[..., 3:] + 0.5 * (1 - x[..., 3:])
+
+    diff = (over_grey(out[0].float() / 255) - over_grey(ref)).abs()
+    assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.1
+    same = upscale_uint8_hwc(frame, (32, 32))  # same size: quantized only
+    assert torch.equal(same[0, ..., 3], (frame[0, 3] * 255 + 0.5).clamp(0, 255).to(torch.uint8))
+    with pytest.raises(AutoencoderError, match="RGBA"):
+        upscale_uint8_hwc(torch.zeros(1, 3, 8, 8), (16, 16))
