@@ -328,6 +328,7 @@ class StreamingGenerator:
         # Checked before every pass of next_chunk: True stops the chunk (ChunkInterrupted; see _before_pass).
         self.interrupt: Callable[[], bool] | None = None
         self.copy_cache_snapshots = False  # snapshots copy the whole KV cache (the former way; benchmarks compare)
+        self.full_cache_pass = False  # the cache pass runs the whole DiT (the former way; benchmarks compare)
         self.latent_hw = (ae.native_height // ae.spatial_factor, ae.native_width // ae.spatial_factor)
         self.frame_tokens = self.dit.frame_tokens(*self.latent_hw)
         self.kv = KVCache(num_layers=s.num_layers, heads=s.num_heads, head_dim=self.dit.head_dim,
@@ -689,10 +690,12 @@ class Generator(StreamingGenerator):
         prediction is pushed away from the idle prediction: ``f + g * (f - f_idle)`` (action guidance; both
         passes write the chunk's own cache slots, the conditional one last; the cache pass is never guided)."""
 
-        def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache) -> torch.Tensor:
+        def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache,
+                cache_only: bool = False) -> torch.Tensor:
             self._before_pass()
-            return self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, context, start_frame=self._position,
-                             cache=self.kv, cross_cache=cross, controls=controls).permute(0, 2, 1, 3, 4)
+            out = self.fast(x.permute(0, 2, 1, 3, 4).to(self.dtype), t, context, start_frame=self._position,
+                            cache=self.kv, cross_cache=cross, controls=controls, cache_only=cache_only)
+            return x if cache_only else out.permute(0, 2, 1, 3, 4)  # a cache-only pass has no flow: nobody reads it
 
         def flow(x: torch.Tensor, t: torch.Tensor, t_value: float) -> torch.Tensor:  # x: (B, F, C, h, w)
             assert self._context is not None
@@ -700,7 +703,9 @@ class Generator(StreamingGenerator):
             # for this model) keeps only the conditional K/V and its output is discarded, so an idle pass there
             # was wasted work
             guided = guidance > 0 and self._idle_context is not None and calls[0] < steps and t_value > 0
-            if not guided:
+            if calls[0] >= steps:  # the cache pass: it stops once the last block's K/V are written (its flow is unread)
+                out = run(x, t, self._context, self.cross, cache_only=not self.full_cache_pass)
+            elif not guided:
                 out = run(x, t, self._context, self.cross)
             else:
                 assert self._idle_context is not None

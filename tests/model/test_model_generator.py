@@ -207,3 +207,21 @@ def test_a_chunks_timing_folded_in_late_leaves_the_next_chunks_marks_alone() -> 
     timer.lap("dit")
     timer.finish()
     assert {k: len(v) for k, v in timer.laps.items()} == {"dit": 2, "cache": 1}
+
+
+def test_the_cache_pass_stops_at_the_last_blocks_kv_with_the_same_frames_and_cache(weights) -> None:
+    """The pass after a chunk's last step only writes the cache: the last block's attention output, FFN and the
+    head are skipped (counted), and frames and cache equal those of the whole pass, chunk after chunk, with
+    guidance and a window that rolls."""
+    runs = []
+    for full in (True, False):
+        cfg = micro_config(guidance=0.5)
+        gen = Generator(cfg, weights=weights)
+        gen.full_cache_pass = full
+        heads = [0]
+        gen.dit.head.register_forward_hook(lambda *_, n=heads: n.__setitem__(0, n[0] + 1))
+        frames = _stream(gen, ["idle", "wave", "wave", "nod", "idle", "idle"])
+        runs.append((np.concatenate(frames), gen.kv.k.clone(), gen.kv.v.clone(), heads[0]))
+    (fa, ka, va, heads_full), (fb, kb, vb, heads_short) = runs
+    assert np.array_equal(fa, fb) and torch.equal(ka, kb) and torch.equal(va, vb)
+    assert heads_full - heads_short == 7  # one head call fewer per chunk's cache pass (6) and the reset's sink pass

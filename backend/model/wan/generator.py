@@ -137,7 +137,6 @@ class WanGenerator(StreamingGenerator):
         if cuda and cfg.wan.decode_stream and isinstance(self.decoder, StreamingTAEHVDecoder):
             self.decode_stream = torch.cuda.Stream(self.device)
         self._init_stream()
-        self.full_cache_pass = False  # the cache pass runs the whole DiT (the former way; benchmarks compare)
         # A chunk's cache pass runs at the start of the next chunk's making instead of at its own end, so its
         # frames are decoded and shown one pass sooner, and a chunk that a command stops after that pass has
         # done work that stands (the pass writes the previous chunk's clean K/V: nothing of the stopped chunk).
