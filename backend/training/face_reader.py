@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -41,6 +40,8 @@ from backend.training.probe import (
     _labelled_pool,
     _render_labelled,
     face_box_crop,
+    timed_progress,
+    warm_cosine_lr,
 )
 from backend.world.character import Identity
 from backend.world.pose import EMOTION_FACES, POSE_INDEX, POSE_RANGES
@@ -221,13 +222,10 @@ def train_face_reader(minutes: float, *, frames: int = 12000, batch: int = 64, l
     weight = (_SPAN / torch.tensor(FACE_SCALE)) ** 2  # normalised error -> template units, squared
     opt = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=1e-4)
     reader.train()
-    t0 = time.monotonic()
-    deadline = t0 + minutes * 60
     step = 0
-    while time.monotonic() < deadline:
-        progress = (time.monotonic() - t0) / (deadline - t0)
+    for progress in timed_progress(minutes):
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, 20.0 * progress + 0.01) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            g["lr"] = warm_cosine_lr(lr, progress)
         idx = torch.randint(crops.shape[0], (batch,), generator=gen)
         x = crops[idx].float() / 255.0
         if shift:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -82,6 +83,21 @@ def face_box_crop(x: Tensor) -> Tensor:
     h, w = x.shape[-2:]
     x0, y0, x1, y1 = FACE_BOX
     return x[..., round(y0 * h):round(y1 * h), round(x0 * w):round(x1 * w)]
+
+
+def timed_progress(minutes: float) -> Iterator[float]:
+    """The share of ``minutes`` of wall clock gone at each step of a training that stops on the clock (the emotion
+    head's and the face reader's), until they are up."""
+    t0 = time.monotonic()
+    deadline = t0 + minutes * 60
+    while (now := time.monotonic()) < deadline:
+        yield (now - t0) / (deadline - t0)
+
+
+def warm_cosine_lr(lr: float, progress: float) -> float:
+    """The probe and reader trainings' learning rate at ``progress`` in [0, 1] of their run: a warm-up over the
+    first 5%, then a cosine decay to 0."""
+    return lr * min(1.0, 20.0 * progress + 0.01) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class ProbeError(ValueError):
@@ -368,7 +384,7 @@ def train_probe(steps: int, device: torch.device | str = "cpu", *, batch: int = 
                 break
             progress = max(progress, (now - t0) / max(1e-9, deadline - t0))
         for g in opt.param_groups:
-            g["lr"] = g["scale"] * lr * min(1.0, 20.0 * progress + 0.01) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            g["lr"] = g["scale"] * warm_cosine_lr(lr, progress)
         if pool > 0:
             idx = torch.randint(data[0].shape[0], (batch,), generator=gen).to(device)
             frames, poses, ident, emo = (d[idx] for d in data)
@@ -435,13 +451,10 @@ def train_emotion_head(base: Probe, minutes: float, *, frames: int = 6144, batch
     params = list(probe.face.parameters()) + list(probe.face_head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     probe.train()
-    t0 = time.monotonic()
-    deadline = t0 + minutes * 60
     step = 0
-    while time.monotonic() < deadline:
-        progress = (time.monotonic() - t0) / (deadline - t0)
+    for progress in timed_progress(minutes):
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, 20.0 * progress + 0.01) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            g["lr"] = warm_cosine_lr(lr, progress)
         idx = torch.randint(data[0].shape[0], (batch,), generator=gen)
         x = data[0][idx].float()
         x = x + 0.06 * torch.randn(x.shape, generator=gen)  # the noise of train_probe (0.03 in [0, 1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -80,40 +80,22 @@ class SlowStandIn:
         return {"frames_made": self.g}
 
 
-class PassGate:
-    """Holds the generator's worker thread before a chosen pass of a chunk until the test lets it go, so a
-    command lands mid-chunk for certain: the only way to do that on a CPU whose speed varies. It wraps the
-    generator's own ``_before_pass`` (which then runs as usual, interrupt check included) and ``_chunk_args``
-    (called at each chunk's start, to count its passes).
+class MidChunkGate:
+    """The handshake that holds a generator thread in the middle of a chunk while a test submits a command: the
+    test arms it (``command_mid_chunk``), the thread calls :meth:`hold` where it should stop, the test submits while
+    it is held and then lets it go."""
 
-    Usage::
-
-        gate = PassGate(gen, at_pass=3)
-        ticket = await gate.command_mid_chunk(engine, Command(CommandKind.ACT, "wave"))
-    """
-
-    def __init__(self, gen, at_pass: int = 2) -> None:
-        self.gen, self.at_pass = gen, at_pass
+    def __init__(self) -> None:
         self.armed, self.caught, self.go = threading.Event(), threading.Event(), threading.Event()
-        self.held = 0
-        self._n = 0
-        before, args = gen._before_pass, gen._chunk_args
 
-        def chunk_args(*a):
-            self._n = 0
-            return args(*a)
-
-        def gate() -> None:
-            self._n += 1
-            if self.gen.interrupt is not None and self._n == self.at_pass and self.armed.is_set():
-                self.armed.clear()
-                self.held += 1
-                self.caught.set()
-                self.go.wait(30)
-                self.go.clear()
-            before()
-
-        gen._before_pass, gen._chunk_args = gate, chunk_args
+    def hold(self, note: Callable[[], None] | None = None) -> None:
+        """On the generator thread, when armed: disarm, ``note()`` what is held, signal the test, wait for its release."""
+        self.armed.clear()
+        if note is not None:
+            note()
+        self.caught.set()
+        self.go.wait(30)
+        self.go.clear()
 
     async def command_mid_chunk(self, engine, command):
         """Wait for a chunk to reach the gate, submit ``command`` while it is held there, release it."""
@@ -126,6 +108,41 @@ class PassGate:
             return await engine.submit(command)
         finally:
             self.go.set()
+
+
+class PassGate(MidChunkGate):
+    """Holds the generator's worker thread before a chosen pass of a chunk until the test lets it go, so a
+    command lands mid-chunk for certain: the only way to do that on a CPU whose speed varies. It wraps the
+    generator's own ``_before_pass`` (which then runs as usual, interrupt check included) and ``_chunk_args``
+    (called at each chunk's start, to count its passes).
+
+    Usage::
+
+        gate = PassGate(gen, at_pass=3)
+        ticket = await gate.command_mid_chunk(engine, Command(CommandKind.ACT, "wave"))
+    """
+
+    def __init__(self, gen, at_pass: int = 2) -> None:
+        super().__init__()
+        self.gen, self.at_pass = gen, at_pass
+        self.held = 0
+        self._n = 0
+        before, args = gen._before_pass, gen._chunk_args
+
+        def chunk_args(*a):
+            self._n = 0
+            return args(*a)
+
+        def gate() -> None:
+            self._n += 1
+            if self.gen.interrupt is not None and self._n == self.at_pass and self.armed.is_set():
+                self.hold(self._count_hold)
+            before()
+
+        gen._before_pass, gen._chunk_args = gate, chunk_args
+
+    def _count_hold(self) -> None:
+        self.held += 1
 
 
 class FakePending:

@@ -15,7 +15,6 @@ assertions.
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import pytest
@@ -23,19 +22,19 @@ import pytest
 from backend.config import EngineConfig
 from backend.engine import Engine
 from backend.events import Command, CommandKind, VideoFrame
-from tests.engine.engine_helpers import PipelinedStandIn
+from tests.engine.engine_helpers import MidChunkGate, PipelinedStandIn
 
 DEADLINE_S = 60.0
 
 
-class GatedStandIn(PipelinedStandIn):
+class GatedStandIn(PipelinedStandIn, MidChunkGate):
     """:class:`PipelinedStandIn` whose thread waits before the interrupt check of step ``at_step`` of a chunk while
     armed, so a command submitted meanwhile is certain to land in the middle of that chunk."""
 
     def __init__(self, at_step: int, **kw: Any) -> None:
-        super().__init__(**kw)
+        PipelinedStandIn.__init__(self, **kw)
+        MidChunkGate.__init__(self)
         self.at_step = at_step
-        self.armed, self.caught, self.go = threading.Event(), threading.Event(), threading.Event()
         self.held_g: list[int] = []  # the first frame index of each chunk held at the gate
 
     def start_chunk(self, conditions, *, mouth=None, steps=None, chunk_frames=None):
@@ -44,11 +43,7 @@ class GatedStandIn(PipelinedStandIn):
         def gated() -> bool:
             n[0] += 1
             if n[0] == self.at_step and self.armed.is_set():
-                self.armed.clear()
-                self.held_g.append(self.g)
-                self.caught.set()
-                self.go.wait(30)
-                self.go.clear()
+                self.hold(lambda: self.held_g.append(self.g))
             return check() if check is not None else False
 
         self.interrupt = gated if check is not None else None
@@ -56,15 +51,6 @@ class GatedStandIn(PipelinedStandIn):
             return super().start_chunk(conditions, mouth=mouth, steps=steps, chunk_frames=chunk_frames)
         finally:
             self.interrupt = check
-
-    async def command_mid_chunk(self, engine: Engine, command: Command) -> Any:
-        self.armed.set()
-        assert await asyncio.to_thread(self.caught.wait, 30), "no chunk reached the gate"
-        self.caught.clear()
-        try:
-            return await engine.submit(command)
-        finally:
-            self.go.set()
 
 
 def _frame_index(frame: VideoFrame) -> int:
