@@ -99,23 +99,15 @@ async def test_replay_re_renders_a_session_with_the_shipped_model_frame_for_fram
                              "model.output_width": 128, "model.output_height": 72, "engine.fps": 25.0,
                              "engine.lookahead_frames": 8, "engine.log_path": str(log)})
     generator, reference, character = build_generator(cfg)
-    shown: list[np.ndarray] = []
     engine = Engine(cfg.engine, generator, reference, max_steps=1, max_chunk_frames=1, character=character,
                     log_header=replay_header(cfg))
-    async with engine:
-        sub = engine.subscribe(audio=False, slot_frames=1024)
-
-        watcher = asyncio.create_task(record_shown(sub, shown))
-        try:
-            async with asyncio.timeout(DEADLINE_S):
-                for kind, arg in (("act", "wave"), ("emotion", "happy"), ("act", "wave"), ("act", "heart")):
-                    ticket = await engine.submit(Command(CommandKind(kind), arg))
-                    await ticket.shown
-                while len(shown) < 48:  # noqa: ASYNC110 - frames arrive from the engine's tasks
-                    await asyncio.sleep(0.05)
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+    async with engine, record_shown(engine) as shown:
+        async with asyncio.timeout(DEADLINE_S):
+            for kind, arg in (("act", "wave"), ("emotion", "happy"), ("act", "wave"), ("act", "heart")):
+                ticket = await engine.submit(Command(CommandKind(kind), arg))
+                await ticket.shown
+            while len(shown) < 48:  # noqa: ASYNC110 - frames arrive from the engine's tasks
+                await asyncio.sleep(0.05)
     assert engine.error is None
     summary = replay(None, log, max_frames=len(shown))
     assert summary["frames"] == len(shown) and summary["commands"] == 4

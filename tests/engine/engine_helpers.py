@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import threading
 import time
@@ -207,12 +209,25 @@ def frames_digest(frames: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-async def record_shown(sub: AsyncIterator[Any], shown: list[np.ndarray]) -> None:
-    """Append each newly shown frame of a subscription to ``shown`` (a repeat is the same array: skipped)."""
+@contextlib.asynccontextmanager
+async def record_shown(engine: Any) -> AsyncIterator[list[np.ndarray]]:
+    """A list that gets each newly shown frame of ``engine`` (a subscription without audio; a repeat is the same
+    array: skipped) while the block runs; the recording task is stopped on the way out."""
     from backend.events import VideoFrame
 
-    last = None
-    async for item in sub:
-        if isinstance(item, VideoFrame) and item.rgba is not last:
-            shown.append(item.rgba)
-            last = item.rgba
+    shown: list[np.ndarray] = []
+    sub = engine.subscribe(audio=False, slot_frames=1024)  # now: no frame shown from here on is missed
+
+    async def watch() -> None:
+        last = None
+        async for item in sub:
+            if isinstance(item, VideoFrame) and item.rgba is not last:
+                shown.append(item.rgba)
+                last = item.rgba
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield shown
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)

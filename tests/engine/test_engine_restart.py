@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from backend.config import EngineConfig, load_config
@@ -43,24 +42,16 @@ async def test_a_command_mid_chunk_restarts_it_exactly_as_a_clean_replay(tmp_pat
                              "engine.log_path": str(log)})
     generator, reference, character = build_generator(cfg)
     gate = PassGate(generator, at_pass=3)  # 2 denoising passes have written the chunk's cache slots by then
-    shown: list[np.ndarray] = []
     engine = Engine(cfg.engine, generator, reference, max_steps=2, max_chunk_frames=1, character=character,
                     log_header=replay_header(cfg))
-    async with engine:
-        sub = engine.subscribe(audio=False, slot_frames=1024)
-
-        watcher = asyncio.create_task(record_shown(sub, shown))
-        try:
-            async with asyncio.timeout(DEADLINE_S):
-                await engine.wait_started()
-                for kind, arg in (("act", "wave"), ("emotion", "happy"), ("act", "wave"), ("act", "heart")):
-                    ticket = await gate.command_mid_chunk(engine, Command(CommandKind(kind), arg))
-                    assert await ticket.shown is not None
-                while len(shown) < 40:  # noqa: ASYNC110 - frames arrive from the engine's tasks
-                    await asyncio.sleep(0.05)
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+    async with engine, record_shown(engine) as shown:
+        async with asyncio.timeout(DEADLINE_S):
+            await engine.wait_started()
+            for kind, arg in (("act", "wave"), ("emotion", "happy"), ("act", "wave"), ("act", "heart")):
+                ticket = await gate.command_mid_chunk(engine, Command(CommandKind(kind), arg))
+                assert await ticket.shown is not None
+            while len(shown) < 40:  # noqa: ASYNC110 - frames arrive from the engine's tasks
+                await asyncio.sleep(0.05)
     assert engine.error is None and gate.held == 4
     assert engine.counters["chunks_restarted"] == 4  # each command stopped the chunk it found in the making
     summary = replay(None, log, max_frames=len(shown))
