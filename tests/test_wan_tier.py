@@ -7,9 +7,12 @@ DiT and resolution)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -28,6 +31,22 @@ from tests.server.server_helpers import frames_for, recv_msg
 PROMPT = "she sings on a stage under pink lights"
 
 
+@contextlib.asynccontextmanager
+async def _serving(cfg: Config, gen: Any, character: Any) -> AsyncIterator[asyncio.Future]:
+    """``run_backend`` on ``gen`` (the character's reference_image, resized, as the sink frame) until the block
+    ends: yields the future of its server (set once it listens); then stops the backend and closes the generator."""
+    stop = asyncio.Event()
+    ready: asyncio.Future = asyncio.get_running_loop().create_future()
+    reference = reference_frame(character, gen.native_size)
+    backend = asyncio.create_task(run_backend(cfg, gen, reference, character, stop=stop, ready=ready.set_result))
+    try:
+        yield ready
+    finally:
+        stop.set()
+        await backend
+        gen.close()
+
+
 async def test_serve_streams_the_wan_tier_and_takes_prompts(tmp_path: Path) -> None:
     cfg = dataclasses.replace(Config(), character="sakura", model=tiny_model_config(tmp_path),
                               engine=EngineConfig(fps=16.0, lookahead_frames=8),
@@ -35,11 +54,7 @@ async def test_serve_streams_the_wan_tier_and_takes_prompts(tmp_path: Path) -> N
     character = load_character(cfg.character)
     gen = build_wan_generator(cfg.model, character.prompts, vae_cfg=TINY_VAE, taehv_cfg=TINY_TAEHV)
     assert gen.prompts is not None
-    reference = reference_frame(character, gen.native_size)  # the character's reference_image, resized
-    stop = asyncio.Event()
-    ready: asyncio.Future = asyncio.get_running_loop().create_future()
-    backend = asyncio.create_task(run_backend(cfg, gen, reference, character, stop=stop, ready=ready.set_result))
-    try:
+    async with _serving(cfg, gen, character) as ready:
         async with asyncio.timeout(120):
             server = await ready
             async with connect(server.url + "/stream", max_size=None) as ws:
@@ -60,10 +75,6 @@ async def test_serve_streams_the_wan_tier_and_takes_prompts(tmp_path: Path) -> N
                         break
                     await asyncio.sleep(0.05)
                 assert len(await frames_for(ws, 1.0)) >= 4  # and frames keep coming
-    finally:
-        stop.set()
-        await backend
-        gen.close()
 
 
 async def test_serve_the_live_setting_restarts_the_chunk_a_command_finds_in_the_making(tmp_path: Path) -> None:
@@ -79,11 +90,7 @@ async def test_serve_the_live_setting_restarts_the_chunk_a_command_finds_in_the_
     character = load_character(cfg.character)
     gen = build_wan_generator(cfg.model, character.prompts, vae_cfg=TINY_VAE, taehv_cfg=TINY_TAEHV)
     gate = PassGate(gen, at_pass=3)  # steps=2: both denoising passes ran, the cache pass is next
-    reference = reference_frame(character, gen.native_size)
-    stop = asyncio.Event()
-    ready: asyncio.Future = asyncio.get_running_loop().create_future()
-    backend = asyncio.create_task(run_backend(cfg, gen, reference, character, stop=stop, ready=ready.set_result))
-    try:
+    async with _serving(cfg, gen, character) as ready:
         async with asyncio.timeout(120):
             server = await ready
             engine = server.engine
@@ -106,10 +113,6 @@ async def test_serve_the_live_setting_restarts_the_chunk_a_command_finds_in_the_
                     await asyncio.sleep(0.02)
                 assert engine.counters["chunks_restarted"] == 1 and engine.error is None
                 assert len(await frames_for(ws, 1.0)) >= 4  # and frames keep coming
-    finally:
-        stop.set()
-        await backend
-        gen.close()
 
 
 def test_bench_cli_runs_the_wan_tier_with_random_weights(capsys: pytest.CaptureFixture[str]) -> None:
