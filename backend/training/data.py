@@ -23,7 +23,7 @@ from torch import Tensor
 from backend.actions import ACTION_INDEX, EMOTION_INDEX
 from backend.world.character import identity_tensor, sample_identity
 from backend.world.pose import REST_POSE, random_script, segments, simulate, skeleton
-from backend.world.render import DESIGN_SIZE, render, straight_alpha
+from backend.world.render import design_frame, render, straight_alpha
 
 __all__ = ["ClipSpec", "Clips", "face_boxes", "make_specs", "region_weights", "render_clips", "rest_reference", "straight_alpha"]
 
@@ -115,8 +115,7 @@ def region_weights(poses: Tensor, size: tuple[int, int], spatial_factor: int, te
         raise ValueError(f"clip of {t} frames is not a multiple of {temporal_factor}")
     sk = skeleton(poses.float())
     w_px, h_px = size
-    scale = h_px / DESIGN_SIZE[1]  # render's mapping: scaled by height, centred horizontally
-    ox = (w_px / scale - DESIGN_SIZE[0]) / 2.0
+    scale, ox = design_frame(size)  # render's mapping
     cells = spatial_factor / scale  # one latent cell in design pixels
     xs = (torch.arange(w_px // spatial_factor, device=poses.device) + 0.5) * cells - ox
     ys = (torch.arange(h_px // spatial_factor, device=poses.device) + 0.5) * cells
@@ -135,8 +134,7 @@ def face_boxes(poses: Tensor, size: tuple[int, int], half: float) -> list[tuple[
     """Per clip of ``poses`` (B, T, P) rendered at ``size`` (w, h): the (x0, y0, x1, y1) pixel box of side
     ``2 * half`` design pixels centred on the head's mean position over the clip, shifted inside the frame."""
     w_px, h_px = size
-    scale = h_px / DESIGN_SIZE[1]
-    ox = (w_px / scale - DESIGN_SIZE[0]) / 2.0
+    scale, ox = design_frame(size)
     head = skeleton(poses.float()).head.mean(1)  # (B, 2) design pixels
     side = min(round(2 * half * scale), w_px, h_px)
     boxes = []

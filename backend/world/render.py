@@ -30,7 +30,8 @@ from backend.world.character import (
 )
 from backend.world.pose import ARM_FORE, HIP, POSE_INDEX, POSE_PARAMS, REST_POSE, Skeleton, skeleton
 
-__all__ = ["DESIGN_SIZE", "character_reference", "premultiplied", "reference_frame", "render", "straight_alpha"]
+__all__ = ["DESIGN_SIZE", "character_reference", "design_frame", "premultiplied", "reference_frame", "render",
+           "straight_alpha"]
 
 DESIGN_SIZE = (256, 144)
 _P = len(POSE_PARAMS)
@@ -157,6 +158,14 @@ def _const(colour: tuple[float, float, float], n: int, like: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def design_frame(size: tuple[int, int]) -> tuple[float, float]:
+    """How a frame of ``size`` (width, height) holds the design frame: ``(scale, ox)``, pixels per design pixel
+    (scaled by height) and the design x at the frame's left edge (negative when the frame is wider: centred).
+    A design point (x, y) lands at pixel ((x + ox) * scale, y * scale)."""
+    scale = size[1] / DESIGN_SIZE[1]
+    return scale, (size[0] / scale - DESIGN_SIZE[0]) / 2.0
+
+
 def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE) -> Tensor:
     """Render ``identity`` (B, IDENTITY_DIM) in ``poses`` (B, T, P) -> (B, T, 4, H, W) float in [0, 1].
 
@@ -176,9 +185,8 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
     pose = poses.reshape(n, _P).to(dt)
     ident = identity.to(device=dev, dtype=dt).repeat_interleave(t, dim=0)  # (N, I)
 
-    scale = h_px / DESIGN_SIZE[1]
+    scale, ox = design_frame(size)
     px = 1.0 / scale
-    ox = (w_px / scale - DESIGN_SIZE[0]) / 2.0
     X = ((torch.arange(w_px, device=dev, dtype=dt) + 0.5) * px - ox).view(1, 1, w_px)
     Y = ((torch.arange(h_px, device=dev, dtype=dt) + 0.5) * px).view(1, h_px, 1)
     full = _Canvas(torch.zeros(n, 3, h_px, w_px, device=dev, dtype=dt), torch.zeros(n, h_px, w_px, device=dev, dtype=dt),
