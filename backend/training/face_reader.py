@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from backend.model.autoencoder import VideoAutoencoder
@@ -40,6 +40,7 @@ from backend.training.probe import (
     _labelled_pool,
     _render_labelled,
     face_box_crop,
+    read_safetensors,
     timed_progress,
     warm_cosine_lr,
 )
@@ -126,17 +127,10 @@ class FaceReader(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> FaceReader:
-        from safetensors import SafetensorError, safe_open
-
         hint = "train it: python -m backend.training.probe --face-reader MINUTES --out FILE"
         if not Path(path).is_file():
             raise FaceReaderError(f"{path}: face reader not found; {hint}")
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-            state = load_file(str(path), device=str(device))
-        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-            raise FaceReaderError(f"{path}: cannot read face reader: {exc}") from exc
+        meta, state = read_safetensors(path, device, FaceReaderError, "face reader")
         if meta.get("format") != _FORMAT:
             raise FaceReaderError(f"{path}: not a LiveIdol face reader of format {_FORMAT} "
                                   f"(format={meta.get('format')!r}); {hint}")

@@ -100,6 +100,20 @@ def warm_cosine_lr(lr: float, progress: float) -> float:
     return lr * min(1.0, 20.0 * progress + 0.01) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def read_safetensors(path: str | Path, device: torch.device | str, error: type[Exception],
+                     what: str) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """The metadata and tensors of the safetensors file ``path`` (a probe, a face reader); an unreadable or
+    corrupt file raises ``error`` naming the file and ``what`` it should be."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return meta, load_file(str(path), device=str(device))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise error(f"{path}: cannot read {what}: {exc}") from exc
+
+
 class ProbeError(ValueError):
     """A probe file is missing, corrupt or of another layout; the message names the file."""
 
@@ -221,14 +235,7 @@ class Probe(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Probe:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-            state = load_file(str(path), device=str(device))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ProbeError(f"{path}: cannot read probe: {exc}") from exc
+        meta, state = read_safetensors(path, device, ProbeError, "probe")
         if meta.get("format") != _FORMAT:
             hint = "; retrain it: liveidol train probe" if str(meta.get("format", "")).startswith("liveidol-probe") else ""
             raise ProbeError(f"{path}: not a LiveIdol probe of format {_FORMAT} (format={meta.get('format')!r}){hint}")
