@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from backend.actions import ACTIONS
+from backend.actions import ACTIONS, EMOTIONS
 from backend.config import Config, ModelConfig
 from backend.model.attention import FlexAttention
 from backend.model.autoencoder import VideoAutoencoder
@@ -120,12 +120,13 @@ def progress_from_labels(actions: Tensor, temporal_factor: int) -> Tensor:
     return out.to(actions.device)
 
 
-def frames_since_switch(actions: Tensor) -> Tensor:
-    """(B, F) latent frames since the action label last changed (the clip start counts as a change)."""
-    b, f = actions.shape
-    out = torch.zeros(b, f, dtype=torch.long, device=actions.device)
+def frames_since_switch(labels: Tensor) -> Tensor:
+    """(B, F) latent frames since the label last changed (the clip start counts as a change); ``labels`` (B, F)
+    are action indices, or one index per (action, emotion) pair."""
+    b, f = labels.shape
+    out = torch.zeros(b, f, dtype=torch.long, device=labels.device)
     for j in range(1, f):
-        out[:, j] = torch.where(actions[:, j] == actions[:, j - 1], out[:, j - 1] + 1, 0)
+        out[:, j] = torch.where(labels[:, j] == labels[:, j - 1], out[:, j - 1] + 1, 0)
     return out
 
 
@@ -439,7 +440,8 @@ class LatentPool:
         self.emotions = torch.cat(emos)
         self.mouth = torch.cat(mouth)  # (N, F*tf)
         self.progress = progress_from_labels(self.actions, tf)
-        self.since = frames_since_switch(self.actions)
+        # latent frames since the command changed: a new emotion alone (a viewer's "look angry") is a command too
+        self.since = frames_since_switch(self.actions * len(EMOTIONS) + self.emotions)
         log.info("latent pool clips=%d render+encode_s=%.1f latent_std=%.3f", n, time.monotonic() - t0,
                  float(self.latents.float().std()))
 

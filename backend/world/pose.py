@@ -291,7 +291,7 @@ assert set(TRAJECTORIES) == set(ACTION_INDEX), "every action in backend.actions 
 
 EMOTION_FACES: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"mouth_smile": 0.55, "blush": 0.35, "eye_smile": 0.3, "brow_height": 0.2},
+    "happy": {"mouth_smile": 0.7, "mouth_open": 0.4, "blush": 0.85, "eye_smile": 0.3, "brow_height": 0.2},
     "angry": {"brow_anger": 0.75, "brow_height": -0.25, "mouth_smile": -0.6, "blush": 0.2},
     "surprised": {"eye_open_l": 0.25, "eye_open_r": 0.25, "brow_height": 0.6, "mouth_open": 0.2,
                   "mouth_round": 0.5},
@@ -438,16 +438,18 @@ def _segment_names(segs: list[tuple[int, str, str]], n_frames: int) -> list[str]
 
 
 def random_script(n_frames: int, gen: torch.Generator, switch_every: tuple[int, int] = (24, 100),
-                  align: int = 4) -> list[tuple[int, str, str]]:
+                  align: int = 4, full_play: float = 0.0, fps: float = 25.0) -> list[tuple[int, str, str]]:
     """A random (start frame, action, emotion) script for training clips.
 
     Switches fall every ``switch_every`` frames (uniform, inclusive) on multiples of ``align`` (the
-    autoencoder's frames per latent), so some clips interrupt an action mid-way. Emotions are neutral
-    about 40 % of the time.
+    autoencoder's frames per latent), so some clips interrupt an action mid-way; with probability
+    ``full_play`` an action that does not loop plays its whole duration instead (as a viewer's command does),
+    so its held middle (a deep bow) is seen as often as its start. Emotions are neutral about 40 % of the time.
     """
     lo, hi = switch_every
-    if not (0 < lo <= hi) or align < 1:
-        raise ValueError(f"switch_every={switch_every!r} align={align}: need 0 < a <= b and align >= 1")
+    if not (0 < lo <= hi) or align < 1 or not 0.0 <= full_play <= 1.0:
+        raise ValueError(f"switch_every={switch_every!r} align={align} full_play={full_play}: need 0 < a <= b, "
+                         "align >= 1 and 0 <= full_play <= 1")
 
     def randint(a: int, b: int) -> int:
         return int(torch.randint(a, b + 1, (1,), generator=gen).item())
@@ -458,8 +460,11 @@ def random_script(n_frames: int, gen: torch.Generator, switch_every: tuple[int, 
     script = []
     start = 0
     while start < n_frames:
-        script.append((start, ACTIONS[randint(0, len(ACTIONS) - 1)].name, pick_emotion()))
+        act = ACTIONS[randint(0, len(ACTIONS) - 1)]
+        script.append((start, act.name, pick_emotion()))
         step = max(align, (randint(lo, hi) // align) * align)
+        if full_play > 0 and not act.loop and torch.rand((), generator=gen).item() < full_play:
+            step = max(step, -(-round(act.duration_s * fps) // align) * align)
         start += step
     return script
 

@@ -143,6 +143,12 @@ def _union(*ds: Tensor) -> Tensor:
     return out
 
 
+def _ramp(x: Tensor, lo: float, hi: float) -> Tensor:
+    """0 below ``lo``, 1 above ``hi``, smooth in between."""
+    u = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+    return u * u * (3.0 - 2.0 * u)
+
+
 def _v(t: Tensor) -> Tensor:
     """(N,) -> (N, 1, 1) for broadcasting against the pixel grid."""
     return t[:, None, None]
@@ -277,13 +283,24 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
     cv = full.roi(hcx, hcy, 36.0, 36.0)
     hx, hy = _rotate(cv.X, cv.Y, _v(hcx), _v(hcy), _v(roll))
     d_face = _union(sd_ellipse(hx, hy + 0.5, 23.0, 21.5), sd_ellipse(hx, hy - 8.0, 17.0, 24.0))
-    cv.fill(d_face, skin, outline=0.8)
+    # Emotion marks, each a function of the face parameters the emotions set (no parameters of their own), bold
+    # enough to read at a glance in a 256x144 frame: anger flushes the face red and pops a vein mark (brow_anger
+    # up), sadness draws gloom lines and tears (brow_anger down), joy hatches the blush (blush) and sparkles (a
+    # strong blush on a smile), surprise shrinks the irises of wide eyes (eye openness past 1).
+    anger = _v(_ramp(g("brow_anger"), 0.2, 0.55))
+    gloom = _v(_ramp(-g("brow_anger"), 0.4, 0.65))
+    joy = _v(_ramp(g("blush"), 0.45, 0.75))
+    cv.fill(d_face, skin + anger[:, :, 0] * 0.45 * (_const((0.98, 0.38, 0.36), n, pose) - skin), outline=0.8)
 
-    # blush
-    blush_w = _v(0.18 + 0.6 * g("blush").clamp(0, 1))
+    # blush, hatched when strong
+    blush_w = _v(0.18 + 0.7 * g("blush").clamp(0, 1))
     for s in (-1.0, 1.0):
-        cv.fill(sd_ellipse(hx - s * 12.5 - 0.8 * fx, hy - 9.5 - fy, 4.6, 2.3),
-                _const((1.0, 0.45, 0.55), n, pose), weight=blush_w)
+        bx_, by_ = hx - s * 12.5 - 0.8 * fx, hy - 9.5 - fy
+        cv.fill(sd_ellipse(bx_, by_, 4.6 + 0.8 * joy, 2.3 + 0.4 * joy), _const((1.0, 0.45, 0.55), n, pose),
+                weight=blush_w)
+        for k in (-1.0, 0.0, 1.0):
+            cv.fill(sd_capsule(bx_, by_, 2.2 * k + 0.9, -1.6, 2.2 * k - 0.9, 1.6, 0.45),
+                    _const((0.86, 0.2, 0.32), n, pose), weight=joy)
 
     # eyes
     rx = _v(4.7 * eye_w["round"] + 5.7 * eye_w["almond"] + 5.2 * eye_w["droopy"])
@@ -299,11 +316,13 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
         ryo = (ry * o).clamp(min=0.05)
         d_sclera = sd_ellipse(ex, ey - cy, rx, ryo)
         cv.fill(d_sclera, _const((1.0, 1.0, 1.0), n, pose))
-        d_iris = torch.maximum(sd_ellipse(ex - gx, ey - gy + 0.4, rx * 0.8, ry * 0.88), d_sclera)
+        shock = 1.0 - 0.45 * _ramp(o, 1.05, 1.2)  # wide eyes: small irises in a lot of white
+        d_iris = torch.maximum(sd_ellipse(ex - gx, ey - gy + 0.4, rx * 0.8 * shock, ry * 0.88 * shock), d_sclera)
         cv.fill(d_iris, eyes_c)
-        cv.fill(torch.maximum(sd_ellipse(ex - gx, ey - gy + 2.6, rx * 0.6, ry * 0.4), d_iris),
+        cv.fill(torch.maximum(sd_ellipse(ex - gx, ey - gy + 2.6 * shock, rx * 0.6 * shock, ry * 0.4 * shock), d_iris),
                 eyes_c * 0.6 + 0.4)  # lighter lower iris
-        cv.fill(torch.maximum(sd_ellipse(ex - gx, ey - gy, rx * 0.36, ry * 0.42), d_sclera), eyes_c * 0.3)
+        cv.fill(torch.maximum(sd_ellipse(ex - gx, ey - gy, rx * 0.36 * shock, ry * 0.42 * shock), d_sclera),
+                eyes_c * 0.3)
         cv.fill(torch.maximum(sd_circle(ex - gx + 1.5, ey - gy + 2.2, 1.6), d_sclera), _const((1, 1, 1), n, pose))
         cv.fill(torch.maximum(sd_circle(ex - gx - 1.6, ey - gy - 2.0, 0.8), d_sclera), _const((1, 1, 1), n, pose))
         # upper lid / lash line; bends into ^ when closed with eye_smile
@@ -316,6 +335,9 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
         cv.fill(d_lash, _const(_DARK, n, pose))
         flick = sd_capsule(ex * s, ey, rx - 0.5, cy, rx + 1.9, cy - 1.7, 0.7)
         cv.fill(torch.maximum(flick, -(o - 0.3) * 10.0), _const(_DARK, n, pose))
+        # a tear running from the outer corner of the lower lid down the cheek
+        cv.fill(sd_capsule(ex * s, ey, rx - 1.5, ryo * 0.6 + 1.0, rx + 0.5, ryo * 0.6 + 10.0, 0.9, 1.7),
+                _const((0.55, 0.82, 1.0), n, pose), weight=gloom, outline=0.5)
 
     # nose
     cv.fill(sd_ellipse(hx - 1.1 * fx, hy - 8.0 - fy, 0.9, 0.6), skin * 0.72)
@@ -354,7 +376,25 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
     for s in (-1.0, 1.0):
         ix, iy = s * 5.0 + fx, -6.5 - bh * 2.6 + ba * 1.9 + fy
         ox_, oy_ = s * 13.0 + fx, -7.8 - bh * 2.6 - ba * 0.7 + fy
-        cv.fill(sd_capsule(hx, hy, ix, iy, ox_, oy_, 0.85), hair * 0.45)
+        cv.fill(sd_capsule(hx, hy, ix, iy, ox_, oy_, 0.85 + 0.45 * anger), hair * 0.45)
+    # gloom: blue lines hanging over the forehead
+    for k in (-2.0, -1.0, 0.0, 1.0, 2.0):
+        cv.fill(sd_capsule(hx, hy, 4.6 * k + fx, -17.0 + 1.5 * abs(k) + fy, 4.6 * k + fx, -4.0 + fy, 0.8),
+                _const((0.3, 0.36, 0.78), n, pose), weight=gloom * 0.85)
+    # anger: the popping-vein mark (four arcs bowed towards their centre) on the forehead, the viewer's right
+    vx, vy = hx - 14.0 - 0.6 * fx, hy + 16.0 - fy
+    for sx in (-1.0, 1.0):
+        for sy in (-1.0, 1.0):
+            arc = torch.maximum((sd_circle(vx - sx * 4.2, vy - sy * 4.2, 3.2)).abs() - 0.75,
+                                sx * vx + sy * vy - 6.2)  # the ring's half nearest the mark's centre
+            cv.fill(arc, _const((0.88, 0.08, 0.16), n, pose), weight=anger, outline=0.5)
+
+    # joy: two sparkles beside the head (strong blush on a smile: the happy face, not a heart's or a pout's blush)
+    sparkle = _v(_ramp(g("blush"), 0.65, 0.8) * _ramp(g("mouth_smile"), 0.2, 0.5))
+    for cx_, cy_, r_ in ((-31.0, -17.0, 5.0), (32.0, -3.0, 4.0)):
+        sx_, sy_ = hx - cx_ - 0.5 * fx, hy - cy_
+        d_star = _union(sd_ellipse(sx_, sy_, r_ * 0.28, r_), sd_ellipse(sx_, sy_, r_, r_ * 0.28))
+        cv.fill(d_star, _const((1.0, 0.86, 0.3), n, pose), weight=sparkle, outline=0.5)
 
     # accessories: hair ties, hair bow
     for s in (-1.0, 1.0):
