@@ -321,3 +321,12 @@ def test_upscale_uint8_has_no_dark_fringe_and_matches_the_float_path() -> None:
     assert torch.equal(same[0, ..., 3], (frame[0, 3] * 255 + 0.5).clamp(0, 255).to(torch.uint8))
     with pytest.raises(AutoencoderError, match="RGBA"):
         upscale_uint8_hwc(torch.zeros(1, 3, 8, 8), (16, 16))
+
+
+def test_box_sum_is_the_window_sum_with_zeros_outside() -> None:
+    from backend.model.autoencoder import _box_sum
+
+    x = torch.rand(2, 4, 9, 13)
+    ref = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=True) * 25
+    torch.testing.assert_close(_box_sum(x, 5), ref)
+    assert _box_sum(x, 5)[0, 0, 0, 0] == pytest.approx(float(x[0, 0, :3, :3].sum()), rel=1e-6)  # a corner: 3x3 inside
