@@ -28,6 +28,13 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def _decoder_figures(gen: Any) -> dict[str, Any]:
+    """Which of the default idol's decoders draws the frames and at what size (before resampling to the output);
+    nothing for a generator without them (the Wan tier)."""
+    which = getattr(gen, "which_decoder", None)
+    return {} if which is None else {"decoder": which, "decoded_resolution": "{}x{}".format(*gen.decoded_size)}
+
+
 def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> dict[str, Any]:
     """Generate for ``seconds`` (after warm-up) and return the figures as a dict (printed as one JSON line)."""
     from backend.app import build_generator
@@ -98,6 +105,7 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
         "parameters": gen.parameter_count,
         "native_resolution": f"{native_w}x{native_h}",
         "output_resolution": f"{out_w}x{out_h}",
+        **_decoder_figures(gen),
         "steps": state.steps,
         "chunk_latent_frames": state.chunk_frames,
         "chunk_video_frames": gen.frames_per_chunk(),
@@ -264,6 +272,7 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 "output_resolution": f"{cfg.model.output_width}x{cfg.model.output_height}",
                 "native_resolution": "{}x{}".format(*generator.native_size) if hasattr(generator, "native_size")
                 else None,
+                **_decoder_figures(generator),
                 **distinct_figures(before, status, elapsed, repeats),
             }
 

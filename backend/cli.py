@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export: write the checkpoint here (default: the shipped weights' path)")
     p.add_argument("--critic", action="store_true",
                    help="hires: sharpen the detail decoder with a patch discriminator (crisper, but can dither edges)")
+    p.add_argument("--decoder", choices=["hires", "mid"], default="hires",
+                   help="hires: which detail decoder to train: 'hires' (960x540, hires.pt) or 'mid' (480x270, the "
+                        "CPU's; mid.pt)")
     p.add_argument("--kernel", choices=["auto", "flex", "sdpa"], default="auto",
                    help="dit/selfforcing: masked attention kernel; auto = block-sparse flex attention on CUDA, SDPA on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -356,7 +359,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         out = {"export_path": Path(args.out)} if args.out else {}
         return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
-                         kernel=args.kernel, compile=args.compile, critic=args.critic, **out)
+                         kernel=args.kernel, compile=args.compile, critic=args.critic, decoder=args.decoder, **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

@@ -118,6 +118,10 @@ class AutoencoderConfig:
         (2, 3, 5), "Up-sampling steps of the detail decoder, which renders the same latents at a larger size "
         "(their product pixels per latent cell: 2*3*5 = 30 gives 960x540 from a 256x144 model's 32x18 grid); "
         "[] for none.", min=1, max=8)
+    mid_factors: tuple[int, ...] = opt(
+        (3, 5), "Up-sampling steps of the mid detail decoder, the CPU's cheaper one: 3*5 = 15 draws 480x270 from the "
+        "same 32x18 grid, resampled 2x to the output size (`liveidol train hires --decoder mid`); [] for none.",
+        min=1, max=8)
 
 
 @dataclass(frozen=True)
@@ -190,10 +194,11 @@ class ModelConfig:
     compile: bool = opt(True, "Compile the cached DiT step (torch.compile of each block's fixed-shape halves) and "
                         "replay it as CUDA graphs (CUDA only; exact up to rounding). A chunk shape compiles the second "
                         "time it comes (a few seconds, once); the default idol runs 5x faster on an H200.")
-    decoder: Literal["auto", "native", "hires"] = opt(
+    decoder: Literal["auto", "native", "mid", "hires"] = opt(
         "auto", "Which decoder draws the frames: 'hires' renders the output size from the latents (sharp detail), "
-        "'native' draws the native size and upscales it (cheaper); 'auto' is 'hires' when the checkpoint has "
-        "its weights and the generator runs on CUDA.")
+        "'mid' renders half of it (480x270, upscaled 2x: detail a 2-core CPU can afford), 'native' draws the native "
+        "size and upscales it (cheapest); 'auto' is 'hires' on CUDA, 'mid' on a CPU, when the checkpoint has its "
+        "weights (on CUDA 'mid' if it has no 'hires'), else 'native'.")
     dit: DiTSizes = opt(None, "Transformer sizes.", factory=DiTSizes)
     autoencoder: AutoencoderConfig = opt(None, "Autoencoder sizes.", factory=AutoencoderConfig)
     wan: WanConfig = opt(None, "The Wan2.1 tier's text encoder and decoders.", factory=WanConfig)

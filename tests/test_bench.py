@@ -22,6 +22,7 @@ def test_bench_reports_speed_and_memory() -> None:
     json.dumps(result)  # one JSON line
     assert result["device"].startswith("cpu") and result["checkpoint"] == "random"
     assert result["native_resolution"] == "32x16" and result["output_resolution"] == "48x24"
+    assert result["decoder"] == "native" and result["decoded_resolution"] == "32x16"
     assert result["frames"] > 0 and result["fps"] > 0
     assert result["frames"] % result["chunk_video_frames"] == 0
     assert 0 < result["chunk_latency_ms_p50"] <= result["chunk_latency_ms_p95"]

@@ -28,6 +28,8 @@ Usage::
     z = ae.encode(video)                  # (B, T, 4, H, W) -> (B, T//4, 16, H/8, W/8)
     clip = ae.decode(z)                   # whole clip -> (B, T, 4, H, W)
 
+    mid = ae.decode(z, which="mid")       # a detail decoder: the same latents drawn larger (480x270)
+
     dec = ae.decoder_stream()             # streaming: same frames, chunk by chunk
     dec.reset()
     for chunk in chunks:                  # chunk: (B, F, 16, h, w)
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -49,7 +52,10 @@ from torch import Tensor, nn
 from backend.config import AutoencoderConfig, ConfigError
 
 __all__ = [
+    "DECODERS",
+    "DETAIL_PREFIXES",
     "AutoencoderError",
+    "DecoderName",
     "StreamingDecoder",
     "VideoAutoencoder",
     "quantize_hwc",
@@ -61,6 +67,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHANNELS = 4  # RGBA, straight (not premultiplied) alpha
+# The decoders of one autoencoder, all drawing the same latents: the native size, and the two detail decoders
+# (``model.autoencoder.mid_factors`` / ``hires_factors``; absent when their factors are empty).
+DecoderName = Literal["native", "mid", "hires"]
+DECODERS: tuple[DecoderName, ...] = get_args(DecoderName)
+DETAIL_PREFIXES = ("mid.", "hires.")  # state-dict keys of the detail decoders: a checkpoint may lack them
 
 
 class AutoencoderError(ValueError):
@@ -128,16 +139,17 @@ class Decoder(nn.Module):
     """(N, C, h, w) latent + (N, C, h, w) previous latent -> (N, tf*4, h*r, w*r) logits of tf RGBA frames.
 
     ``factors`` are the up-sampling steps from the latent grid to the pixels, r their product: the native
-    decoder is ``[2] * log2(sf)`` (r = sf); the detail decoder renders a larger frame from the same grid,
-    e.g. ``[2, 3, 5]`` (r = 30: 960x540 from the 32x18 grid of a 256x144 native frame). Each step but the
+    decoder is ``[2] * log2(sf)`` (r = sf); a detail decoder renders a larger frame from the same grid,
+    e.g. ``[2, 3, 5]`` (r = 30: 960x540 from the 32x18 grid of a 256x144 native frame) or ``[3, 5]`` (r = 15:
+    480x270, the CPU's cheaper one). Each step but the
     last is a 1x1 conv + pixel shuffle + residual block; channels shrink towards the pixels
     (``_level_channels``); the last step is a 3x3 conv to tf RGBA frames of r x r sub-pixels.
     """
 
-    def __init__(self, cfg: AutoencoderConfig, factors: tuple[int, ...]) -> None:
+    def __init__(self, cfg: AutoencoderConfig, factors: tuple[int, ...], *, what: str = "decoder factors") -> None:
         super().__init__()
-        if not factors or any(f < 1 for f in factors):
-            raise ConfigError(f"decoder factors {factors!r}: expected one or more positive integers")
+        if not factors or any(not isinstance(f, int) or f < 1 for f in factors):
+            raise ConfigError(f"{what} = {list(factors)!r}: expected one or more positive integers", key=what)
         w, tf, c = cfg.width, cfg.temporal_factor, cfg.latent_channels
         m = len(factors)
         ch = [_level_channels(w, k) for k in range(m + 1)]  # ch[k]: channels k steps before the pixels
@@ -178,8 +190,11 @@ class VideoAutoencoder(nn.Module):
         self.levels = sf.bit_length() - 1  # log2(sf)
         self.encoder = Encoder(cfg, self.levels)
         self.decoder = Decoder(cfg, (2,) * self.levels)
-        # the detail decoder: the same latents rendered at a larger size (None when not configured)
-        self.hires = Decoder(cfg, tuple(cfg.hires_factors)) if cfg.hires_factors else None
+        # the detail decoders: the same latents rendered at a larger size (None when not configured)
+        self.mid = Decoder(cfg, tuple(cfg.mid_factors), what="model.autoencoder.mid_factors") \
+            if cfg.mid_factors else None
+        self.hires = Decoder(cfg, tuple(cfg.hires_factors), what="model.autoencoder.hires_factors") \
+            if cfg.hires_factors else None
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latent_std", torch.ones(cfg.latent_channels))
 
@@ -204,18 +219,25 @@ class VideoAutoencoder(nn.Module):
         z = self.encoder(x)  # (B*F, C, h/sf, w/sf)
         return z.view(b, f, *z.shape[1:])
 
-    def decode_raw(self, z: Tensor, context: Tensor | None = None, *, hires: bool = False) -> Tensor:
-        """Raw latents (B, F, C, h, w) -> (B, F*tf, 4, h*r, w*r) in [0, 1] (r = sf, or the detail factor).
+    def decoder_named(self, which: str, what: str = "VideoAutoencoder.decode") -> Decoder:
+        """The decoder ``which`` ('native', 'mid' or 'hires'); a clear error when it is unknown or not configured."""
+        if which == "native":
+            return self.decoder
+        if which not in DECODERS:
+            raise AutoencoderError(f"{what}(which={which!r}): expected one of {', '.join(map(repr, DECODERS))}")
+        decoder = getattr(self, which)
+        if decoder is None:
+            raise AutoencoderError(f"{what}(which={which!r}): no {which} decoder is configured "
+                                   f"(model.autoencoder.{which}_factors is empty)")
+        return decoder
+
+    def decode_raw(self, z: Tensor, context: Tensor | None = None, *, which: str = "native") -> Tensor:
+        """Raw latents (B, F, C, h, w) -> (B, F*tf, 4, h*r, w*r) in [0, 1] (r = sf, or the detail decoder's factor).
 
         ``context`` (B, 1, C, h, w) is the raw latent frame before ``z[:, 0]``; None starts a clip
-        (the first frame is its own context). ``hires`` decodes with the detail decoder.
+        (the first frame is its own context). ``which`` names the decoder: 'native', 'mid' or 'hires'.
         """
-        decoder = self.decoder
-        if hires:
-            if self.hires is None:
-                raise AutoencoderError("VideoAutoencoder.decode(hires=True): no detail decoder is configured "
-                                       "(model.autoencoder.hires_factors is empty)")
-            decoder = self.hires
+        decoder = self.decoder_named(which)
         b, f, c, h, w = z.shape
         if context is None:
             context = z[:, :1]
@@ -224,13 +246,20 @@ class VideoAutoencoder(nn.Module):
         tf = self.cfg.temporal_factor
         return torch.sigmoid(logits).view(b, f * tf, CHANNELS, *logits.shape[-2:])
 
+    def frame_size(self, which: str = "native") -> tuple[int, int]:
+        """(width, height) of the frames the decoder ``which`` draws."""
+        sf, r = self.cfg.spatial_factor, self.decoder_named(which, "VideoAutoencoder.frame_size").factor
+        return self.cfg.native_width // sf * r, self.cfg.native_height // sf * r
+
     @property
     def hires_size(self) -> tuple[int, int] | None:
-        """(width, height) of frames from the detail decoder, None without one."""
-        if self.hires is None:
-            return None
-        sf, r = self.cfg.spatial_factor, self.hires.factor
-        return self.cfg.native_width // sf * r, self.cfg.native_height // sf * r
+        """(width, height) of frames from the hires detail decoder, None without one."""
+        return None if self.hires is None else self.frame_size("hires")
+
+    @property
+    def mid_size(self) -> tuple[int, int] | None:
+        """(width, height) of frames from the mid detail decoder, None without one."""
+        return None if self.mid is None else self.frame_size("mid")
 
     def _check_latents(self, latents: Tensor, what: str) -> None:
         _check_video(latents, what, 5)
@@ -252,18 +281,16 @@ class VideoAutoencoder(nn.Module):
         """(B, T, 4, H, W) in [0, 1], T a multiple of tf -> normalised latents (B, T//tf, C, H/sf, W/sf)."""
         return self.normalize(self.encode_raw(video))
 
-    def decode(self, latents: Tensor, *, hires: bool = False) -> Tensor:
+    def decode(self, latents: Tensor, *, which: str = "native") -> Tensor:
         """Normalised latents (B, F, C, h, w) -> (B, F*tf, 4, H, W) RGBA in [0, 1], the whole clip
-        (H, W the native size, or the detail decoder's with ``hires``)."""
+        (H, W: ``frame_size(which)``)."""
         self._check_latents(latents, "VideoAutoencoder.decode(latents)")
-        return self.decode_raw(self.denormalize(latents), hires=hires)
+        return self.decode_raw(self.denormalize(latents), which=which)
 
-    def decoder_stream(self, *, hires: bool = False) -> StreamingDecoder:
-        """A fresh :class:`StreamingDecoder` over this model (the detail decoder with ``hires``)."""
-        if hires and self.hires is None:
-            raise AutoencoderError("decoder_stream(hires=True): no detail decoder is configured "
-                                   "(model.autoencoder.hires_factors is empty)")
-        return StreamingDecoder(self, hires=hires)
+    def decoder_stream(self, *, which: str = "native") -> StreamingDecoder:
+        """A fresh :class:`StreamingDecoder` over this model, drawing with the decoder ``which``."""
+        self.decoder_named(which, "decoder_stream")
+        return StreamingDecoder(self, which=which)
 
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
@@ -277,7 +304,7 @@ class StreamingDecoder:
     The temporal state is the last latent frame seen (the context of the next one).  Synchronous and
     explicit; the engine owns the thread it runs on::
 
-        dec = ae.decoder_stream()
+        dec = ae.decoder_stream()            # or decoder_stream(which="mid"): a detail decoder
         dec.reset()                          # start of a clip (also after a session cut)
         frames = dec.step(latents)           # (B, F, C, h, w) -> (B, F*tf, 4, H, W)
 
@@ -285,9 +312,9 @@ class StreamingDecoder:
     Runs under ``torch.no_grad()``.
     """
 
-    def __init__(self, ae: VideoAutoencoder, *, hires: bool = False) -> None:
+    def __init__(self, ae: VideoAutoencoder, *, which: str = "native") -> None:
         self.ae = ae
-        self.hires = hires
+        self.which = which
         self._prev: Tensor | None = None  # (B, 1, C, h, w) raw latent of the last decoded frame
         self.frames_decoded = 0  # latent frames since reset()
 
@@ -308,7 +335,7 @@ class StreamingDecoder:
                 "call reset() first")
         with torch.no_grad():
             z = self.ae.denormalize(latents)
-            out = self.ae.decode_raw(z, context=prev, hires=self.hires)
+            out = self.ae.decode_raw(z, context=prev, which=self.which)
         self._prev = z[:, -1:].detach()
         self.frames_decoded += latents.shape[1]
         return out
@@ -355,15 +382,32 @@ def upscale(frames: Tensor, size: tuple[int, int], *, mode: str = "bicubic") -> 
         return _resample_premultiplied(frames, height, width, mode)
 
 
+def _box_sum(x: Tensor, k: int) -> Tensor:
+    """(N, C, H, W) -> the sum over the k x k window centred on each pixel (zeros outside), separable, by k - 1
+    shifted adds per axis (exact as a sum of k terms, unlike running sums; faster than avg_pool2d on a CPU)."""
+    r = k // 2
+    h, w = x.shape[-2:]
+    p = F.pad(x, (r, r, 0, 0))
+    rows = p[..., :w].clone()
+    for i in range(1, k):
+        rows += p[..., i:i + w]
+    p = F.pad(rows, (0, 0, r, r))
+    out = p[..., :h, :].clone()
+    for i in range(1, k):
+        out += p[..., i:i + h, :]
+    return out
+
+
 def upscale_uint8_hwc(frames: Tensor, size: tuple[int, int]) -> Tensor:
     """:func:`upscale` then :func:`quantize_hwc`, in uint8 (CPU): RGBA (N, 4, H, W) in [0, 1] -> (N, height, width, 4)
     uint8, bicubic (antialiased).
 
     The float path (premultiply, resample, divide, quantize at the output size) costs ~100 ms per 8 frames of
-    960x540 on two CPU cores; this one ~20 ms: it quantizes at the input size and resamples uint8 channels-last
-    (PyTorch's vectorised path). Straight-alpha resampling would draw dark fringes where a transparent pixel's colour
-    (black, or whatever the decoder left there) mixes into the edge, so first every pixel under alpha 1/255 takes the
-    alpha-weighted mean colour of its 5x5 neighbourhood (colour bleeding, as game textures do). The composite over
+    960x540 on two CPU cores; this one ~10 ms from 256x144 and ~34 ms from 480x270 (the mid decoder's): it quantizes
+    at the input size and resamples uint8 channels-last (PyTorch's vectorised path). Straight-alpha resampling would
+    draw dark fringes where a transparent pixel's colour (black, or whatever the decoder left there) mixes into the
+    edge, so first every pixel under alpha 1/255 takes the alpha-weighted mean colour of its 5x5 neighbourhood
+    (colour bleeding, as game textures do; the window sums by shifted adds, half the time of two avg_pool2d). The composite over
     any background then differs from the float path only along the silhouette's anti-aliased rim (mean 0.1 of 255
     over whole frames of the default idol, a few pixels a frame up to ~50)."""
     _check_video(frames, "upscale_uint8_hwc(frames)", 4)
@@ -373,9 +417,8 @@ def upscale_uint8_hwc(frames: Tensor, size: tuple[int, int]) -> Tensor:
     with torch.no_grad():
         alpha = frames[:, 3:4].float().clamp(0.0, 1.0)
         rgb = frames[:, :3].float().clamp(0.0, 1.0)
-        num = F.avg_pool2d(rgb * alpha, 5, stride=1, padding=2, count_include_pad=False)
-        den = F.avg_pool2d(alpha, 5, stride=1, padding=2, count_include_pad=False)
-        rgb = torch.where(alpha >= 1.0 / 255.0, rgb, num / den.clamp(min=1e-6))
+        sums = _box_sum(torch.cat([rgb * alpha, alpha], 1), 5)  # (N, 4, H, W): alpha-weighted colour, alpha
+        rgb = torch.where(alpha >= 1.0 / 255.0, rgb, sums[:, :3] / sums[:, 3:].clamp(min=1e-6))
         u8 = torch.cat([rgb, alpha], 1).mul_(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
         u8 = u8.contiguous(memory_format=torch.channels_last)
         if (height, width) != tuple(frames.shape[-2:]):

@@ -1,8 +1,8 @@
 """The generator: the one synchronous API the streaming engine uses.
 
 Per chunk: sample the chunk's latents with the causal DiT (``steps`` denoising passes plus one
-clean pass at t=0 that writes the KV cache), stream-decode them with the autoencoder, upscale to
-the output size, return RGBA uint8. Identity comes from the sink: :meth:`Generator.reset` encodes the
+clean pass at t=0 that writes the KV cache), stream-decode them with the autoencoder (its native decoder, or
+a detail decoder: ``model.decoder``), resample to the output size, return RGBA uint8. Identity comes from the sink: :meth:`Generator.reset` encodes the
 reference image into one latent frame and writes it into the cache at frame position 0.
 
 Usage::
@@ -37,7 +37,15 @@ from backend.config import ModelConfig
 from backend.errors import LiveIdolError
 from backend.model.accel import FastDiT
 from backend.model.attention import select_attention
-from backend.model.autoencoder import VideoAutoencoder, quantize_hwc, to_uint8_hwc, upscale, upscale_uint8_hwc
+from backend.model.autoencoder import (
+    DECODERS,
+    DETAIL_PREFIXES,
+    VideoAutoencoder,
+    quantize_hwc,
+    to_uint8_hwc,
+    upscale,
+    upscale_uint8_hwc,
+)
 from backend.model.checkpoint import check_config, init_dit_, load_dit, load_into, load_weights, split_state
 from backend.model.dit import CausalDiT
 from backend.model.fp8 import fp8_supported, quantize_blocks_
@@ -461,7 +469,8 @@ class StreamingGenerator:
         return self._to_device(torch.randn((1, f, self.cfg.dit.in_dim, h, w), generator=self._noise))
 
     def _finish_chunk(self, frames: torch.Tensor, steps: int, f: int) -> np.ndarray:
-        """Decoded RGBA ``(T, 4, H, W)`` in [0, 1] -> the output size as uint8 on the host; counts the chunk."""
+        """Decoded RGBA ``(T, 4, H, W)`` in [0, 1] (the native size, or a detail decoder's: the mid one's 480x270
+        is resampled 2x) -> the output size as uint8 on the host; counts the chunk."""
         timer = self.timer
         if frames.device.type == "cpu":  # resampled in uint8: a fifth of the float path's time on a CPU
             u8 = upscale_uint8_hwc(frames, self.output_size)
@@ -568,11 +577,12 @@ class Generator(StreamingGenerator):
                                  f"by the patch {sizes.patch_size[1:]}")
         self.cross_idle = CrossAttentionCache(sizes.num_layers)  # the idle context, for action guidance
         self._idle_context: torch.Tensor | None = None
-        self.hires = self._use_hires()
-        self.decoder = self.autoencoder.decoder_stream(hires=self.hires)
-        logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d output=%dx%d tokens_per_frame=%d "
-                    "cache_frames=%d cache_mb=%.1f", self.device, self.dtype, attn.name, *self.native_size,
-                    *self.output_size, self.frame_tokens, cfg.sink_frames + cfg.window_frames, self.kv.nbytes / 2**20)
+        self.which_decoder = self._pick_decoder()  # 'native', 'mid' or 'hires'
+        self.decoder = self.autoencoder.decoder_stream(which=self.which_decoder)
+        logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d decoder=%s decoded=%dx%d "
+                    "output=%dx%d tokens_per_frame=%d cache_frames=%d cache_mb=%.1f", self.device, self.dtype,
+                    attn.name, *self.native_size, self.which_decoder, *self.decoded_size, *self.output_size,
+                    self.frame_tokens, cfg.sink_frames + cfg.window_frames, self.kv.nbytes / 2**20)
 
     def _pick_linears(self, choice: str) -> str:
         """'dense' or 'fp8' for ``model.linears``: 'auto' keeps dense (FP8 misses the error budget, see
@@ -589,7 +599,8 @@ class Generator(StreamingGenerator):
     # -- weights -------------------------------------------------------------------------------
     def _load(self, flat: dict[str, torch.Tensor] | None) -> None:
         weights = split_state(flat, "<weights>") if flat is not None else load_weights(self.cfg.checkpoint)
-        self._hires_trained = False
+        self._trained_details: set[str] = set()  # detail decoders ('mid', 'hires') whose weights the checkpoint has
+        self._weights_source = "random weights" if weights is None else weights.source
         self.guidance_distilled = False
         if weights is None:
             init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
@@ -601,34 +612,40 @@ class Generator(StreamingGenerator):
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
             load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",
-                      optional_prefixes=("hires.",))
-            self._hires_trained = any(k.startswith("hires.") for k in weights.autoencoder)
+                      optional_prefixes=DETAIL_PREFIXES)
+            self._trained_details = {p[:-1] for p in DETAIL_PREFIXES if any(k.startswith(p) for k in weights.autoencoder)}
         else:
             logger.warning("checkpoint has no autoencoder weights, the autoencoder stays untrained source=%s",
                            weights.source)
         logger.info("generator weights source=%s", weights.source)
 
-    def _use_hires(self) -> bool:
-        """Whether frames come from the detail decoder (``model.decoder``, resolved)."""
-        mode, has = self.cfg.decoder, self.autoencoder.hires is not None
-        if mode == "native" or not has:
-            if mode == "hires":
-                raise GeneratorError("model.decoder = 'hires' but model.autoencoder.hires_factors is empty: "
-                                     "there is no detail decoder")
-            return False
-        if mode == "hires":
-            if not self._hires_trained and self.cfg.checkpoint != "random":
-                raise GeneratorError(f"model.decoder = 'hires' but checkpoint {self.cfg.checkpoint!r} has no detail "
-                                     "decoder weights (train them with `liveidol train hires`); use 'native'")
-            return True
-        return self._hires_trained and self.device.type == "cuda"
+    def _pick_decoder(self) -> str:
+        """Which decoder draws the frames: ``model.decoder`` resolved. 'auto' takes, of the detail decoders the
+        checkpoint has weights for, 'hires' on CUDA (else 'mid') and 'mid' on a CPU ('hires' is too slow there),
+        else 'native'. An explicit detail decoder must be configured and, unless the checkpoint is 'random',
+        have weights."""
+        mode = self.cfg.decoder
+        if mode == "native":
+            return "native"
+        if mode in DECODERS:
+            if getattr(self.autoencoder, mode) is None:
+                raise GeneratorError(f"model.decoder = {mode!r} but model.autoencoder.{mode}_factors is empty: "
+                                     f"there is no {mode} decoder")
+            if mode not in self._trained_details and self.cfg.checkpoint != "random":
+                train = "liveidol train hires" + (" --decoder mid" if mode == "mid" else "")
+                raise GeneratorError(f"model.decoder = {mode!r} but {self._weights_source} has no {mode} decoder "
+                                     f"weights (autoencoder.{mode}.*; train them with `{train}`); use 'native' or "
+                                     "'auto'")
+            return mode
+        prefer = ("hires", "mid") if self.device.type == "cuda" else ("mid",)
+        return next((d for d in prefer if d in self._trained_details and getattr(self.autoencoder, d) is not None),
+                    "native")
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
     def decoded_size(self) -> tuple[int, int]:
         """(width, height) of frames as the decoder draws them, before resampling to the output size."""
-        size = self.autoencoder.hires_size if self.hires else None
-        return size or self.native_size
+        return self.autoencoder.frame_size(self.which_decoder)
 
     @property
     def parameter_count(self) -> int:

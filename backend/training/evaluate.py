@@ -794,16 +794,16 @@ def _roundtrip(gen: Generator, character: CharacterConfig, frames: int = 8, seed
     ident = identity_tensor([character.identity], device=gen.device)
     src = render(ident, poses[None].to(gen.device), gen.native_size)  # (1, T, 4, h, w) premultiplied
     ref = render(ident, poses[None].to(gen.device), gen.output_size)[0]  # (T, 4, H, W)
-    hires = bool(getattr(gen, "hires", False))  # the decoder the generator draws with (a detail decoder, if any)
+    which = str(getattr(gen, "which_decoder", "native"))  # the decoder the generator draws with
     with torch.inference_mode():
         ae = gen.autoencoder
         z = ae.encode(straight_alpha(src).to(gen.dtype))
-        decode: Any = ae.decode  # takes hires= once the autoencoder has a detail decoder
-        dec = (decode(z, hires=True) if hires else decode(z))[0].float()  # (T, 4, h', w') straight
+        decode: Any = ae.decode  # takes which= when the autoencoder has detail decoders
+        dec = (decode(z, which=which) if which != "native" else decode(z))[0].float()  # (T, 4, h', w') straight
         decoded = [int(dec.shape[-1]), int(dec.shape[-2])]
         dec = upscale(dec, gen.output_size) if tuple(dec.shape[-2:]) != tuple(ref.shape[-2:]) else dec
     out = premultiplied(dec)
-    return {"psnr": psnr(out, ref), "ssim": ssim(out, ref), "frames": frames, "decoder": "hires" if hires else "native",
+    return {"psnr": psnr(out, ref), "ssim": ssim(out, ref), "frames": frames, "decoder": which,
             "decoded_size": decoded, "size": list(gen.output_size),
             "measure": "premultiplied RGBA in [0, 1], all four channels, at the output size"}
 

@@ -274,7 +274,7 @@ def world_emotions(reader: FaceReader, character: str, *, seed: int, commands: i
                     raise ValueError(f"world_emotions: decoder {d!r} needs the autoencoder")
                 with torch.no_grad():
                     z = autoencoder.encode(straight_alpha(video))
-                    faces = reader.predict(premultiplied(autoencoder.decode(z, hires=d == "hires").float())[0])
+                    faces = reader.predict(premultiplied(autoencoder.decode(z, which=d).float())[0])
             out[d].append((c.emotion, recognise_face(faces[:c.window], tmpl), c.action))
     return out
 

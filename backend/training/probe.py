@@ -294,7 +294,8 @@ def _render_labelled(n: int, gen: torch.Generator, device: torch.device | str, s
     video = render(ident, poses, size=size)  # (k, run, 4, H, W) premultiplied
     if autoencoder is not None:
         with torch.no_grad():
-            video = premultiplied(autoencoder.decode(autoencoder.encode(straight_alpha(video)), hires=hires).float())
+            video = autoencoder.decode(autoencoder.encode(straight_alpha(video)), which="hires" if hires else "native")
+            video = premultiplied(video.float())
     emo = labels[at].flatten().to(device) if labels is not None else None
     return (video.flatten(0, 1), poses.flatten(0, 1),
             ident[:, None].expand(-1, run, -1).flatten(0, 1), emo)

@@ -43,7 +43,7 @@ from torch import Tensor
 from backend.actions import ACTIONS, EMOTIONS
 from backend.config import Config, ModelConfig
 from backend.model.attention import FlexAttention
-from backend.model.autoencoder import VideoAutoencoder
+from backend.model.autoencoder import DETAIL_PREFIXES, VideoAutoencoder
 from backend.model.checkpoint import (
     BUILTIN_PATH,
     Weights,
@@ -73,6 +73,8 @@ DISTILL_KEYS = ("distill_step", "guidance_distilled", "distilled")  # training m
 HIRES_ADV_WEIGHT = 0.1  # weight of its adversarial loss (ramped in over 200 steps) beside the reconstruction
 HIRES_FACE_HALF = 26.0  # half side of the face crop the detail decoder is also scored on (design pixels)
 HIRES_FACE_WEIGHT = 1.0  # weight of that crop's reconstruction terms beside the whole frame's
+HIRES_TOTAL_STEPS = (8000, 200)  # a detail decoder's schedule (its last step): on CUDA, on a CPU (a smoke run)
+DETAIL_DECODERS = ("hires", "mid")  # the detail decoders `train hires --decoder` trains, each in its own WHICH.pt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def _checkpoint_autoencoder(cfg: Config, hint: str) -> tuple[Weights, VideoAutoe
     if weights is None or weights.autoencoder is None:
         raise SystemExit(f"model.checkpoint = {cfg.model.checkpoint!r} has no autoencoder weights: {hint}")
     ae = VideoAutoencoder(cfg.model.autoencoder)
-    load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder", optional_prefixes=("hires.",))
+    load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder", optional_prefixes=DETAIL_PREFIXES)
     return weights, ae
 
 
@@ -267,15 +269,16 @@ def _load_autoencoder(cfg: Config, run: Run, device: torch.device) -> VideoAutoe
         raise SystemExit(f"{run.path}/autoencoder.pt missing: run `liveidol train autoencoder --run {run.path}` first")
     ae = VideoAutoencoder(cfg.model.autoencoder)
     load_into(ae, state["ae_state"], source=str(run.path / "autoencoder.pt"), what="autoencoder",
-              optional_prefixes=("hires.",))
-    hires = run.load("hires.pt")
-    if hires is not None and ae.hires is not None:
-        ae.hires.load_state_dict(hires["model"])
+              optional_prefixes=DETAIL_PREFIXES)
+    for which in DETAIL_DECODERS:  # the detail decoders this run trained (or imported): hires.pt, mid.pt
+        detail, module = run.load(f"{which}.pt"), getattr(ae, which)
+        if detail is not None and module is not None:
+            module.load_state_dict(detail["model"])
     return ae.to(device).eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 1b: the detail decoder (the same latents drawn at the output size)
+# Stage 1b: the detail decoders (the same latents drawn at the output size, or at half of it for the CPU)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -302,38 +305,61 @@ class PatchDiscriminator(torch.nn.Module):
         return self.net(x)
 
 
-def _seed_hires_from_native(ae: VideoAutoencoder) -> int:
-    """Copy the native decoder's weights into the detail decoder wherever the shapes agree (the trunk at
-    the latent grid and the blocks of equal width): it starts from what the native decoder knows."""
-    assert ae.hires is not None
-    native = ae.decoder.state_dict()
-    own = ae.hires.state_dict()
-    same = {k: v for k, v in native.items() if k in own and own[k].shape == v.shape}
-    ae.hires.load_state_dict({**own, **same})
-    return len(same)
+def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, critic: bool = False) -> None:
-    """Train the detail decoder against the world rendered at its size; the encoder (whose latents the DiT
-    learnt) and the native decoder stay frozen. The latents are jittered by up to ``HIRES_LATENT_NOISE``
-    of their spread, so the decoder draws the generator's imperfect latents cleanly too. ``critic`` adds a patch
-    discriminator from ``HIRES_GAN_START`` on (sharper edges; measured on the H200 after 1,289 such steps: crisper
-    eyes but dithered outlines and dark specks along the silhouette, so the shipped decoder was trained without)."""
+def _seed_decoder(ae: VideoAutoencoder, which: str, sources: tuple[str, ...]) -> int:
+    """Copy into the decoder ``which`` each layer of the ``sources`` decoders (the first that fits) that lines up
+    with one of its own, same type and shapes, counted from the latent side (the trunk at the latent grid) or
+    from the pixel side (the last up-sampling steps, which draw the sub-pixels): it starts from what they know.
+    Returns the number of tensors copied."""
+    target = ae.decoder_named(which).net
+    copied = 0
+    for i, layer in enumerate(target):
+        shapes = _shapes(layer)
+        if not shapes:  # SiLU, PixelShuffle
+            continue
+        candidates = [src[j] for src in (ae.decoder_named(s).net for s in sources)
+                      for j in (i, i - len(target) + len(src))  # the same place from the latents, from the pixels
+                      if 0 <= j < len(src)]
+        match = next((m for m in candidates if type(m) is type(layer) and _shapes(m) == shapes), None)
+        if match is not None:
+            layer.load_state_dict(match.state_dict())
+            copied += len(shapes)
+    return copied
+
+
+def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, critic: bool = False,
+                      which: str = "hires") -> None:
+    """Train a detail decoder (``which``: 'hires', or 'mid', the CPU's half-size one; saved as WHICH.pt) against
+    the world rendered at its size; the encoder (whose latents the DiT learnt) and the other decoders stay frozen.
+    A new one starts from the native decoder's layers (and, for 'mid', the run's trained hires decoder's) where
+    they fit. The latents are jittered by up to ``HIRES_LATENT_NOISE`` of their spread, so the decoder draws the
+    generator's imperfect latents cleanly too. ``critic`` adds a patch discriminator from ``HIRES_GAN_START`` on
+    (sharper edges; measured on the H200 after 1,289 such steps: crisper eyes but dithered outlines and dark
+    specks along the silhouette, so the shipped decoder was trained without). The face crop (``HIRES_FACE_HALF``
+    design pixels) scales with the frame."""
     from backend.training.train_autoencoder import DEFAULT_WEIGHTS, _lr_at, reconstruction_losses
 
+    if which not in DETAIL_DECODERS:
+        raise SystemExit(f"train hires --decoder {which!r}: expected one of {', '.join(DETAIL_DECODERS)}")
     ae_cfg = cfg.model.autoencoder
     ae = _load_autoencoder(cfg, run, device)
-    if ae.hires is None or ae.hires_size is None:
-        raise SystemExit("model.autoencoder.hires_factors is empty: there is no detail decoder to train")
-    tf, native, big = ae_cfg.temporal_factor, (ae_cfg.native_width, ae_cfg.native_height), ae.hires_size
-    prev = run.load("hires.pt")  # its weights are in ``ae.hires`` already (_load_autoencoder)
+    decoder = getattr(ae, which)
+    if decoder is None:
+        raise SystemExit(f"model.autoencoder.{which}_factors is empty: there is no {which} decoder to train")
+    tf, native, big = ae_cfg.temporal_factor, (ae_cfg.native_width, ae_cfg.native_height), ae.frame_size(which)
+    prev = run.load(f"{which}.pt")  # its weights are in the decoder already (_load_autoencoder)
     if prev is not None:
         step = int(prev["step"])
     else:
-        log.info("detail decoder seeded from the native decoder tensors=%d", _seed_hires_from_native(ae))
+        sources = ("hires", "native") if which != "hires" and run.load("hires.pt") is not None else ("native",)
+        log.info("%s decoder seeded from the %s decoder tensors=%d", which, " and ".join(sources),
+                 _seed_decoder(ae, which, sources))
         step = 0
-    ae.hires.train().requires_grad_(True)
-    opt = torch.optim.AdamW(ae.hires.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
+    decoder.train().requires_grad_(True)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
     if prev is not None and prev.get("optimizer") is not None:
         opt.load_state_dict(prev["optimizer"])
     disc: PatchDiscriminator | None = None
@@ -346,7 +372,7 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
             d_opt.load_state_dict(critic_state["disc_optimizer"])
     cuda = device.type == "cuda"
     specs = _spec_pool(512 if cuda else 8, 16 * tf, 5000 + step, tf)
-    batch, total = (6 if cuda else 1), (8000 if cuda else 200)
+    batch, total = (6 if cuda else 1), HIRES_TOTAL_STEPS[0 if cuda else 1]
     std = ae.latent_std.view(1, 1, -1, 1, 1)
     t_start, losses, done = time.monotonic(), [], 0
     step_times: list[float] = []
@@ -366,7 +392,7 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, total, 1e-3, 100)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-            recon = ae.decode_raw(z, hires=True)
+            recon = ae.decode_raw(z, which=which)
         terms = reconstruction_losses(recon, target)
         # the face again on its own (eyes, brows and mouth carry the emotions; the frame-wide mean drowns them)
         poses = torch.stack([s.poses for s in sub])
@@ -383,7 +409,7 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
             loss = loss + adv_weight * -fake_score.float().mean()  # hinge loss, generator side
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(ae.hires.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
         opt.step()
         if disc is not None and step >= HIRES_GAN_START - 100:  # the critic starts a little before it is heard
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
@@ -398,14 +424,14 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
         step_times.append(time.monotonic() - t0)
         if step % 100 == 0:
             mean = sum(losses[-100:]) / len(losses[-100:])
-            log.info("hires step=%d loss=%.4f step_ms=%.0f", step, mean, 1000 * sum(step_times[-100:]) / 100)
-            run.log(stage="hires", step=step, loss=mean)
-    ae.hires.eval().requires_grad_(False)
+            log.info("%s step=%d loss=%.4f step_ms=%.0f", which, step, mean, 1000 * sum(step_times[-100:]) / 100)
+            run.log(stage=which, step=step, loss=mean)
+    decoder.eval().requires_grad_(False)
     if disc is not None:
         critic_state = {"disc": disc.state_dict(), "disc_optimizer": d_opt.state_dict()}
-    run.save("hires.pt", {"step": step, "model": {k: v.cpu() for k, v in ae.hires.state_dict().items()},
-                          "optimizer": opt.state_dict(), **critic_state})
-    log.info("hires saved step=%d steps_this_call=%d seconds=%.0f last_loss=%.4f size=%dx%d", step, done,
+    run.save(f"{which}.pt", {"step": step, "model": {k: v.cpu() for k, v in decoder.state_dict().items()},
+                             "optimizer": opt.state_dict(), **critic_state})
+    log.info("%s saved step=%d steps_this_call=%d seconds=%.0f last_loss=%.4f size=%dx%d", which, step, done,
              time.monotonic() - t_start, sum(losses[-100:]) / max(1, len(losses[-100:])), *big)
 
 
@@ -750,9 +776,10 @@ def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
 
 def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     ae = _load_autoencoder(cfg, run, torch.device("cpu"))
-    hires = run.load("hires.pt")
-    if hires is None:
-        ae.hires = None  # never trained in this run: the export carries no detail decoder
+    details = {which: run.load(f"{which}.pt") for which in DETAIL_DECODERS}
+    for which, state in details.items():
+        if state is None:
+            setattr(ae, which, None)  # never trained in this run: the export carries no such detail decoder
     from backend.training.distill import export_metadata
 
     prev = run.meta()
@@ -769,7 +796,7 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     kept = {k: prev[k] for k in DISTILL_KEYS if k in prev}  # an imported distilled checkpoint's own record
     save_checkpoint(path, dit, ae, cfg.model, dtype=torch.float16,
                     training={"dit_step": int(prev.get("step", 0)), "sf_step": int(prev.get("sf_step", 0)),
-                              "hires_step": int(hires["step"]) if hires is not None else 0,
+                              **{f"{w}_step": int(s["step"]) if s is not None else 0 for w, s in details.items()},
                               **kept, **(distilled or {})})
     size = path.stat().st_size
     log.info("exported %s bytes=%d dit_step=%d distill_step=%s", path, size, prev["step"],
@@ -792,9 +819,11 @@ def import_stage(cfg: Config, run: Run) -> None:
     trained = (weights.config or {}).get("training", {})
     run.save("autoencoder.pt", {"ae_state": {k: v.float() for k, v in ae.state_dict().items()},
                                 "imported_from": weights.source})
-    if ae.hires is not None and any(k.startswith("hires.") for k in weights.autoencoder or {}):
-        run.save("hires.pt", {"step": int(trained.get("hires_step", 0)),
-                              "model": {k: v.float() for k, v in ae.hires.state_dict().items()}})
+    for which in DETAIL_DECODERS:  # the trained detail decoders the checkpoint carries go on as WHICH.pt
+        module = getattr(ae, which)
+        if module is not None and any(k.startswith(f"{which}.") for k in weights.autoencoder or {}):
+            run.save(f"{which}.pt", {"step": int(trained.get(f"{which}_step", 0)),
+                                     "model": {k: v.float() for k, v in module.state_dict().items()}})
     run.save_weights("dit_model.safetensors", dit.state_dict())
     run.save_weights("dit_ema.safetensors", dit.state_dict())
     state = {"step": int(trained.get("dit_step", 0)), "sf_step": int(trained.get("sf_step", 0)),
@@ -805,10 +834,11 @@ def import_stage(cfg: Config, run: Run) -> None:
 
 
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
-              anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False) -> int:
+              anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False,
+              decoder: str = "hires") -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
-    the DiT blocks for those stages (None: on CUDA only)."""
+    the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains."""
     deadline = time.monotonic() + minutes * 60
     device = _device(cfg)
     run = Run(run_dir)
@@ -817,7 +847,7 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     if stage == "autoencoder":
         train_autoencoder_stage(cfg, run, deadline, device)
     elif stage == "hires":
-        train_hires_stage(cfg, run, deadline, device, critic=critic)
+        train_hires_stage(cfg, run, deadline, device, critic=critic, which=decoder)
     elif stage in ("dit", "selfforcing"):
         train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal, kernel=kernel,
                         compile=compile)

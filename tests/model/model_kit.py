@@ -14,7 +14,7 @@ def micro_config(**overrides) -> ModelConfig:
     dit = DiTSizes(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, text_len=8, num_actions=16,
                    num_emotions=8, num_controls=8)
     ae = AutoencoderConfig(width=8, native_width=32, native_height=16, spatial_factor=4, temporal_factor=4,
-                           hires_factors=(2, 3))  # the detail decoder draws 48x24, the output size
+                           hires_factors=(2, 3), mid_factors=())  # the detail decoder draws 48x24, the output size
     base = dict(checkpoint="random", device="cpu", dtype="float32", attention="auto", chunk_frames=2,
                 window_frames=4, sink_frames=1, output_width=48, output_height=24, dit=dit, autoencoder=ae)
     base.update(overrides)

@@ -27,14 +27,18 @@ def ae() -> VideoAutoencoder:
 
 def test_default_config_param_budget() -> None:
     ae = VideoAutoencoder(AutoencoderConfig())
-    assert ae.hires is not None
+    assert ae.hires is not None and ae.mid is not None
     detail = sum(p.numel() for p in ae.hires.parameters())
-    n = sum(p.numel() for p in ae.parameters()) - detail
+    mid = sum(p.numel() for p in ae.mid.parameters())
+    n = sum(p.numel() for p in ae.parameters()) - detail - mid
     # The shipped checkpoint (<= 32 MB) leaves ~1.5M parameters (3 MB at fp16) for the encoder and the native
-    # decoder, and as much again for the detail decoder.
+    # decoder, and as much again for the detail decoders (the mid one, the CPU's, is the smaller).
     assert 500_000 < n < 1_500_000, n
     assert 300_000 < detail < 1_500_000, detail
+    assert 100_000 < mid < detail, mid
     assert ae.hires_size == (960, 540)
+    assert ae.mid_size == ae.frame_size("mid") == (480, 270)
+    assert ae.frame_size() == (256, 144)
     assert ae.latent_mean.shape == ae.latent_std.shape == (16,)
     assert {"latent_mean", "latent_std"} <= set(ae.state_dict())
 
@@ -250,32 +254,45 @@ def test_to_uint8_hwc_rejects_bad_shape() -> None:
         to_uint8_hwc(torch.rand(2, 3, 4, 4))
 
 
-def test_detail_decoder_renders_the_same_latents_larger() -> None:
-    cfg = AutoencoderConfig(width=8, native_width=64, native_height=32, hires_factors=(2, 3))
+@pytest.mark.parametrize("which,size", [("hires", (48, 24)), ("mid", (40, 20))])
+def test_detail_decoder_renders_the_same_latents_larger(which: str, size: tuple[int, int]) -> None:
+    cfg = AutoencoderConfig(width=8, native_width=64, native_height=32, hires_factors=(2, 3), mid_factors=(5,))
     torch.manual_seed(0)
     ae = VideoAutoencoder(cfg).eval()
-    assert ae.hires is not None and ae.hires_size == (48, 24)  # 8x4 latent grid x 6
+    assert ae.hires_size == (48, 24) and ae.mid_size == (40, 20)  # 8x4 latent grid x 6, x 5
+    assert ae.frame_size(which) == size
     video = torch.rand(1, 8, 4, 32, 64)
     with torch.no_grad():
         z = ae.encode(video)
-        big = ae.decode(z, hires=True)
+        big = ae.decode(z, which=which)
         small = ae.decode(z)
     assert small.shape == (1, 8, 4, 32, 64)
-    assert big.shape == (1, 8, 4, 24, 48)
+    assert big.shape == (1, 8, 4, size[1], size[0])
     assert 0.0 <= float(big.min()) and float(big.max()) <= 1.0
-    # streaming equals the whole clip for the detail decoder too
-    dec = ae.decoder_stream(hires=True)
+    # streaming equals the whole clip for the detail decoders too
+    dec = ae.decoder_stream(which=which)
     dec.reset()
     parts = torch.cat([dec.step(z[:, :1]), dec.step(z[:, 1:])], dim=1)
     torch.testing.assert_close(parts, big)
 
 
-def test_detail_decoder_absent_is_a_clear_error() -> None:
-    bare = VideoAutoencoder(AutoencoderConfig(width=8, native_width=64, native_height=32, hires_factors=()))
-    with pytest.raises(AutoencoderError, match="hires_factors is empty"):
-        bare.decoder_stream(hires=True)
-    with pytest.raises(AutoencoderError, match="hires_factors is empty"):
-        bare.decode(torch.zeros(1, 1, 16, 4, 8), hires=True)
+@pytest.mark.parametrize("which", ["hires", "mid"])
+def test_detail_decoder_absent_is_a_clear_error(which: str) -> None:
+    bare = VideoAutoencoder(AutoencoderConfig(width=8, native_width=64, native_height=32, hires_factors=(),
+                                              mid_factors=()))
+    assert bare.hires is None and bare.mid is None and bare.hires_size is None and bare.mid_size is None
+    with pytest.raises(AutoencoderError, match=f"{which}_factors is empty"):
+        bare.decoder_stream(which=which)
+    with pytest.raises(AutoencoderError, match=f"{which}_factors is empty"):
+        bare.decode(torch.zeros(1, 1, 16, 4, 8), which=which)
+    with pytest.raises(AutoencoderError, match="expected one of 'native', 'mid', 'hires'"):
+        bare.decode(torch.zeros(1, 1, 16, 4, 8), which="huge")
+
+
+@pytest.mark.parametrize("factors", [(0,), (3, -5)])
+def test_bad_detail_factors_are_a_config_error_naming_the_key(factors: tuple[int, ...]) -> None:
+    with pytest.raises(ConfigError, match=r"model\.autoencoder\.mid_factors = \[.*expected one or more positive"):
+        VideoAutoencoder(AutoencoderConfig(width=8, native_width=64, native_height=32, mid_factors=factors))
 
 
 def test_upscale_uint8_has_no_dark_fringe_and_matches_the_float_path() -> None:
@@ -304,3 +321,12 @@ def test_upscale_uint8_has_no_dark_fringe_and_matches_the_float_path() -> None:
     assert torch.equal(same[0, ..., 3], (frame[0, 3] * 255 + 0.5).clamp(0, 255).to(torch.uint8))
     with pytest.raises(AutoencoderError, match="RGBA"):
         upscale_uint8_hwc(torch.zeros(1, 3, 8, 8), (16, 16))
+
+
+def test_box_sum_is_the_window_sum_with_zeros_outside() -> None:
+    from backend.model.autoencoder import _box_sum
+
+    x = torch.rand(2, 4, 9, 13)
+    ref = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=True) * 25
+    torch.testing.assert_close(_box_sum(x, 5), ref)
+    assert _box_sum(x, 5)[0, 0, 0, 0] == pytest.approx(float(x[0, 0, :3, :3].sum()), rel=1e-6)  # a corner: 3x3 inside

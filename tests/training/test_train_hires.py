@@ -59,12 +59,12 @@ def test_hires_stage_trains_resumes_exports_and_the_generator_draws_with_it(tmp_
 
     mcfg = dataclasses.replace(cfg.model, checkpoint=str(path), decoder="hires", output_width=48, output_height=24)
     gen = Generator(mcfg)
-    assert gen.hires and gen.decoded_size == (48, 24)
+    assert gen.which_decoder == "hires" and gen.decoded_size == (48, 24)
     gen.reset(np.zeros((16, 32, 4), np.uint8), Conditions())
     frames = gen.next_chunk(Conditions(action="wave"))
     assert frames.shape == (8, 24, 48, 4)
     # 'auto' on the CPU keeps the cheaper native decoder (upscaled)
-    assert not Generator(dataclasses.replace(mcfg, decoder="auto")).hires
+    assert Generator(dataclasses.replace(mcfg, decoder="auto")).which_decoder == "native"
 
     # a new run imported from that export carries the trained detail decoder on
     cfg2 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
@@ -79,6 +79,6 @@ def test_hires_asked_of_a_checkpoint_without_it_is_a_clear_error(tmp_path) -> No
     path = tmp_path / "old.safetensors"
     export_stage(cfg, run, path)  # no hires stage: the export has no detail decoder
     assert not any(k.startswith("hires.") for k in load_weights(str(path)).autoencoder or {})
-    with pytest.raises(GeneratorError, match="no detail decoder weights"):
+    with pytest.raises(GeneratorError, match="has no hires decoder weights"):
         Generator(dataclasses.replace(cfg.model, checkpoint=str(path), decoder="hires"))
-    assert not Generator(dataclasses.replace(cfg.model, checkpoint=str(path), decoder="auto")).hires
+    assert Generator(dataclasses.replace(cfg.model, checkpoint=str(path), decoder="auto")).which_decoder == "native"
