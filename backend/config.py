@@ -197,8 +197,8 @@ class ModelConfig:
     decoder: Literal["auto", "native", "mid", "hires"] = opt(
         "auto", "Which decoder draws the frames: 'hires' renders the output size from the latents (sharp detail), "
         "'mid' renders half of it (480x270, upscaled 2x: detail a 2-core CPU can afford), 'native' draws the native "
-        "size and upscales it (cheapest); 'auto' is 'hires' on CUDA, 'mid' on a CPU, when the checkpoint has its "
-        "weights (on CUDA 'mid' if it has no 'hires'), else 'native'.")
+        "size and upscales it (cheapest); 'auto' is 'hires' on CUDA when the checkpoint has its weights ('mid' if it "
+        "has only those), else 'native' ('mid' on a CPU only when asked: the shipped one is still in training).")
     dit: DiTSizes = opt(None, "Transformer sizes.", factory=DiTSizes)
     autoencoder: AutoencoderConfig = opt(None, "Autoencoder sizes.", factory=AutoencoderConfig)
     wan: WanConfig = opt(None, "The Wan2.1 tier's text encoder and decoders.", factory=WanConfig)

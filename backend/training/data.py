@@ -35,6 +35,7 @@ FACE_SIGMA = 14.0
 HAND_WEIGHT = 2.0  # extra weight at each hand
 HAND_SIGMA = 9.0
 FULL_PLAY = 0.35  # share of a clip's non-looping actions that play whole (their held middle: a deep bow)
+EMOTION_ONLY = 0.3  # share of switches after idle/talk that change only the emotion (the label alone must carry it)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ def _one_spec(args: tuple[int, int, int]) -> ClipSpec:
     seed, n_frames, align = args
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    script = random_script(n_frames, gen, switch_every=(8, 48), align=align, full_play=FULL_PLAY)
+    script = random_script(n_frames, gen, switch_every=(8, 48), align=align, full_play=FULL_PLAY,
+                           emotion_only=EMOTION_ONLY)
     segs = segments(script, n_frames, 25.0)
     action_of = np.zeros(n_frames, dtype=np.int64)
     emotion_of = np.zeros(n_frames, dtype=np.int64)

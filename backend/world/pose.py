@@ -438,18 +438,21 @@ def _segment_names(segs: list[tuple[int, str, str]], n_frames: int) -> list[str]
 
 
 def random_script(n_frames: int, gen: torch.Generator, switch_every: tuple[int, int] = (24, 100),
-                  align: int = 4, full_play: float = 0.0, fps: float = 25.0) -> list[tuple[int, str, str]]:
+                  align: int = 4, full_play: float = 0.0, emotion_only: float = 0.0,
+                  fps: float = 25.0) -> list[tuple[int, str, str]]:
     """A random (start frame, action, emotion) script for training clips.
 
     Switches fall every ``switch_every`` frames (uniform, inclusive) on multiples of ``align`` (the
     autoencoder's frames per latent), so some clips interrupt an action mid-way; with probability
     ``full_play`` an action that does not loop plays its whole duration instead (as a viewer's command does),
-    so its held middle (a deep bow) is seen as often as its start. Emotions are neutral about 40 % of the time.
+    so its held middle (a deep bow) is seen as often as its start. With probability ``emotion_only`` a switch after
+    a looping action (idle, talk) keeps the action and changes only the emotion, as a viewer's "look angry" does.
+    Emotions are neutral about 40 % of the time.
     """
     lo, hi = switch_every
-    if not (0 < lo <= hi) or align < 1 or not 0.0 <= full_play <= 1.0:
-        raise ValueError(f"switch_every={switch_every!r} align={align} full_play={full_play}: need 0 < a <= b, "
-                         "align >= 1 and 0 <= full_play <= 1")
+    if not (0 < lo <= hi) or align < 1 or not 0.0 <= full_play <= 1.0 or not 0.0 <= emotion_only <= 1.0:
+        raise ValueError(f"switch_every={switch_every!r} align={align} full_play={full_play} "
+                         f"emotion_only={emotion_only}: need 0 < a <= b, align >= 1 and shares in [0, 1]")
 
     def randint(a: int, b: int) -> int:
         return int(torch.randint(a, b + 1, (1,), generator=gen).item())
@@ -457,11 +460,16 @@ def random_script(n_frames: int, gen: torch.Generator, switch_every: tuple[int, 
     def pick_emotion() -> str:
         return "neutral" if torch.rand((), generator=gen).item() < 0.4 else EMOTIONS[randint(0, len(EMOTIONS) - 1)]
 
-    script = []
+    script: list[tuple[int, str, str]] = []
     start = 0
     while start < n_frames:
-        act = ACTIONS[randint(0, len(ACTIONS) - 1)]
-        script.append((start, act.name, pick_emotion()))
+        act, emo = ACTIONS[randint(0, len(ACTIONS) - 1)], pick_emotion()
+        if emotion_only > 0 and script and action(script[-1][1]).loop \
+                and torch.rand((), generator=gen).item() < emotion_only:
+            act = action(script[-1][1])
+            others = [e for e in EMOTIONS if e != script[-1][2]]
+            emo = others[randint(0, len(others) - 1)]
+        script.append((start, act.name, emo))
         step = max(align, (randint(lo, hi) // align) * align)
         if full_play > 0 and not act.loop and torch.rand((), generator=gen).item() < full_play:
             step = max(step, -(-round(act.duration_s * fps) // align) * align)

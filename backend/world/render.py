@@ -391,7 +391,7 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
 
     # joy: two sparkles beside the head (strong blush on a smile: the happy face, not a heart's or a pout's blush)
     sparkle = _v(_ramp(g("blush"), 0.65, 0.8) * _ramp(g("mouth_smile"), 0.2, 0.5))
-    for cx_, cy_, r_ in ((-31.0, -17.0, 5.0), (32.0, -3.0, 4.0)):
+    for cx_, cy_, r_ in ((-23.0, -21.0, 5.0), (25.0, -6.0, 4.0)):  # on the hair's edge: part of the silhouette
         sx_, sy_ = hx - cx_ - 0.5 * fx, hy - cy_
         d_star = _union(sd_ellipse(sx_, sy_, r_ * 0.28, r_), sd_ellipse(sx_, sy_, r_, r_ * 0.28))
         cv.fill(d_star, _const((1.0, 0.86, 0.3), n, pose), weight=sparkle, outline=0.5)

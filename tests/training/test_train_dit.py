@@ -227,3 +227,22 @@ def test_compiled_blocks_train_like_eager() -> None:
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-5, rtol=1e-3, msg=k)
+
+
+def test_latent_pool_counts_an_emotion_switch_as_a_new_command() -> None:
+    """The loss weighs up the first second after a command; "look angry" alone (the action unchanged) is a command
+    too, so the pool's ``since`` restarts on an emotion switch as on an action switch. Real clips, micro sizes."""
+    from backend.config import Config
+    from backend.model.autoencoder import VideoAutoencoder
+    from backend.training.train import LatentPool
+
+    cfg = Config(model=micro_config())
+    ae = VideoAutoencoder(cfg.model.autoencoder).eval()
+    pool = LatentPool(cfg, ae, 24, seed=5, device=torch.device("cpu"))
+    acts, emos, since = pool.actions, pool.emotions, pool.since
+    emotion_only = (acts[:, 1:] == acts[:, :-1]) & (emos[:, 1:] != emos[:, :-1])
+    assert emotion_only.any()  # the plan has emotion-only switches to test
+    assert (since[:, 1:][emotion_only] == 0).all()
+    same = (acts[:, 1:] == acts[:, :-1]) & (emos[:, 1:] == emos[:, :-1])
+    assert (since[:, 1:][same] == since[:, :-1][same] + 1).all()
+    assert (since[:, 0] == 0).all()

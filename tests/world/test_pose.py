@@ -197,6 +197,26 @@ def test_random_script_aligns_switches():
     simulate(script, 400, seed=0)  # every random script simulates
 
 
+def test_random_script_plays_a_share_of_actions_whole():
+    """``full_play``: that share of the non-looping actions last their whole duration (rounded up to ``align``), so a
+    training clip holds a deep bow as a viewer's command does; without it no gap exceeds ``switch_every``."""
+    def long_plays(full_play: float) -> tuple[int, int]:
+        script = random_script(4000, torch.Generator().manual_seed(3), switch_every=(8, 16), align=4,
+                               full_play=full_play)
+        gaps = np.diff([s for s, _, _ in script])
+        whole = [g >= round(action(a).duration_s * FPS) for (_, a, _), g in zip(script, gaps, strict=False)
+                 if not action(a).loop]
+        assert all(g % 4 == 0 for g in gaps)
+        return sum(whole), len(whole)
+
+    none, n0 = long_plays(0.0)
+    some, n1 = long_plays(0.35)
+    assert none == 0 and n0 > 50  # switches every 8-16 frames cut every action (the shortest, blink, lasts 20)
+    assert 0.25 < some / n1 < 0.45, (some, n1)
+    with pytest.raises(ValueError, match="full_play"):
+        random_script(100, torch.Generator().manual_seed(0), full_play=1.5)
+
+
 def test_bad_script_entries_name_the_problem():
     with pytest.raises(KeyError, match="dance"):
         simulate([(0, "dance", "neutral")], 10, seed=0)

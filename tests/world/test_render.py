@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from backend.world.character import IDENTITY_DIM, Identity, identity_tensor
-from backend.world.pose import POSE_INDEX, REST_POSE, simulate
+from backend.world.pose import EMOTION_FACES, POSE_INDEX, REST_POSE, simulate
 from backend.world.render import render
 
 SIZE = (128, 72)  # half size keeps the tests fast; geometry scales with the height
@@ -138,3 +138,40 @@ def test_character_reference_renders_or_loads_the_custom_avatar(tmp_path):
     (tmp_path / "gone.toml").write_text('reference_image = "gone.png"\n')
     with pytest.raises(ConfigError, match="reference_image"):
         character_reference(load_character(tmp_path / "gone.toml"), SIZE)
+
+
+def _emotion_face(emotion: str) -> torch.Tensor:
+    """The default idol at rest with ``emotion``'s face offsets, 256x144 (the model's own frame size)."""
+    p = rest(1)
+    for k, v in EMOTION_FACES[emotion].items():
+        p[:, POSE_INDEX[k]] += v
+    return draw(p, size=(256, 144))[0]
+
+
+def test_every_emotion_draws_its_own_bold_mark_and_neutral_none():
+    """Emotions must read at a glance in a 256x144 frame (the model learns what it can see): anger flushes the face
+    and pops a red vein mark, sadness hangs blue gloom lines and tears, surprise shows white around small irises,
+    joy adds yellow sparkles beside the head. Counted in the head's box against the neutral face."""
+    head = (slice(18, 80), slice(92, 164))
+
+    def count(f: torch.Tensor, test) -> int:
+        r, g, b = (f[i][head] for i in range(3))
+        return int(test(r, g, b).sum())
+
+    vein = lambda r, g, b: (r > 0.7) & (g < 0.25) & (b < 0.3)  # noqa: E731
+    blue = lambda r, g, b: (b - r) > 0.15  # noqa: E731
+    white = lambda r, g, b: (r > 0.95) & (g > 0.95) & (b > 0.95)  # noqa: E731
+    gold = lambda r, g, b: (r > 0.85) & (g > 0.7) & (b < 0.45)  # noqa: E731
+    flush = lambda f: float((f[0][head] - f[1][head]).mean())  # noqa: E731
+    neutral = _emotion_face("neutral")
+    faces = {e: _emotion_face(e) for e in ("angry", "sad", "surprised", "happy")}
+    assert count(faces["angry"], vein) > count(neutral, vein) + 25
+    assert flush(faces["angry"]) > flush(neutral) + 0.04
+    assert count(faces["sad"], blue) > count(neutral, blue) + 100
+    assert count(faces["surprised"], white) > 3 * count(neutral, white)
+    assert count(faces["happy"], gold) > count(neutral, gold) + 15
+    for e, f in faces.items():  # each mark is its own emotion's
+        if e != "angry":
+            assert count(f, vein) <= count(neutral, vein) + 5, e
+        if e != "happy":
+            assert count(f, gold) <= count(neutral, gold) + 3, e
