@@ -291,7 +291,7 @@ assert set(TRAJECTORIES) == set(ACTION_INDEX), "every action in backend.actions 
 
 EMOTION_FACES: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"mouth_smile": 0.7, "mouth_open": 0.4, "blush": 0.85, "eye_smile": 0.3, "brow_height": 0.2},
+    "happy": {"mouth_smile": 0.55, "blush": 0.85, "eye_smile": 0.3, "brow_height": 0.2},
     "angry": {"brow_anger": 0.75, "brow_height": -0.25, "mouth_smile": -0.6, "blush": 0.2},
     "surprised": {"eye_open_l": 0.25, "eye_open_r": 0.25, "brow_height": 0.6, "mouth_open": 0.2,
                   "mouth_round": 0.5},
