@@ -209,7 +209,10 @@ class EngineConfig:
     """The streaming engine: pacing, look-ahead, dynamic compute."""
 
     fps: float = opt(25.0, "Output frame rate.", min=1.0, max=120.0)
-    lookahead_frames: int = opt(24, "Frames generated ahead of the display clock (bounded buffer).", min=1, max=600)
+    lookahead_frames: int = opt(12, "Frames generated ahead of the display clock (bounded buffer). A command drops "
+                                "what is queued beyond the chunk being made: on a 2-core CPU 12 (half a second) showed "
+                                "23.95 distinct frames a second against 22.76 with 24, and answered in 285 / 323 ms "
+                                "against 366 / 533 (p50 / p95).", min=1, max=600)
     min_steps: int = opt(1, "Fewest denoising steps the engine may drop to when behind real time.", min=1, max=4)
     min_chunk_frames: int = opt(1, "Smallest chunk (latent frames) the engine may drop to when behind.", min=1)
     idle_action: str = opt("idle", "Action played when no command is active.")
