@@ -53,6 +53,7 @@ from backend.config import AutoencoderConfig, ConfigError
 
 __all__ = [
     "DECODERS",
+    "DETAIL_DECODERS",
     "DETAIL_PREFIXES",
     "AutoencoderError",
     "DecoderName",
@@ -71,7 +72,8 @@ CHANNELS = 4  # RGBA, straight (not premultiplied) alpha
 # (``model.autoencoder.mid_factors`` / ``hires_factors``; absent when their factors are empty).
 DecoderName = Literal["native", "mid", "hires"]
 DECODERS: tuple[DecoderName, ...] = get_args(DecoderName)
-DETAIL_PREFIXES = ("mid.", "hires.")  # state-dict keys of the detail decoders: a checkpoint may lack them
+DETAIL_DECODERS: tuple[DecoderName, ...] = ("mid", "hires")  # the decoders a checkpoint may lack
+DETAIL_PREFIXES = tuple(f"{d}." for d in DETAIL_DECODERS)  # their state-dict keys
 
 
 class AutoencoderError(ValueError):

@@ -39,6 +39,7 @@ from backend.model.accel import FastDiT
 from backend.model.attention import select_attention
 from backend.model.autoencoder import (
     DECODERS,
+    DETAIL_DECODERS,
     DETAIL_PREFIXES,
     VideoAutoencoder,
     quantize_hwc,
@@ -613,7 +614,7 @@ class Generator(StreamingGenerator):
         if weights.autoencoder is not None:
             load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",
                       optional_prefixes=DETAIL_PREFIXES)
-            self._trained_details = {p[:-1] for p in DETAIL_PREFIXES if any(k.startswith(p) for k in weights.autoencoder)}
+            self._trained_details = {d for d in DETAIL_DECODERS if any(k.startswith(f"{d}.") for k in weights.autoencoder)}
         else:
             logger.warning("checkpoint has no autoencoder weights, the autoencoder stays untrained source=%s",
                            weights.source)

@@ -43,7 +43,7 @@ from torch import Tensor
 from backend.actions import ACTIONS, EMOTIONS
 from backend.config import Config, ModelConfig
 from backend.model.attention import FlexAttention
-from backend.model.autoencoder import DETAIL_PREFIXES, VideoAutoencoder
+from backend.model.autoencoder import DETAIL_DECODERS, DETAIL_PREFIXES, VideoAutoencoder
 from backend.model.checkpoint import (
     BUILTIN_PATH,
     Weights,
@@ -74,7 +74,6 @@ HIRES_ADV_WEIGHT = 0.1  # weight of its adversarial loss (ramped in over 200 ste
 HIRES_FACE_HALF = 26.0  # half side of the face crop the detail decoder is also scored on (design pixels)
 HIRES_FACE_WEIGHT = 1.0  # weight of that crop's reconstruction terms beside the whole frame's
 HIRES_TOTAL_STEPS = (8000, 200)  # a detail decoder's schedule (its last step): on CUDA, on a CPU (a smoke run)
-DETAIL_DECODERS = ("hires", "mid")  # the detail decoders `train hires --decoder` trains, each in its own WHICH.pt
 
 
 # ---------------------------------------------------------------------------------------------
