@@ -185,6 +185,13 @@ class ModelConfig:
     distilled_guidance: Literal["skip", "apply"] = opt(
         "skip", "When the checkpoint has action guidance distilled into it (`liveidol train distill`): 'skip' the "
         "second pass (the weights guide themselves), or 'apply' model.guidance on top anyway.")
+    emotion_guidance: float = opt(1.0, "Emotion guidance: while an emotion of `emotion_guidance_for` is held, push "
+                                  "each denoising step away from the prediction under the neutral emotion (the same "
+                                  "action): f + w (f - f_neutral). Costs another pass per step; 0 = off.",
+                                  min=0.0, max=20.0)
+    emotion_guidance_for: tuple[str, ...] = opt(
+        ("angry",), "The emotions emotion guidance pushes. The shipped model draws surprised and sad by itself (pushed, "
+        "their eyes smear) and happy not at all (there is nothing to push), so angry alone.")
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)
@@ -198,7 +205,7 @@ class ModelConfig:
         "auto", "Which decoder draws the frames: 'hires' renders the output size from the latents (sharp detail), "
         "'mid' renders half of it (480x270, upscaled 2x: detail a 2-core CPU can afford), 'native' draws the native "
         "size and upscales it (cheapest); 'auto' is 'hires' on CUDA when the checkpoint has its weights ('mid' if it "
-        "has only those), else 'native' ('mid' on a CPU only when asked: the shipped one is still in training).")
+        "has only those), 'mid' on a CPU when it has those, else 'native'.")
     dit: DiTSizes = opt(None, "Transformer sizes.", factory=DiTSizes)
     autoencoder: AutoencoderConfig = opt(None, "Autoencoder sizes.", factory=AutoencoderConfig)
     wan: WanConfig = opt(None, "The Wan2.1 tier's text encoder and decoders.", factory=WanConfig)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.actions import ACTION_INDEX, EMOTION_INDEX, action
+from backend.actions import ACTION_INDEX, EMOTION_INDEX, EMOTIONS, action
 from backend.config import ModelConfig
 from backend.errors import LiveIdolError
 from backend.model.accel import FastDiT
@@ -219,6 +219,8 @@ class GeneratorSnapshot(StreamSnapshot):
     cross_idle: tuple[list, list] = field(repr=False)
     decoder: tuple[torch.Tensor | None, int] = field(repr=False)
     idle_context: torch.Tensor | None = field(repr=False)
+    cross_neutral: tuple[list, list] = field(repr=False)
+    neutral_context: torch.Tensor | None = field(repr=False)
 
 
 class StageTimer:
@@ -578,6 +580,12 @@ class Generator(StreamingGenerator):
                                  f"by the patch {sizes.patch_size[1:]}")
         self.cross_idle = CrossAttentionCache(sizes.num_layers)  # the idle context, for action guidance
         self._idle_context: torch.Tensor | None = None
+        self.cross_neutral = CrossAttentionCache(sizes.num_layers)  # the neutral-emotion context (emotion guidance)
+        self._neutral_context: torch.Tensor | None = None
+        unknown = [e for e in cfg.emotion_guidance_for if e not in EMOTION_INDEX or e == "neutral"]
+        if unknown:
+            raise GeneratorError(f"model.emotion_guidance_for: unknown {', '.join(map(repr, unknown))} (allowed: "
+                                 f"{', '.join(e for e in EMOTION_INDEX if e != 'neutral')})")
         self.which_decoder = self._pick_decoder()  # 'native', 'mid' or 'hires'
         self.decoder = self.autoencoder.decoder_stream(which=self.which_decoder)
         logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d decoder=%s decoded=%dx%d "
@@ -622,10 +630,10 @@ class Generator(StreamingGenerator):
 
     def _pick_decoder(self) -> str:
         """Which decoder draws the frames: ``model.decoder`` resolved. 'auto' takes, of the detail decoders the
-        checkpoint has weights for, 'hires' on CUDA (else 'mid'), and otherwise 'native'; on a CPU always 'native'
-        ('hires' is too slow there, and the shipped 'mid', 7,326 steps into its training, is not yet better than
-        the native decoder resampled: 25.0-26.6 against 25.5-26.6 dB on the round trip). An explicit detail decoder
-        must be configured and, unless the checkpoint is 'random', have weights."""
+        checkpoint has weights for, 'hires' on CUDA (else 'mid'), 'mid' on a CPU ('hires' is too slow there; the
+        shipped 'mid' now beats the native decoder resampled on the round trip: 25.6-27.0 against 25.5-26.6 dB),
+        and otherwise 'native'. An explicit detail decoder must be configured and, unless the checkpoint is
+        'random', have weights."""
         mode = self.cfg.decoder
         if mode == "native":
             return "native"
@@ -639,7 +647,7 @@ class Generator(StreamingGenerator):
                                      f"weights (autoencoder.{mode}.*; train them with `{train}`); use 'native' or "
                                      "'auto'")
             return mode
-        prefer = ("hires", "mid") if self.device.type == "cuda" else ()
+        prefer = ("hires", "mid") if self.device.type == "cuda" else ("mid",)
         return next((d for d in prefer if d in self._trained_details and getattr(self.autoencoder, d) is not None),
                     "native")
 
@@ -683,6 +691,10 @@ class Generator(StreamingGenerator):
         idle = ACTION_INDEX[self.cfg.guidance_negative]
         self._idle_context = None if indices[0] == idle else self.dit.build_context(torch.full_like(a, idle), e, text)
         self.cross_idle.reset()
+        pushed = self.cfg.emotion_guidance > 0 and EMOTIONS[indices[1]] in self.cfg.emotion_guidance_for
+        neutral = torch.full_like(e, EMOTION_INDEX["neutral"])
+        self._neutral_context = self.dit.build_context(a, neutral, text) if pushed else None
+        self.cross_neutral.reset()
 
     def _controls(self, mouth: np.ndarray | None, num_frames: int) -> torch.Tensor:
         tf = self.cfg.autoencoder.temporal_factor
@@ -710,8 +722,10 @@ class Generator(StreamingGenerator):
 
     def _flow_fn(self, controls: torch.Tensor, guidance: float = 0.0, steps: int = 0):
         """The model's flow for the current chunk. With ``guidance`` > 0 and an action other than idle, the
-        prediction is pushed away from the idle prediction: ``f + g * (f - f_idle)`` (action guidance; both
-        passes write the chunk's own cache slots, the conditional one last; the cache pass is never guided)."""
+        prediction is pushed away from the idle prediction: ``f + g * (f - f_idle)`` (action guidance); while an
+        emotion of ``model.emotion_guidance_for`` is held, also away from the neutral emotion's prediction under
+        the same action: ``+ w * (f - f_neutral)`` (emotion guidance). Every pass writes the chunk's own cache
+        slots, the conditional one last; the cache pass is never guided."""
 
         def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache,
                 cache_only: bool = False) -> torch.Tensor:
@@ -725,16 +739,24 @@ class Generator(StreamingGenerator):
             # the denoising calls only: the cache pass (call steps + 1, at t = 1000 * context_noise, which is > 0
             # for this model) keeps only the conditional K/V and its output is discarded, so an idle pass there
             # was wasted work
-            guided = guidance > 0 and self._idle_context is not None and calls[0] < steps and t_value > 0
+            denoising = calls[0] < steps and t_value > 0
+            guided = guidance > 0 and self._idle_context is not None and denoising
+            emotion = self._neutral_context is not None and denoising
             if calls[0] >= steps:  # the cache pass: it stops once the last block's K/V are written (its flow is unread)
                 out = run(x, t, self._context, self.cross, cache_only=not self.full_cache_pass)
-            elif not guided:
+            elif not guided and not emotion:
                 out = run(x, t, self._context, self.cross)
             else:
-                assert self._idle_context is not None
-                uncond = run(x, t, self._idle_context, self.cross_idle)
+                idle = run(x, t, self._idle_context, self.cross_idle) if guided and self._idle_context is not None \
+                    else None
+                calm = run(x, t, self._neutral_context, self.cross_neutral) \
+                    if emotion and self._neutral_context is not None else None
                 cond = run(x, t, self._context, self.cross)
-                out = cond + guidance * (cond - uncond)
+                out = cond
+                if idle is not None:
+                    out = out + guidance * (cond - idle)
+                if calm is not None:
+                    out = out + self.cfg.emotion_guidance * (cond - calm)
             calls[0] += 1
             if self.timer is not None:
                 self.timer.lap("cache" if calls[0] > steps else "dit")
@@ -749,7 +771,9 @@ class Generator(StreamingGenerator):
         state written in place) is copied; everything else is replaced, never mutated, so it is shared."""
         return GeneratorSnapshot(
             **self._snapshot_stream(), cross_idle=(list(self.cross_idle._k), list(self.cross_idle._v)),
-            decoder=(self.decoder._prev, self.decoder.frames_decoded), idle_context=self._idle_context)
+            decoder=(self.decoder._prev, self.decoder.frames_decoded), idle_context=self._idle_context,
+            cross_neutral=(list(self.cross_neutral._k), list(self.cross_neutral._v)),
+            neutral_context=self._neutral_context)
 
     @torch.inference_mode()
     def restore(self, snap: GeneratorSnapshot) -> None:
@@ -758,6 +782,8 @@ class Generator(StreamingGenerator):
         self.cross_idle._k, self.cross_idle._v = list(snap.cross_idle[0]), list(snap.cross_idle[1])
         self.decoder._prev, self.decoder.frames_decoded = snap.decoder
         self._idle_context = snap.idle_context
+        self.cross_neutral._k, self.cross_neutral._v = list(snap.cross_neutral[0]), list(snap.cross_neutral[1])
+        self._neutral_context = snap.neutral_context
 
     # -- lifecycle -----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -771,6 +797,7 @@ class Generator(StreamingGenerator):
         ref = self._reference_tensor(reference_rgba) if reference_rgba is not None else None
         self._reset_stream()
         self.cross_idle.reset()
+        self.cross_neutral.reset()
         self._apply_conditions(conditions, indices)
         if ref is None:
             return

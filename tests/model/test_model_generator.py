@@ -179,6 +179,41 @@ def test_action_guidance_changes_actions_only() -> None:
     assert not np.array_equal(outs[0.0][1], outs[2.0][1])
 
 
+def test_emotion_guidance_pushes_the_listed_emotions_away_from_neutral() -> None:
+    """While a listed emotion is held, each denoising step adds w (f - f_neutral); other emotions, neutral, and w = 0
+    are untouched, snapshots carry the neutral context, and an unknown emotion in the list is refused by name."""
+    from backend.model.generator import Conditions, Generator, GeneratorError
+    from tests.model.model_kit import micro_config, random_weights
+
+    ref = np.full((16, 32, 4), 200, np.uint8)
+    plan = [Conditions(), Conditions(emotion="angry"), Conditions(action="wave", emotion="angry"),
+            Conditions(emotion="sad")]
+    outs = {}
+    for w in (0.0, 2.0):
+        cfg = micro_config(guidance=0.0, emotion_guidance=w, emotion_guidance_for=("angry",))
+        gen = Generator(cfg, weights=random_weights(cfg))
+        gen.reset(ref, Conditions())
+        outs[w] = [gen.next_chunk(c) for c in plan]
+    np.testing.assert_array_equal(outs[0.0][0], outs[2.0][0])  # neutral: nothing pushed
+    assert not np.array_equal(outs[0.0][1], outs[2.0][1])  # angry, idle
+    assert not np.array_equal(outs[0.0][2], outs[2.0][2])  # angry under an action
+
+    cfg = micro_config(guidance=1.0, emotion_guidance=2.0, emotion_guidance_for=("angry",))
+    gen = Generator(cfg, weights=random_weights(cfg))
+    gen.reset(ref, Conditions(emotion="angry"))
+    gen.next_chunk(Conditions(action="wave", emotion="angry"))
+    snap = gen.snapshot()
+    first = [gen.next_chunk(Conditions(action="heart", emotion="angry")), gen.next_chunk(Conditions(emotion="sad"))]
+    gen.restore(snap)
+    again = [gen.next_chunk(Conditions(action="heart", emotion="angry")), gen.next_chunk(Conditions(emotion="sad"))]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+    bad = micro_config(emotion_guidance_for=("furious", "neutral"))
+    with pytest.raises(GeneratorError, match=r"model\.emotion_guidance_for: unknown 'furious', 'neutral'"):
+        Generator(bad, weights=random_weights(bad))
+
+
 def test_generator_runs_in_bfloat16() -> None:
     """The CUDA default dtype is bfloat16: every layer must accept it (checked here on the CPU)."""
     from backend.model.generator import Conditions, Generator

@@ -80,9 +80,9 @@ def test_mid_stage_lowers_its_loss_exports_imports_and_draws_on_the_cpu_when_ask
     torch.testing.assert_close(weights.autoencoder["mid.net.0.weight"].float(),
                                trained.mid.net[0].weight.half().float())
 
-    # on a CPU 'mid' draws with it at half the output size and resamples 2x in uint8; 'auto' keeps 'native' there
+    # on a CPU 'mid' draws with it at half the output size and resamples 2x in uint8; 'auto' takes it there too
     mcfg = dataclasses.replace(cfg.model, checkpoint=str(path), decoder="mid")
-    assert Generator(dataclasses.replace(mcfg, decoder="auto")).which_decoder == "native"
+    assert Generator(dataclasses.replace(mcfg, decoder="auto")).which_decoder == "mid"
     gen = Generator(mcfg)
     assert gen.which_decoder == "mid" and gen.decoded_size == (24, 12) and gen.output_size == OUT
     decoded: list[torch.Tensor] = []
