@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.requires import need_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_pyproject_bounds_every_test() -> None:
 
 
 def test_a_hanging_async_test_fails_with_its_tasks_stacks(tmp_path: Path) -> None:
-    pytest.importorskip("pytest_timeout")
+    need_modules("pytest_timeout", install="pip install -e '.[dev]'")
     (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\ntimeout = 2\ntimeout_method = thread\n")
     (tmp_path / "test_hang.py").write_text(HANGING)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"PYTHONPATH": str(ROOT)}

@@ -140,9 +140,9 @@ class ObsProcess:
         if self.obs is not None and self.obs.poll() is None:
             try:
                 asked = close_window(f":{self.display}", self.obs.pid, "OBS ")
-                how = f"closed its window {asked!r}" if asked else "sent SIGINT (it had no main window to close)"
+                how = f"closed OBS's window {asked!r}" if asked else "sent OBS SIGINT (it had no main window)"
             except (OSError, RuntimeError) as exc:  # no libX11, or the X server is gone
-                asked, how = None, f"sent SIGINT (could not close its window: {exc})"
+                asked, how = None, f"sent OBS SIGINT (could not close its window: {exc})"
             if asked is None:  # the signal is all there is
                 self.obs.send_signal(signal.SIGINT)
             try:
@@ -154,7 +154,7 @@ class ObsProcess:
                 self.stopped_how = f"{how}; it had not exited {timeout:g} s later and was killed (SIGKILL)"
         elif self.obs is not None:
             rc = self.obs.returncode
-            self.stopped_how = f"it had exited by itself with {describe_status(rc)}"
+            self.stopped_how = f"OBS had exited by itself with {describe_status(rc)}"
         if self.xvfb is not None and self.xvfb.poll() is None:
             self.xvfb.terminate()
             try:
