@@ -67,13 +67,16 @@ log = logging.getLogger(__name__)
 CLIP_LATENTS = 16  # latent frames per training clip
 MAX_OFFSET = 10**7  # largest random temporal offset of a clip behind its reference
 ACTION_START_LATENTS = 6  # latent frames (about 1 s) after a command switch that the loss weighs up
+# extra weight on the first second after the emotion changes mid-clip: there the face must change from the label
+# alone while the context still shows the old face (the DiT learnt emotions slowest of all the conditions)
+EMOTION_SWITCH_WEIGHT = 3.0
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
 DISTILL_KEYS = ("distill_step", "guidance_distilled", "distilled")  # training metadata of `train distill`
 HIRES_ADV_WEIGHT = 0.1  # weight of its adversarial loss (ramped in over 200 steps) beside the reconstruction
 HIRES_FACE_HALF = 26.0  # half side of the face crop the detail decoder is also scored on (design pixels)
 HIRES_FACE_WEIGHT = 1.0  # weight of that crop's reconstruction terms beside the whole frame's
-HIRES_TOTAL_STEPS = (8000, 200)  # a detail decoder's schedule (its last step): on CUDA, on a CPU (a smoke run)
+HIRES_TOTAL_STEPS = (13000, 200)  # a detail decoder's schedule (its last step): on CUDA, on a CPU (a smoke run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +132,16 @@ def frames_since_switch(labels: Tensor) -> Tensor:
     for j in range(1, f):
         out[:, j] = torch.where(labels[:, j] == labels[:, j - 1], out[:, j - 1] + 1, 0)
     return out
+
+
+def frames_since_change(labels: Tensor) -> Tensor:
+    """(B, F) latent frames since the label last changed inside the clip; frames before its first change get
+    ``F`` (the clip start is no change: nothing came before it)."""
+    b, f = labels.shape
+    since = frames_since_switch(labels)
+    changed = torch.zeros(b, f, dtype=torch.bool, device=labels.device)
+    changed[:, 1:] = (labels[:, 1:] != labels[:, :-1]).cumsum(1) > 0
+    return torch.where(changed, since, torch.full_like(since, f))
 
 
 def controls_from_labels(mouth: Tensor, progress: Tensor, cfg: ModelConfig) -> Tensor:
@@ -467,6 +480,7 @@ class LatentPool:
         self.progress = progress_from_labels(self.actions, tf)
         # latent frames since the command changed: a new emotion alone (a viewer's "look angry") is a command too
         self.since = frames_since_switch(self.actions * len(EMOTIONS) + self.emotions)
+        self.since_emotion = frames_since_change(self.emotions)  # mid-clip emotion changes only
         log.info("latent pool clips=%d render+encode_s=%.1f latent_std=%.3f", n, time.monotonic() - t0,
                  float(self.latents.float().std()))
 
@@ -476,7 +490,8 @@ class LatentPool:
     def batch(self, size: int, gen: torch.Generator) -> dict[str, Tensor]:
         idx = torch.randint(len(self), (size,), generator=gen).to(self.latents.device)
         return {k: getattr(self, k)[idx]
-                for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "since", "regions")}
+                for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "since", "since_emotion",
+                          "regions")}
 
 
 def _inference_timesteps(cfg: ModelConfig, sched: FlowMatchSchedule) -> Tensor:
@@ -590,6 +605,14 @@ def _self_predicted(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], 
     flow = dit.forward_train(**_sequence_inputs(dit, cfg, batch, ctx, noisy, t_noisy, offset, t_ctx),
                              attn_mask=mask, flex=flex).permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
     return noisy - sig * flow
+
+
+def loss_weights(since: Tensor, since_emotion: Tensor) -> Tensor:
+    """(B, F) the DiT loss's weight per latent frame: 3 in the first second after any command switch (the model
+    must act on the condition alone), plus ``EMOTION_SWITCH_WEIGHT`` in the first second after a mid-clip
+    emotion change, else 1."""
+    weight = 1.0 + 2.0 * (since < ACTION_START_LATENTS).float()
+    return weight + EMOTION_SWITCH_WEIGHT * (since_emotion < ACTION_START_LATENTS).float()
 
 
 def optimizer_step(opt: torch.optim.Optimizer, model: torch.nn.Module, ema: torch.nn.Module, loss: Tensor, *,
@@ -714,7 +737,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
             flow = dit.forward_train(**inp, attn_mask=mask, flex=flex)
         pred = flow.permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
         # the first second after a command is where the model must act on the condition alone: weigh it up
-        weight = 1.0 + 2.0 * (batch["since"] < ACTION_START_LATENTS).float()  # (B, F)
+        weight = loss_weights(batch["since"], batch["since_emotion"])  # (B, F)
         # per latent frame: the squared error weighed per cell (face and hands up), normalised by the weights
         cells = batch["regions"].float().unsqueeze(2)  # (B, F, 1, h, w)
         err = (pred - target).square().mul(cells).sum(dim=(2, 3, 4)) / (cells.sum(dim=(2, 3, 4)) * pred.shape[2])

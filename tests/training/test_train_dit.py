@@ -246,3 +246,25 @@ def test_latent_pool_counts_an_emotion_switch_as_a_new_command() -> None:
     same = (acts[:, 1:] == acts[:, :-1]) & (emos[:, 1:] == emos[:, :-1])
     assert (since[:, 1:][same] == since[:, :-1][same] + 1).all()
     assert (since[:, 0] == 0).all()
+    # the extra emotion weight starts at a mid-clip emotion change only, never at the clip start
+    from backend.training.train import ACTION_START_LATENTS, EMOTION_SWITCH_WEIGHT, loss_weights
+
+    since_emo = pool.since_emotion
+    emo_change = emos[:, 1:] != emos[:, :-1]
+    assert (since_emo[:, 1:][emo_change] == 0).all()
+    first_change = torch.where(emo_change.any(1), emo_change.float().argmax(1) + 1, emos.shape[1])
+    before = torch.arange(emos.shape[1])[None] < first_change[:, None]
+    assert (since_emo[before] == emos.shape[1]).all()
+    weight = loss_weights(since, since_emo)
+    fresh = since_emo < ACTION_START_LATENTS
+    assert fresh.any() and (~fresh).any()
+    torch.testing.assert_close(weight[fresh], 1 + 2 * (since[fresh] < ACTION_START_LATENTS).float()
+                               + EMOTION_SWITCH_WEIGHT)
+    assert (weight[~fresh] <= 3).all() and (weight[:, 0] == 3).all()
+
+
+def test_frames_since_change_ignores_the_clip_start() -> None:
+    from backend.training.train import frames_since_change
+
+    labels = torch.tensor([[0, 0, 1, 1, 1, 0], [2, 2, 2, 2, 2, 2]])
+    assert frames_since_change(labels).tolist() == [[6, 6, 0, 1, 2, 0], [6, 6, 6, 6, 6, 6]]
