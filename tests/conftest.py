@@ -5,12 +5,17 @@ threads, 0.01 ms with 1), and on a loaded machine a spinning pool makes a few se
 (a module fixture training a probe: 8 s alone, 311 s in the full suite next to two busy processes).
 Module- and session-scoped fixtures run before function-scoped ones, so the session fixture sets the
 thread count first; the function fixture puts it back after any test that changed it.
+
+A test that hangs fails after pyproject's per-test ``timeout`` with its threads' and asyncio tasks' stacks
+(tests/timeouts.py).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from tests.timeouts import pytest_timeout_set_timer  # noqa: F401 - a hook: pytest finds it here
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -125,7 +125,7 @@ async def running_idol(gen: Any) -> AsyncIterator[Idol]:
     engine = Engine(EngineConfig(fps=FPS, lookahead_frames=8), gen, None, max_steps=2, max_chunk_frames=1)
     async with engine:
         async with asyncio.timeout(DEADLINE_S):
-            await engine.wait_started()
+            await asyncio.wait_for(engine.wait_started(), 60)
         async def submit(command: Any) -> None:  # the ticket is not handed back, so the director ends an
             await engine.submit(command)  # action on its (manual) clock: the test decides when, see docstring
 

@@ -63,7 +63,8 @@ def test_cli_prints_one_line_without_traceback(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_cli_config_prints_the_default_file() -> None:
-    out = subprocess.run([sys.executable, "-m", "backend.cli", "config"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "backend.cli", "config"], capture_output=True, text=True, check=True,
+                         timeout=120)
     assert out.stdout == default_toml()
 
 

@@ -59,20 +59,21 @@ async def _flood_then_kill(log: Path, n: int) -> list[str]:
             port = int((await proc.stdout.readline()).decode())
         ctl = await control(f"ws://127.0.0.1:{port}", "tok")
         acked = []
-        for i in range(n):
-            await ctl.send(json.dumps({"type": "command", "kind": "act", "argument": ("wave", "heart", "nod")[i % 3],
-                                       "id": str(i)}))
-            reply = json.loads(await ctl.recv())
-            assert reply["type"] == "ok"
-            acked.append(reply["command_id"])
+        async with asyncio.timeout(DEADLINE_S):
+            for i in range(n):
+                await ctl.send(json.dumps({"type": "command", "kind": "act",
+                                           "argument": ("wave", "heart", "nod")[i % 3], "id": str(i)}))
+                reply = json.loads(await ctl.recv())
+                assert reply["type"] == "ok"
+                acked.append(reply["command_id"])
         proc.send_signal(signal.SIGKILL)  # at once, mid-flood: most commands are still pending
-        await proc.wait()
+        await asyncio.wait_for(proc.wait(), DEADLINE_S)
         await ctl.close()
         return acked
     finally:
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+            await asyncio.wait_for(proc.wait(), DEADLINE_S)
 
 
 async def test_kill_9_during_a_flood_loses_no_acknowledged_command(tmp_path: Path) -> None:

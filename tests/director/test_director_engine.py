@@ -56,7 +56,7 @@ async def idol(gen) -> AsyncIterator[tuple[Engine, Director, list]]:
 
     async with engine:
         async with asyncio.timeout(DEADLINE_S):
-            await engine.wait_started()
+            await asyncio.wait_for(engine.wait_started(), 60)
         # the director's clock never moves: anything that ends, the engine ended
         async with Director(cfg, engine.submit, clock=FakeClock()) as director:
             watcher = asyncio.create_task(watch())

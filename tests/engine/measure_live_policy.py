@@ -107,7 +107,7 @@ def _sleep(seconds: float) -> None:
 async def measure(cfg: EngineConfig, gen: TimedStandIn, *, seconds: float, every_s: float = 2.0) -> dict[str, Any]:
     actions = [a.name for a in ACTIONS if not a.loop]
     async with Engine(cfg, gen, None, max_steps=4, max_chunk_frames=1) as engine:
-        await engine.wait_started()
+        await asyncio.wait_for(engine.wait_started(), 60)
         while engine.counters["chunks_made"] < 14:  # noqa: ASYNC110 - the bench's warm-up: a cache's worth
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)

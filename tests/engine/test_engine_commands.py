@@ -115,7 +115,7 @@ async def test_a_command_storm_never_freezes_the_picture():
     async with Engine(cfg, stand_in, None, max_steps=2, max_chunk_frames=2) as engine:
         sub = engine.subscribe(slot_frames=256)
         async with asyncio.timeout(10):
-            await engine.wait_started()
+            await asyncio.wait_for(engine.wait_started(), 60)
         tickets = []
         seen: list[VideoFrame] = []
 

@@ -76,7 +76,7 @@ async def _command_mid_chunk(cfg: EngineConfig) -> tuple[Engine, GatedStandIn, l
         watcher = asyncio.create_task(watch())
         try:
             async with asyncio.timeout(DEADLINE_S):
-                await engine.wait_started()
+                await asyncio.wait_for(engine.wait_started(), 60)
                 while engine.counters["chunks_made"] < 3:  # noqa: ASYNC110 - a chunk time measured first
                     await asyncio.sleep(0.01)
                 ticket = await gen.command_mid_chunk(engine, Command(CommandKind.ACT, "wave"))
@@ -163,7 +163,7 @@ async def test_with_lookahead_cover_the_buffer_holds_no_more_than_the_cover() ->
     samples: list[tuple[int, float]] = []
     async with engine:
         async with asyncio.timeout(DEADLINE_S):
-            await engine.wait_started()
+            await asyncio.wait_for(engine.wait_started(), 60)
             settled = False  # the chunks made before a chunk time was measured have been shown
             while len(samples) < 200:
                 if engine._chunk_s is not None:

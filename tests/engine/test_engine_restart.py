@@ -46,7 +46,7 @@ async def test_a_command_mid_chunk_restarts_it_exactly_as_a_clean_replay(tmp_pat
                     log_header=replay_header(cfg))
     async with engine, record_shown(engine) as shown:
         async with asyncio.timeout(DEADLINE_S):
-            await engine.wait_started()
+            await asyncio.wait_for(engine.wait_started(), 60)
             for kind, arg in (("act", "wave"), ("emotion", "happy"), ("act", "wave"), ("act", "heart")):
                 ticket = await gate.command_mid_chunk(engine, Command(CommandKind(kind), arg))
                 assert await ticket.shown is not None
@@ -87,7 +87,7 @@ async def test_pending_frames_are_shown_once_each_in_order_across_restarts_and_d
         tasks = [asyncio.create_task(watch()), asyncio.create_task(sample())]
         try:
             async with asyncio.timeout(DEADLINE_S):
-                await engine.wait_started()
+                await asyncio.wait_for(engine.wait_started(), 60)
                 for i in range(12):  # commands at all phases of the chunks, some mid-chunk, some between
                     await asyncio.sleep(0.013 * (i % 5))
                     await engine.submit(Command(CommandKind.ACT, ("wave", "heart", "nod")[i % 3]))
@@ -115,7 +115,7 @@ async def test_a_command_keeps_only_the_frames_that_cover_the_next_chunk(tmp_pat
     engine = Engine(cfg, gen, None, max_steps=4, max_chunk_frames=1)
     async with engine:
         async with asyncio.timeout(DEADLINE_S):
-            await engine.wait_started()
+            await asyncio.wait_for(engine.wait_started(), 60)
             while engine.buffer_frames < 11:  # noqa: ASYNC110 - the producer fills the look-ahead
                 await asyncio.sleep(0.005)
             engine._chunk_s = 0.1  # as if measured: 0.1 s a chunk, so 1.4 to 2.4 frames at 20 FPS cover it

@@ -2,7 +2,9 @@
 
 Recipe (OBS 29): global.ini enables obs-websocket on a free port
 without auth, a profile sets the canvas, and the scene collection lists the script under
-``modules.scripts-tool``.  A unique X display and port per run; stop with SIGINT (clean unload).
+``modules.scripts-tool``.  A unique X display and port per run.  Stopped by closing its main window
+(WM_DELETE_WINDOW, tests/obs/x11.py), not by SIGINT: OBS 29 closes from inside its SIGINT handler and can
+deadlock in X there; closing the window is the clean shutdown (scripts unload, the log is complete).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import obsws_python as obsws
 import websocket  # websocket-client, obsws-python's transport
 from obsws_python.error import OBSSDKError
 
+from tests.obs.x11 import close_window
 from tests.requires import unavailable
 
+STOP_S = 60.0  # for OBS to exit once asked (0.15 s here when idle; generous for a loaded 2-core CI machine)
 SCRIPT = Path(__file__).resolve().parents[2] / "obs_plugin" / "liveidol_source.py"
 
 
@@ -76,6 +80,7 @@ class ObsProcess:
         self.xvfb: subprocess.Popen | None = None
         self.obs: subprocess.Popen | None = None
         self.log_path = root / "obs-stdout.log"
+        self.stopped_how = ""  # how stop() ended OBS, for assertion messages
 
     def start(self, timeout: float = 30.0) -> obsws.ReqClient:
         """Start Xvfb and OBS and return a client once obs-websocket answers; on failure stop both."""
@@ -127,17 +132,29 @@ class ObsProcess:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return text[-n:]
 
-    def stop(self) -> int | None:
+    def stop(self, timeout: float = STOP_S) -> int | None:
+        """Shut OBS down the clean way and wait for it to exit (its scripts unload, its log is written and
+        closed), then Xvfb.  Returns OBS's exit status (negative: the signal that ended it; None: it never ran
+        or had to be killed); ``stopped_how`` says in words what happened."""
         rc = None
         if self.obs is not None and self.obs.poll() is None:
-            self.obs.send_signal(signal.SIGINT)
             try:
-                rc = self.obs.wait(15)
+                asked = close_window(f":{self.display}", self.obs.pid, "OBS ")
+                how = f"closed OBS's window {asked!r}" if asked else "sent OBS SIGINT (it had no main window)"
+            except (OSError, RuntimeError) as exc:  # no libX11, or the X server is gone
+                asked, how = None, f"sent OBS SIGINT (could not close its window: {exc})"
+            if asked is None:  # the signal is all there is
+                self.obs.send_signal(signal.SIGINT)
+            try:
+                rc = self.obs.wait(timeout)
+                self.stopped_how = f"{how}; it exited with {describe_status(rc)}"
             except subprocess.TimeoutExpired:
                 self.obs.kill()
-                self.obs.wait(5)
+                self.obs.wait(10)
+                self.stopped_how = f"{how}; it had not exited {timeout:g} s later and was killed (SIGKILL)"
         elif self.obs is not None:
             rc = self.obs.returncode
+            self.stopped_how = f"OBS had exited by itself with {describe_status(rc)}"
         if self.xvfb is not None and self.xvfb.poll() is None:
             self.xvfb.terminate()
             try:
@@ -145,6 +162,14 @@ class ObsProcess:
             except subprocess.TimeoutExpired:
                 self.xvfb.kill()
         return rc
+
+
+def describe_status(rc: int | None) -> str:
+    if rc is None:
+        return "no status"
+    if rc < 0:
+        return f"signal {signal.Signals(-rc).name}"
+    return f"status {rc}"
 
 
 def have_obs() -> bool:

@@ -67,7 +67,7 @@ class RealBackend:
                         max_chunk_frames=1)
         cfg = ServerConfig(host="127.0.0.1", port=self.port)
         async with engine, Server(cfg, engine, token="obs-test-token") as server:
-            await engine.wait_started()
+            await asyncio.wait_for(engine.wait_started(), 60)
             self.port = server.port
             server.push_to_talk = self.presses.append
             recorder = asyncio.create_task(self._record())

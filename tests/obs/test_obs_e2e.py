@@ -179,15 +179,16 @@ def test_obs_shows_stream_placeholder_and_recovers(obs, capsys):
     finally:
         backend.stop()
 
-    # 7. SIGINT stops OBS; the script unloads cleanly and logged what it received.  (The source was removed
-    # first: OBS 29 under Xvfb sometimes segfaults in Qt at exit while any audio source, even its own
-    # ffmpeg_source, is in the mixer; seen in about 1 of 8 runs, not caused by this script. Such a crash after
-    # the script has unloaded is OBS's own teardown, so it is accepted; one before the unload is not.)
+    # 7. Closing OBS stops it; the script unloads cleanly and logged what it received.  (The source was removed
+    # first. Stopped by SIGINT, OBS 29 segfaulted in Qt after the unload in 7 of 118 stops and deadlocked in 2:
+    # it closes from inside its signal handler (tests/obs/x11.py); closed by its window it did neither in 60.
+    # A crash after the script has unloaded is OBS's own teardown, so it is still accepted; one before is not.)
     client.disconnect()
     rc = proc.stop()
     log = proc.obs_log()
-    assert "[liveidol] LiveIdol script unloaded" in log, f"OBS exited with {rc} before the script unloaded"
-    assert rc == 0 or rc == -signal.SIGSEGV, f"OBS exit status {rc}"
+    assert "[liveidol] LiveIdol script unloaded" in log, f"the script did not unload: {proc.stopped_how}"
+    assert rc == 0 or rc == -signal.SIGSEGV, proc.stopped_how
+    assert proc.stopped_how.startswith("closed OBS's window 'OBS "), proc.stopped_how  # not the SIGINT fallback
     assert "Traceback" not in log and PASSWORD not in log
     fps = [float(x) for x in re.findall(r"session ended frames=\d+ audio_chunks=\d+ seconds=[\d.]+ fps=([\d.]+)", log)]
     assert fps and max(fps) > 20, f"frame rate received in OBS: {fps}"
@@ -224,7 +225,7 @@ def test_obs_shows_the_real_backend(tmp_path):
         client.disconnect()
         rc = proc.stop()
         backend.stop()
-    assert rc == 0
+    assert rc == 0, proc.stopped_how
     sessions = re.findall(r"session ended frames=(\d+) audio_chunks=(\d+) seconds=([\d.]+) fps=([\d.]+)", proc.obs_log())
     print(f"real backend sessions in OBS (frames, audio chunks, seconds, fps): {sessions}")
     assert len(sessions) == 2 and all(int(f) > 0 for f, *_ in sessions)

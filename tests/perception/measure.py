@@ -50,7 +50,7 @@ async def _phase(cfg: Any, generator: Any, reference: Any, character: Any, secon
     out: dict[str, Any] = {}
     async with Engine(cfg.engine, generator, reference, max_steps=cfg.model.steps,
                       max_chunk_frames=cfg.model.chunk_frames, character=character) as engine:
-        await engine.wait_started()
+        await asyncio.wait_for(engine.wait_started(), 60)
         first_frame: dict[str, float] = {}
         sub = engine.subscribe(audio=False)
 

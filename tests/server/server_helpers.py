@@ -63,8 +63,9 @@ async def frames_for(ws, seconds: float) -> list:
 
 async def control(url: str, token: str = TOKEN):
     """An authenticated /control connection (JSON text)."""
-    ws = await connect(url + "/control")
-    await ws.send(json.dumps({"type": "auth", "token": token}))
-    reply = json.loads(await ws.recv())
+    async with asyncio.timeout(10):
+        ws = await connect(url + "/control")
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        reply = json.loads(await ws.recv())
     assert reply == {"type": "ok", "id": "", "effective_frame": None, "command_id": "", "latency_ms": None}
     return ws

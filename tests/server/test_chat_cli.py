@@ -20,7 +20,12 @@ async def test_console_chat_process_drives_a_running_backend(running, tmp_path: 
         sys.executable, "-m", "backend.cli", "chat", "console", "--set", f"server.port={server.port}",
         "--set", f'server.token_file="{token_file}"', "--set", "director.global_cooldown_s=0",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(b"!blink\n!nod\nhello there\n"), 60)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(b"!blink\n!nod\nhello there\n"), 60)
+    finally:
+        if proc.returncode is None:  # timed out: end it, so that no client is left connected to the server
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), 10)
     text = out.decode()
     assert proc.returncode == 0, text
     assert TOKEN not in text  # the token is never printed

@@ -53,7 +53,7 @@ class Backend:
 async def backend(gen) -> AsyncIterator[Backend]:
     engine = Engine(EngineConfig(fps=FPS, lookahead_frames=8), gen, None, max_steps=2, max_chunk_frames=1)
     async with engine, Server(ServerConfig(port=0), engine, token=TOKEN, event_queue=4) as server:
-        await engine.wait_started()
+        await asyncio.wait_for(engine.wait_started(), 60)
         frames: list[VideoFrame] = []
 
         async def watch() -> None:

@@ -191,7 +191,7 @@ async def test_commands_at_five_a_second_over_control_keep_the_picture_moving():
     engine = Engine(cfg, stand_in, None, max_steps=2, max_chunk_frames=2)
     cycle = ["wave", "heart", "nod", "like", "bow"]
     async with engine, Server(ServerConfig(port=0), engine, token=TOKEN) as server:
-        await engine.wait_started()
+        await asyncio.wait_for(engine.wait_started(), 60)
         async with connect(server.url + "/stream") as stream:
             await recv_msg(stream)
             ctl = await control(server.url)

@@ -203,7 +203,7 @@ async def test_browser_origins_are_refused_unless_allowed(gen):
     engine = Engine(EngineConfig(fps=FPS, lookahead_frames=8), gen, None, max_steps=2, max_chunk_frames=1)
     cfg = ServerConfig(host="127.0.0.1", port=0, allowed_origins=("https://overlay.example",))
     async with engine, Server(cfg, engine, token=TOKEN) as server:
-        await engine.wait_started()
+        await asyncio.wait_for(engine.wait_started(), 60)
         for path in ("/stream", "/control"):
             with pytest.raises(InvalidStatus) as info:
                 async with ws_connect(server.url + path, origin="https://evil.example"):
@@ -253,7 +253,7 @@ async def test_tls_serves_wss_and_https(gen, caplog):
                        tls_key=str(TLS_DIR / "localhost.key"))
     trust = ssl.create_default_context(cafile=str(TLS_DIR / "localhost.pem"))
     async with engine, Server(cfg, engine, token=TOKEN) as server:
-        await engine.wait_started()
+        await asyncio.wait_for(engine.wait_started(), 60)
         assert server.url.startswith("wss://127.0.0.1:")
         async with ws_connect(server.url + "/stream?audio=0", ssl=trust) as ws:
             hello = await recv_msg(ws)

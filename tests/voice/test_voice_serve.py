@@ -163,7 +163,7 @@ async def test_say_starts_speaking_after_the_first_sentence(gen) -> None:
                     sample_rate=16000, tts=tts)
     async with engine:
         sub = engine.subscribe(video=False)
-        await engine.wait_started()
+        await asyncio.wait_for(engine.wait_started(), 60)
         ticket = await engine.submit(Command(CommandKind.SAY, text))
         chunks: list[AudioChunk] = []
         async with asyncio.timeout(DEADLINE_S):

@@ -45,6 +45,6 @@ async def test_pcm_blocks_resample_pad_and_pace() -> None:
 async def test_wav_file_source(tmp_path) -> None:
     wav = tmp_path / "hello.wav"
     proc = await asyncio.create_subprocess_exec("espeak-ng", "-w", str(wav), "hello there")
-    assert await proc.wait() == 0
+    assert await asyncio.wait_for(proc.wait(), 60) == 0
     audio = np.concatenate([b async for b in wav_blocks(wav, tail_silence_s=0.0)])
     assert 0.5 < len(audio) / 16000 < 3.0 and np.abs(audio).max() > 0.1
