@@ -425,7 +425,7 @@ class StreamingGenerator:
         everything else is replaced, never mutated, so it is shared."""
         kv: Any = ((self.kv.k.clone(), self.kv.v.clone(), (self.kv.global_end, self.kv.local_end))
                    if self.copy_cache_snapshots else self.kv.mark())
-        return dict(kv=kv, cross=(list(self.cross._k), list(self.cross._v)), noise=self._noise.get_state(),
+        return dict(kv=kv, cross=self.cross.state(), noise=self._noise.get_state(),
                     conditions=self._conditions, context=self._context,
                     counters=(self._position, self._action_start, self._frames_made, self._latents_made,
                               self._chunks_made, self._last_steps, self._last_chunk))
@@ -437,7 +437,7 @@ class StreamingGenerator:
             k, v, (self.kv.global_end, self.kv.local_end) = snap.kv
             self.kv.k.copy_(k)
             self.kv.v.copy_(v)
-        self.cross._k, self.cross._v = list(snap.cross[0]), list(snap.cross[1])
+        self.cross.load(snap.cross)
         self._noise.set_state(snap.noise)
         self._conditions, self._context = snap.conditions, snap.context
         (self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
@@ -692,8 +692,8 @@ class Generator(StreamingGenerator):
         self._idle_context = None if indices[0] == idle else self.dit.build_context(torch.full_like(a, idle), e, text)
         self.cross_idle.reset()
         pushed = self.cfg.emotion_guidance > 0 and EMOTIONS[indices[1]] in self.cfg.emotion_guidance_for
-        neutral = torch.full_like(e, EMOTION_INDEX["neutral"])
-        self._neutral_context = self.dit.build_context(a, neutral, text) if pushed else None
+        self._neutral_context = (self.dit.build_context(a, torch.full_like(e, EMOTION_INDEX["neutral"]), text)
+                                 if pushed else None)
         self.cross_neutral.reset()
 
     def _controls(self, mouth: np.ndarray | None, num_frames: int) -> torch.Tensor:
@@ -740,19 +740,14 @@ class Generator(StreamingGenerator):
             # for this model) keeps only the conditional K/V and its output is discarded, so an idle pass there
             # was wasted work
             denoising = calls[0] < steps and t_value > 0
-            guided = guidance > 0 and self._idle_context is not None and denoising
-            emotion = self._neutral_context is not None and denoising
+            idle_ctx = self._idle_context if guidance > 0 and denoising else None
+            calm_ctx = self._neutral_context if denoising else None
             if calls[0] >= steps:  # the cache pass: it stops once the last block's K/V are written (its flow is unread)
                 out = run(x, t, self._context, self.cross, cache_only=not self.full_cache_pass)
-            elif not guided and not emotion:
-                out = run(x, t, self._context, self.cross)
-            else:
-                idle = run(x, t, self._idle_context, self.cross_idle) if guided and self._idle_context is not None \
-                    else None
-                calm = run(x, t, self._neutral_context, self.cross_neutral) \
-                    if emotion and self._neutral_context is not None else None
-                cond = run(x, t, self._context, self.cross)
-                out = cond
+            else:  # the negatives first: the conditional pass writes the chunk's cache slots last
+                idle = None if idle_ctx is None else run(x, t, idle_ctx, self.cross_idle)
+                calm = None if calm_ctx is None else run(x, t, calm_ctx, self.cross_neutral)
+                out = cond = run(x, t, self._context, self.cross)
                 if idle is not None:
                     out = out + guidance * (cond - idle)
                 if calm is not None:
@@ -770,19 +765,18 @@ class Generator(StreamingGenerator):
         """Everything next_chunk depends on, at this chunk boundary. The self-attention cache (the only
         state written in place) is copied; everything else is replaced, never mutated, so it is shared."""
         return GeneratorSnapshot(
-            **self._snapshot_stream(), cross_idle=(list(self.cross_idle._k), list(self.cross_idle._v)),
+            **self._snapshot_stream(), cross_idle=self.cross_idle.state(),
             decoder=(self.decoder._prev, self.decoder.frames_decoded), idle_context=self._idle_context,
-            cross_neutral=(list(self.cross_neutral._k), list(self.cross_neutral._v)),
-            neutral_context=self._neutral_context)
+            cross_neutral=self.cross_neutral.state(), neutral_context=self._neutral_context)
 
     @torch.inference_mode()
     def restore(self, snap: GeneratorSnapshot) -> None:
         """Return to the state of :meth:`snapshot` (the snapshot stays valid for another restore)."""
         self._restore_stream(snap)
-        self.cross_idle._k, self.cross_idle._v = list(snap.cross_idle[0]), list(snap.cross_idle[1])
+        self.cross_idle.load(snap.cross_idle)
         self.decoder._prev, self.decoder.frames_decoded = snap.decoder
         self._idle_context = snap.idle_context
-        self.cross_neutral._k, self.cross_neutral._v = list(snap.cross_neutral[0]), list(snap.cross_neutral[1])
+        self.cross_neutral.load(snap.cross_neutral)
         self._neutral_context = snap.neutral_context
 
     # -- lifecycle -----------------------------------------------------------------------------

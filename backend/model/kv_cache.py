@@ -288,6 +288,15 @@ class CrossAttentionCache:
     def put(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self._k[layer], self._v[layer] = k, v
 
+    def state(self) -> tuple[list, list]:
+        """What a snapshot keeps: the per-layer K/V lists (copied; the tensors are only ever replaced, never
+        written in place, so they are shared)."""
+        return list(self._k), list(self._v)
+
+    def load(self, state: tuple[list, list]) -> None:
+        """Back to a :meth:`state` (which stays valid for another load)."""
+        self._k, self._v = list(state[0]), list(state[1])
+
     @property
     def filled(self) -> bool:
         return all(k is not None for k in self._k)

@@ -231,14 +231,15 @@ class WanGenerator(StreamingGenerator):
         p = self._pending_pass
         if p is None:
             return
-        now = self._context, self.cross._k, self.cross._v, self._position
-        self._context, self.cross._k, self.cross._v, self._position = p.context, list(p.cross[0]), list(p.cross[1]), \
-            p.position
+        now = self._context, self.cross.state(), self._position
+        self._context, self._position = p.context, p.position
+        self.cross.load(p.cross)
         try:
             t = torch.zeros(p.x0.shape[:2], dtype=torch.float32, device=p.x0.device)
             self._flow(p.x0, t, cache_only=not self.full_cache_pass)
         finally:
-            self._context, self.cross._k, self.cross._v, self._position = now
+            self._context, cross, self._position = now
+            self.cross.load(cross)
         self._pending_pass = None
         if self._flushed is not None:
             self._flushed[0] = True
@@ -315,7 +316,7 @@ class WanGenerator(StreamingGenerator):
                           self.schedule, self._noise, context_t=1000.0 * cfg.context_noise, cache_pass=not defer)
         if defer:
             assert self._context is not None
-            self._pending_pass = _CachePass(x0, self._context, (list(self.cross._k), list(self.cross._v)), position)
+            self._pending_pass = _CachePass(x0, self._context, self.cross.state(), position)
         if self.decode_stream is not None:
             assert isinstance(self.decoder, StreamingTAEHVDecoder)
             trim = self.decoder.tae.frames_to_trim if self.decoder.latent_frames == 0 else 0
