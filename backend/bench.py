@@ -19,7 +19,7 @@ import torch
 from backend.actions import ACTIONS, EMOTIONS
 from backend.config import Config
 
-__all__ = ["RepeatCounter", "distinct_figures", "run_bench", "run_live_bench", "run_soak", "soak_figures"]
+__all__ = ["RepeatCounter", "bench_command", "distinct_figures", "run_bench", "run_live_bench", "run_soak", "soak_figures"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,18 @@ def run_bench(cfg: Config, *, seconds: float = 10.0, warmup_chunks: int = 3) -> 
     }
 
 
+def bench_command(i: int) -> Any:
+    """The live benches' ``i``-th command, as chat traffic mixes them: even ones an action (every one-shot action
+    in turn), odd ones an emotion (every emotion in turn), so what an emotion costs (the emotion guidance's extra
+    pass while one of ``model.emotion_guidance_for`` is held) is in the figures."""
+    from backend.events import Command, CommandKind
+
+    if i % 2 == 0:
+        shots = [a.name for a in ACTIONS if not a.loop]
+        return Command(CommandKind.ACT, shots[(i // 2) % len(shots)])
+    return Command(CommandKind.EMOTION, EMOTIONS[(i // 2 + 1) % len(EMOTIONS)])
+
+
 def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float = 2.0,
                    warmup_s: float = 2.0, max_warmup_s: float = 120.0,
                    built: tuple[Any, np.ndarray, Any] | None = None) -> dict[str, Any]:
@@ -151,12 +163,11 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
 
     from backend.app import build_generator
     from backend.engine.engine import Engine
-    from backend.events import Command, CommandKind, VideoFrame
+    from backend.events import VideoFrame
     from backend.model.generator import StageTimer
     from backend.server.protocol import encode, frame_message
 
     generator, reference, character = built if built is not None else build_generator(cfg)
-    actions = [a.name for a in ACTIONS if not a.loop]
     cuda = generator.state.device.startswith("cuda")
     m = cfg.model
     warm_chunks = -(-(m.sink_frames + m.window_frames) // max(1, m.chunk_frames)) + 4  # cache full, then 4
@@ -189,7 +200,7 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
 
             async def command(i: int) -> None:
                 t0 = time.perf_counter()
-                ticket = await engine.submit(Command(CommandKind.ACT, actions[i % len(actions)]))
+                ticket = await engine.submit(bench_command(i))
                 if await ticket.shown is not None:
                     latencies.append(time.perf_counter() - t0)
 
@@ -242,6 +253,7 @@ def run_live_bench(cfg: Config, *, seconds: float = 20.0, command_every_s: float
                 "jitter_ms_p99": round(float(np.percentile(np.abs(intervals - 1000 / cfg.engine.fps), 99)), 2)
                 if intervals.size else None,
                 "commands": len(latencies),
+                "commands_issued": i, "emotion_commands": i // 2,  # bench_command: actions and emotions alternate
                 "command_to_frame_ms_p50": round(1000 * _percentile(latencies, 50), 1),
                 "command_to_frame_ms_p95": round(1000 * _percentile(latencies, 95), 1),
                 "command_to_frame_ms_max": round(1000 * max(latencies), 1) if latencies else None,
@@ -393,10 +405,9 @@ def run_soak(cfg: Config, *, minutes: float, command_every_s: float = 2.0, sampl
 
     from backend.app import build_generator
     from backend.engine.engine import Engine
-    from backend.events import Command, CommandKind, VideoFrame
+    from backend.events import VideoFrame
 
     generator, reference, character = build_generator(cfg)
-    actions = [a.name for a in ACTIONS if not a.loop]
     cuda = generator.state.device.startswith("cuda")
 
     def memory_now() -> float:
@@ -419,7 +430,7 @@ def run_soak(cfg: Config, *, minutes: float, command_every_s: float = 2.0, sampl
             async def command(i: int) -> None:
                 t0 = time.perf_counter()
                 try:
-                    ticket = await engine.submit(Command(CommandKind.ACT, actions[i % len(actions)]))
+                    ticket = await engine.submit(bench_command(i))
                     if await ticket.shown is not None:
                         latencies.append(time.perf_counter() - t0)
                 except asyncio.CancelledError:

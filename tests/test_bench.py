@@ -35,11 +35,24 @@ def test_live_bench_measures_the_paced_engine() -> None:
     assert result["fps_target"] == 20.0
     assert 10 < result["fps_shown"] < 30  # paced at 20 FPS (tolerant: shared CI machine)
     assert result["commands"] >= 2 and result["command_to_frame_ms_p50"] > 0
+    assert result["emotion_commands"] >= 1 and result["commands_issued"] >= 3  # chat mixes actions and emotions
     assert result["frames_shown"] >= result["fps_shown"]
     assert 0 < result["distinct_fps"] <= result["fps_shown"] * 1.05 + 1
     assert 0 <= result["repeat_share"] <= 1 and result["frames_shown_window"] >= result["frames_repeated_window"]
     assert result["distinct_fps"] == pytest.approx(
         (result["frames_shown_window"] - result["frames_repeated_window"]) / result["window_s"], abs=0.02)
+
+
+def test_live_bench_commands_alternate_actions_and_every_emotion() -> None:
+    from backend.actions import ACTIONS, EMOTIONS
+    from backend.bench import bench_command
+    from backend.events import CommandKind
+
+    cmds = [bench_command(i) for i in range(40)]
+    assert [c.kind for c in cmds[:4]] == [CommandKind.ACT, CommandKind.EMOTION] * 2
+    assert {c.argument for c in cmds if c.kind is CommandKind.ACT} == {a.name for a in ACTIONS if not a.loop}
+    assert {c.argument for c in cmds if c.kind is CommandKind.EMOTION} == set(EMOTIONS)
+    assert cmds[1].argument != "neutral"  # the first emotion is a change from the stream's neutral start
 
 
 def test_distinct_frames_and_repeats_come_from_the_engine_counters() -> None:

@@ -13,8 +13,9 @@ Usage::
 
 Conditioning per chunk: ``Conditions`` (action, emotion, optional free-text embedding) become the
 cross-attention context (its cache is recomputed only when they change); per latent frame the
-controls are ``[mouth openness of its temporal_factor video frames..., action progress]``
-(:func:`control_vector`, shared with training). An action switch takes effect at the next chunk;
+controls are ``[mouth openness of its temporal_factor video frames..., action progress, emotion progress]``
+(:func:`control_vector`, shared with training): how far the current action and the current emotion have come,
+so the model knows when a face must have finished changing even where the frames before it have not. An action switch takes effect at the next chunk;
 frames already produced never change (causality).
 
 :class:`StreamingGenerator` is what this generator and the Wan tier's (``backend/model/wan/generator.py``)
@@ -67,6 +68,7 @@ __all__ = [
     "StreamingGenerator",
     "action_progress",
     "control_vector",
+    "emotion_progress",
     "reference_float",
     "resolve_device",
 ]
@@ -74,6 +76,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ACTION_FPS = 25.0  # video frame rate at which backend.actions durations are counted
+EMOTION_RAMP_S = 1.0  # the emotion progress control goes 0 -> 1 over this long after an emotion changes (the world's
+# face blends over about 0.6-0.9 s)
+NO_EMOTION_CHANGE = -(1 << 30)  # latent position of "the emotion never changed" (its progress is 1)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -129,6 +134,7 @@ class GeneratorState:
     dtype: str
     action: str  # the current action
     action_progress: float  # its progress at the next latent frame (1.0 = a one-shot action has finished)
+    emotion_progress: float = 1.0  # the current emotion's progress at the next latent frame (1.0 = settled)
     linears: str = "dense"  # 'dense' or 'fp8' (the DiT blocks' linears)
     compiled: bool = False  # the cached DiT step compiled and replayed as CUDA graphs
 
@@ -163,12 +169,20 @@ def action_progress(name: str, frames_since_start: int, temporal_factor: int) ->
     return min(max(frames_since_start / duration, 0.0), 1.0)
 
 
+def emotion_progress(frames_since_change: int, temporal_factor: int) -> float:
+    """Progress in [0, 1] of the current emotion ``frames_since_change`` latent frames after it changed: elapsed
+    over ``EMOTION_RAMP_S``, clipped (an emotion held since the stream or clip began is at 1)."""
+    return min(max(frames_since_change / (EMOTION_RAMP_S * ACTION_FPS / temporal_factor), 0.0), 1.0)
+
+
 def control_vector(mouth_frames: Sequence[float] | np.ndarray | torch.Tensor | None, progress: float,
-                   cfg: ModelConfig) -> torch.Tensor:
-    """Controls of ONE latent frame: ``[mouth of its temporal_factor video frames..., progress]``,
+                   cfg: ModelConfig, emotion: float = 1.0) -> torch.Tensor:
+    """Controls of ONE latent frame: ``[mouth of its temporal_factor video frames..., progress, emotion]``,
     zero-padded to ``cfg.dit.num_controls``; float32 ``(num_controls,)``. Shared with training.
 
-    ``mouth_frames``: openness in [0, 1] per video frame (None = closed); values are clipped.
+    ``mouth_frames``: openness in [0, 1] per video frame (None = closed); values are clipped. ``emotion``: the
+    emotion's progress (:func:`emotion_progress`), kept when ``num_controls`` has room for it (past
+    ``temporal_factor + 1``); checkpoints trained before it have zero weights there, so it changes nothing.
     """
     tf, n = cfg.autoencoder.temporal_factor, cfg.dit.num_controls
     out = torch.zeros(n, dtype=torch.float32)
@@ -185,6 +199,8 @@ def control_vector(mouth_frames: Sequence[float] | np.ndarray | torch.Tensor | N
             raise GeneratorError("control_vector: mouth values must be finite")
         out[:tf] = m.clamp(0.0, 1.0)
     out[tf] = float(min(max(progress, 0.0), 1.0))
+    if n > tf + 1:
+        out[tf + 1] = float(min(max(emotion, 0.0), 1.0))
     return out
 
 
@@ -352,6 +368,7 @@ class StreamingGenerator:
         self._context: torch.Tensor | None = None
         self._position = 0  # next absolute latent frame
         self._action_start = 0
+        self._emotion_start = NO_EMOTION_CHANGE  # latent position where the current emotion began
         self._frames_made = self._latents_made = self._chunks_made = 0
         self._last_steps, self._last_chunk = cfg.steps, cfg.chunk_frames
 
@@ -379,7 +396,8 @@ class StreamingGenerator:
             cache_frames=self.kv.filled_frames, cache_bytes=self.kv.nbytes + self.cross.nbytes,
             steps=self._last_steps, chunk_frames=self._last_chunk, attention_backend=self.dit.attention.name,
             device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), action=action_name,
-            action_progress=progress, compiled=self.fast.compiled)
+            action_progress=progress, compiled=self.fast.compiled,
+            emotion_progress=emotion_progress(self._position - self._emotion_start, self.cfg.autoencoder.temporal_factor))
 
     # -- conditioning --------------------------------------------------------------------------
     @staticmethod
@@ -394,6 +412,8 @@ class StreamingGenerator:
         prev = self._conditions
         if prev is None or (c.action, c.serial) != (prev.action, prev.serial):
             self._action_start = self._position
+        if c.emotion != ("neutral" if prev is None else prev.emotion):  # the reference shows the neutral face
+            self._emotion_start = self._position
         self._conditions = c
         return prev
 
@@ -427,8 +447,8 @@ class StreamingGenerator:
                    if self.copy_cache_snapshots else self.kv.mark())
         return dict(kv=kv, cross=self.cross.state(), noise=self._noise.get_state(),
                     conditions=self._conditions, context=self._context,
-                    counters=(self._position, self._action_start, self._frames_made, self._latents_made,
-                              self._chunks_made, self._last_steps, self._last_chunk))
+                    counters=(self._position, self._action_start, self._emotion_start, self._frames_made,
+                              self._latents_made, self._chunks_made, self._last_steps, self._last_chunk))
 
     def _restore_stream(self, snap: StreamSnapshot) -> None:
         if isinstance(snap.kv, KVMark):
@@ -440,8 +460,8 @@ class StreamingGenerator:
         self.cross.load(snap.cross)
         self._noise.set_state(snap.noise)
         self._conditions, self._context = snap.conditions, snap.context
-        (self._position, self._action_start, self._frames_made, self._latents_made, self._chunks_made,
-         self._last_steps, self._last_chunk) = snap.counters
+        (self._position, self._action_start, self._emotion_start, self._frames_made, self._latents_made,
+         self._chunks_made, self._last_steps, self._last_chunk) = snap.counters
 
     # -- the stream ----------------------------------------------------------------------------
     def _reset_stream(self) -> None:
@@ -452,6 +472,7 @@ class StreamingGenerator:
         self._noise.manual_seed(self.cfg.seed)
         self._conditions, self._context = None, None
         self._position = self._action_start = 0
+        self._emotion_start = NO_EMOTION_CHANGE
         self._frames_made = self._latents_made = self._chunks_made = 0
 
     def _chunk_args(self, steps: int | None, chunk_frames: int | None) -> tuple[int, int]:
@@ -706,7 +727,8 @@ class Generator(StreamingGenerator):
                 prog = float(given[j * tf])
             else:
                 prog = action_progress(self._conditions.action, self._position + j - self._action_start, tf)
-            rows.append(control_vector(None if mouth is None else mouth[j * tf:(j + 1) * tf], prog, self.cfg))
+            emo = emotion_progress(self._position + j - self._emotion_start, tf)
+            rows.append(control_vector(None if mouth is None else mouth[j * tf:(j + 1) * tf], prog, self.cfg, emo))
         return self._to_device(torch.stack(rows)[None])  # (1, F, num_controls)
 
     def _guidance_now(self) -> float:
@@ -798,11 +820,13 @@ class Generator(StreamingGenerator):
         tf = self.cfg.autoencoder.temporal_factor
         video = ref[:, None].expand(1, tf, *ref.shape[1:])  # (1, tf, 4, H, W): the still image, tf times
         latent = self.autoencoder.encode(video)  # (1, 1, C, h, w)
-        controls = self._controls(None, 1)
+        controls = self._to_device(torch.zeros(1, 1, self.cfg.dit.num_controls))  # the sink's, as in training
         self._flow_fn(controls)(latent, torch.zeros((1, 1), device=self.device), 0.0)  # t=0 pass writes the sink
         self.decoder.step(latent)  # prime the decoder's temporal context with the reference
         self._position = 1
         self._action_start = 1
+        if self._emotion_start != NO_EMOTION_CHANGE:  # a first emotion other than neutral starts after the sink
+            self._emotion_start = 1
 
     def _reference_tensor(self, image: np.ndarray) -> torch.Tensor:
         t = reference_float(image)

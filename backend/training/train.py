@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from backend.actions import ACTIONS, EMOTIONS
+from backend.actions import ACTION_INDEX, ACTIONS, EMOTIONS
 from backend.config import Config, ModelConfig
 from backend.model.attention import FlexAttention
 from backend.model.autoencoder import DETAIL_DECODERS, DETAIL_PREFIXES, VideoAutoencoder
@@ -55,12 +55,13 @@ from backend.model.checkpoint import (
     save_checkpoint,
 )
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT
-from backend.model.generator import ACTION_FPS
+from backend.model.generator import ACTION_FPS, EMOTION_RAMP_S
 from backend.model.sampler import FlowMatchSchedule
 from backend.training.data import ClipSpec, face_boxes, make_specs, region_weights, render_clips
 from backend.world.render import straight_alpha
 
-__all__ = ["block_causal_mask", "controls_from_labels", "progress_from_labels", "run_stage"]
+__all__ = ["block_causal_mask", "controls_from_labels", "emotion_progress_from_labels", "progress_from_labels",
+           "run_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ ACTION_START_LATENTS = 6  # latent frames (about 1 s) after a command switch tha
 # extra weight on the first second after the emotion changes mid-clip: there the face must change from the label
 # alone while the context still shows the old face (the DiT learnt emotions slowest of all the conditions)
 EMOTION_SWITCH_WEIGHT = 3.0
+# clips that show these actions are drawn this many times as often as others: the bow moves the whole figure and is
+# the action the DiT draws worst (blotches at every step count), yet only about a fifth of the clips show it
+HARD_ACTIONS = {"bow": 2.0}
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
 DISTILL_KEYS = ("distill_step", "guidance_distilled", "distilled")  # training metadata of `train distill`
@@ -137,21 +141,37 @@ def frames_since_switch(labels: Tensor) -> Tensor:
 def frames_since_change(labels: Tensor) -> Tensor:
     """(B, F) latent frames since the label last changed inside the clip; frames before its first change get
     ``F`` (the clip start is no change: nothing came before it)."""
-    b, f = labels.shape
     since = frames_since_switch(labels)
-    changed = torch.zeros(b, f, dtype=torch.bool, device=labels.device)
+    return torch.where(_changed_yet(labels), since, torch.full_like(since, labels.shape[1]))
+
+
+def _changed_yet(labels: Tensor) -> Tensor:
+    """(B, F) bool: the label has changed at or before each latent frame inside the clip."""
+    changed = torch.zeros_like(labels, dtype=torch.bool)
     changed[:, 1:] = (labels[:, 1:] != labels[:, :-1]).cumsum(1) > 0
-    return torch.where(changed, since, torch.full_like(since, f))
+    return changed
 
 
-def controls_from_labels(mouth: Tensor, progress: Tensor, cfg: ModelConfig) -> Tensor:
-    """(B, F, num_controls): the batched twin of backend.model.generator.control_vector (a test keeps them equal)."""
+def emotion_progress_from_labels(emotions: Tensor, temporal_factor: int) -> Tensor:
+    """Per latent frame emotion progress (B, F) as the generator computes it (backend.model.generator.
+    emotion_progress): latent frames since the emotion changed inside the clip over ``EMOTION_RAMP_S``, clipped;
+    1 before the clip's first change (the world shows a clip's first emotion fully from its first frame)."""
+    ramp = EMOTION_RAMP_S * ACTION_FPS / temporal_factor
+    since = frames_since_switch(emotions).float()
+    return torch.where(_changed_yet(emotions), (since / ramp).clamp(0, 1), torch.ones_like(since))
+
+
+def controls_from_labels(mouth: Tensor, progress: Tensor, cfg: ModelConfig, emotion: Tensor | None = None) -> Tensor:
+    """(B, F, num_controls): the batched twin of backend.model.generator.control_vector (a test keeps them equal);
+    ``emotion`` (B, F) is the emotion progress (None: 1, an emotion held all along)."""
     tf, n = cfg.autoencoder.temporal_factor, cfg.dit.num_controls
     b, f = progress.shape
     out = torch.zeros(b, f, n, device=progress.device)
     if n:
         out[..., :tf] = mouth.reshape(b, f, tf).clamp(0, 1)
         out[..., tf] = progress.clamp(0, 1)
+    if n > tf + 1:
+        out[..., tf + 1] = 1.0 if emotion is None else emotion.to(out.device).clamp(0, 1)
     return out
 
 
@@ -481,6 +501,10 @@ class LatentPool:
         # latent frames since the command changed: a new emotion alone (a viewer's "look angry") is a command too
         self.since = frames_since_switch(self.actions * len(EMOTIONS) + self.emotions)
         self.since_emotion = frames_since_change(self.emotions)  # mid-clip emotion changes only
+        self.draw_weight = torch.ones(len(self.actions))  # how often each clip is drawn (HARD_ACTIONS up)
+        for name, w in HARD_ACTIONS.items():
+            shows = (self.actions == ACTION_INDEX[name]).any(1).cpu()
+            self.draw_weight = torch.where(shows, torch.clamp(self.draw_weight, min=w), self.draw_weight)
         log.info("latent pool clips=%d render+encode_s=%.1f latent_std=%.3f", n, time.monotonic() - t0,
                  float(self.latents.float().std()))
 
@@ -488,7 +512,7 @@ class LatentPool:
         return self.latents.shape[0]
 
     def batch(self, size: int, gen: torch.Generator) -> dict[str, Tensor]:
-        idx = torch.randint(len(self), (size,), generator=gen).to(self.latents.device)
+        idx = torch.multinomial(self.draw_weight, size, replacement=True, generator=gen).to(self.latents.device)
         return {k: getattr(self, k)[idx]
                 for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "since", "since_emotion",
                           "regions")}
@@ -542,7 +566,8 @@ def _sequence_inputs(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor],
     acts = torch.cat([idle, batch["actions"], batch["actions"]], 1)
     emos = torch.cat([idle, batch["emotions"], batch["emotions"]], 1)
     ctx = dit.build_context(acts.flatten(), emos.flatten()).unflatten(0, (b, 1 + 2 * n))  # (B, F, L, D)
-    ctrl = controls_from_labels(batch["mouth"], batch["progress"], cfg)
+    ctrl = controls_from_labels(batch["mouth"], batch["progress"], cfg,
+                                emotion_progress_from_labels(batch["emotions"], cfg.autoencoder.temporal_factor))
     ctrl = torch.cat([torch.zeros_like(ctrl[:, :1]), ctrl, ctrl], 1)
     pos = torch.arange(n, device=device) + 1 + offset
     frame_pos = torch.cat([torch.zeros(1, dtype=torch.long, device=device), pos, pos])

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from backend.actions import action
 from backend.model.generator import (
+    EMOTION_RAMP_S,
     Conditions,
     Generator,
     GeneratorError,
     action_progress,
     control_vector,
+    emotion_progress,
 )
 from tests.model.model_kit import micro_config, random_weights
 
@@ -116,8 +120,11 @@ def test_memory_bounded_over_10k_frames_and_past_1024_latents() -> None:
 def test_control_vector_and_progress() -> None:
     cfg = micro_config()
     v = control_vector([0.1, 2.0, -1.0, 0.5], 0.25, cfg)
-    assert v.tolist() == pytest.approx([0.1, 1.0, 0.0, 0.5, 0.25, 0, 0, 0])
-    assert control_vector(None, 3.0, cfg).tolist() == [0, 0, 0, 0, 1.0, 0, 0, 0]
+    assert v.tolist() == pytest.approx([0.1, 1.0, 0.0, 0.5, 0.25, 1.0, 0, 0])  # the emotion held all along: 1
+    assert control_vector(None, 3.0, cfg, -2.0).tolist() == [0, 0, 0, 0, 1.0, 0.0, 0, 0]
+    assert control_vector(None, 0.5, cfg, 0.4).tolist() == pytest.approx([0, 0, 0, 0, 0.5, 0.4, 0, 0])
+    five = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, num_controls=5))
+    assert control_vector(None, 0.5, five, 0.4).tolist() == [0, 0, 0, 0, 0.5]  # no room: the emotion is left out
     with pytest.raises(GeneratorError, match="3 mouth values"):
         control_vector([0, 0, 0], 0.0, cfg)
     dur = action("wave").duration_s * 25 / 4  # latent frames
@@ -126,6 +133,9 @@ def test_control_vector_and_progress() -> None:
     assert action_progress("wave", 10_000, 4) == 1.0
     period = action("idle").duration_s * 25 / 4
     assert action_progress("idle", 30, 4) == pytest.approx((30 % period) / period)
+    ramp = EMOTION_RAMP_S * 25 / 4
+    assert emotion_progress(0, 4) == 0.0 and emotion_progress(3, 4) == pytest.approx(3 / ramp)
+    assert emotion_progress(10_000, 4) == 1.0 and emotion_progress(-5, 4) == 0.0
 
 
 def test_action_progress_restarts_on_a_new_action_or_serial(weights) -> None:
@@ -141,6 +151,38 @@ def test_action_progress_restarts_on_a_new_action_or_serial(weights) -> None:
     for _ in range(10):
         gen.next_chunk(Conditions(action="wave", serial=1))
     assert gen.state.action_progress == 1.0  # finished: the engine may go back to idle
+
+
+def test_emotion_progress_ramps_after_an_emotion_change_and_rolls_back(weights) -> None:
+    """The DiT's emotion control: 1 while an emotion is held (the reference shows the neutral face), 0 at the
+    chunk where a new emotion starts, then up over EMOTION_RAMP_S; an action switch alone does not restart it."""
+    gen = _gen(weights)
+    gen.reset(_ref(), Conditions())
+    ramp = EMOTION_RAMP_S * 25 / 4  # latent frames
+    gen.next_chunk(Conditions(action="wave"))
+    assert gen.state.emotion_progress == 1.0
+    seen = []
+    controls = gen._controls
+
+    def spy(mouth, num_frames):
+        out = controls(mouth, num_frames)
+        seen.append(out[0, :, 5].float().tolist())
+        return out
+
+    gen._controls = spy  # type: ignore[method-assign]
+    gen.next_chunk(Conditions(action="wave", emotion="sad"))
+    assert seen == [pytest.approx([0.0, 1 / ramp], abs=1e-3)]  # the chunk's two latent frames: the ramp's start
+    assert gen.state.emotion_progress == pytest.approx(2 / ramp)
+    snap = gen.snapshot()
+    gen.next_chunk(Conditions(action="heart", emotion="sad"))  # a new action, the same emotion: the ramp goes on
+    assert gen.state.emotion_progress == pytest.approx(4 / ramp)
+    gen.restore(snap)
+    assert gen.state.emotion_progress == pytest.approx(2 / ramp)
+    for _ in range(4):
+        gen.next_chunk(Conditions(action="idle", emotion="sad"))
+    assert gen.state.emotion_progress == 1.0
+    gen.next_chunk(Conditions(action="idle", emotion="happy"))
+    assert gen.state.emotion_progress == pytest.approx(2 / ramp)
 
 
 def test_snapshot_restore_replays_identically() -> None:

@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from backend.actions import ACTION_INDEX, ACTIONS
+from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX
 from backend.model.attention import FlexAttention
 from backend.model.dit import CausalDiT
-from backend.model.generator import action_progress, control_vector
+from backend.model.generator import action_progress, control_vector, emotion_progress
 from backend.model.kv_cache import CrossAttentionCache, KVCache
-from backend.training.train import block_causal_mask, controls_from_labels, progress_from_labels
+from backend.training.train import (
+    block_causal_mask,
+    controls_from_labels,
+    emotion_progress_from_labels,
+    progress_from_labels,
+)
 from tests.model.model_kit import micro_config, random_weights
 
 
@@ -111,10 +116,20 @@ def test_batched_controls_and_progress_match_the_generator() -> None:
             start = j
         assert prog[0, j].item() == pytest.approx(action_progress(name, j - start, tf), abs=1e-6)
     mouth = torch.rand(1, len(names) * tf) * 1.4 - 0.2
-    batched = controls_from_labels(mouth, prog, cfg)
+    emos = torch.tensor([[EMOTION_INDEX["sad"]] * 9 + [EMOTION_INDEX["happy"]] * 20 + [EMOTION_INDEX["sad"]] * 15])
+    emo_prog = emotion_progress_from_labels(emos, tf)
+    changed = 0
     for j in range(len(names)):
-        one = control_vector(mouth[0, j * tf:(j + 1) * tf].numpy(), float(prog[0, j]), cfg)
+        if j and emos[0, j] != emos[0, j - 1]:
+            changed = j
+        # before the clip's first change the emotion was held all along (the world shows it fully)
+        assert emo_prog[0, j].item() == pytest.approx(emotion_progress(j - changed if j >= 9 else 10**6, tf), abs=1e-6)
+    assert emo_prog[0, 9].item() == 0.0 and emo_prog[0, 29].item() == 0.0 and emo_prog[0, 28].item() == 1.0
+    batched = controls_from_labels(mouth, prog, cfg, emo_prog)
+    for j in range(len(names)):
+        one = control_vector(mouth[0, j * tf:(j + 1) * tf].numpy(), float(prog[0, j]), cfg, float(emo_prog[0, j]))
         torch.testing.assert_close(batched[0, j], one)
+    assert (controls_from_labels(mouth, prog, cfg)[..., tf + 1] == 1).all()
     assert {a.name for a in ACTIONS} >= set(names)
     assert np.isfinite(batched.numpy()).all()
     assert dataclasses.is_dataclass(cfg)
@@ -255,6 +270,18 @@ def test_latent_pool_counts_an_emotion_switch_as_a_new_command() -> None:
     first_change = torch.where(emo_change.any(1), emo_change.float().argmax(1) + 1, emos.shape[1])
     before = torch.arange(emos.shape[1])[None] < first_change[:, None]
     assert (since_emo[before] == emos.shape[1]).all()
+    # clips showing a hard action (the bow) are drawn HARD_ACTIONS times as often as the others
+    from backend.training.train import HARD_ACTIONS
+
+    bow = (acts == ACTION_INDEX["bow"]).any(1)
+    assert bow.any() and (~bow).any()
+    assert torch.equal(pool.draw_weight, torch.where(bow, HARD_ACTIONS["bow"], 1.0))
+    gen = torch.Generator().manual_seed(0)
+    drawn = torch.cat([torch.multinomial(pool.draw_weight, 64, replacement=True, generator=gen) for _ in range(50)])
+    share = bow[drawn].float().mean().item()
+    expected = HARD_ACTIONS["bow"] * bow.sum().item() / pool.draw_weight.sum().item()
+    assert abs(share - expected) < 0.05 and share > bow.float().mean().item() + 0.05
+    assert pool.batch(5, torch.Generator().manual_seed(1))["latents"].shape[0] == 5
     weight = loss_weights(since, since_emo)
     fresh = since_emo < ACTION_START_LATENTS
     assert fresh.any() and (~fresh).any()
