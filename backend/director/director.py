@@ -184,11 +184,15 @@ class Director:
 
     async def __aexit__(self, *exc: object) -> None:
         self.lifecycle = DirectorState.CLOSED
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():  # the closer was cancelled too: pass it on
+                    raise
 
     async def _run(self) -> None:
         while True:
@@ -200,8 +204,11 @@ class Director:
             if self._current is not None and self._current.finished is None:  # no word from the engine: estimate
                 delay = min(delay, max(0.0, self._current.ends - self._clock()))
             self._wake.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a wake-up that came in the same
+            # instant as a cancel and drops the cancel, and closing the director then waits for this task forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     # ------------------------------------------------------------------------- inputs
 

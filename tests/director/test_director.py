@@ -409,6 +409,45 @@ async def test_async_lifecycle_dispatches_by_itself(sink: Recorder) -> None:
             pass
 
 
+async def test_closing_as_the_dispatch_task_is_woken_ends_it(sink: Recorder) -> None:
+    """A wake-up (a queued command, the engine's word that an action ended) in the same instant as the close:
+    the dispatch task must still end. Python 3.11's ``asyncio.wait_for`` returned the wake-up and dropped the
+    cancel, so the task ran on and the close waited for it forever (a rare hang of a full test run)."""
+    cfg = dataclasses.replace(DirectorConfig(), user_cooldown_s=0.0, global_cooldown_s=0.0)
+    d = Director(cfg, sink, poll_interval_s=5.0)
+    async with asyncio.timeout(10) as bound:
+        async with d:
+            for _ in range(3):
+                await asyncio.sleep(0)  # the dispatch task ticked once and waits for a wake-up (5 s poll)
+            await d.handle(chat("!wave", user="a"))  # wakes it; closed before it runs again
+    assert not bound.expired(), "the close waited for the dispatch task until the bound"
+    assert sink.pairs == []  # it never ran again: the queued wave was not sent
+
+
+async def test_a_close_cancelled_from_outside_says_so() -> None:
+    """A close that its caller bounds (or cancels) passes the cancel on instead of swallowing it with the
+    dispatch task's own: here a sink that ignores the first cancel keeps the task alive past the bound."""
+    entered = asyncio.Event()
+
+    async def stubborn(cmd: Command) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.Event().wait()  # the second cancel ends it
+
+    cfg = dataclasses.replace(DirectorConfig(), user_cooldown_s=0.0, global_cooldown_s=0.0)
+    d = Director(cfg, stubborn, poll_interval_s=5.0)
+    await d.__aenter__()
+    await d.handle(chat("!wave", user="a"))
+    async with asyncio.timeout(10):
+        await entered.wait()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await d.__aexit__(None, None, None)
+    assert d.lifecycle is DirectorState.CLOSED
+
+
 def test_bad_config_is_named() -> None:
     with pytest.raises(ValueError, match="dance"):
         Director(dataclasses.replace(DirectorConfig(), mod_only_actions=("dance",)), Recorder())

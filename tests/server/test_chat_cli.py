@@ -69,3 +69,41 @@ async def test_a_remote_director_cancels_a_deleted_command_over_control(running)
                 while engine.status()["directive"]["action"] != "idle":  # noqa: ASYNC110 - engine state
                     await asyncio.sleep(0.02)
     assert engine.status()["commands_cancelled"] >= 1
+
+
+async def test_a_remote_director_closed_as_the_end_of_its_command_arrives_closes(running) -> None:
+    """The hang of the test above, made certain: the backend's word that the cancelled command ended wakes the
+    director's dispatch task, and the director is closed in that same instant (the test's poll saw the idle
+    action just as the event came). Python 3.11's ``asyncio.wait_for`` returned the wake-up and dropped the
+    cancel then: the dispatch task ran on, and closing waited for it forever, the /control client connected."""
+    import dataclasses
+
+    from backend.config import DirectorConfig
+    from backend.director import Director
+    from backend.events import Command, Deletion
+    from backend.remote import ControlClient, RemoteTicket
+    from tests.director.director_kit import chat
+
+    engine, server = running
+    cfg = dataclasses.replace(DirectorConfig(), user_cooldown_s=0.0, global_cooldown_s=0.0, dedup_window_s=0.0)
+    tickets: list[RemoteTicket] = []
+    async with asyncio.timeout(60) as bound, ControlClient(server.url + "/control", TOKEN) as control:
+        async def sink(command: Command) -> object:
+            ticket = await control.command(command)
+            tickets.append(ticket)
+            return ticket
+
+        director = Director(cfg, sink)
+        async with director:
+            msg = chat("!wave", user="eve")
+            await director.handle(msg)
+            async with asyncio.timeout(10):
+                while not tickets:  # noqa: ASYNC110 - the director's task sends it
+                    await asyncio.sleep(0.02)
+            await director.handle(Deletion(msg.platform, msg.channel, msg.message_id))
+            # the director waits on this too (its done-callback, added first, wakes the dispatch task); the
+            # director is closed as the block ends, before that task has run again
+            await tickets[0].finished
+            assert tickets[0].ended == "cancelled"
+    assert not bound.expired(), "closing the director waited for its dispatch task until the bound"
+    assert director.lifecycle.value == "closed" and engine.status()["commands_cancelled"] >= 1
