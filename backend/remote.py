@@ -174,7 +174,10 @@ class ControlClient:
         """One message, before the reader runs (the auth reply)."""
         assert self._ws is not None
         try:
-            data = await asyncio.wait_for(self._ws.recv(), self._timeout)
+            async with asyncio.timeout(self._timeout):  # not wait_for: Python 3.11's can drop a cancel (director.py)
+                data = await self._ws.recv()
+        except TimeoutError:
+            raise RemoteError(f"{self.url}: no reply to auth within {self._timeout:g} s") from None
         except Exception as exc:
             raise RemoteError(f"{self.url}: connection lost: {exc}") from exc
         return decode_server(data)

@@ -357,7 +357,11 @@ class TwitchEventSubClient:
 
     async def _serve(self, ws: Any, previous: Any) -> str | None:
         """Run one session; returns the reconnect URL on ``session_reconnect``, None when it ended otherwise."""
-        welcome = self._state.receive(await asyncio.wait_for(ws.recv(), self._welcome_timeout_s), self._clock())
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a message that came in the same instant as a
+        # cancel and drops the cancel, and stopping the bridge then waits for this loop forever
+        async with asyncio.timeout(self._welcome_timeout_s):
+            first = await ws.recv()
+        welcome = self._state.receive(first, self._clock())
         if not isinstance(welcome, eventsub.Welcome):
             raise eventsub.EventSubError(f"twitch eventsub: first message is not session_welcome: {welcome!r:.80}")
         self.session_id = welcome.session_id
@@ -372,7 +376,8 @@ class TwitchEventSubClient:
         while True:
             left = self._state.keepalive_timeout_s + self._grace_s - (self._clock() - self._state.last_message_at)
             try:
-                text = await asyncio.wait_for(ws.recv(), max(left, 0.0))
+                async with asyncio.timeout(max(left, 0.0)):
+                    text = await ws.recv()
             except TimeoutError:
                 if self._state.expired(self._clock(), self._grace_s):
                     log.warning("twitch eventsub: no message within the keepalive timeout=%.0fs, reconnecting",
