@@ -20,7 +20,6 @@ copy of each: :class:`EventPump` (one owned background task feeding a bounded qu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import urllib.error
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from backend.events import ChatEvent
+from backend.tasks import cancel_and_wait
 
 __all__ = ["Backoff", "BridgeStatus", "ChatBridge", "EventPump", "HttpFunc", "HttpResponse", "urllib_http"]
 
@@ -197,8 +197,5 @@ class EventPump:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._end()

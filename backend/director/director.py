@@ -60,6 +60,7 @@ from typing import Any
 from backend.actions import ACTIONS, action
 from backend.config import DirectorConfig
 from backend.events import Ban, ChatEvent, ChatMessage, Command, CommandKind, Deletion, PaidMessage, Role
+from backend.tasks import cancel_and_wait
 
 from .grammar import STREAMER_MIN_COVERAGE, Grammar, Request, is_cjk
 from .moderation import Moderator, Rejected, normalize
@@ -185,14 +186,7 @@ class Director:
     async def __aexit__(self, *exc: object) -> None:
         self.lifecycle = DirectorState.CLOSED
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():  # the closer was cancelled too: pass it on
-                    raise
+        await cancel_and_wait(task)  # a closer cancelled from outside is passed on, not swallowed
 
     async def _run(self) -> None:
         while True:

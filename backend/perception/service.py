@@ -29,6 +29,7 @@ import numpy as np
 
 from backend.config import PerceptionConfig
 from backend.events import ChatEvent, ChatMessage, PaidMessage
+from backend.tasks import cancel_and_wait
 
 from .analysis import Analyzer, Percept
 from .camera import CameraError
@@ -90,11 +91,8 @@ class Perception:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._executor is not None:
             with contextlib.suppress(Exception):
                 await self._run(self._close)

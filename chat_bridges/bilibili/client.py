@@ -23,7 +23,6 @@ never logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ import websockets.asyncio.client
 
 from backend.config import BilibiliConfig, ConfigError
 from backend.events import ChatEvent
+from backend.tasks import cancel_and_wait
 from chat_bridges.base import Backoff, BridgeStatus, EventPump, HttpFunc, HttpResponse, urllib_http
 from chat_bridges.bilibili import open_platform, wbi
 from chat_bridges.bilibili.commands import PLATFORM, CommandError, command_to_events
@@ -142,10 +142,7 @@ class BilibiliBridge:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._pump.stop()
-        if self._game_task is not None:
-            self._game_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._game_task
+        await cancel_and_wait(self._game_task)
         self._game_task = None
         if self._app is not None:
             await self._end_game()
@@ -233,9 +230,7 @@ class BilibiliBridge:
                         data = await ws.recv()
                     await self._feed(conn, data, room)
             finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                await cancel_and_wait(heartbeat)
 
     async def _heartbeat(self, ws: Any, conn: DanmakuConnection) -> None:
         try:
@@ -363,11 +358,8 @@ class BilibiliBridge:
         return open_platform.parse_response(path, response.status, response.body)
 
     async def _init_open(self) -> RoomInfo:
-        if self._game_task is not None:
-            self._game_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._game_task
-            self._game_task = None
+        await cancel_and_wait(self._game_task)
+        self._game_task = None
         if self._app is not None:
             await self._end_game()
         app = open_platform.parse_start(await self._open_post(
