@@ -190,8 +190,11 @@ class ModelConfig:
                                   "action): f + w (f - f_neutral). Costs another pass per step; 0 = off.",
                                   min=0.0, max=20.0)
     emotion_guidance_for: tuple[str, ...] = opt(
-        ("angry",), "The emotions emotion guidance pushes. The shipped model draws surprised and sad by itself (pushed, "
-        "their eyes smear) and happy not at all (there is nothing to push), so angry alone.")
+        ("angry", "happy"), "The emotions emotion guidance pushes. The shipped model draws surprised and sad by itself "
+        "(pushed, their eyes smear); angry and happy it draws faintly or not at all without the push.")
+    emotion_guidance_weights: tuple[float, ...] = opt(
+        (5.0, 1.0, 1.0, 1.0), "How hard emotion guidance pushes happy, angry, surprised and sad (in that order), as "
+        "multiples of `emotion_guidance` (empty: 1 each). Happy needs 5: its prediction differs least from neutral's.")
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)

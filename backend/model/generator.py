@@ -25,6 +25,7 @@ share: caches, seeded noise, counters, snapshots, argument checks and the upscal
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
@@ -607,6 +608,13 @@ class Generator(StreamingGenerator):
         if unknown:
             raise GeneratorError(f"model.emotion_guidance_for: unknown {', '.join(map(repr, unknown))} (allowed: "
                                  f"{', '.join(e for e in EMOTION_INDEX if e != 'neutral')})")
+        moods = [e for e in EMOTIONS if e != "neutral"]
+        weights = cfg.emotion_guidance_weights or (1.0,) * len(moods)
+        if len(weights) != len(moods) or not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise GeneratorError(f"model.emotion_guidance_weights: {list(cfg.emotion_guidance_weights)} must give one "
+                                 f"finite weight >= 0 for each of {', '.join(moods)} (or be empty)")
+        # the push f + w (f - f_neutral) per emotion of emotion_guidance_for (others: not pushed)
+        self.emotion_push = {e: cfg.emotion_guidance * w for e, w in zip(moods, weights) if e in cfg.emotion_guidance_for}
         self.which_decoder = self._pick_decoder()  # 'native', 'mid' or 'hires'
         self.decoder = self.autoencoder.decoder_stream(which=self.which_decoder)
         logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d decoder=%s decoded=%dx%d "
@@ -712,7 +720,7 @@ class Generator(StreamingGenerator):
         idle = ACTION_INDEX[self.cfg.guidance_negative]
         self._idle_context = None if indices[0] == idle else self.dit.build_context(torch.full_like(a, idle), e, text)
         self.cross_idle.reset()
-        pushed = self.cfg.emotion_guidance > 0 and EMOTIONS[indices[1]] in self.cfg.emotion_guidance_for
+        pushed = self.emotion_push.get(EMOTIONS[indices[1]], 0.0) > 0
         self._neutral_context = (self.dit.build_context(a, torch.full_like(e, EMOTION_INDEX["neutral"]), text)
                                  if pushed else None)
         self.cross_neutral.reset()
@@ -746,7 +754,7 @@ class Generator(StreamingGenerator):
         """The model's flow for the current chunk. With ``guidance`` > 0 and an action other than idle, the
         prediction is pushed away from the idle prediction: ``f + g * (f - f_idle)`` (action guidance); while an
         emotion of ``model.emotion_guidance_for`` is held, also away from the neutral emotion's prediction under
-        the same action: ``+ w * (f - f_neutral)`` (emotion guidance). Every pass writes the chunk's own cache
+        the same action: ``+ w * (f - f_neutral)`` (emotion guidance; ``w`` from :attr:`emotion_push`). Every pass writes the chunk's own cache
         slots, the conditional one last; the cache pass is never guided."""
 
         def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache,
@@ -773,7 +781,8 @@ class Generator(StreamingGenerator):
                 if idle is not None:
                     out = out + guidance * (cond - idle)
                 if calm is not None:
-                    out = out + self.cfg.emotion_guidance * (cond - calm)
+                    assert self._conditions is not None
+                    out = out + self.emotion_push[self._conditions.emotion] * (cond - calm)
             calls[0] += 1
             if self.timer is not None:
                 self.timer.lap("cache" if calls[0] > steps else "dit")

@@ -255,6 +255,28 @@ def test_emotion_guidance_pushes_the_listed_emotions_away_from_neutral() -> None
     with pytest.raises(GeneratorError, match=r"model\.emotion_guidance_for: unknown 'furious', 'neutral'"):
         Generator(bad, weights=random_weights(bad))
 
+    # per-emotion weights, as multiples of emotion_guidance: 0 leaves that emotion alone
+    cfg = micro_config(guidance=0.0, emotion_guidance=2.0, emotion_guidance_for=("angry", "happy"),
+                       emotion_guidance_weights=(1.0, 0.0, 3.0, 3.0))  # happy, angry, surprised, sad
+    gen = Generator(cfg, weights=random_weights(cfg))
+    assert gen.emotion_push == {"angry": 0.0, "happy": 2.0}
+    gen.reset(ref, Conditions())
+    weighted = [gen.next_chunk(c) for c in plan[:2]] + [gen.next_chunk(Conditions(emotion="happy"))]
+    np.testing.assert_array_equal(weighted[1], outs[0.0][1])  # angry at weight 0: as unguided
+    cfg0 = micro_config(guidance=0.0, emotion_guidance=0.0)
+    gen0 = Generator(cfg0, weights=random_weights(cfg0))
+    gen0.reset(ref, Conditions())
+    plain = [gen0.next_chunk(c) for c in plan[:2]] + [gen0.next_chunk(Conditions(emotion="happy"))]
+    assert not np.array_equal(weighted[2], plain[2])  # happy pushed
+    for weights in ((1.0,), (1.0, -1.0, 1.0, 1.0), (1.0, float("nan"), 1.0, 1.0)):
+        bad = micro_config(emotion_guidance_for=("angry", "happy"), emotion_guidance_weights=weights)
+        with pytest.raises(GeneratorError, match=r"model\.emotion_guidance_weights: .* one finite weight >= 0 for "
+                                                 r"each of happy, angry, surprised, sad"):
+            Generator(bad, weights=random_weights(bad))
+    even = micro_config(emotion_guidance=1.5, emotion_guidance_for=("sad",), emotion_guidance_weights=())
+    assert Generator(even, weights=random_weights(even)).emotion_push == {"sad": 1.5}
+    assert Generator(micro_config(), weights=random_weights(micro_config())).emotion_push == {"happy": 5.0, "angry": 1.0}
+
 
 def test_generator_runs_in_bfloat16() -> None:
     """The CUDA default dtype is bfloat16: every layer must accept it (checked here on the CPU)."""
