@@ -609,12 +609,13 @@ class Generator(StreamingGenerator):
             raise GeneratorError(f"model.emotion_guidance_for: unknown {', '.join(map(repr, unknown))} (allowed: "
                                  f"{', '.join(e for e in EMOTION_INDEX if e != 'neutral')})")
         moods = [e for e in EMOTIONS if e != "neutral"]
-        weights = cfg.emotion_guidance_weights or (1.0,) * len(moods)
-        if len(weights) != len(moods) or not all(math.isfinite(w) and w >= 0 for w in weights):
+        scales = cfg.emotion_guidance_weights or (1.0,) * len(moods)
+        if len(scales) != len(moods) or not all(math.isfinite(w) and w >= 0 for w in scales):
             raise GeneratorError(f"model.emotion_guidance_weights: {list(cfg.emotion_guidance_weights)} must give one "
                                  f"finite weight >= 0 for each of {', '.join(moods)} (or be empty)")
         # the push f + w (f - f_neutral) per emotion of emotion_guidance_for (others: not pushed)
-        self.emotion_push = {e: cfg.emotion_guidance * w for e, w in zip(moods, weights) if e in cfg.emotion_guidance_for}
+        self.emotion_push = {e: cfg.emotion_guidance * w for e, w in zip(moods, scales)
+                             if e in cfg.emotion_guidance_for}
         self.which_decoder = self._pick_decoder()  # 'native', 'mid' or 'hires'
         self.decoder = self.autoencoder.decoder_stream(which=self.which_decoder)
         logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d decoder=%s decoded=%dx%d "
