@@ -15,8 +15,8 @@ Conditioning per chunk: ``Conditions`` (action, emotion, optional free-text embe
 cross-attention context (its cache is recomputed only when they change); per latent frame the
 controls are ``[mouth openness of its temporal_factor video frames..., action progress, emotion progress]``
 (:func:`control_vector`, shared with training): how far the current action and the current emotion have come,
-so the model knows when a face must have finished changing even where the frames before it have not. An action switch takes effect at the next chunk;
-frames already produced never change (causality).
+so the model knows when a face must have finished changing even where the frames before it have not. An action
+switch takes effect at the next chunk; frames already produced never change (causality).
 
 :class:`StreamingGenerator` is what this generator and the Wan tier's (``backend/model/wan/generator.py``)
 share: caches, seeded noise, counters, snapshots, argument checks and the upscale-to-uint8 tail.
@@ -604,11 +604,11 @@ class Generator(StreamingGenerator):
         self._idle_context: torch.Tensor | None = None
         self.cross_neutral = CrossAttentionCache(sizes.num_layers)  # the neutral-emotion context (emotion guidance)
         self._neutral_context: torch.Tensor | None = None
-        unknown = [e for e in cfg.emotion_guidance_for if e not in EMOTION_INDEX or e == "neutral"]
+        moods = [e for e in EMOTIONS if e != "neutral"]  # what emotion guidance can push
+        unknown = [e for e in cfg.emotion_guidance_for if e not in moods]
         if unknown:
             raise GeneratorError(f"model.emotion_guidance_for: unknown {', '.join(map(repr, unknown))} (allowed: "
-                                 f"{', '.join(e for e in EMOTION_INDEX if e != 'neutral')})")
-        moods = [e for e in EMOTIONS if e != "neutral"]
+                                 f"{', '.join(moods)})")
         scales = cfg.emotion_guidance_weights or (1.0,) * len(moods)
         if len(scales) != len(moods) or not all(math.isfinite(w) and w >= 0 for w in scales):
             raise GeneratorError(f"model.emotion_guidance_weights: {list(cfg.emotion_guidance_weights)} must give one "
@@ -755,8 +755,8 @@ class Generator(StreamingGenerator):
         """The model's flow for the current chunk. With ``guidance`` > 0 and an action other than idle, the
         prediction is pushed away from the idle prediction: ``f + g * (f - f_idle)`` (action guidance); while an
         emotion of ``model.emotion_guidance_for`` is held, also away from the neutral emotion's prediction under
-        the same action: ``+ w * (f - f_neutral)`` (emotion guidance; ``w`` from :attr:`emotion_push`). Every pass writes the chunk's own cache
-        slots, the conditional one last; the cache pass is never guided."""
+        the same action: ``+ w * (f - f_neutral)`` (emotion guidance; ``w`` from :attr:`emotion_push`). Every
+        pass writes the chunk's own cache slots, the conditional one last; the cache pass is never guided."""
 
         def run(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, cross: CrossAttentionCache,
                 cache_only: bool = False) -> torch.Tensor:

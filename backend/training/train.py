@@ -501,6 +501,7 @@ class LatentPool:
         # latent frames since the command changed: a new emotion alone (a viewer's "look angry") is a command too
         self.since = frames_since_switch(self.actions * len(EMOTIONS) + self.emotions)
         self.since_emotion = frames_since_change(self.emotions)  # mid-clip emotion changes only
+        self.emotion_progress = emotion_progress_from_labels(self.emotions, tf)  # the DiT's emotion control
         self.draw_weight = torch.ones(len(self.actions))  # how often each clip is drawn (HARD_ACTIONS up)
         for name, w in HARD_ACTIONS.items():
             shows = (self.actions == ACTION_INDEX[name]).any(1).cpu()
@@ -514,8 +515,8 @@ class LatentPool:
     def batch(self, size: int, gen: torch.Generator) -> dict[str, Tensor]:
         idx = torch.multinomial(self.draw_weight, size, replacement=True, generator=gen).to(self.latents.device)
         return {k: getattr(self, k)[idx]
-                for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "since", "since_emotion",
-                          "regions")}
+                for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "emotion_progress", "since",
+                          "since_emotion", "regions")}
 
 
 def _inference_timesteps(cfg: ModelConfig, sched: FlowMatchSchedule) -> Tensor:
@@ -566,8 +567,7 @@ def _sequence_inputs(dit: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor],
     acts = torch.cat([idle, batch["actions"], batch["actions"]], 1)
     emos = torch.cat([idle, batch["emotions"], batch["emotions"]], 1)
     ctx = dit.build_context(acts.flatten(), emos.flatten()).unflatten(0, (b, 1 + 2 * n))  # (B, F, L, D)
-    ctrl = controls_from_labels(batch["mouth"], batch["progress"], cfg,
-                                emotion_progress_from_labels(batch["emotions"], cfg.autoencoder.temporal_factor))
+    ctrl = controls_from_labels(batch["mouth"], batch["progress"], cfg, batch["emotion_progress"])
     ctrl = torch.cat([torch.zeros_like(ctrl[:, :1]), ctrl, ctrl], 1)
     pos = torch.arange(n, device=device) + 1 + offset
     frame_pos = torch.cat([torch.zeros(1, dtype=torch.long, device=device), pos, pos])

@@ -28,7 +28,14 @@ from backend.training.distill import (
     train_distill_stage,
     trajectory_noise,
 )
-from backend.training.train import Run, export_stage, frames_since_switch, import_stage, progress_from_labels
+from backend.training.train import (
+    Run,
+    emotion_progress_from_labels,
+    export_stage,
+    frames_since_switch,
+    import_stage,
+    progress_from_labels,
+)
 from tests.model.model_kit import micro_config, random_weights
 
 
@@ -51,7 +58,9 @@ def _batch(cfg, b: int = 2, n: int = 4, seed: int = 0) -> dict[str, torch.Tensor
             "reference": torch.randn(b, 1, s.in_dim, h, w, generator=g),
             "actions": acts, "emotions": torch.ones(b, n, dtype=torch.long),
             "mouth": torch.rand(b, n * ae.temporal_factor, generator=g),
-            "progress": progress_from_labels(acts, ae.temporal_factor), "since": frames_since_switch(acts)}
+            "progress": progress_from_labels(acts, ae.temporal_factor),
+            "emotion_progress": emotion_progress_from_labels(torch.ones(b, n, dtype=torch.long), ae.temporal_factor),
+            "since": frames_since_switch(acts)}
 
 
 def _models(cfg) -> tuple[CausalDiT, CausalDiT]:
@@ -231,7 +240,10 @@ def test_teacher_trajectory_is_the_generators_guided_sampler() -> None:
     batch = {"latents": torch.zeros(1, f, cfg.dit.in_dim, h, w), "reference": ref_latent,
              "actions": acts, "emotions": torch.zeros(1, f, dtype=torch.long),
              "mouth": torch.zeros(1, f * cfg.autoencoder.temporal_factor),
-             "progress": progress_from_labels(acts, cfg.autoencoder.temporal_factor), "since": frames_since_switch(acts)}
+             "progress": progress_from_labels(acts, cfg.autoencoder.temporal_factor),
+             "emotion_progress": emotion_progress_from_labels(torch.zeros(1, f, dtype=torch.long),
+                                                              cfg.autoencoder.temporal_factor),
+             "since": frames_since_switch(acts)}
     db = build_batch(teacher, teacher, cfg, batch, f, 0, torch.Generator().manual_seed(0), None)
     assert db.guided.all()
     _, x0 = teacher_trajectory(teacher, db, noise[0], cfg, FlowMatchSchedule(shift=cfg.shift), guidance=0.5,
