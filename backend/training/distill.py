@@ -67,7 +67,7 @@ from backend.model.attention import FlexAttention
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT
 from backend.model.sampler import FlowMatchSchedule
 
-__all__ = ["DistillBatch", "distill_loss", "student_x0", "teacher_trajectory", "train_distill_stage",
+__all__ = ["DistillBatch", "distill_loss", "resume_state", "student_x0", "teacher_trajectory", "train_distill_stage",
            "trajectory_noise"]
 
 log = logging.getLogger(__name__)
@@ -355,3 +355,19 @@ def export_metadata(run_path: Any) -> dict[str, Any] | None:
             "distilled": {"teacher_steps": int(s.get("teacher_steps", TEACHER_STEPS)), "student_steps": [1, 2, 3, 4],
                           "teacher_dit_step": int(s["teacher_step"]), "guidance": float(s.get("guidance", 0.0)),
                           "guidance_frames": int(s.get("guidance_frames", 0))}}
+
+
+def resume_state(checkpoint: str) -> dict[str, Any]:
+    """The ``distill_state.json`` a run resumes from, read back from a distilled export's training metadata
+    (the inverse of :func:`export_metadata`): how to go on distilling a student shipped in an earlier session."""
+    from backend.model.checkpoint import load_weights
+
+    weights = load_weights(checkpoint)
+    trained = ((weights.config or {}) if weights is not None else {}).get("training", {})
+    d = trained.get("distilled") or {}
+    if "distill_step" not in trained or "teacher_dit_step" not in d:
+        raise SystemExit(f"{checkpoint}: not a distilled checkpoint (no distill_step in its training metadata)")
+    return {"distill_step": int(trained["distill_step"]), "teacher_step": int(d["teacher_dit_step"]),
+            "guidance_distilled": bool(trained.get("guidance_distilled", False)),
+            "guidance": float(d.get("guidance", 0.0)), "guidance_frames": int(d.get("guidance_frames", 0)),
+            "teacher_steps": int(d.get("teacher_steps", TEACHER_STEPS))}

@@ -29,6 +29,7 @@ model learns to read identity from the sink whatever the distance.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from backend.actions import ACTION_INDEX, ACTIONS, EMOTIONS
+from backend.actions import ACTION_INDEX, ACTIONS, EMOTION_INDEX, EMOTIONS
 from backend.config import Config, ModelConfig
 from backend.model.attention import FlexAttention
 from backend.model.autoencoder import DETAIL_DECODERS, DETAIL_PREFIXES, VideoAutoencoder
@@ -74,6 +75,9 @@ EMOTION_SWITCH_WEIGHT = 3.0
 # clips that show these actions are drawn this many times as often as others: the bow moves the whole figure and is
 # the action the DiT draws worst (blotches at every step count), yet only about a fifth of the clips show it
 HARD_ACTIONS = {"bow": 2.0}
+# clips that hold these emotions are drawn up the same way (a clip's weight is the largest that applies): the emotions
+# the DiT learnt worst (happy read right 6-25%, surprised 25-44% on the held-out plan, session 9)
+HARD_EMOTIONS = {"happy": 2.0, "surprised": 1.5}
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
 DISTILL_KEYS = ("distill_step", "guidance_distilled", "distilled")  # training metadata of `train distill`
@@ -502,9 +506,11 @@ class LatentPool:
         self.since = frames_since_switch(self.actions * len(EMOTIONS) + self.emotions)
         self.since_emotion = frames_since_change(self.emotions)  # mid-clip emotion changes only
         self.emotion_progress = emotion_progress_from_labels(self.emotions, tf)  # the DiT's emotion control
-        self.draw_weight = torch.ones(len(self.actions))  # how often each clip is drawn (HARD_ACTIONS up)
-        for name, w in HARD_ACTIONS.items():
-            shows = (self.actions == ACTION_INDEX[name]).any(1).cpu()
+        self.draw_weight = torch.ones(len(self.actions))  # how often each clip is drawn (HARD_ACTIONS/EMOTIONS up)
+        hard = [(self.actions, ACTION_INDEX[name], w) for name, w in HARD_ACTIONS.items()]
+        hard += [(self.emotions, EMOTION_INDEX[name], w) for name, w in HARD_EMOTIONS.items()]
+        for labels, index, w in hard:
+            shows = (labels == index).any(1).cpu()
             self.draw_weight = torch.where(shows, torch.clamp(self.draw_weight, min=w), self.draw_weight)
         log.info("latent pool clips=%d render+encode_s=%.1f latent_std=%.3f", n, time.monotonic() - t0,
                  float(self.latents.float().std()))
@@ -851,19 +857,48 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     run.log(stage="export", bytes=size, dit_step=prev["step"])
 
 
-def import_stage(cfg: Config, run: Run) -> None:
+def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
     """Seed an empty run from ``model.checkpoint`` (default: the shipped weights), so ``dit`` and
     ``selfforcing`` continue from it: the autoencoder (frozen for the DiT stages), the DiT as model and
-    EMA, and the step counts the export recorded."""
+    EMA, and the step counts the export recorded.
+
+    With ``teacher`` (a checkpoint file), ``model.checkpoint`` must be a distilled export and the run continues
+    its distillation: the teacher's DiT is the run's DiT (``dit_*``), the distilled DiT the student
+    (``distill_*``, its EMA as both), its ``distill_step`` the count it goes on from; the teacher must be the one
+    it was distilled from (the same DiT step)."""
     taken = [n for n in ("autoencoder.pt", "dit_model.safetensors", "dit_ema.safetensors") if (run.path / n).exists()]
     if taken:
         raise SystemExit(f"{run.path}: already holds {', '.join(taken)}; import only into a new run directory")
     weights, ae = _checkpoint_autoencoder(cfg, "import needs a LiveIdol checkpoint (the shipped one, or a file "
                                                "written by `liveidol train export`)")
     check_config(weights, cfg.model)
+    trained = (weights.config or {}).get("training", {})
+    student: CausalDiT | None = None
+    if teacher is not None:
+        distilled = trained.get("distilled") or {}
+        if "distill_step" not in trained or "teacher_dit_step" not in distilled:
+            raise SystemExit(f"import --teacher: {weights.source} is not a distilled checkpoint (no distill_step in "
+                             "its training metadata): give the student written by `liveidol train export` of a "
+                             "distill run as --checkpoint")
+        student = CausalDiT(cfg.model.dit)
+        load_dit(student, weights)
+        tw = load_weights(teacher)
+        if tw is None or tw.dit is None:
+            raise SystemExit(f"import --teacher {teacher}: no DiT weights there")
+        check_config(tw, cfg.model)
+        t_trained = (tw.config or {}).get("training", {})
+        if "distill_step" in t_trained:
+            raise SystemExit(f"import --teacher {teacher}: that checkpoint is distilled itself; the teacher is the "
+                             "undistilled DiT the student was made from")
+        if int(t_trained.get("dit_step", -1)) != int(distilled["teacher_dit_step"]):
+            raise SystemExit(f"import --teacher {teacher}: its DiT is at step {t_trained.get('dit_step')}, the student "
+                             f"{weights.source} was distilled from the DiT at step {distilled['teacher_dit_step']}: "
+                             "give that teacher, or distil the new one in a fresh run")
+        weights, trained = tw, t_trained
+        teacher_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=teacher))
+        _, ae = _checkpoint_autoencoder(teacher_cfg, "the teacher must be a LiveIdol checkpoint with its autoencoder")
     dit = CausalDiT(cfg.model.dit)
     load_dit(dit, weights)
-    trained = (weights.config or {}).get("training", {})
     run.save("autoencoder.pt", {"ae_state": {k: v.float() for k, v in ae.state_dict().items()},
                                 "imported_from": weights.source})
     for which in DETAIL_DECODERS:  # the trained detail decoders the checkpoint carries go on as WHICH.pt
@@ -876,16 +911,26 @@ def import_stage(cfg: Config, run: Run) -> None:
     state = {"step": int(trained.get("dit_step", 0)), "sf_step": int(trained.get("sf_step", 0)),
              **{k: trained[k] for k in DISTILL_KEYS if k in trained}}  # a distilled checkpoint stays one
     (run.path / "dit_state.json").write_text(json.dumps(state))
-    run.log(stage="import", source=weights.source, **state)
-    log.info("imported %s into %s dit_step=%d", weights.source, run.path, state["step"])
+    if student is not None:
+        from backend.training.distill import resume_state
+
+        run.save_weights("distill_model.safetensors", student.state_dict())
+        run.save_weights("distill_ema.safetensors", student.state_dict())
+        (run.path / "distill_state.json").write_text(json.dumps(resume_state(cfg.model.checkpoint)))
+    run.log(stage="import", source=weights.source, teacher=teacher, **state)
+    log.info("imported %s into %s dit_step=%d%s", weights.source, run.path, state["step"],
+             f" (the student {cfg.model.checkpoint} to distil on)" if student is not None else "")
 
 
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
               anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False,
-              decoder: str = "hires") -> int:
+              decoder: str = "hires", teacher: str | None = None) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
-    the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains."""
+    the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
+    ``teacher``: import only (see :func:`import_stage`)."""
+    if teacher is not None and stage != "import":
+        raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
     deadline = time.monotonic() + minutes * 60
     device = _device(cfg)
     run = Run(run_dir)
@@ -907,5 +952,5 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     elif stage == "export":
         export_stage(cfg, run, export_path)
     elif stage == "import":
-        import_stage(cfg, run)
+        import_stage(cfg, run, teacher)
     return 0

@@ -171,6 +171,28 @@ def test_distill_stage_resumes_and_exports_its_metadata(tmp_path: Path) -> None:
     again = load_weights(str(tmp_path / "again.safetensors")).config["training"]
     assert again["distill_step"] == training["distill_step"] and again["guidance_distilled"] is True
 
+    # a later session goes on distilling the shipped student: import it with its teacher; the count goes on
+    teacher_path = str(tmp_path / "teacher.safetensors")
+    cfg3 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(out)))
+    run3 = Run(tmp_path / "run3")
+    import_stage(cfg3, run3, teacher=teacher_path)
+    resumed = json.loads((run3.path / "distill_state.json").read_text())
+    assert resumed == {**second, "guidance": resumed["guidance"]} and resumed["teacher_step"] == 321
+    assert json.loads((run3.path / "dit_state.json").read_text()) == {"step": 321, "sf_step": 0}  # the teacher's
+    assert all(torch.equal(run3.load_weights("dit_ema.safetensors")[k], v) for k, v in teacher.items())
+    student3 = run3.load_weights("distill_ema.safetensors")
+    assert torch.equal(student3["blocks.0.self_attn.q.weight"], exported["blocks.0.self_attn.q.weight"].float())
+    train_distill_stage(cfg3, run3, time.monotonic() + 3.0, torch.device("cpu"))
+    assert json.loads((run3.path / "distill_state.json").read_text())["distill_step"] > second["distill_step"]
+    # the wrong teacher, or a student that is not distilled, is refused with the reason
+    with pytest.raises(SystemExit, match="distilled itself"):
+        import_stage(cfg3, Run(tmp_path / "run4"), teacher=str(out))
+    later = _checkpoint(tmp_path / "later", cfg, training={"dit_step": 400, "sf_step": 0})
+    with pytest.raises(SystemExit, match=r"step 400.*step 321"):
+        import_stage(cfg3, Run(tmp_path / "run5"), teacher=str(later))
+    with pytest.raises(SystemExit, match="not a distilled checkpoint"):
+        import_stage(cfg, Run(tmp_path / "run6"), teacher=teacher_path)
+
     # a teacher trained on after the student was made is refused, with the way out named
     (run.path / "dit_state.json").write_text(json.dumps({"step": 400, "sf_step": 0}))
     with pytest.raises(SystemExit, match="new run"):

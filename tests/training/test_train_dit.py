@@ -270,17 +270,21 @@ def test_latent_pool_counts_an_emotion_switch_as_a_new_command() -> None:
     first_change = torch.where(emo_change.any(1), emo_change.float().argmax(1) + 1, emos.shape[1])
     before = torch.arange(emos.shape[1])[None] < first_change[:, None]
     assert (since_emo[before] == emos.shape[1]).all()
-    # clips showing a hard action (the bow) are drawn HARD_ACTIONS times as often as the others
-    from backend.training.train import HARD_ACTIONS
+    # clips showing a hard action (the bow) or holding a hard emotion are drawn that many times as often as the
+    # others, the largest weight that applies
+    from backend.training.train import HARD_ACTIONS, HARD_EMOTIONS
 
     bow = (acts == ACTION_INDEX["bow"]).any(1)
     assert bow.any() and (~bow).any()
-    assert torch.equal(pool.draw_weight, torch.where(bow, HARD_ACTIONS["bow"], 1.0))
+    expect_w = torch.where(bow, HARD_ACTIONS["bow"], 1.0)
+    for name, w in HARD_EMOTIONS.items():
+        expect_w = torch.where((emos == EMOTION_INDEX[name]).any(1), torch.clamp(expect_w, min=w), expect_w)
+    assert torch.equal(pool.draw_weight, expect_w) and (expect_w > 1).sum() > bow.sum()
     gen = torch.Generator().manual_seed(0)
     drawn = torch.cat([torch.multinomial(pool.draw_weight, 64, replacement=True, generator=gen) for _ in range(50)])
     share = bow[drawn].float().mean().item()
     expected = HARD_ACTIONS["bow"] * bow.sum().item() / pool.draw_weight.sum().item()
-    assert abs(share - expected) < 0.05 and share > bow.float().mean().item() + 0.05
+    assert abs(share - expected) < 0.05 and expected > bow.float().mean().item()
     assert pool.batch(5, torch.Generator().manual_seed(1))["latents"].shape[0] == 5
     weight = loss_weights(since, since_emo)
     fresh = since_emo < ACTION_START_LATENTS
