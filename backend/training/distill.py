@@ -357,17 +357,15 @@ def export_metadata(run_path: Any) -> dict[str, Any] | None:
                           "guidance_frames": int(s.get("guidance_frames", 0))}}
 
 
-def resume_state(checkpoint: str) -> dict[str, Any]:
-    """The ``distill_state.json`` a run resumes from, read back from a distilled export's training metadata
-    (the inverse of :func:`export_metadata`): how to go on distilling a student shipped in an earlier session."""
-    from backend.model.checkpoint import load_weights
-
-    weights = load_weights(checkpoint)
-    trained = ((weights.config or {}) if weights is not None else {}).get("training", {})
-    d = trained.get("distilled") or {}
-    if "distill_step" not in trained or "teacher_dit_step" not in d:
-        raise SystemExit(f"{checkpoint}: not a distilled checkpoint (no distill_step in its training metadata)")
-    return {"distill_step": int(trained["distill_step"]), "teacher_step": int(d["teacher_dit_step"]),
-            "guidance_distilled": bool(trained.get("guidance_distilled", False)),
+def resume_state(training: dict[str, Any], source: str) -> dict[str, Any]:
+    """The ``distill_state.json`` a run resumes from, read back from the training metadata of a distilled export
+    (``source`` names it in the error; the inverse of :func:`export_metadata`): how to go on distilling a student
+    shipped in an earlier session."""
+    d = training.get("distilled") or {}
+    if "distill_step" not in training or "teacher_dit_step" not in d:
+        raise SystemExit(f"{source}: not a distilled checkpoint (no distill_step in its training metadata): give the "
+                         "student written by `liveidol train export` of a distill run")
+    return {"distill_step": int(training["distill_step"]), "teacher_step": int(d["teacher_dit_step"]),
+            "guidance_distilled": bool(training.get("guidance_distilled", False)),
             "guidance": float(d.get("guidance", 0.0)), "guidance_frames": int(d.get("guidance_frames", 0)),
             "teacher_steps": int(d.get("teacher_steps", TEACHER_STEPS))}

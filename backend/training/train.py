@@ -874,12 +874,11 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
     check_config(weights, cfg.model)
     trained = (weights.config or {}).get("training", {})
     student: CausalDiT | None = None
+    resumed: dict[str, Any] = {}
     if teacher is not None:
-        distilled = trained.get("distilled") or {}
-        if "distill_step" not in trained or "teacher_dit_step" not in distilled:
-            raise SystemExit(f"import --teacher: {weights.source} is not a distilled checkpoint (no distill_step in "
-                             "its training metadata): give the student written by `liveidol train export` of a "
-                             "distill run as --checkpoint")
+        from backend.training.distill import resume_state
+
+        resumed = resume_state(trained, f"import --checkpoint {weights.source}")
         student = CausalDiT(cfg.model.dit)
         load_dit(student, weights)
         tw = load_weights(teacher)
@@ -890,9 +889,9 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
         if "distill_step" in t_trained:
             raise SystemExit(f"import --teacher {teacher}: that checkpoint is distilled itself; the teacher is the "
                              "undistilled DiT the student was made from")
-        if int(t_trained.get("dit_step", -1)) != int(distilled["teacher_dit_step"]):
+        if int(t_trained.get("dit_step", -1)) != resumed["teacher_step"]:
             raise SystemExit(f"import --teacher {teacher}: its DiT is at step {t_trained.get('dit_step')}, the student "
-                             f"{weights.source} was distilled from the DiT at step {distilled['teacher_dit_step']}: "
+                             f"{weights.source} was distilled from the DiT at step {resumed['teacher_step']}: "
                              "give that teacher, or distil the new one in a fresh run")
         weights, trained = tw, t_trained
         teacher_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=teacher))
@@ -912,11 +911,9 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
              **{k: trained[k] for k in DISTILL_KEYS if k in trained}}  # a distilled checkpoint stays one
     (run.path / "dit_state.json").write_text(json.dumps(state))
     if student is not None:
-        from backend.training.distill import resume_state
-
         run.save_weights("distill_model.safetensors", student.state_dict())
         run.save_weights("distill_ema.safetensors", student.state_dict())
-        (run.path / "distill_state.json").write_text(json.dumps(resume_state(cfg.model.checkpoint)))
+        (run.path / "distill_state.json").write_text(json.dumps(resumed))
     run.log(stage="import", source=weights.source, teacher=teacher, **state)
     log.info("imported %s into %s dit_step=%d%s", weights.source, run.path, state["step"],
              f" (the student {cfg.model.checkpoint} to distil on)" if student is not None else "")

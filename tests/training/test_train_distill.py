@@ -232,6 +232,16 @@ def test_cli_names_the_stage_and_the_export_path() -> None:
     assert (args.stage, args.run, args.minutes, args.out) == ("distill", "runs/d", 5.5, None)
     args = build_parser().parse_args(["train", "export", "--run", "runs/d", "--out", "d.safetensors"])
     assert args.out == "d.safetensors"
+    args = build_parser().parse_args(["train", "import", "--run", "runs/d", "--checkpoint", "student.safetensors",
+                                      "--teacher", "teacher.safetensors"])
+    assert (args.stage, args.checkpoint, args.teacher) == ("import", "student.safetensors", "teacher.safetensors")
+    # --teacher belongs to import: another stage refuses it before it touches the run
+    from backend.training.train import run_stage
+
+    with pytest.raises(SystemExit, match="import stage"):
+        run_stage(Config(model=micro_config()), "distill", Path("runs/never-made"), minutes=0.1,
+                  teacher="teacher.safetensors")
+    assert not Path("runs/never-made").exists()
 
 
 def test_teacher_trajectory_is_the_generators_guided_sampler() -> None:
