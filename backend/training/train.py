@@ -29,7 +29,6 @@ model learns to read identity from the sink whatever the distance.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import math
@@ -288,12 +287,14 @@ def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torc
     log.info("autoencoder step=%d loss=%s stopped=%s", state["step"], last.get("total"), state.get("stopped"))
 
 
-def _checkpoint_autoencoder(cfg: Config, hint: str) -> tuple[Weights, VideoAutoencoder]:
-    """``model.checkpoint``'s weights and its autoencoder (CPU, float32); ``hint`` says what to do when the
-    checkpoint has no autoencoder."""
-    weights = load_weights(cfg.model.checkpoint)
+def _checkpoint_autoencoder(cfg: Config, hint: str, source: str | None = None) -> tuple[Weights, VideoAutoencoder]:
+    """``model.checkpoint``'s weights (or ``source``'s) and its autoencoder (CPU, float32); ``hint`` says what to do
+    when the checkpoint has no autoencoder."""
+    name = "model.checkpoint" if source is None else "checkpoint"
+    source = cfg.model.checkpoint if source is None else source
+    weights = load_weights(source)
     if weights is None or weights.autoencoder is None:
-        raise SystemExit(f"model.checkpoint = {cfg.model.checkpoint!r} has no autoencoder weights: {hint}")
+        raise SystemExit(f"{name} = {source!r} has no autoencoder weights: {hint}")
     ae = VideoAutoencoder(cfg.model.autoencoder)
     load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder", optional_prefixes=DETAIL_PREFIXES)
     return weights, ae
@@ -881,8 +882,9 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
         resumed = resume_state(trained, f"import --checkpoint {weights.source}")
         student = CausalDiT(cfg.model.dit)
         load_dit(student, weights)
-        tw = load_weights(teacher)
-        if tw is None or tw.dit is None:
+        tw, ae = _checkpoint_autoencoder(cfg, "the teacher must be a LiveIdol checkpoint with its autoencoder",
+                                         source=teacher)
+        if tw.dit is None:
             raise SystemExit(f"import --teacher {teacher}: no DiT weights there")
         check_config(tw, cfg.model)
         t_trained = (tw.config or {}).get("training", {})
@@ -894,8 +896,6 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
                              f"{weights.source} was distilled from the DiT at step {resumed['teacher_step']}: "
                              "give that teacher, or distil the new one in a fresh run")
         weights, trained = tw, t_trained
-        teacher_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=teacher))
-        _, ae = _checkpoint_autoencoder(teacher_cfg, "the teacher must be a LiveIdol checkpoint with its autoencoder")
     dit = CausalDiT(cfg.model.dit)
     load_dit(dit, weights)
     run.save("autoencoder.pt", {"ae_state": {k: v.float() for k, v in ae.state_dict().items()},
