@@ -70,6 +70,7 @@ __all__ = [
     "action_progress",
     "control_vector",
     "emotion_progress",
+    "emotion_pushes",
     "reference_float",
     "resolve_device",
 ]
@@ -168,6 +169,22 @@ def action_progress(name: str, frames_since_start: int, temporal_factor: int) ->
     if act.loop:
         return (frames_since_start % duration) / duration
     return min(max(frames_since_start / duration, 0.0), 1.0)
+
+
+def emotion_pushes(cfg: ModelConfig) -> dict[str, float]:
+    """Emotion guidance's push ``w`` per emotion it pushes (``f + w (f - f_neutral)``): ``model.emotion_guidance``
+    times each emotion's ``model.emotion_guidance_weights``, for the emotions of ``model.emotion_guidance_for``.
+    Shared by the generator and the distillation that folds the push into the weights."""
+    moods = [e for e in EMOTIONS if e != "neutral"]  # what emotion guidance can push
+    unknown = [e for e in cfg.emotion_guidance_for if e not in moods]
+    if unknown:
+        raise GeneratorError(f"model.emotion_guidance_for: unknown {', '.join(map(repr, unknown))} (allowed: "
+                             f"{', '.join(moods)})")
+    scales = cfg.emotion_guidance_weights or (1.0,) * len(moods)
+    if len(scales) != len(moods) or not all(math.isfinite(w) and w >= 0 for w in scales):
+        raise GeneratorError(f"model.emotion_guidance_weights: {list(cfg.emotion_guidance_weights)} must give one "
+                             f"finite weight >= 0 for each of {', '.join(moods)} (or be empty)")
+    return {e: cfg.emotion_guidance * w for e, w in zip(moods, scales) if e in cfg.emotion_guidance_for}
 
 
 def emotion_progress(frames_since_change: int, temporal_factor: int) -> float:
@@ -604,18 +621,10 @@ class Generator(StreamingGenerator):
         self._idle_context: torch.Tensor | None = None
         self.cross_neutral = CrossAttentionCache(sizes.num_layers)  # the neutral-emotion context (emotion guidance)
         self._neutral_context: torch.Tensor | None = None
-        moods = [e for e in EMOTIONS if e != "neutral"]  # what emotion guidance can push
-        unknown = [e for e in cfg.emotion_guidance_for if e not in moods]
-        if unknown:
-            raise GeneratorError(f"model.emotion_guidance_for: unknown {', '.join(map(repr, unknown))} (allowed: "
-                                 f"{', '.join(moods)})")
-        scales = cfg.emotion_guidance_weights or (1.0,) * len(moods)
-        if len(scales) != len(moods) or not all(math.isfinite(w) and w >= 0 for w in scales):
-            raise GeneratorError(f"model.emotion_guidance_weights: {list(cfg.emotion_guidance_weights)} must give one "
-                                 f"finite weight >= 0 for each of {', '.join(moods)} (or be empty)")
-        # the push f + w (f - f_neutral) per emotion of emotion_guidance_for (others: not pushed)
-        self.emotion_push = {e: cfg.emotion_guidance * w for e, w in zip(moods, scales)
-                             if e in cfg.emotion_guidance_for}
+        # the push f + w (f - f_neutral) per emotion of emotion_guidance_for (others: not pushed); none when the
+        # checkpoint has it distilled (`liveidol train distill`) and model.distilled_guidance = 'skip'
+        pushes = emotion_pushes(cfg)
+        self.emotion_push = {} if self.emotion_guidance_distilled and cfg.distilled_guidance == "skip" else pushes
         self.which_decoder = self._pick_decoder()  # 'native', 'mid' or 'hires'
         self.decoder = self.autoencoder.decoder_stream(which=self.which_decoder)
         logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d decoder=%s decoded=%dx%d "
@@ -641,13 +650,17 @@ class Generator(StreamingGenerator):
         self._trained_details: set[str] = set()  # detail decoders ('mid', 'hires') whose weights the checkpoint has
         self._weights_source = "random weights" if weights is None else weights.source
         self.guidance_distilled = False
+        self.emotion_guidance_distilled: dict[str, float] = {}  # emotion -> the push distilled into the weights
         if weights is None:
             init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
             logger.info("generator weights source=random")
             return
         check_config(weights, self.cfg)
         # `liveidol train distill` folds the action guidance into the weights: no second pass then
-        self.guidance_distilled = bool(((weights.config or {}).get("training") or {}).get("guidance_distilled"))
+        training = (weights.config or {}).get("training") or {}
+        self.guidance_distilled = bool(training.get("guidance_distilled"))
+        self.emotion_guidance_distilled = {str(k): float(v) for k, v in
+                                           (training.get("emotion_guidance_distilled") or {}).items()}
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
             load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",

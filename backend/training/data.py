@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from backend.actions import ACTION_INDEX, EMOTION_INDEX
+from backend.actions import ACTION_INDEX, EMOTION_INDEX, EMOTIONS
 from backend.world.character import identity_tensor, sample_identity
 from backend.world.pose import REST_POSE, random_script, segments, simulate, skeleton
 from backend.world.render import design_frame, render, straight_alpha
 
-__all__ = ["ClipSpec", "Clips", "face_boxes", "make_specs", "region_weights", "render_clips", "rest_reference", "straight_alpha"]
+__all__ = ["ClipSpec", "Clips", "face_boxes", "make_specs", "region_weights", "render_clips", "rest_reference", "straight_alpha",
+           "twin_script"]
 
 # Where the loss weighs up (see region_weights): the face carries the emotions (brows, eyes and mouth are a few
 # pixels at the native size) and the hands carry most actions (heart, like, touch_nose), yet both cover a few
@@ -36,6 +37,7 @@ HAND_WEIGHT = 2.0  # extra weight at each hand
 HAND_SIGMA = 9.0
 FULL_PLAY = 0.35  # share of a clip's non-looping actions that play whole (their held middle: a deep bow)
 EMOTION_ONLY = 0.3  # share of switches after idle/talk that change only the emotion (the label alone must carry it)
+TWIN_NEUTRAL = 0.5  # in an emotion twin, the share of a clip's emotional segments that turn neutral (else: another one)
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +81,33 @@ def _babble(n: int, rng: np.random.Generator) -> np.ndarray:
     return env
 
 
-def _one_spec(args: tuple[int, int, int]) -> ClipSpec:
-    seed, n_frames, align = args
+def twin_script(script: list[tuple[int, str, str]], rng: np.random.Generator) -> list[tuple[int, str, str]]:
+    """The emotion twin of a (start, action, emotion) ``script``: the same switches and actions, each segment under
+    another emotion (a neutral one under a random mood; a mood under neutral with probability ``TWIN_NEUTRAL``,
+    else under another mood). Simulated with the clip's seed, the twin makes the very same motion (the world's
+    trajectories draw on (seed, segment, action) alone): the two clips differ in the face the emotions set."""
+    moods = [e for e in EMOTIONS if e != "neutral"]
+    out = []
+    for start, act, emo in script:
+        if emo == "neutral":
+            new = moods[int(rng.integers(len(moods)))]
+        elif rng.random() < TWIN_NEUTRAL:
+            new = "neutral"
+        else:
+            others = [m for m in moods if m != emo]
+            new = others[int(rng.integers(len(others)))]
+        out.append((start, act, new))
+    return out
+
+
+def _one_spec(args: tuple[int, int, int, bool]) -> ClipSpec:
+    seed, n_frames, align, twin = args
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     script = random_script(n_frames, gen, switch_every=(8, 48), align=align, full_play=FULL_PLAY,
                            emotion_only=EMOTION_ONLY)
+    if twin:
+        script = twin_script(script, np.random.default_rng([seed, 1]))
     segs = segments(script, n_frames, 25.0)
     action_of = np.zeros(n_frames, dtype=np.int64)
     emotion_of = np.zeros(n_frames, dtype=np.int64)
@@ -100,9 +123,13 @@ def _one_spec(args: tuple[int, int, int]) -> ClipSpec:
                     progress=progress, mouth=torch.from_numpy(mouth.astype(np.float32)))
 
 
-def make_specs(n: int, n_frames: int, *, seed: int, align: int = 4, workers: int = 0) -> list[ClipSpec]:
-    """``n`` random clip specs of ``n_frames`` frames, deterministic for ``seed``; ``workers`` > 1 uses processes."""
-    jobs = [(seed * 1_000_003 + i, n_frames, align) for i in range(n)]
+def make_specs(n: int, n_frames: int, *, seed: int, align: int = 4, workers: int = 0,
+               twins: bool = False) -> list[ClipSpec]:
+    """``n`` random clip specs of ``n_frames`` frames, deterministic for ``seed``; ``workers`` > 1 uses processes.
+    ``twins``: ``2 * n`` specs, clip ``n + i`` the emotion twin of clip ``i`` (:func:`twin_script`: the same idol
+    and motion under other emotions)."""
+    jobs = [(seed * 1_000_003 + i, n_frames, align, twin) for twin in ((False, True) if twins else (False,))
+            for i in range(n)]
     if workers > 1:  # spawn: the parent may already hold a CUDA context
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             return list(pool.map(_one_spec, jobs, chunksize=16))

@@ -61,10 +61,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from backend.actions import ACTION_INDEX
+from backend.actions import ACTION_INDEX, EMOTION_INDEX, EMOTIONS
 from backend.config import Config, ModelConfig
 from backend.model.attention import FlexAttention
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT
+from backend.model.generator import emotion_pushes
 from backend.model.sampler import FlowMatchSchedule
 
 __all__ = ["DistillBatch", "distill_loss", "resume_state", "student_x0", "teacher_trajectory", "train_distill_stage",
@@ -101,6 +102,8 @@ class DistillBatch:
     n: int
     mask: Tensor
     flex: FlexAttention | None = None
+    neutral_context: Tensor | None = None  # (B, n, L, D): the noisy frames' embedding under the neutral emotion
+    push: Tensor | None = None  # (B, n) float: the emotion guidance's push on each frame (0: none)
 
 
 def _guided_frames(actions: Tensor, since: Tensor, chunk: int, cfg: ModelConfig) -> Tensor:
@@ -113,6 +116,15 @@ def _guided_frames(actions: Tensor, since: Tensor, chunk: int, cfg: ModelConfig)
     a0, s0 = actions[:, first], since[:, first]
     young = s0 < cfg.guidance_frames if cfg.guidance_frames else torch.ones_like(a0, dtype=torch.bool)
     return (a0 != ACTION_INDEX[cfg.guidance_negative]) & young
+
+
+def _pushed_frames(emotions: Tensor, chunk: int, pushes: dict[str, float]) -> Tensor:
+    """(B, n) float: the emotion guidance's push on each frame, as the generator pushes a chunk: by the emotion of
+    the chunk's first frame (``pushes``: :func:`backend.model.generator.emotion_pushes`; others 0)."""
+    n = emotions.shape[1]
+    table = torch.tensor([pushes.get(e, 0.0) for e in EMOTIONS], device=emotions.device)
+    first = torch.arange(n, device=emotions.device) // chunk * chunk
+    return table[emotions[:, first]]
 
 
 def _flow(dit: CausalDiT, db: DistillBatch, noisy: Tensor, t_noisy: Tensor, context: Tensor | None = None) -> Tensor:
@@ -134,23 +146,31 @@ def teacher_trajectory(teacher: CausalDiT, db: DistillBatch, z: Tensor, cfg: Mod
     ``TEACHER_STEPS`` calls (``states[0]`` is ``z``) and its final x0, float32 ``(B, n, C, h, w)``.
 
     Step for step what ``sample_chunk`` with the generator's flow does (x0 by the nearest training sigma,
-    re-noise by ``t_next / 1000``, guidance ``f + g (f - f_idle)`` on the guided frames only), with the
-    noise of :func:`trajectory_noise` (or ``noise``: the initial noise and each re-noising draw, explicitly)."""
+    re-noise by ``t_next / 1000``, action guidance ``+ g (f - f_idle)`` on the guided frames only, emotion guidance
+    ``+ w (f - f_neutral)`` with ``db.push``'s ``w`` per frame), with the noise of :func:`trajectory_noise` (or
+    ``noise``: the initial noise and each re-noising draw, explicitly)."""
     ts = sched.warp_list(cfg.timesteps[:TEACHER_STEPS])
     noise = trajectory_noise(z.float(), len(ts)) if noise is None else [e.float() for e in noise]
     b, n = z.shape[:2]
-    idle_ctx = None
+    idle_ctx = calm_ctx = None
     if guidance > 0 and bool(db.guided.any()):  # the idle pass runs on every row: one shape for the compiled blocks
         idle_ctx = db.inputs["context"].clone()
         idle_ctx[:, 1 + n:] = db.idle_context
+    if db.push is not None and db.neutral_context is not None and bool((db.push > 0).any()):
+        calm_ctx = db.inputs["context"].clone()
+        calm_ctx[:, 1 + n:] = db.neutral_context
     states, x, x0 = [], noise[0], noise[0]
     for i, tv in enumerate(ts):
         states.append(x)
         t = torch.full((b, n), tv, device=z.device)
-        flow = _flow(teacher, db, x, t)
+        cond = _flow(teacher, db, x, t)
+        flow = cond
         if idle_ctx is not None:
             uncond = _flow(teacher, db, x, t, context=idle_ctx)
-            flow = torch.where(db.guided.view(b, n, 1, 1, 1), flow + guidance * (flow - uncond), flow)
+            flow = torch.where(db.guided.view(b, n, 1, 1, 1), flow + guidance * (cond - uncond), flow)
+        if calm_ctx is not None:
+            assert db.push is not None
+            flow = flow + db.push.view(b, n, 1, 1, 1) * (cond - _flow(teacher, db, x, t, context=calm_ctx))
         sigma = float(sched.sigma_nearest(torch.tensor([tv], dtype=torch.float32))[0])
         x0 = (x.double() - sigma * flow.double()).float()
         if i + 1 < len(ts):
@@ -212,8 +232,10 @@ def distill_loss(student: CausalDiT, db: DistillBatch, states: list[Tensor], tar
 
 
 def build_batch(teacher: CausalDiT, student: CausalDiT, cfg: ModelConfig, batch: dict[str, Tensor], chunk: int,
-                offset: int, noise_gen: torch.Generator, flex: FlexAttention | None) -> DistillBatch:
-    """The shared inputs of one sequence: clean world context re-noised to the serve-time context noise."""
+                offset: int, noise_gen: torch.Generator, flex: FlexAttention | None,
+                pushes: dict[str, float] | None = None) -> DistillBatch:
+    """The shared inputs of one sequence: clean world context re-noised to the serve-time context noise;
+    ``pushes`` (emotion -> w) the emotion guidance the teacher samples with (None: none)."""
     from backend.training.train import _noised_context, _sequence_inputs, block_causal_mask
 
     lat = batch["latents"].float()
@@ -227,10 +249,15 @@ def build_batch(teacher: CausalDiT, student: CausalDiT, cfg: ModelConfig, batch:
         inputs = _sequence_inputs(teacher, cfg, batch, context, placeholder, t_placeholder, offset, t_context)
         neg = torch.full((b * n,), ACTION_INDEX[cfg.guidance_negative], dtype=torch.long, device=device)
         idle_context = teacher.build_context(neg, batch["emotions"].flatten()).unflatten(0, (b, n))
+        push = _pushed_frames(batch["emotions"], chunk, pushes) if pushes else None
+        neutral = torch.full((b * n,), EMOTION_INDEX["neutral"], dtype=torch.long, device=device)
+        neutral_context = (teacher.build_context(batch["actions"].flatten(), neutral).unflatten(0, (b, n))
+                           if push is not None and bool((push > 0).any()) else None)
     student_inputs = _sequence_inputs(student, cfg, batch, context, placeholder, t_placeholder, offset, t_context)
     mask = block_causal_mask(n, chunk, cfg.window_frames, cfg.sink_frames > 0, device)
     return DistillBatch(inputs=inputs, student_context=student_inputs["context"], idle_context=idle_context,
-                        guided=_guided_frames(batch["actions"], batch["since"], chunk, cfg), n=n, mask=mask, flex=flex)
+                        guided=_guided_frames(batch["actions"], batch["since"], chunk, cfg), n=n, mask=mask, flex=flex,
+                        neutral_context=neutral_context, push=push)
 
 
 def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.device, *, kernel: str = "auto",
@@ -268,6 +295,12 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
     # a teacher whose guidance was distilled already runs unguided, as the generator runs it
     teacher_guided = not meta.get("guidance_distilled", False)
     guidance = mcfg.guidance if teacher_guided else 0.0
+    # the emotion guidance likewise: folded in unless the teacher has it folded in already
+    # (a run goes on with the pushes it started with, whatever the config says now)
+    prior_pushes = {str(k): float(v) for k, v in (meta.get("emotion_guidance_distilled") or {}).items()}
+    pushes = {} if prior_pushes else {e: w for e, w in emotion_pushes(mcfg).items() if w > 0}
+    if dstate and not prior_pushes:
+        pushes = {str(k): float(v) for k, v in (dstate.get("emotion_guidance_distilled") or {}).items()}
     ae = _load_autoencoder(cfg, run, device)
     teacher = CausalDiT(mcfg.dit)
     load_into(teacher, teacher_weights, source=str(run.path / "dit_ema.safetensors"), what="dit",
@@ -291,9 +324,10 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
     sched = FlowMatchSchedule(shift=mcfg.shift)
     opt = torch.optim.AdamW(student.parameters(), lr=LR, betas=(0.9, 0.99), weight_decay=0.0)
     batch_size = 32 if cuda else 2
-    log.info("distill start step=%d teacher_step=%d guidance=%.2f (teacher %s) kernel=%s compiled=%s batch=%d",
-             step, teacher_step, guidance, "guided" if teacher_guided else "already distilled",
-             "flex" if flex else "sdpa", compile, batch_size)
+    log.info("distill start step=%d teacher_step=%d guidance=%.2f (teacher %s) emotion_pushes=%s kernel=%s "
+             "compiled=%s batch=%d", step, teacher_step, guidance, "guided" if teacher_guided else "already distilled",
+             pushes or (f"already distilled {prior_pushes}" if prior_pushes else "none"), "flex" if flex else "sdpa",
+             compile, batch_size)
     losses: list[float] = []
     stats_acc: list[dict[str, float]] = []
     step_times: list[float] = []
@@ -307,7 +341,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
         chunk = int(torch.randint(1, mcfg.chunk_frames + 1, (1,), generator=gen).item())
         offset = _random_offset(gen)
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
-            db = build_batch(teacher, student, mcfg, batch, chunk, offset, noise_gen, flex)
+            db = build_batch(teacher, student, mcfg, batch, chunk, offset, noise_gen, flex, pushes)
             z = _randn(batch["latents"].shape, noise_gen).to(device)
             states, target = teacher_trajectory(teacher, db, z, mcfg, sched, guidance=guidance)
             weight = 1.0 + 2.0 * (batch["since"] < ACTION_START_LATENTS).float()
@@ -334,6 +368,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
                                       or bool(meta.get("guidance_distilled", False)),
                                       "guidance": mcfg.guidance if teacher_guided else meta.get("guidance", 0.0),
                                       "guidance_frames": mcfg.guidance_frames,
+                                      "emotion_guidance_distilled": pushes or prior_pushes,
                                       "teacher_steps": TEACHER_STEPS}))
     log.info("distill saved step=%d steps_this_call=%d seconds=%.0f last_loss=%.4f", step, step - resumed_at,
              time.monotonic() - t_start, sum(losses[-50:]) / max(1, len(losses[-50:])))
@@ -352,6 +387,7 @@ def export_metadata(run_path: Any) -> dict[str, Any] | None:
         return None
     s = json.loads(p.read_text())
     return {"distill_step": int(s["distill_step"]), "guidance_distilled": bool(s.get("guidance_distilled", False)),
+            "emotion_guidance_distilled": dict(s.get("emotion_guidance_distilled") or {}),
             "distilled": {"teacher_steps": int(s.get("teacher_steps", TEACHER_STEPS)), "student_steps": [1, 2, 3, 4],
                           "teacher_dit_step": int(s["teacher_step"]), "guidance": float(s.get("guidance", 0.0)),
                           "guidance_frames": int(s.get("guidance_frames", 0))}}
@@ -368,4 +404,6 @@ def resume_state(training: dict[str, Any], source: str) -> dict[str, Any]:
     return {"distill_step": int(training["distill_step"]), "teacher_step": int(d["teacher_dit_step"]),
             "guidance_distilled": bool(training.get("guidance_distilled", False)),
             "guidance": float(d.get("guidance", 0.0)), "guidance_frames": int(d.get("guidance_frames", 0)),
+            "emotion_guidance_distilled": {str(k): float(v) for k, v in
+                                           (training.get("emotion_guidance_distilled") or {}).items()},
             "teacher_steps": int(d.get("teacher_steps", TEACHER_STEPS))}

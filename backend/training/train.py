@@ -77,9 +77,13 @@ HARD_ACTIONS = {"bow": 2.0}
 # clips that hold these emotions are drawn up the same way (a clip's weight is the largest that applies): the emotions
 # the DiT learnt worst (happy read right 6-25%, surprised 25-44% on the held-out plan, session 9)
 HARD_EMOTIONS = {"happy": 2.0, "surprised": 1.5}
+# The DiT stages train on emotion twins (the same clip under other emotions, the same noise): besides each clip's
+# loss, the difference of the twins' errors is weighed this much more, so what tells the emotions apart (a smile's
+# curve, a brow: a few pixels inside a latent cell) counts beside what both twins share. 0 = no twins.
+TWIN_WEIGHT = 2.0
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
-DISTILL_KEYS = ("distill_step", "guidance_distilled", "distilled")  # training metadata of `train distill`
+DISTILL_KEYS = ("distill_step", "guidance_distilled", "emotion_guidance_distilled", "distilled")  # training metadata of `train distill`
 HIRES_ADV_WEIGHT = 0.1  # weight of its adversarial loss (ramped in over 200 steps) beside the reconstruction
 HIRES_FACE_HALF = 26.0  # half side of the face crop the detail decoder is also scored on (design pixels)
 HIRES_FACE_WEIGHT = 1.0  # weight of that crop's reconstruction terms beside the whole frame's
@@ -240,10 +244,10 @@ def _workers() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _spec_pool(n: int, frames: int, seed: int, tf: int) -> list[ClipSpec]:
+def _spec_pool(n: int, frames: int, seed: int, tf: int, twins: bool = False) -> list[ClipSpec]:
     t0 = time.monotonic()
-    specs = make_specs(n, frames, seed=seed, align=tf, workers=_workers())
-    log.info("clip pool clips=%d frames=%d seconds=%.1f", n, frames, time.monotonic() - t0)
+    specs = make_specs(n, frames, seed=seed, align=tf, workers=_workers(), twins=twins)
+    log.info("clip pool clips=%d frames=%d twins=%s seconds=%.1f", n, frames, twins, time.monotonic() - t0)
     return specs
 
 
@@ -478,16 +482,20 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
 
 
 class LatentPool:
-    """Rendered and encoded clips kept on the device: latents, reference latents, labels."""
+    """Rendered and encoded clips kept on the device: latents, reference latents, labels. With ``twins`` the pool
+    holds ``2 * n`` clips, clip ``n + i`` the emotion twin of clip ``i`` (the same idol and motion under other
+    emotions, :func:`backend.training.data.twin_script`), and :meth:`batch` draws pairs."""
 
-    def __init__(self, cfg: Config, ae: VideoAutoencoder, n: int, seed: int, device: torch.device) -> None:
+    def __init__(self, cfg: Config, ae: VideoAutoencoder, n: int, seed: int, device: torch.device,
+                 twins: bool = False) -> None:
         ae_cfg = cfg.model.autoencoder
         tf, size = ae_cfg.temporal_factor, (ae_cfg.native_width, ae_cfg.native_height)
-        specs = _spec_pool(n, CLIP_LATENTS * tf, seed, tf)
+        specs = _spec_pool(n, CLIP_LATENTS * tf, seed, tf, twins)
+        self.pairs = n if twins else 0  # clips with a twin (the first half of the pool)
         lat, ref, acts, emos, mouth, regions = [], [], [], [], [], []
         t0 = time.monotonic()
         with torch.no_grad():
-            for i in range(0, n, 32):
+            for i in range(0, len(specs), 32):
                 clips = render_clips(specs[i:i + 32], size, tf, device)
                 lat.append(ae.encode(straight_alpha(clips.video)).to(torch.bfloat16))
                 ref.append(ae.encode(straight_alpha(clips.reference)).to(torch.bfloat16))
@@ -513,14 +521,25 @@ class LatentPool:
         for labels, index, w in hard:
             shows = (labels == index).any(1).cpu()
             self.draw_weight = torch.where(shows, torch.clamp(self.draw_weight, min=w), self.draw_weight)
-        log.info("latent pool clips=%d render+encode_s=%.1f latent_std=%.3f", n, time.monotonic() - t0,
+        if self.pairs:  # a pair is drawn as often as the harder of its two clips
+            self.draw_weight = torch.maximum(self.draw_weight[:n], self.draw_weight[n:])
+        log.info("latent pool clips=%d render+encode_s=%.1f latent_std=%.3f", len(specs), time.monotonic() - t0,
                  float(self.latents.float().std()))
 
     def __len__(self) -> int:
         return self.latents.shape[0]
 
     def batch(self, size: int, gen: torch.Generator) -> dict[str, Tensor]:
-        idx = torch.multinomial(self.draw_weight, size, replacement=True, generator=gen).to(self.latents.device)
+        """``size`` clips drawn by ``draw_weight``; from a pool of twins ``size // 2`` pairs: rows ``i`` and
+        ``i + size // 2`` are twins."""
+        if self.pairs:
+            if size % 2:
+                raise ValueError(f"a pool of emotion twins draws pairs: batch size {size} is odd")
+            half = torch.multinomial(self.draw_weight, size // 2, replacement=True, generator=gen)
+            idx = torch.cat([half, half + self.pairs])
+        else:
+            idx = torch.multinomial(self.draw_weight, size, replacement=True, generator=gen)
+        idx = idx.to(self.latents.device)
         return {k: getattr(self, k)[idx]
                 for k in ("latents", "reference", "actions", "emotions", "mouth", "progress", "emotion_progress", "since",
                           "since_emotion", "regions")}
@@ -647,6 +666,26 @@ def loss_weights(since: Tensor, since_emotion: Tensor) -> Tensor:
     return weight + EMOTION_SWITCH_WEIGHT * (since_emotion < ACTION_START_LATENTS).float()
 
 
+def dit_loss(residual: Tensor, regions: Tensor, weight: Tensor, first_frame: int = 0, twin_weight: float = 0.0) -> Tensor:
+    """The DiT stages' loss from ``residual`` = prediction - target (B, F, C, h, w): per latent frame the squared
+    error weighed per cell by ``regions`` (B, F, h, w) (face and hands up) and normalised by them, then averaged
+    over the frames from ``first_frame`` on by ``weight`` (B, F). With ``twin_weight`` > 0 rows ``i`` and
+    ``i + B // 2`` are emotion twins (:class:`LatentPool`), and the same loss of the difference of their residuals
+    (cells and frames weighed by the larger of the two) is added that many times."""
+
+    def weighed(res: Tensor, cells: Tensor, w: Tensor) -> Tensor:
+        c = cells.unsqueeze(2)  # (B, F, 1, h, w)
+        err = res.square().mul(c).sum(dim=(2, 3, 4)) / (c.sum(dim=(2, 3, 4)) * res.shape[2]) * w
+        return err[:, first_frame:].sum() / w[:, first_frame:].sum()
+
+    loss = weighed(residual, regions, weight)
+    if twin_weight > 0:
+        h = residual.shape[0] // 2
+        loss = loss + twin_weight * weighed(residual[:h] - residual[h:], torch.maximum(regions[:h], regions[h:]),
+                                            torch.maximum(weight[:h], weight[h:]))
+    return loss
+
+
 def optimizer_step(opt: torch.optim.Optimizer, model: torch.nn.Module, ema: torch.nn.Module, loss: Tensor, *,
                    lr: float, step: int, ema_decay: float) -> None:
     """One step of the DiT stages: ``lr`` set, gradients clipped to norm 1, then the EMA moves toward the model
@@ -714,7 +753,8 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     cuda = device.type == "cuda"
     flex, compile = training_kernels(kernel, compile, device, dit)
     log.info("dit training attention kernel=%s compiled=%s", "flex" if flex else "sdpa", compile)
-    pool = LatentPool(cfg, ae, 2048 if cuda else 8, seed=7 + step, device=device)
+    twins = TWIN_WEIGHT > 0
+    pool = LatentPool(cfg, ae, (1024 if twins else 2048) if cuda else 8, seed=7 + step, device=device, twins=twins)
     sched = FlowMatchSchedule(shift=mcfg.shift)
     batch_size = 32 if cuda else 2
     total_planned = 40_000
@@ -756,10 +796,11 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
             sf_step += 1
         context, t_context = _noised_context(context, _context_sigma(b, mcfg, gen, device), noise_gen)
         n_chunks = math.ceil(n / chunk)
-        t_chunk = _sample_t(n_chunks, b, mcfg, sched, gen).to(device)
+        draws = b // 2 if twins else b  # twins share their timesteps and noise
+        t_chunk = _sample_t(n_chunks, draws, mcfg, sched, gen).to(device).repeat(b // draws, 1)
         t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n]
         sigma = (t_noisy / 1000).view(b, n, 1, 1, 1)
-        eps = _randn(lat.shape, noise_gen).to(device)
+        eps = _randn((draws, *lat.shape[1:]), noise_gen).to(device).repeat(b // draws, 1, 1, 1, 1)
         x0 = lat.float()
         noisy = ((1 - sigma) * x0 + sigma * eps)
         target = eps - x0
@@ -770,11 +811,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         pred = flow.permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
         # the first second after a command is where the model must act on the condition alone: weigh it up
         weight = loss_weights(batch["since"], batch["since_emotion"])  # (B, F)
-        # per latent frame: the squared error weighed per cell (face and hands up), normalised by the weights
-        cells = batch["regions"].float().unsqueeze(2)  # (B, F, 1, h, w)
-        err = (pred - target).square().mul(cells).sum(dim=(2, 3, 4)) / (cells.sum(dim=(2, 3, 4)) * pred.shape[2])
-        err = err * weight
-        loss = err[:, first_loss_frame:].sum() / weight[:, first_loss_frame:].sum()
+        loss = dit_loss(pred - target, batch["regions"].float(), weight, first_loss_frame, TWIN_WEIGHT if twins else 0.0)
         lr = 4e-4 * min(1.0, (step - resumed_at + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total_planned, 1.0))))
         if anneal:
             done = min(1.0, (time.monotonic() - t_start) / max(1.0, deadline - t_start))

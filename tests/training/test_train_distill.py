@@ -141,6 +141,9 @@ def test_distill_stage_resumes_and_exports_its_metadata(tmp_path: Path) -> None:
     train_distill_stage(cfg, run, time.monotonic() + 4.0, torch.device("cpu"))
     first = json.loads((run.path / "distill_state.json").read_text())
     assert first["distill_step"] >= 2 and first["teacher_step"] == 321 and first["guidance_distilled"]
+    from backend.model.generator import emotion_pushes
+
+    assert first["emotion_guidance_distilled"] == emotion_pushes(cfg.model) != {}  # the emotion guidance is folded in
     student = run.load_weights("distill_model.safetensors")
     assert any(not torch.equal(student[k], teacher[k]) for k in teacher)  # it trained
     assert run.load_weights("dit_ema.safetensors").keys() == teacher.keys()
@@ -156,6 +159,7 @@ def test_distill_stage_resumes_and_exports_its_metadata(tmp_path: Path) -> None:
     training = load_weights(str(out)).config["training"]
     assert training["distill_step"] == second["distill_step"] and training["guidance_distilled"] is True
     assert training["dit_step"] == 321 and training["distilled"]["teacher_steps"] == 4
+    assert training["emotion_guidance_distilled"] == first["emotion_guidance_distilled"]
     assert training["distilled"]["student_steps"] == [1, 2, 3, 4]
     exported = load_weights(str(out)).dit
     ema = run.load_weights("distill_ema.safetensors")
@@ -201,18 +205,25 @@ def test_distill_stage_resumes_and_exports_its_metadata(tmp_path: Path) -> None:
         export_stage(cfg, run, tmp_path / "stale.safetensors")
 
 
-@pytest.mark.parametrize(("distilled", "mode", "passes"), [(False, "skip", 5), (True, "skip", 3), (True, "apply", 5)])
+@pytest.mark.parametrize(("distilled", "mode", "emotion", "passes"),
+                         [(False, "skip", "neutral", 5), (True, "skip", "neutral", 3), (True, "apply", "neutral", 5),
+                          (False, "skip", "happy", 7), (True, "skip", "happy", 3), (True, "apply", "happy", 7)])
 def test_generator_skips_the_guidance_pass_of_a_guidance_distilled_checkpoint(tmp_path: Path, distilled: bool,
-                                                                            mode: str, passes: int) -> None:
+                                                                            mode: str, emotion: str,
+                                                                            passes: int) -> None:
     """2 steps on a fresh action: guided = 2 x 2 passes + the cache pass (never guided: only its conditional
-    K/V are kept and its output is discarded, though with context noise it runs at t > 0) = 5; distilled = 2 + 1."""
+    K/V are kept and its output is discarded, though with context noise it runs at t > 0) = 5; distilled = 2 + 1.
+    Held happy adds the neutral-emotion pass to each step (7), unless the checkpoint has emotion guidance
+    distilled too (3)."""
     from backend.model.generator import Conditions, Generator
 
     cfg = Config(model=micro_config(guidance=0.5, guidance_frames=4, distilled_guidance=mode))
-    path = _checkpoint(tmp_path, cfg, {"dit_step": 1, **({"guidance_distilled": True} if distilled else {})})
+    record = {"guidance_distilled": True, "emotion_guidance_distilled": {"happy": 5.0}} if distilled else {}
+    path = _checkpoint(tmp_path, cfg, {"dit_step": 1, **record})
     gen = Generator(dataclasses.replace(cfg.model, checkpoint=str(path)))
     assert gen.guidance_distilled is distilled
-    gen.reset(np.full((16, 32, 4), 200, np.uint8), Conditions())
+    assert gen.emotion_guidance_distilled == ({"happy": 5.0} if distilled else {})
+    gen.reset(np.full((16, 32, 4), 200, np.uint8), Conditions(emotion=emotion))
     calls = []
     inner = gen.fast
 
@@ -221,7 +232,7 @@ def test_generator_skips_the_guidance_pass_of_a_guidance_distilled_checkpoint(tm
         return inner(*args, **kwargs)
 
     gen.fast = counting  # type: ignore[assignment]
-    gen.next_chunk(Conditions(action="wave"), steps=2)
+    gen.next_chunk(Conditions(action="wave", emotion=emotion), steps=2)
     assert len(calls) == passes
 
 
@@ -244,13 +255,16 @@ def test_cli_names_the_stage_and_the_export_path() -> None:
     assert not Path("runs/never-made").exists()
 
 
-def test_teacher_trajectory_is_the_generators_guided_sampler() -> None:
-    """The distillation target is what the engine samples: the first chunk of a stream after a command (guided),
-    made by the real Generator (cache path, 4 steps), equals the teacher's trajectory on the training sequence
-    given the same noise draws."""
-    from backend.model.generator import Conditions, Generator
+@pytest.mark.parametrize("emotion", ["neutral", "happy"])
+def test_teacher_trajectory_is_the_generators_guided_sampler(emotion: str) -> None:
+    """The distillation target is what the engine samples: the first chunk of a stream after a command (guided;
+    held happy: emotion guidance too), made by the real Generator (cache path, 4 steps), equals the teacher's
+    trajectory on the training sequence given the same noise draws."""
+    from backend.actions import EMOTION_INDEX
+    from backend.model.generator import Conditions, Generator, emotion_progress, emotion_pushes
 
-    cfg = micro_config(guidance=0.5, guidance_frames=4, chunk_frames=2, context_noise=0.1)
+    cfg = micro_config(guidance=0.5, guidance_frames=4, chunk_frames=2, context_noise=0.1,
+                       emotion_guidance=1.5, emotion_guidance_for=("happy", "sad"))
     weights = random_weights(cfg, seed=3, std=0.15)
     gen = Generator(cfg, weights=weights)
     ref_img = np.random.default_rng(0).integers(0, 256, (16, 32, 4), dtype=np.uint8)
@@ -265,22 +279,31 @@ def test_teacher_trajectory_is_the_generators_guided_sampler() -> None:
     captured = []
     step = gen.decoder.step
     gen.decoder.step = lambda x0: captured.append(x0.clone()) or step(x0)  # type: ignore[method-assign]
-    gen.next_chunk(Conditions(action="wave"), steps=4)
+    gen.next_chunk(Conditions(action="wave", emotion=emotion), steps=4)
 
     teacher = gen.dit
     acts = torch.full((1, f), ACTION_INDEX["wave"])
+    emos = torch.full((1, f), EMOTION_INDEX[emotion])
     batch = {"latents": torch.zeros(1, f, cfg.dit.in_dim, h, w), "reference": ref_latent,
-             "actions": acts, "emotions": torch.zeros(1, f, dtype=torch.long),
+             "actions": acts, "emotions": emos,
              "mouth": torch.zeros(1, f * cfg.autoencoder.temporal_factor),
              "progress": progress_from_labels(acts, cfg.autoencoder.temporal_factor),
-             "emotion_progress": emotion_progress_from_labels(torch.zeros(1, f, dtype=torch.long),
-                                                              cfg.autoencoder.temporal_factor),
+             "emotion_progress": emotion_progress_from_labels(emos, cfg.autoencoder.temporal_factor),
              "since": frames_since_switch(acts)}
-    db = build_batch(teacher, teacher, cfg, batch, f, 0, torch.Generator().manual_seed(0), None)
+    if emotion != "neutral":  # it changed with this chunk: its progress starts at 0, as the generator counts
+        batch["emotion_progress"] = torch.tensor([[emotion_progress(j, cfg.autoencoder.temporal_factor)
+                                                   for j in range(f)]])
+    pushes = emotion_pushes(cfg)
+    assert pushes == {"happy": 1.5 * 5.0, "sad": 1.5}  # the default weights: happy 5, the others 1
+    db = build_batch(teacher, teacher, cfg, batch, f, 0, torch.Generator().manual_seed(0), None, pushes)
     assert db.guided.all()
-    _, x0 = teacher_trajectory(teacher, db, noise[0], cfg, FlowMatchSchedule(shift=cfg.shift), guidance=0.5,
-                               noise=noise)
+    assert (db.neutral_context is not None) is (emotion == "happy")  # no neutral pass: nothing to push
+    sched = FlowMatchSchedule(shift=cfg.shift)
+    _, x0 = teacher_trajectory(teacher, db, noise[0], cfg, sched, guidance=0.5, noise=noise)
     torch.testing.assert_close(x0, captured[0].float(), atol=1e-4, rtol=1e-4)
-    _, unguided = teacher_trajectory(teacher, db, noise[0], cfg, FlowMatchSchedule(shift=cfg.shift), guidance=0.0,
-                                     noise=noise)
+    _, unguided = teacher_trajectory(teacher, db, noise[0], cfg, sched, guidance=0.0, noise=noise)
     assert (unguided - captured[0]).abs().max() > 1e-3  # the comparison can fail: guidance is in the target
+    if emotion == "happy":  # ... and so is the emotion's push
+        unpushed = build_batch(teacher, teacher, cfg, batch, f, 0, torch.Generator().manual_seed(0), None)
+        _, x0_unpushed = teacher_trajectory(teacher, unpushed, noise[0], cfg, sched, guidance=0.5, noise=noise)
+        assert (x0_unpushed - captured[0]).abs().max() > 1e-3
