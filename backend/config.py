@@ -183,18 +183,21 @@ class ModelConfig:
     guidance_frames: int = opt(4, "Guide only the first this many latent frames of each action (the push that "
                                "starts it; the model's own context carries it on); 0 = the whole action.", min=0)
     distilled_guidance: Literal["skip", "apply"] = opt(
-        "skip", "When the checkpoint has action guidance distilled into it (`liveidol train distill`): 'skip' the "
-        "second pass (the weights guide themselves), or 'apply' model.guidance on top anyway.")
+        "skip", "When the checkpoint has action (and emotion) guidance distilled into it (`liveidol train distill`): "
+        "'skip' their extra passes (the weights guide themselves), or 'apply' model.guidance and emotion guidance on "
+        "top anyway.")
     emotion_guidance: float = opt(1.0, "Emotion guidance: while an emotion of `emotion_guidance_for` is held, push "
                                   "each denoising step away from the prediction under the neutral emotion (the same "
-                                  "action): f + w (f - f_neutral). Costs another pass per step; 0 = off.",
+                                  "action): f + w (f - f_neutral). Costs another pass per step, except with weights that "
+                                  "have it distilled in (the shipped v8: see model.distilled_guidance); 0 = off.",
                                   min=0.0, max=20.0)
     emotion_guidance_for: tuple[str, ...] = opt(
-        ("angry", "happy"), "The emotions emotion guidance pushes. The shipped model draws surprised and sad by itself "
-        "(pushed, their eyes smear); angry and happy it draws faintly or not at all without the push.")
+        ("happy", "angry", "surprised", "sad"), "The emotions emotion guidance pushes (and `liveidol train distill` "
+        "folds into the weights). Without the push the model draws them faintly, happy least.")
     emotion_guidance_weights: tuple[float, ...] = opt(
-        (5.0, 1.0, 1.0, 1.0), "How hard emotion guidance pushes happy, angry, surprised and sad (in that order), as "
-        "multiples of `emotion_guidance` (empty: 1 each). Happy needs 5: its prediction differs least from neutral's.")
+        (5.0, 2.0, 1.0, 1.0), "How hard emotion guidance pushes happy, angry, surprised and sad (in that order), as "
+        "multiples of `emotion_guidance` (empty: 1 each). Happy needs 5: its prediction differs least from neutral's; "
+        "angry past 2 floods the face red.")
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)
