@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
@@ -69,6 +69,7 @@ __all__ = [
     "StreamingGenerator",
     "action_progress",
     "control_vector",
+    "distilled_pushes",
     "emotion_progress",
     "emotion_pushes",
     "reference_float",
@@ -185,6 +186,12 @@ def emotion_pushes(cfg: ModelConfig) -> dict[str, float]:
         raise GeneratorError(f"model.emotion_guidance_weights: {list(cfg.emotion_guidance_weights)} must give one "
                              f"finite weight >= 0 for each of {', '.join(moods)} (or be empty)")
     return {e: cfg.emotion_guidance * w for e, w in zip(moods, scales) if e in cfg.emotion_guidance_for}
+
+
+def distilled_pushes(record: Mapping[str, Any]) -> dict[str, float]:
+    """The emotion guidance a training record (a checkpoint's ``training`` metadata, a distill run's state) says is
+    distilled into the weights: emotion -> push (empty: none)."""
+    return {str(k): float(v) for k, v in (record.get("emotion_guidance_distilled") or {}).items()}
 
 
 def emotion_progress(frames_since_change: int, temporal_factor: int) -> float:
@@ -659,8 +666,7 @@ class Generator(StreamingGenerator):
         # `liveidol train distill` folds the action guidance into the weights: no second pass then
         training = (weights.config or {}).get("training") or {}
         self.guidance_distilled = bool(training.get("guidance_distilled"))
-        self.emotion_guidance_distilled = {str(k): float(v) for k, v in
-                                           (training.get("emotion_guidance_distilled") or {}).items()}
+        self.emotion_guidance_distilled = distilled_pushes(training)
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
             load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",

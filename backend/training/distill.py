@@ -65,7 +65,7 @@ from backend.actions import ACTION_INDEX, EMOTION_INDEX, EMOTIONS
 from backend.config import Config, ModelConfig
 from backend.model.attention import FlexAttention
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT
-from backend.model.generator import emotion_pushes
+from backend.model.generator import distilled_pushes, emotion_pushes
 from backend.model.sampler import FlowMatchSchedule
 
 __all__ = ["DistillBatch", "distill_loss", "resume_state", "student_x0", "teacher_trajectory", "train_distill_stage",
@@ -103,7 +103,7 @@ class DistillBatch:
     mask: Tensor
     flex: FlexAttention | None = None
     neutral_context: Tensor | None = None  # (B, n, L, D): the noisy frames' embedding under the neutral emotion
-    push: Tensor | None = None  # (B, n) float: the emotion guidance's push on each frame (0: none)
+    push: Tensor | None = None  # (B, n) float: the emotion guidance's push on each frame; None: no frame pushed
 
 
 def _guided_frames(actions: Tensor, since: Tensor, chunk: int, cfg: ModelConfig) -> Tensor:
@@ -156,7 +156,7 @@ def teacher_trajectory(teacher: CausalDiT, db: DistillBatch, z: Tensor, cfg: Mod
     if guidance > 0 and bool(db.guided.any()):  # the idle pass runs on every row: one shape for the compiled blocks
         idle_ctx = db.inputs["context"].clone()
         idle_ctx[:, 1 + n:] = db.idle_context
-    if db.push is not None and db.neutral_context is not None and bool((db.push > 0).any()):
+    if db.push is not None and db.neutral_context is not None:
         calm_ctx = db.inputs["context"].clone()
         calm_ctx[:, 1 + n:] = db.neutral_context
     states, x, x0 = [], noise[0], noise[0]
@@ -250,9 +250,12 @@ def build_batch(teacher: CausalDiT, student: CausalDiT, cfg: ModelConfig, batch:
         neg = torch.full((b * n,), ACTION_INDEX[cfg.guidance_negative], dtype=torch.long, device=device)
         idle_context = teacher.build_context(neg, batch["emotions"].flatten()).unflatten(0, (b, n))
         push = _pushed_frames(batch["emotions"], chunk, pushes) if pushes else None
-        neutral = torch.full((b * n,), EMOTION_INDEX["neutral"], dtype=torch.long, device=device)
-        neutral_context = (teacher.build_context(batch["actions"].flatten(), neutral).unflatten(0, (b, n))
-                           if push is not None and bool((push > 0).any()) else None)
+        neutral_context = None
+        if push is not None and bool((push > 0).any()):  # else no neutral pass: nothing in the sequence is pushed
+            neutral = torch.full((b * n,), EMOTION_INDEX["neutral"], dtype=torch.long, device=device)
+            neutral_context = teacher.build_context(batch["actions"].flatten(), neutral).unflatten(0, (b, n))
+        else:
+            push = None
     student_inputs = _sequence_inputs(student, cfg, batch, context, placeholder, t_placeholder, offset, t_context)
     mask = block_causal_mask(n, chunk, cfg.window_frames, cfg.sink_frames > 0, device)
     return DistillBatch(inputs=inputs, student_context=student_inputs["context"], idle_context=idle_context,
@@ -297,10 +300,13 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
     guidance = mcfg.guidance if teacher_guided else 0.0
     # the emotion guidance likewise: folded in unless the teacher has it folded in already
     # (a run goes on with the pushes it started with, whatever the config says now)
-    prior_pushes = {str(k): float(v) for k, v in (meta.get("emotion_guidance_distilled") or {}).items()}
-    pushes = {} if prior_pushes else {e: w for e, w in emotion_pushes(mcfg).items() if w > 0}
-    if dstate and not prior_pushes:
-        pushes = {str(k): float(v) for k, v in (dstate.get("emotion_guidance_distilled") or {}).items()}
+    prior_pushes = distilled_pushes(meta)
+    if prior_pushes:
+        pushes = {}
+    elif dstate:
+        pushes = distilled_pushes(dstate)
+    else:
+        pushes = {e: w for e, w in emotion_pushes(mcfg).items() if w > 0}
     ae = _load_autoencoder(cfg, run, device)
     teacher = CausalDiT(mcfg.dit)
     load_into(teacher, teacher_weights, source=str(run.path / "dit_ema.safetensors"), what="dit",
@@ -387,7 +393,7 @@ def export_metadata(run_path: Any) -> dict[str, Any] | None:
         return None
     s = json.loads(p.read_text())
     return {"distill_step": int(s["distill_step"]), "guidance_distilled": bool(s.get("guidance_distilled", False)),
-            "emotion_guidance_distilled": dict(s.get("emotion_guidance_distilled") or {}),
+            "emotion_guidance_distilled": distilled_pushes(s),
             "distilled": {"teacher_steps": int(s.get("teacher_steps", TEACHER_STEPS)), "student_steps": [1, 2, 3, 4],
                           "teacher_dit_step": int(s["teacher_step"]), "guidance": float(s.get("guidance", 0.0)),
                           "guidance_frames": int(s.get("guidance_frames", 0))}}
@@ -404,6 +410,5 @@ def resume_state(training: dict[str, Any], source: str) -> dict[str, Any]:
     return {"distill_step": int(training["distill_step"]), "teacher_step": int(d["teacher_dit_step"]),
             "guidance_distilled": bool(training.get("guidance_distilled", False)),
             "guidance": float(d.get("guidance", 0.0)), "guidance_frames": int(d.get("guidance_frames", 0)),
-            "emotion_guidance_distilled": {str(k): float(v) for k, v in
-                                           (training.get("emotion_guidance_distilled") or {}).items()},
+            "emotion_guidance_distilled": distilled_pushes(training),
             "teacher_steps": int(d.get("teacher_steps", TEACHER_STEPS))}

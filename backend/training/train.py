@@ -811,7 +811,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         pred = flow.permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
         # the first second after a command is where the model must act on the condition alone: weigh it up
         weight = loss_weights(batch["since"], batch["since_emotion"])  # (B, F)
-        loss = dit_loss(pred - target, batch["regions"].float(), weight, first_loss_frame, TWIN_WEIGHT if twins else 0.0)
+        loss = dit_loss(pred - target, batch["regions"].float(), weight, first_loss_frame, TWIN_WEIGHT)
         lr = 4e-4 * min(1.0, (step - resumed_at + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total_planned, 1.0))))
         if anneal:
             done = min(1.0, (time.monotonic() - t_start) / max(1.0, deadline - t_start))
