@@ -5,7 +5,7 @@
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F]
-                   [--checkpoint F [--teacher T]]
+                   [--checkpoint F [--teacher T | --grow]]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
     liveidol obs setup [--host H] [--port P] [--new-scene]
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", metavar="PATH.safetensors",
                    help="import: go on distilling --checkpoint (a distilled export) with this teacher, the DiT it was "
                         "distilled from")
+    p.add_argument("--grow", action="store_true",
+                   help="import: deepen the checkpoint's DiT to model.dit.num_layers (--set model.dit.num_layers=N; "
+                        "new blocks start as pass-throughs); give the run's later stages the same --set")
     p.add_argument("--out", metavar="PATH.safetensors",
                    help="export: write the checkpoint here (default: the shipped weights' path)")
     p.add_argument("--critic", action="store_true",
@@ -364,7 +367,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         out = {"export_path": Path(args.out)} if args.out else {}
         return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
                          kernel=args.kernel, compile=args.compile, critic=args.critic, decoder=args.decoder,
-                         teacher=args.teacher, **out)
+                         teacher=args.teacher, grow=args.grow, **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

@@ -38,10 +38,12 @@ from backend.config import DiTSizes
 from backend.model.attention import Attention, FlexAttention, SdpaAttention
 from backend.model.kv_cache import CacheStep, CrossAttentionCache, KVCache
 
-__all__ = ["EXTRA_PREFIXES", "CausalDiT", "rope_split", "sinusoidal_embedding"]
+__all__ = ["BLOCK_OUTPUTS", "EXTRA_PREFIXES", "CausalDiT", "deepen_state", "rope_split", "sinusoidal_embedding"]
 
 # State-dict prefixes of LiveIdol's own modules (absent from Wan / Self-Forcing checkpoints).
 EXTRA_PREFIXES = ("cond_embedding.", "control_embedding.", "cond_modulation.")
+# A block's residual branches end in these projections: zeroed, the block passes its input through unchanged.
+BLOCK_OUTPUTS = ("self_attn.o.", "cross_attn.o.", "ffn.2.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,3 +465,27 @@ class CausalDiT(nn.Module):
         x = x.reshape(b, gf, gh, gw, pt, ph, pw, co)
         x = torch.einsum("bfhwpqrc->bcfphqwr", x)
         return x.reshape(b, co, gf * pt, gh * ph, gw * pw)
+
+
+def deepen_state(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """A DiT state dict with ``layers`` blocks made from one with fewer, computing the same function: the new
+    blocks are spread evenly between the old ones, each a copy of the block before it with its residual outputs
+    (``BLOCK_OUTPUTS``) zeroed, so it passes its input through until training moves those projections (block
+    expansion as in LLaMA Pro: the deeper model starts where the trained one stands, not from scratch)."""
+    old = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    if layers < old:
+        raise ValueError(f"deepen_state: the DiT has {old} blocks; {layers} would drop some")
+    extra = layers - old
+    after = [i * old // extra for i in range(extra)]  # the old block each new one follows
+    plan: list[tuple[int, bool]] = []  # (old block to copy, zero its outputs) per new position
+    for b in range(old):
+        plan.append((b, False))
+        plan += [(b, True)] * after.count(b)
+    out = {k: v for k, v in state.items() if not k.startswith("blocks.")}
+    for j, (b, fresh) in enumerate(plan):
+        prefix = f"blocks.{b}."
+        for k, v in state.items():
+            if k.startswith(prefix):
+                rest = k[len(prefix):]
+                out[f"blocks.{j}.{rest}"] = torch.zeros_like(v) if fresh and rest.startswith(BLOCK_OUTPUTS) else v.clone()
+    return out

@@ -29,6 +29,7 @@ model learns to read identity from the sink whatever the distance.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -54,7 +55,7 @@ from backend.model.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from backend.model.dit import EXTRA_PREFIXES, CausalDiT
+from backend.model.dit import EXTRA_PREFIXES, CausalDiT, deepen_state
 from backend.model.generator import ACTION_FPS, EMOTION_RAMP_S
 from backend.model.sampler import FlowMatchSchedule
 from backend.training.data import ClipSpec, face_boxes, make_specs, region_weights, render_clips
@@ -895,10 +896,14 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     run.log(stage="export", bytes=size, dit_step=prev["step"])
 
 
-def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
+def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool = False) -> None:
     """Seed an empty run from ``model.checkpoint`` (default: the shipped weights), so ``dit`` and
     ``selfforcing`` continue from it: the autoencoder (frozen for the DiT stages), the DiT as model and
     EMA, and the step counts the export recorded.
+
+    With ``grow``, ``model.dit.num_layers`` may exceed the checkpoint's: the DiT is deepened to it
+    (:func:`backend.model.dit.deepen_state`: new blocks that pass their input through, so the deeper model starts
+    computing what the checkpoint does); every later stage of the run takes the same ``model.dit.num_layers``.
 
     With ``teacher`` (a checkpoint file), ``model.checkpoint`` must be a distilled export and the run continues
     its distillation: the teacher's DiT is the run's DiT (``dit_*``), the distilled DiT the student
@@ -909,7 +914,21 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
         raise SystemExit(f"{run.path}: already holds {', '.join(taken)}; import only into a new run directory")
     weights, ae = _checkpoint_autoencoder(cfg, "import needs a LiveIdol checkpoint (the shipped one, or a file "
                                                "written by `liveidol train export`)")
-    check_config(weights, cfg.model)
+    if grow:
+        if teacher is not None:
+            raise SystemExit("import --grow deepens a DiT to train on; a distillation goes on with the DiT it began "
+                             "with (--teacher): not both")
+        had = 1 + max(int(k.split(".")[1]) for k in weights.dit if k.startswith("blocks."))
+        want = cfg.model.dit.num_layers
+        if want < had:
+            raise SystemExit(f"import --grow: {weights.source} has {had} DiT blocks, model.dit.num_layers = {want}: "
+                             "growing cannot drop blocks")
+        check_config(weights, dataclasses.replace(cfg.model, dit=dataclasses.replace(cfg.model.dit, num_layers=had)))
+        weights = dataclasses.replace(weights, dit=deepen_state(weights.dit, want))
+        log.info("import --grow: the DiT deepened from %d to %d blocks (the new ones pass their input through)",
+                 had, want)
+    else:
+        check_config(weights, cfg.model)
     trained = (weights.config or {}).get("training", {})
     student: CausalDiT | None = None
     resumed: dict[str, Any] = {}
@@ -951,20 +970,22 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None) -> None:
         run.save_weights("distill_model.safetensors", student.state_dict())
         run.save_weights("distill_ema.safetensors", student.state_dict())
         (run.path / "distill_state.json").write_text(json.dumps(resumed))
-    run.log(stage="import", source=weights.source, teacher=teacher, **state)
+    run.log(stage="import", source=weights.source, teacher=teacher, layers=cfg.model.dit.num_layers, **state)
     log.info("imported %s into %s dit_step=%d%s", weights.source, run.path, state["step"],
              f" (the student {cfg.model.checkpoint} to distil on)" if student is not None else "")
 
 
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
               anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False,
-              decoder: str = "hires", teacher: str | None = None) -> int:
+              decoder: str = "hires", teacher: str | None = None, grow: bool = False) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
-    ``teacher``: import only (see :func:`import_stage`)."""
+    ``teacher``, ``grow``: import only (see :func:`import_stage`)."""
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
+    if grow and stage != "import":
+        raise SystemExit(f"--grow is for the import stage (to deepen the DiT a run starts from), not {stage}")
     deadline = time.monotonic() + minutes * 60
     device = _device(cfg)
     run = Run(run_dir)
@@ -986,5 +1007,5 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     elif stage == "export":
         export_stage(cfg, run, export_path)
     elif stage == "import":
-        import_stage(cfg, run, teacher)
+        import_stage(cfg, run, teacher, grow)
     return 0

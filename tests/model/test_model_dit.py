@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend.config import DiTSizes
-from backend.model.dit import EXTRA_PREFIXES, CausalDiT, Rope3D, rope_split
+from backend.model.dit import BLOCK_OUTPUTS, EXTRA_PREFIXES, CausalDiT, Rope3D, deepen_state, rope_split
 from backend.model.kv_cache import CrossAttentionCache, KVCache
 
 SIZES = DiTSizes(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, text_len=8, num_controls=5)
@@ -123,6 +123,51 @@ def test_per_frame_timesteps_are_per_frame() -> None:
         a = dit(x, torch.tensor([[1000.0, 0.0]]), ctx)
         b = dit(x, torch.tensor([[1000.0, 1000.0]]), ctx)
     assert not torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("layers", [2, 3, 5])
+def test_deepened_dit_computes_the_same_and_its_new_blocks_train(layers: int) -> None:
+    """deepen_state: the deeper DiT's output equals the trained one's (the new blocks pass their input through),
+    old blocks keep their order, each new block copies the one before it with its residual outputs at zero, and
+    one training step moves those outputs (the new blocks are not dead)."""
+    import dataclasses
+
+    dit = _dit()
+    with torch.no_grad():  # conditioning extras non-zero too: every path of the block is exercised
+        for name, p in dit.named_parameters():
+            if name.startswith(EXTRA_PREFIXES):
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.2)
+    state = deepen_state(dit.state_dict(), layers)
+    deep = CausalDiT(dataclasses.replace(SIZES, num_layers=layers)).eval()
+    deep.load_state_dict(state)  # strict: every key of the deeper model, none left over
+    x, t = torch.randn(1, 16, 2, 4, 4), torch.tensor([[800.0, 300.0]])
+    ctx = dit.build_context(torch.tensor([3]), torch.tensor([1]), torch.randn(1, 2, 16))
+    controls = torch.rand(1, 2, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x, t, ctx, controls=controls), dit(x, t, ctx, controls=controls),
+                                   atol=1e-5, rtol=1e-5)
+    fresh = [j for j in range(layers) if state[f"blocks.{j}.ffn.2.weight"].abs().sum() == 0]
+    assert len(fresh) == layers - 2
+    old = [j for j in range(layers) if j not in fresh]
+    for i, j in enumerate(old):  # the trained blocks, in their order
+        assert torch.equal(state[f"blocks.{j}.self_attn.q.weight"], dit.state_dict()[f"blocks.{i}.self_attn.q.weight"])
+    for j in fresh:  # a copy of the block before it, outputs zeroed
+        for k, v in state.items():
+            if k.startswith(f"blocks.{j}."):
+                rest = k[len(f"blocks.{j}."):]
+                twin = state[f"blocks.{j - 1}.{rest}"] if (j - 1) in old else None
+                if rest.startswith(BLOCK_OUTPUTS):
+                    assert v.abs().sum() == 0, k
+                elif twin is not None:
+                    assert torch.equal(v, twin), k
+    if fresh:
+        deep.train()
+        opt = torch.optim.SGD(deep.parameters(), lr=0.1)
+        deep(x, t, ctx, controls=controls).square().mean().backward()
+        opt.step()
+        assert all(deep.blocks[j].ffn[2].weight.abs().sum() > 0 for j in fresh)
+    with pytest.raises(ValueError, match="would drop some"):
+        deepen_state(dit.state_dict(), 1)
 
 
 def test_bad_context_is_named() -> None:

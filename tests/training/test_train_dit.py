@@ -212,6 +212,57 @@ def test_import_seeds_a_run_from_an_exported_checkpoint_and_training_continues(t
         train_autoencoder_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"))
 
 
+def test_import_grow_deepens_the_dit_a_run_trains_and_exports(tmp_path) -> None:
+    """import --grow: a 2-block checkpoint seeds a 4-block run computing what the checkpoint does; the dit stage
+    trains it at that depth and export writes num_layers 4 (the generator serves it with the same config); without
+    --grow, with --teacher, or to fewer blocks the import is refused with the reason."""
+    import json
+    import time
+
+    from backend.config import Config
+    from backend.model.autoencoder import VideoAutoencoder
+    from backend.model.checkpoint import load_weights, save_checkpoint
+    from backend.model.generator import Generator
+    from backend.training.train import Run, export_stage, import_stage, run_stage, train_dit_stage
+
+    cfg = Config(model=micro_config())
+    w = random_weights(cfg.model, seed=7, std=0.05)
+    dit, ae = CausalDiT(cfg.model.dit), VideoAutoencoder(cfg.model.autoencoder)
+    dit.load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("dit.")})
+    ae.load_state_dict({k[12:]: v for k, v in w.items() if k.startswith("autoencoder.")})
+    path = save_checkpoint(tmp_path / "m.safetensors", dit, ae, cfg.model, dtype=torch.float32,
+                           training={"dit_step": 123, "sf_step": 45})
+    deep_cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, checkpoint=str(path), dit=dataclasses.replace(cfg.model.dit, num_layers=4)))
+    with pytest.raises(Exception, match="num_layers: checkpoint 2, config 4"):
+        import_stage(deep_cfg, Run(tmp_path / "plain"))  # growing is asked for, never implied
+    with pytest.raises(SystemExit, match="not both"):
+        import_stage(deep_cfg, Run(tmp_path / "t"), teacher=str(path), grow=True)
+    with pytest.raises(SystemExit, match="--grow is for the import stage"):
+        run_stage(deep_cfg, "dit", tmp_path / "t2", minutes=0.01, grow=True)
+    shallow = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, checkpoint=str(path), dit=dataclasses.replace(cfg.model.dit, num_layers=1)))
+    with pytest.raises(SystemExit, match="cannot drop blocks"):
+        import_stage(shallow, Run(tmp_path / "s"), grow=True)
+
+    run = Run(tmp_path / "run")
+    import_stage(deep_cfg, run, grow=True)
+    assert json.loads((run.path / "dit_state.json").read_text()) == {"step": 123, "sf_step": 45}
+    deep = CausalDiT(deep_cfg.model.dit).eval()
+    deep.load_state_dict(run.load_weights("dit_ema.safetensors"))
+    x, t = torch.randn(1, 16, 2, 4, 8), torch.tensor([[900.0, 400.0]])
+    ctx = dit.build_context(torch.tensor([2]), torch.tensor([1]))
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x, t, ctx), dit.eval()(x, t, ctx), atol=2e-3, rtol=2e-3)  # runs keep fp16
+    train_dit_stage(deep_cfg, run, time.monotonic() + 4.0, torch.device("cpu"), selfforcing=False)
+    assert json.loads((run.path / "dit_state.json").read_text())["step"] > 123
+    out = tmp_path / "deep.safetensors"
+    export_stage(deep_cfg, run, out)
+    assert load_weights(str(out)).config["dit"]["num_layers"] == 4
+    serve = dataclasses.replace(deep_cfg.model, checkpoint=str(out))
+    assert len(Generator(serve).dit.blocks) == 4
+
+
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager() -> None:
     """``liveidol train dit --compile`` compiles each block in place (state-dict keys unchanged): the
