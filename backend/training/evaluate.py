@@ -49,6 +49,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -988,6 +989,17 @@ def _ci(ci: list[float] | None) -> str:
     return f" [{ci[0]:.0%}-{ci[1]:.0%}]" if ci else ""
 
 
+def _emotion_misses(per_emotion: dict[str, Any]) -> str:
+    """``'happy as neutral under nod 2, bow 1; ...'``: each emotion read as another, with the commanded actions it
+    was misread under, most first (what training must fix is where an action's face wins over the emotion)."""
+    parts = []
+    for emotion, v in per_emotion.items():
+        for read, actions in v.get("misread", {}).items():
+            under = ", ".join(f"{a} {n}" for a, n in Counter(actions).most_common())
+            parts.append(f"{emotion} as {read} under {under}")
+    return "; ".join(parts)
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The per-character, per-level figures of a ``run_eval`` result as a plain-text table (for people)."""
     lines = []
@@ -1013,6 +1025,9 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append(f"{name:9} {key:15} following {_fmt(af['rate'], '.0%')}{_ci(af.get('ci95'))} (world "
                          f"{_fmt(af['rate_world'], '.0%')}{_ci(af.get('ci95_world'))}), "
                          f"emotions: {emos}, flicker {_fmt(lv['temporal'].get('flicker_ratio'), '.2f')}")
+            misses = _emotion_misses(af.get("per_emotion", {}))
+            if misses:
+                lines.append(f"{name:9} {key:15} emotion misses: {misses}")
             q = lv.get("quality")
             if not q:
                 continue

@@ -21,6 +21,7 @@ from backend.training.evaluate import (
     _targets,
     chunk_conditions,
     followed,
+    format_table,
     plan_commands,
     read_emotion,
     run_eval,
@@ -205,6 +206,24 @@ def test_artefact_targets_count_only_what_the_model_adds_over_the_world():
     assert ok["worst_vs_idle"]["steps=4,chunk=2,speck"]["ok"] and ok["pass"]
     bad = _targets(levels(group(0.014, 0.0)), [4], [2])
     assert not bad["worst_vs_idle"]["steps=4,chunk=2,speck"]["ok"] and not bad["pass"]
+
+
+def test_table_names_each_emotion_miss_with_the_actions_it_happened_under():
+    """format_table: one line per level saying which emotion was read as which, under which commanded action
+    (most first); no line when every emotion was read right."""
+    def level(misread: dict) -> dict:
+        return {"action_following": {"rate": 0.9, "rate_world": 1.0, "per_action": {},
+                                     "per_emotion": {"neutral": {"n": 4, "rate": 1.0},
+                                                     "happy": {"n": 4, "rate": 0.25, "misread": misread}}},
+                "temporal": {"flicker_ratio": 1.0}}
+
+    result = {"config": {"seed": 116, "held_out": True},
+              "characters": {"aiko": {"levels": {"steps=4,chunk=2": level({"neutral": ["bow", "nod", "nod"]}),
+                                                 "steps=1,chunk=1": level({})}}}}
+    lines = format_table(result).splitlines()
+    misses = [x for x in lines if "emotion misses" in x]
+    assert len(misses) == 1 and "steps=4,chunk=2" in misses[0]
+    assert misses[0].endswith("emotion misses: happy as neutral under nod 2, bow 1")
 
 
 # -- a whole run --------------------------------------------------------------------------------
