@@ -184,7 +184,8 @@ class ModelConfig:
                                "starts it; the model's own context carries it on); 0 = the whole action.", min=0)
     distilled_guidance: Literal["skip", "apply"] = opt(
         "skip", "When the checkpoint has action (and emotion) guidance distilled into it (`liveidol train distill`): "
-        "'skip' their extra passes (the weights guide themselves), or 'apply' model.guidance and emotion guidance on "
+        "'skip' their extra passes (the weights guide themselves; an emotion whose configured push differs from the "
+        "distilled one still gets a pass for the difference), or 'apply' model.guidance and emotion guidance on "
         "top anyway.")
     emotion_guidance: float = opt(1.0, "Emotion guidance: while an emotion of `emotion_guidance_for` is held, push "
                                   "each denoising step away from the prediction under the neutral emotion (the same "
@@ -197,7 +198,9 @@ class ModelConfig:
     emotion_guidance_weights: tuple[float, ...] = opt(
         (5.0, 2.0, 1.0, 1.0), "How hard emotion guidance pushes happy, angry, surprised and sad (in that order), as "
         "multiples of `emotion_guidance` (empty: 1 each). Happy needs 5: its prediction differs least from neutral's; "
-        "angry past 2 floods the face red.")
+        "angry past 2 floods the face red. With weights that have the push distilled in (the shipped v8: 5, 2, 1, 1) "
+        "these are still the pushes you get: a weight set apart from the distilled one costs a pass for that "
+        "emotion (e.g. angry 1 for a less red angry face).")
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)

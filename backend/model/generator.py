@@ -73,6 +73,7 @@ __all__ = [
     "emotion_progress",
     "emotion_pushes",
     "reference_float",
+    "residual_pushes",
     "resolve_device",
 ]
 
@@ -192,6 +193,21 @@ def distilled_pushes(record: Mapping[str, Any]) -> dict[str, float]:
     """The emotion guidance a training record (a checkpoint's ``training`` metadata, a distill run's state) says is
     distilled into the weights: emotion -> push (empty: none)."""
     return {str(k): float(v) for k, v in (record.get("emotion_guidance_distilled") or {}).items()}
+
+
+def residual_pushes(wanted: Mapping[str, float], distilled: Mapping[str, float]) -> dict[str, float]:
+    """The emotion guidance the generator still runs on weights with ``distilled`` pushes folded in, so that what a
+    viewer gets is the ``wanted`` push (:func:`emotion_pushes`): emotion -> ``w'``, only where the two differ.
+
+    A student distilled with push ``d`` draws about ``f + d (f - f_n)`` for that emotion and ``f_n`` under neutral
+    (neutral is never pushed); pushing it once more by ``w'`` gives ``(1 + w')(1 + d) f - ...``, which is the
+    teacher pushed by ``w`` when ``w' = (w - d) / (1 + d)`` (negative: a weaker face than the distilled one)."""
+    out = {}
+    for e in sorted(set(wanted) | set(distilled)):
+        w, d = wanted.get(e, 0.0), distilled.get(e, 0.0)
+        if not math.isclose(w, d, abs_tol=1e-9):
+            out[e] = (w - d) / (1.0 + d)
+    return out
 
 
 def emotion_progress(frames_since_change: int, temporal_factor: int) -> float:
@@ -628,10 +644,12 @@ class Generator(StreamingGenerator):
         self._idle_context: torch.Tensor | None = None
         self.cross_neutral = CrossAttentionCache(sizes.num_layers)  # the neutral-emotion context (emotion guidance)
         self._neutral_context: torch.Tensor | None = None
-        # the push f + w (f - f_neutral) per emotion of emotion_guidance_for (others: not pushed); none when the
-        # checkpoint has it distilled (`liveidol train distill`) and model.distilled_guidance = 'skip'
+        # the push f + w (f - f_neutral) per emotion of emotion_guidance_for (others: not pushed); when the checkpoint
+        # has it distilled (`liveidol train distill`) and model.distilled_guidance = 'skip', only what the configured
+        # pushes differ by (none with the defaults: they are what the shipped weights have inside)
         pushes = emotion_pushes(cfg)
-        self.emotion_push = {} if self.emotion_guidance_distilled and cfg.distilled_guidance == "skip" else pushes
+        self.emotion_push = (residual_pushes(pushes, self.emotion_guidance_distilled)
+                             if self.emotion_guidance_distilled and cfg.distilled_guidance == "skip" else pushes)
         self.which_decoder = self._pick_decoder()  # 'native', 'mid' or 'hires'
         self.decoder = self.autoencoder.decoder_stream(which=self.which_decoder)
         logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d decoder=%s decoded=%dx%d "
@@ -740,7 +758,7 @@ class Generator(StreamingGenerator):
         idle = ACTION_INDEX[self.cfg.guidance_negative]
         self._idle_context = None if indices[0] == idle else self.dit.build_context(torch.full_like(a, idle), e, text)
         self.cross_idle.reset()
-        pushed = self.emotion_push.get(EMOTIONS[indices[1]], 0.0) > 0
+        pushed = self.emotion_push.get(EMOTIONS[indices[1]], 0.0) != 0
         self._neutral_context = (self.dit.build_context(a, torch.full_like(e, EMOTION_INDEX["neutral"]), text)
                                  if pushed else None)
         self.cross_neutral.reset()

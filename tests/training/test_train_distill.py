@@ -236,6 +236,60 @@ def test_generator_skips_the_guidance_pass_of_a_guidance_distilled_checkpoint(tm
     assert len(calls) == passes
 
 
+def test_residual_push_turns_the_distilled_push_into_the_wanted_one() -> None:
+    """residual_pushes: a student distilled with push d draws ~ f + d (f - f_n) (f_n under neutral); pushing it by
+    the residual w' gives exactly the teacher pushed by the wanted w; emotions where the two agree get no pass."""
+    from backend.model.generator import residual_pushes
+
+    wanted = {"happy": 5.0, "angry": 1.0, "sad": 1.0}
+    distilled = {"happy": 5.0, "angry": 2.0, "surprised": 1.0, "sad": 1.0}
+    res = residual_pushes(wanted, distilled)
+    assert set(res) == {"angry", "surprised"} and res["angry"] == pytest.approx(-1 / 3)
+    assert res["surprised"] == pytest.approx(-0.5)  # not wanted at all: the distilled push taken back out
+    assert residual_pushes({"happy": 2.0}, {}) == {"happy": 2.0}  # nothing distilled: the plain push
+    g = torch.Generator().manual_seed(0)
+    f_e, f_n = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    for e in ("angry", "surprised"):
+        d, w = distilled[e], wanted.get(e, 0.0)
+        student_e, student_n = f_e + d * (f_e - f_n), f_n
+        torch.testing.assert_close(student_e + res[e] * (student_e - student_n), f_e + w * (f_e - f_n))
+
+
+def test_generator_runs_only_the_difference_from_the_distilled_emotion_push(tmp_path: Path) -> None:
+    """Weights with angry pushed 2 inside, config asking angry 1: held angry costs the neutral pass again (5 passes
+    for 2 steps of a fresh action instead of 3) with the residual push -1/3; held happy (5 inside, 5 asked) none."""
+    from backend.model.generator import Conditions, Generator
+
+    cfg = Config(model=micro_config(guidance=0.5, guidance_frames=4, emotion_guidance_weights=(5.0, 1.0, 1.0, 1.0)))
+    record = {"guidance_distilled": True, "emotion_guidance_distilled": {"happy": 5.0, "angry": 2.0,
+                                                                         "surprised": 1.0, "sad": 1.0}}
+    path = _checkpoint(tmp_path, cfg, {"dit_step": 1, **record})
+    gen = Generator(dataclasses.replace(cfg.model, checkpoint=str(path)))
+    assert gen.emotion_push == {"angry": pytest.approx(-1 / 3)}
+    for emotion, passes in (("happy", 3), ("angry", 5)):
+        gen.reset(np.full((16, 32, 4), 200, np.uint8), Conditions(emotion=emotion))
+        calls: list[int] = []
+        inner = gen.fast
+
+        def counting(*args, calls=calls, inner=inner, **kwargs):
+            calls.append(1)
+            return inner(*args, **kwargs)
+
+        gen.fast = counting  # type: ignore[assignment]
+        gen.next_chunk(Conditions(action="wave", emotion=emotion), steps=2)
+        gen.fast = inner  # type: ignore[assignment]
+        assert len(calls) == passes, emotion
+    plain = Generator(dataclasses.replace(cfg.model, checkpoint=str(path), emotion_guidance_weights=(5.0, 2.0, 1.0, 1.0)))
+    assert plain.emotion_push == {}
+    plain.reset(np.full((16, 32, 4), 200, np.uint8), Conditions(emotion="angry"))
+    gen.reset(np.full((16, 32, 4), 200, np.uint8), Conditions(emotion="angry"))
+    plain._noise.manual_seed(3)
+    gen._noise.manual_seed(3)
+    a = plain.next_chunk(Conditions(action="wave", emotion="angry"), steps=2)
+    b = gen.next_chunk(Conditions(action="wave", emotion="angry"), steps=2)
+    assert np.abs(a.astype(int) - b.astype(int)).max() > 0  # the residual push changes the picture
+
+
 def test_cli_names_the_stage_and_the_export_path() -> None:
     from backend.cli import build_parser
 
