@@ -176,16 +176,11 @@ def test_a_run_from_before_the_command_modulation_resumes_and_anneals(tmp_path, 
     assert any("dit saved" in r.getMessage() for r in caplog.records)
 
 
-def test_import_seeds_a_run_from_an_exported_checkpoint_and_training_continues(tmp_path) -> None:
-    """export -> import round trip: the new run holds the same autoencoder and DiT, resumes at the exported
-    step count; importing over a run, or resuming the autoencoder stage of an imported run, is refused."""
-    import json
-    import time
-
+def _exported(tmp_path):
+    """A micro model with random weights, exported as a checkpoint at dit step 123 (sf 45): (cfg, dit, ae, path)."""
     from backend.config import Config
     from backend.model.autoencoder import VideoAutoencoder
-    from backend.model.checkpoint import load_weights, save_checkpoint
-    from backend.training.train import Run, import_stage, train_autoencoder_stage, train_dit_stage
+    from backend.model.checkpoint import save_checkpoint
 
     cfg = Config(model=micro_config())
     w = random_weights(cfg.model, seed=7, std=0.05)
@@ -194,6 +189,19 @@ def test_import_seeds_a_run_from_an_exported_checkpoint_and_training_continues(t
     ae.load_state_dict({k[12:]: v for k, v in w.items() if k.startswith("autoencoder.")})
     path = save_checkpoint(tmp_path / "m.safetensors", dit, ae, cfg.model, dtype=torch.float32,
                            training={"dit_step": 123, "sf_step": 45})
+    return cfg, dit, ae, path
+
+
+def test_import_seeds_a_run_from_an_exported_checkpoint_and_training_continues(tmp_path) -> None:
+    """export -> import round trip: the new run holds the same autoencoder and DiT, resumes at the exported
+    step count; importing over a run, or resuming the autoencoder stage of an imported run, is refused."""
+    import json
+    import time
+
+    from backend.model.checkpoint import load_weights
+    from backend.training.train import Run, import_stage, train_autoencoder_stage, train_dit_stage
+
+    cfg, dit, ae, path = _exported(tmp_path)
     assert load_weights(str(path)).config["training"] == {"dit_step": 123, "sf_step": 45}
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
     run = Run(tmp_path / "run")
@@ -219,19 +227,11 @@ def test_import_grow_deepens_the_dit_a_run_trains_and_exports(tmp_path) -> None:
     import json
     import time
 
-    from backend.config import Config
-    from backend.model.autoencoder import VideoAutoencoder
-    from backend.model.checkpoint import load_weights, save_checkpoint
+    from backend.model.checkpoint import load_weights
     from backend.model.generator import Generator
     from backend.training.train import Run, export_stage, import_stage, run_stage, train_dit_stage
 
-    cfg = Config(model=micro_config())
-    w = random_weights(cfg.model, seed=7, std=0.05)
-    dit, ae = CausalDiT(cfg.model.dit), VideoAutoencoder(cfg.model.autoencoder)
-    dit.load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("dit.")})
-    ae.load_state_dict({k[12:]: v for k, v in w.items() if k.startswith("autoencoder.")})
-    path = save_checkpoint(tmp_path / "m.safetensors", dit, ae, cfg.model, dtype=torch.float32,
-                           training={"dit_step": 123, "sf_step": 45})
+    cfg, dit, _, path = _exported(tmp_path)
     deep_cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, checkpoint=str(path), dit=dataclasses.replace(cfg.model.dit, num_layers=4)))
     with pytest.raises(Exception, match="num_layers: checkpoint 2, config 4"):
