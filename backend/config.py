@@ -196,11 +196,11 @@ class ModelConfig:
         ("happy", "angry", "surprised", "sad"), "The emotions emotion guidance pushes (and `liveidol train distill` "
         "folds into the weights). Without the push the model draws them faintly, happy least.")
     emotion_guidance_weights: tuple[float, ...] = opt(
-        (5.0, 2.0, 1.0, 1.0), "How hard emotion guidance pushes happy, angry, surprised and sad (in that order), as "
+        (5.0, 1.0, 1.0, 1.0), "How hard emotion guidance pushes happy, angry, surprised and sad (in that order), as "
         "multiples of `emotion_guidance` (empty: 1 each). Happy needs 5: its prediction differs least from neutral's; "
-        "angry past 2 floods the face red. With weights that have the push distilled in (the shipped v8: 5, 2, 1, 1) "
-        "these are still the pushes you get: a weight set apart from the distilled one costs a pass for that "
-        "emotion (e.g. angry 1 for a less red angry face).")
+        "angry at 2 floods the face red. With weights that have the push distilled in (the shipped v8: 5, 2, 1, 1) "
+        "these are still the pushes you get: a weight apart from the distilled one costs a pass for that emotion "
+        "(angry 1, the default: a face nearer the world's salmon, read as often as at 2).")
     chunk_frames: int = opt(2, "Latent frames per generated chunk.", min=1, max=16)
     window_frames: int = opt(8, "Latent frames of recent history kept in the KV cache (besides the sink).", min=1)
     sink_frames: int = opt(1, "Latent frames kept for good at the start of the cache (the identity frame).", min=0)

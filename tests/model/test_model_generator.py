@@ -276,7 +276,7 @@ def test_emotion_guidance_pushes_the_listed_emotions_away_from_neutral() -> None
     even = micro_config(emotion_guidance=1.5, emotion_guidance_for=("sad",), emotion_guidance_weights=())
     assert Generator(even, weights=random_weights(even)).emotion_push == {"sad": 1.5}
     assert Generator(micro_config(), weights=random_weights(micro_config())).emotion_push == {
-        "happy": 5.0, "angry": 2.0, "surprised": 1.0, "sad": 1.0}  # the defaults: every mood, happy 5, angry 2
+        "happy": 5.0, "angry": 1.0, "surprised": 1.0, "sad": 1.0}  # the defaults: every mood, happy 5
 
 
 def test_generator_runs_in_bfloat16() -> None:
