@@ -646,10 +646,14 @@ class Generator(StreamingGenerator):
         self._neutral_context: torch.Tensor | None = None
         # the push f + w (f - f_neutral) per emotion of emotion_guidance_for (others: not pushed); when the checkpoint
         # has it distilled (`liveidol train distill`) and model.distilled_guidance = 'skip', only what the configured
-        # pushes differ by (none with the defaults: they are what the shipped weights have inside)
+        # pushes differ by (the defaults on the shipped v8: angry alone, 1 asked where v8 has 2 inside)
         pushes = emotion_pushes(cfg)
         self.emotion_push = (residual_pushes(pushes, self.emotion_guidance_distilled)
                              if self.emotion_guidance_distilled and cfg.distilled_guidance == "skip" else pushes)
+        if self.emotion_guidance_distilled and self.emotion_push and cfg.distilled_guidance == "skip":
+            logger.info("emotion guidance distilled %s, configured %s: residual push %s (one more pass on those "
+                        "emotions)", self.emotion_guidance_distilled, pushes,
+                        {e: round(w, 3) for e, w in self.emotion_push.items()})
         self.which_decoder = self._pick_decoder()  # 'native', 'mid' or 'hires'
         self.decoder = self.autoencoder.decoder_stream(which=self.which_decoder)
         logger.info("generator ready device=%s dtype=%s attention=%s native=%dx%d decoder=%s decoded=%dx%d "
