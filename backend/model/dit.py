@@ -38,7 +38,8 @@ from backend.config import DiTSizes
 from backend.model.attention import Attention, FlexAttention, SdpaAttention
 from backend.model.kv_cache import CacheStep, CrossAttentionCache, KVCache
 
-__all__ = ["BLOCK_OUTPUTS", "EXTRA_PREFIXES", "CausalDiT", "deepen_state", "rope_split", "sinusoidal_embedding"]
+__all__ = ["BLOCK_OUTPUTS", "EXTRA_PREFIXES", "CausalDiT", "block_count", "deepen_state", "rope_split",
+           "sinusoidal_embedding"]
 
 # State-dict prefixes of LiveIdol's own modules (absent from Wan / Self-Forcing checkpoints).
 EXTRA_PREFIXES = ("cond_embedding.", "control_embedding.", "cond_modulation.")
@@ -467,12 +468,17 @@ class CausalDiT(nn.Module):
         return x.reshape(b, co, gf * pt, gh * ph, gw * pw)
 
 
+def block_count(state: dict[str, torch.Tensor]) -> int:
+    """How many transformer blocks a DiT state dict holds (``blocks.{i}.*`` keys)."""
+    return 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=-1)
+
+
 def deepen_state(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
     """A DiT state dict with ``layers`` blocks made from one with fewer, computing the same function: the new
     blocks are spread evenly between the old ones, each a copy of the block before it with its residual outputs
     (``BLOCK_OUTPUTS``) zeroed, so it passes its input through until training moves those projections (block
     expansion as in LLaMA Pro: the deeper model starts where the trained one stands, not from scratch)."""
-    old = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    old = block_count(state)
     if layers < old:
         raise ValueError(f"deepen_state: the DiT has {old} blocks; {layers} would drop some")
     extra = layers - old

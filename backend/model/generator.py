@@ -648,9 +648,9 @@ class Generator(StreamingGenerator):
         # has it distilled (`liveidol train distill`) and model.distilled_guidance = 'skip', only what the configured
         # pushes differ by (the defaults on the shipped v8: angry alone, 1 asked where v8 has 2 inside)
         pushes = emotion_pushes(cfg)
-        self.emotion_push = (residual_pushes(pushes, self.emotion_guidance_distilled)
-                             if self.emotion_guidance_distilled and cfg.distilled_guidance == "skip" else pushes)
-        if self.emotion_guidance_distilled and self.emotion_push and cfg.distilled_guidance == "skip":
+        residual = bool(self.emotion_guidance_distilled) and cfg.distilled_guidance == "skip"
+        self.emotion_push = residual_pushes(pushes, self.emotion_guidance_distilled) if residual else pushes
+        if residual and self.emotion_push:
             logger.info("emotion guidance distilled %s, configured %s: residual push %s (one more pass on those "
                         "emotions)", self.emotion_guidance_distilled, pushes,
                         {e: round(w, 3) for e, w in self.emotion_push.items()})

@@ -55,7 +55,7 @@ from backend.model.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from backend.model.dit import EXTRA_PREFIXES, CausalDiT, deepen_state
+from backend.model.dit import EXTRA_PREFIXES, CausalDiT, block_count, deepen_state
 from backend.model.generator import ACTION_FPS, EMOTION_RAMP_S
 from backend.model.sampler import FlowMatchSchedule
 from backend.training.data import ClipSpec, face_boxes, make_specs, region_weights, render_clips
@@ -918,7 +918,7 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
         if teacher is not None:
             raise SystemExit("import --grow deepens a DiT to train on; a distillation goes on with the DiT it began "
                              "with (--teacher): not both")
-        had = 1 + max(int(k.split(".")[1]) for k in weights.dit if k.startswith("blocks."))
+        had = block_count(weights.dit)
         want = cfg.model.dit.num_layers
         if want < had:
             raise SystemExit(f"import --grow: {weights.source} has {had} DiT blocks, model.dit.num_layers = {want}: "
