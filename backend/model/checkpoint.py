@@ -158,7 +158,7 @@ def check_config(weights: Weights, cfg: ModelConfig) -> None:
     """Raise CheckpointError listing every field where the embedded config differs from ``cfg``."""
     if weights.config is None:
         return
-    diffs = []
+    diffs, sets = [], []
     for section, ours in (("dit", cfg.dit), ("autoencoder", cfg.autoencoder)):
         theirs = weights.config.get(section, {})
         for f in dataclasses.fields(ours):
@@ -169,8 +169,10 @@ def check_config(weights: Weights, cfg: ModelConfig) -> None:
                 other = tuple(other)
             if mine != other:
                 diffs.append(f"model.{section}.{f.name}: checkpoint {other!r}, config {mine!r}")
+                sets.append(f"--set model.{section}.{f.name}={json.dumps(list(other) if isinstance(other, tuple) else other)}")
     if diffs:
-        raise CheckpointError(f"{weights.source}: checkpoint was made for another model config: " + "; ".join(diffs))
+        raise CheckpointError(f"{weights.source}: checkpoint was made for another model config: " + "; ".join(diffs)
+                              + f" (to load it: {' '.join(sets)})")
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], *, source: str, what: str,

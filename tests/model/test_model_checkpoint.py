@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from backend.cli import _parse_set
 from backend.model import checkpoint as ckpt
 from backend.model.checkpoint import CheckpointError, load_weights, save_checkpoint
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT
@@ -42,6 +43,18 @@ def test_config_mismatch_says_what_differs(tmp_path) -> None:
     other = dataclasses.replace(cfg, checkpoint=str(path), dit=dataclasses.replace(cfg.dit, rope_theta=500.0))
     with pytest.raises(CheckpointError, match=r"model\.dit\.rope_theta: checkpoint 10000\.0, config 500\.0"):
         Generator(other)
+    # a deeper (grown) checkpoint: the error names the --set that loads it, and that --set does
+    deeper = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, num_layers=cfg.dit.num_layers + 1))
+    gen = Generator(deeper, weights=random_weights(deeper))
+    path = save_checkpoint(tmp_path / "deep.safetensors", gen.dit, gen.autoencoder, deeper)
+    with pytest.raises(CheckpointError) as info:
+        Generator(dataclasses.replace(cfg, checkpoint=str(path)))
+    hint = str(info.value).rpartition("(to load it: ")[2].rstrip(")")
+    assert hint == f"--set model.dit.num_layers={cfg.dit.num_layers + 1}"
+    (key, value), = _parse_set([hint.removeprefix("--set ")]).items()  # as the CLI reads it
+    assert key == "model.dit.num_layers"
+    loaded = dataclasses.replace(cfg, checkpoint=str(path), dit=dataclasses.replace(cfg.dit, num_layers=value))
+    assert len(Generator(loaded).dit.blocks) == cfg.dit.num_layers + 1
 
 
 def test_bad_checkpoints_name_file_key_and_shapes(tmp_path) -> None:
