@@ -169,7 +169,7 @@ def check_config(weights: Weights, cfg: ModelConfig) -> None:
                 other = tuple(other)
             if mine != other:
                 diffs.append(f"model.{section}.{f.name}: checkpoint {other!r}, config {mine!r}")
-                sets.append(f"--set model.{section}.{f.name}={json.dumps(list(other) if isinstance(other, tuple) else other)}")
+                sets.append(f"--set model.{section}.{f.name}={json.dumps(other, separators=(',', ':'))}")  # no spaces: one shell word
     if diffs:
         raise CheckpointError(f"{weights.source}: checkpoint was made for another model config: " + "; ".join(diffs)
                               + f" (to load it: {' '.join(sets)})")
