@@ -4,7 +4,7 @@
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
-    liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F]
+    liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F] [--dit-only]
                    [--checkpoint F [--teacher T | --grow]]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "new blocks start as pass-throughs); give the run's later stages the same --set")
     p.add_argument("--out", metavar="PATH.safetensors",
                    help="export: write the checkpoint here (default: the shipped weights' path)")
+    p.add_argument("--dit-only", action="store_true",
+                   help="export: write the DiT alone, naming its autoencoder by fingerprint (a teacher kept small)")
+    p.add_argument("--autoencoder", metavar="PATH.safetensors",
+                   help="import: where a DiT-only checkpoint or teacher takes its autoencoder from (default: the "
+                        "shipped weights; the fingerprints must agree)")
     p.add_argument("--critic", action="store_true",
                    help="hires: sharpen the detail decoder with a patch discriminator (crisper, but can dither edges)")
     p.add_argument("--decoder", choices=["hires", "mid"], default="hires",
@@ -367,7 +372,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         out = {"export_path": Path(args.out)} if args.out else {}
         return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
                          kernel=args.kernel, compile=args.compile, critic=args.critic, decoder=args.decoder,
-                         teacher=args.teacher, grow=args.grow, **out)
+                         teacher=args.teacher, grow=args.grow, autoencoder=args.autoencoder, dit_only=args.dit_only,
+                         **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

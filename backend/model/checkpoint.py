@@ -16,6 +16,7 @@ Every problem raises :class:`CheckpointError` naming the file, the key and both 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ __all__ = [
     "CONFIG_METADATA_KEY",
     "CheckpointError",
     "Weights",
+    "autoencoder_fingerprint",
     "check_config",
     "config_metadata",
     "init_dit_",
@@ -233,6 +235,20 @@ def init_dit_(dit: CausalDiT, *, std: float = 0.02, generator: torch.Generator |
         nn.init.zeros_(dit.control_embedding.weight)
         nn.init.zeros_(dit.control_embedding.bias)
     return dit
+
+
+def autoencoder_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of an autoencoder state dict as a checkpoint stores it (floating tensors in float16, keys sorted):
+    the same for the autoencoder a run trained its DiT with and for the checkpoint it came from, so a DiT-only
+    export (``liveidol train export --dit-only``) can name the autoencoder it needs."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key].detach().to("cpu")
+        value = value.to(torch.float16) if value.is_floating_point() else value
+        digest.update(key.encode())
+        digest.update(str(tuple(value.shape)).encode())
+        digest.update(value.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def config_metadata(dit: DiTSizes, autoencoder: AutoencoderConfig, training: dict | None = None) -> str:

@@ -106,8 +106,9 @@ COMMANDABLE = tuple(a.name for a in ACTIONS if a.name not in ("idle", "talk"))
 # rule; 101: the 4-frame guidance push; 108: whether the v3 weights got a second round of training; 110: which
 # round of session 7 shipped as v4; 115: v8's held-out plan (session 11), then whether a longer distillation
 # replaced v8 and angry's push (session 12); 116: d9's held-out figures, then stronger happy / surprised pushes
-# (session 12).
-TUNING_SEEDS = (0, 1, 2, 101, 108, 110, 115, 116)
+# (session 12); 117: v8's held-out figures (session 13), then whether v9 (8 blocks) replaced v8 and which pushes a
+# distillation from the 8-block teacher takes (session 14).
+TUNING_SEEDS = (0, 1, 2, 101, 108, 110, 115, 116, 117)
 ALL_CHARACTERS = ("aiko", "rin", "hana")  # the shipped characters (configs/characters/), for --all-characters
 EMOTION_TARGET = 0.9  # every emotion recognised on at least this share of its commands
 FOLLOW_TARGET = 0.95  # action following on held-out plans, every character

@@ -48,6 +48,7 @@ from backend.model.autoencoder import DETAIL_DECODERS, DETAIL_PREFIXES, VideoAut
 from backend.model.checkpoint import (
     BUILTIN_PATH,
     Weights,
+    autoencoder_fingerprint,
     check_config,
     init_dit_,
     load_dit,
@@ -292,16 +293,34 @@ def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torc
     log.info("autoencoder step=%d loss=%s stopped=%s", state["step"], last.get("total"), state.get("stopped"))
 
 
-def _checkpoint_autoencoder(cfg: Config, hint: str, source: str | None = None) -> tuple[Weights, VideoAutoencoder]:
+def _checkpoint_autoencoder(cfg: Config, hint: str, source: str | None = None,
+                            autoencoder: str | None = None) -> tuple[Weights, VideoAutoencoder]:
     """``model.checkpoint``'s weights (or ``source``'s) and its autoencoder (CPU, float32); ``hint`` says what to do
-    when the checkpoint has no autoencoder."""
+    when the checkpoint has no autoencoder. A DiT-only export (``export --dit-only``) names the autoencoder it was
+    trained with by its fingerprint: that autoencoder is taken from ``autoencoder`` (a checkpoint path; default the
+    shipped weights) when the fingerprints agree, and the returned weights carry it."""
     name = "model.checkpoint" if source is None else "checkpoint"
     source = cfg.model.checkpoint if source is None else source
     weights = load_weights(source)
-    if weights is None or weights.autoencoder is None:
+    if weights is None:
         raise SystemExit(f"{name} = {source!r} has no autoencoder weights: {hint}")
+    ae_state = weights.autoencoder
+    if ae_state is None:
+        need = ((weights.config or {}).get("training") or {}).get("autoencoder_sha256")
+        if need is None:
+            raise SystemExit(f"{name} = {source!r} has no autoencoder weights: {hint}")
+        ae_source = autoencoder or str(BUILTIN_PATH)
+        other = load_weights(ae_source)
+        ae_state = other.autoencoder if other is not None else None
+        have = autoencoder_fingerprint(ae_state) if ae_state is not None else None
+        if ae_state is None or have != need:
+            raise SystemExit(f"{source}: a DiT-only export, trained with autoencoder {need[:12]}; {ae_source} holds "
+                             f"{'no autoencoder' if have is None else 'autoencoder ' + have[:12]}: give the checkpoint "
+                             "it was trained with (--autoencoder PATH)")
+        weights = dataclasses.replace(weights, autoencoder=ae_state)
+        log.info("%s: DiT only; its autoencoder (%s) from %s", source, need[:12], ae_source)
     ae = VideoAutoencoder(cfg.model.autoencoder)
-    load_into(ae, weights.autoencoder, source=weights.source, what="autoencoder", optional_prefixes=DETAIL_PREFIXES)
+    load_into(ae, ae_state, source=weights.source, what="autoencoder", optional_prefixes=DETAIL_PREFIXES)
     return weights, ae
 
 
@@ -866,7 +885,11 @@ def train_probe_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
     run.log(stage="probe", minutes=minutes, path=str(PROBE_PATH))
 
 
-def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
+def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH, dit_only: bool = False) -> None:
+    """Write the run's DiT EMA (the distilled student's, in a distilled run) and its autoencoder as a checkpoint in
+    float16. ``dit_only``: the DiT alone, with the autoencoder's fingerprint in the training record (a teacher kept
+    beside the shipped weights at the size of its DiT; ``import`` takes the autoencoder back from the checkpoint
+    holding it)."""
     ae = _load_autoencoder(cfg, run, torch.device("cpu"))
     details = {which: run.load(f"{which}.pt") for which in DETAIL_DECODERS}
     for which, state in details.items():
@@ -886,17 +909,19 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH) -> None:
     dit = CausalDiT(cfg.model.dit)
     dit.load_state_dict(ema)
     kept = {k: prev[k] for k in DISTILL_KEYS if k in prev}  # an imported distilled checkpoint's own record
-    save_checkpoint(path, dit, ae, cfg.model, dtype=torch.float16,
+    fingerprint = {"autoencoder_sha256": autoencoder_fingerprint(ae.state_dict())} if dit_only else {}
+    save_checkpoint(path, dit, None if dit_only else ae, cfg.model, dtype=torch.float16,
                     training={"dit_step": int(prev.get("step", 0)), "sf_step": int(prev.get("sf_step", 0)),
                               **{f"{w}_step": int(s["step"]) if s is not None else 0 for w, s in details.items()},
-                              **kept, **(distilled or {})})
+                              **kept, **(distilled or {}), **fingerprint})
     size = path.stat().st_size
     log.info("exported %s bytes=%d dit_step=%d distill_step=%s", path, size, prev["step"],
              (distilled or kept).get("distill_step", 0))
     run.log(stage="export", bytes=size, dit_step=prev["step"])
 
 
-def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool = False) -> None:
+def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool = False,
+                 autoencoder: str | None = None) -> None:
     """Seed an empty run from ``model.checkpoint`` (default: the shipped weights), so ``dit`` and
     ``selfforcing`` continue from it: the autoencoder (frozen for the DiT stages), the DiT as model and
     EMA, and the step counts the export recorded.
@@ -908,12 +933,15 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
     With ``teacher`` (a checkpoint file), ``model.checkpoint`` must be a distilled export and the run continues
     its distillation: the teacher's DiT is the run's DiT (``dit_*``), the distilled DiT the student
     (``distill_*``, its EMA as both), its ``distill_step`` the count it goes on from; the teacher must be the one
-    it was distilled from (the same DiT step)."""
+    it was distilled from (the same DiT step).
+
+    A DiT-only checkpoint or teacher (``export --dit-only``) takes its autoencoder from ``autoencoder`` (default:
+    the shipped weights), which must hold the one it was trained with (the same fingerprint)."""
     taken = [n for n in ("autoencoder.pt", "dit_model.safetensors", "dit_ema.safetensors") if (run.path / n).exists()]
     if taken:
         raise SystemExit(f"{run.path}: already holds {', '.join(taken)}; import only into a new run directory")
     weights, ae = _checkpoint_autoencoder(cfg, "import needs a LiveIdol checkpoint (the shipped one, or a file "
-                                               "written by `liveidol train export`)")
+                                               "written by `liveidol train export`)", autoencoder=autoencoder)
     if grow:
         if teacher is not None:
             raise SystemExit("import --grow deepens a DiT to train on; a distillation goes on with the DiT it began "
@@ -939,7 +967,7 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
         student = CausalDiT(cfg.model.dit)
         load_dit(student, weights)
         tw, ae = _checkpoint_autoencoder(cfg, "the teacher must be a LiveIdol checkpoint with its autoencoder",
-                                         source=teacher)
+                                         source=teacher, autoencoder=autoencoder)
         if tw.dit is None:
             raise SystemExit(f"import --teacher {teacher}: no DiT weights there")
         check_config(tw, cfg.model)
@@ -977,15 +1005,21 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
 
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
               anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False,
-              decoder: str = "hires", teacher: str | None = None, grow: bool = False) -> int:
+              decoder: str = "hires", teacher: str | None = None, grow: bool = False, autoencoder: str | None = None,
+              dit_only: bool = False) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
-    ``teacher``, ``grow``: import only (see :func:`import_stage`)."""
+    ``teacher``, ``grow``, ``autoencoder``: import only (see :func:`import_stage`); ``dit_only``: export only."""
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
     if grow and stage != "import":
         raise SystemExit(f"--grow is for the import stage (to deepen the DiT a run starts from), not {stage}")
+    if autoencoder is not None and stage != "import":
+        raise SystemExit(f"--autoencoder is for the import stage (where a DiT-only checkpoint takes its autoencoder "
+                         f"from), not {stage}")
+    if dit_only and stage != "export":
+        raise SystemExit(f"--dit-only is for the export stage, not {stage}")
     deadline = time.monotonic() + minutes * 60
     device = _device(cfg)
     run = Run(run_dir)
@@ -1005,7 +1039,7 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     elif stage == "probe":
         train_probe_stage(cfg, run, deadline, device)
     elif stage == "export":
-        export_stage(cfg, run, export_path)
+        export_stage(cfg, run, export_path, dit_only)
     elif stage == "import":
-        import_stage(cfg, run, teacher, grow)
+        import_stage(cfg, run, teacher, grow, autoencoder)
     return 0

@@ -220,6 +220,51 @@ def test_import_seeds_a_run_from_an_exported_checkpoint_and_training_continues(t
         train_autoencoder_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"))
 
 
+def test_a_dit_only_export_names_its_autoencoder_and_imports_with_it(tmp_path) -> None:
+    """export --dit-only writes the DiT alone with the autoencoder's fingerprint; import takes the autoencoder back
+    from --autoencoder (a checkpoint holding that one) and the run is the full export's run again; an autoencoder
+    with another fingerprint (the shipped one, by default, or one changed in a single weight) is refused, naming it."""
+    import json
+    import re
+
+    from backend.model.autoencoder import VideoAutoencoder
+    from backend.model.checkpoint import BUILTIN_PATH, autoencoder_fingerprint, load_weights, save_checkpoint
+    from backend.training.train import Run, export_stage, import_stage, run_stage
+
+    cfg, dit, ae, path = _exported(tmp_path)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
+    import_stage(cfg, Run(tmp_path / "full"))
+    slim = tmp_path / "dit_only.safetensors"
+    export_stage(cfg, Run(tmp_path / "full"), slim, dit_only=True)
+    w = load_weights(str(slim))
+    assert w.autoencoder is None and slim.stat().st_size < path.stat().st_size
+    sha = w.config["training"]["autoencoder_sha256"]
+    assert sha == autoencoder_fingerprint(load_weights(str(path)).autoencoder)
+    with pytest.raises(SystemExit, match="--dit-only is for the export stage"):
+        run_stage(cfg, "dit", tmp_path / "x", minutes=0.01, dit_only=True)
+    with pytest.raises(SystemExit, match="--autoencoder is for the import stage"):
+        run_stage(cfg, "export", tmp_path / "x", minutes=0.01, autoencoder=str(path))
+
+    from_slim = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(slim)))
+    with pytest.raises(SystemExit, match=re.escape(f"trained with autoencoder {sha[:12]}; {BUILTIN_PATH}")):
+        import_stage(from_slim, Run(tmp_path / "default"))  # the shipped autoencoder is another one
+    other = VideoAutoencoder(cfg.model.autoencoder)
+    other.load_state_dict(ae.state_dict())
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 0.5
+    changed = save_checkpoint(tmp_path / "other.safetensors", dit, other, cfg.model, dtype=torch.float32)
+    with pytest.raises(SystemExit, match=r"holds autoencoder [0-9a-f]{12}: give the checkpoint it was trained with"):
+        import_stage(from_slim, Run(tmp_path / "changed"), autoencoder=str(changed))
+
+    run = Run(tmp_path / "slim")
+    import_stage(from_slim, run, autoencoder=str(path))
+    assert json.loads((run.path / "dit_state.json").read_text()) == {"step": 123, "sf_step": 45}
+    ae_state = run.load("autoencoder.pt")["ae_state"]
+    assert all(torch.equal(ae_state[k], v) for k, v in ae.state_dict().items())
+    full = Run(tmp_path / "full").load_weights("dit_ema.safetensors")
+    assert all(torch.equal(v, full[k]) for k, v in run.load_weights("dit_ema.safetensors").items())
+
+
 def test_import_grow_deepens_the_dit_a_run_trains_and_exports(tmp_path) -> None:
     """import --grow: a 2-block checkpoint seeds a 4-block run computing what the checkpoint does; the dit stage
     trains it at that depth and export writes num_layers 4 (the generator serves it with the same config); without
