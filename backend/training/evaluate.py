@@ -67,7 +67,7 @@ from backend.model.autoencoder import upscale
 from backend.model.generator import ACTION_FPS, Conditions, Generator, resolve_device
 from backend.training.face_reader import FACE_READER_PATH, FACE_SCALE, FaceReader, FaceReaderError
 from backend.training.probe import EMOTION_SETTLE_S, FACE_PARAMS, PROBE_PATH, Probe
-from backend.training.quality import Calibration, FrameStats, frechet_distance, psnr, ssim
+from backend.training.quality import Calibration, FrameStats, frechet_distance, laplacian_energy, psnr, ssim
 from backend.world.character import CharacterConfig, identity_tensor, load_character
 from backend.world.pose import POSE_INDEX, action_scores, simulate
 from backend.world.reference import reference_frame
@@ -791,7 +791,10 @@ def _speed(cfg: ModelConfig, weights: dict[str, Tensor] | None, reference: np.nd
 
 def _roundtrip(gen: Generator, character: CharacterConfig, frames: int = 8, seed: int = 5) -> dict[str, Any]:
     """The autoencoder alone: world frames (a wave, at the autoencoder's input size) encoded, decoded and brought
-    to the output size the way the generator does, against the world rendered at the output size."""
+    to the output size the way the generator does, against the world rendered at the output size: PSNR, SSIM and
+    the sharpness ratio (Laplacian energy over the world's). ``upscaled_world`` gives the same figures for the
+    world's own input-size render resampled to the output size, what a decoder that adds no detail would reach:
+    a round trip below it loses detail in the latents, one above it draws detail the input size lacks."""
     tf = gen.cfg.autoencoder.temporal_factor
     frames = _ceil_to(max(frames, tf), tf)
     poses, _ = simulate([(0, "wave", "happy")], 20 + frames, seed=seed)
@@ -808,9 +811,19 @@ def _roundtrip(gen: Generator, character: CharacterConfig, frames: int = 8, seed
         decoded = [int(dec.shape[-1]), int(dec.shape[-2])]
         dec = upscale(dec, gen.output_size) if tuple(dec.shape[-2:]) != tuple(ref.shape[-2:]) else dec
     out = premultiplied(dec)
-    return {"psnr": psnr(out, ref), "ssim": ssim(out, ref), "frames": frames, "decoder": which,
-            "decoded_size": decoded, "size": list(gen.output_size),
-            "measure": "premultiplied RGBA in [0, 1], all four channels, at the output size"}
+    small = src[0].float()
+    up = premultiplied(upscale(straight_alpha(small), gen.output_size)) if tuple(small.shape[-2:]) != tuple(
+        ref.shape[-2:]) else small
+    ref_sharp = float(laplacian_energy(ref).mean())
+
+    def figures(x: Tensor) -> dict[str, Any]:
+        sharp = float(laplacian_energy(x).mean()) / ref_sharp if ref_sharp > 0 else None
+        return {"psnr": psnr(x, ref), "ssim": ssim(x, ref), "sharpness_ratio": sharp}
+
+    return {**figures(out), "frames": frames, "decoder": which, "decoded_size": decoded, "size": list(gen.output_size),
+            "upscaled_world": figures(up),
+            "measure": "premultiplied RGBA in [0, 1], all four channels, at the output size; sharpness: Laplacian "
+                       "energy of the luma inside the matte over the world's"}
 
 
 def _level_key(steps: int, chunk: int) -> str:
@@ -1017,8 +1030,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("")
         rt = entry.get("autoencoder_roundtrip")
         if rt:
-            lines.append(f"{name}: autoencoder round trip ({rt.get('decoder', 'native')} decoder) PSNR {rt['psnr']:.2f} dB, SSIM {rt['ssim']:.4f} at "
-                         f"{rt['size'][0]}x{rt['size'][1]}")
+            uw = rt.get("upscaled_world") or {}
+            lines.append(f"{name}: autoencoder round trip ({rt.get('decoder', 'native')} decoder) PSNR {rt['psnr']:.2f} dB, "
+                         f"SSIM {rt['ssim']:.4f}, sharpness {_fmt(rt.get('sharpness_ratio'), '.3f')} at "
+                         f"{rt['size'][0]}x{rt['size'][1]}" + (
+                             f" (the world's input-size render resampled: PSNR {uw['psnr']:.2f} dB, SSIM {uw['ssim']:.4f}, "
+                             f"sharpness {_fmt(uw.get('sharpness_ratio'), '.3f')})" if uw else ""))
         lines.append(head)
         for key, lv in entry["levels"].items():
             af = lv["action_following"]
