@@ -107,8 +107,9 @@ COMMANDABLE = tuple(a.name for a in ACTIONS if a.name not in ("idle", "talk"))
 # round of session 7 shipped as v4; 115: v8's held-out plan (session 11), then whether a longer distillation
 # replaced v8 and angry's push (session 12); 116: d9's held-out figures, then stronger happy / surprised pushes
 # (session 12); 117: v8's held-out figures (session 13), then whether v9 (8 blocks) replaced v8 and which pushes a
-# distillation from the 8-block teacher takes (session 14).
-TUNING_SEEDS = (0, 1, 2, 101, 108, 110, 115, 116, 117)
+# distillation from the 8-block teacher takes (session 14); 118: v10's fresh figures, then whether v10 replaced v8 and
+# the next distillation's angry push (session 16).
+TUNING_SEEDS = (0, 1, 2, 101, 108, 110, 115, 116, 117, 118)
 ALL_CHARACTERS = ("aiko", "rin", "hana")  # the shipped characters (configs/characters/), for --all-characters
 EMOTION_TARGET = 0.9  # every emotion recognised on at least this share of its commands
 FOLLOW_TARGET = 0.95  # action following on held-out plans, every character

@@ -61,7 +61,7 @@ def test_quality_eval_runs_on_the_shipped_weights(tmp_path) -> None:
     cfg = load_config(None, {"model.device": "cpu", "model.output_width": 192, "model.output_height": 108})
     r = run_eval(cfg, commands=1, minutes=0.0, seed=113, steps=[1, 2], chunks=[1], stride=6, calibration_frames=2)
     aiko = r["characters"]["aiko"]
-    assert r["config"]["held_out"] and r["config"]["tuning_seeds"] == [0, 1, 2, 101, 108, 110, 115, 116, 117]
+    assert r["config"]["held_out"] and r["config"]["tuning_seeds"] == [0, 1, 2, 101, 108, 110, 115, 116, 117, 118]
     assert set(aiko["levels"]) == {"steps=1,chunk=1", "steps=2,chunk=1"}
     for level in aiko["levels"].values():
         af, q = level["action_following"], level["quality"]
