@@ -63,7 +63,7 @@ from torch import Tensor
 from backend.actions import ACTIONS, EMOTIONS, action
 from backend.config import Config, ModelConfig
 from backend.errors import LiveIdolError
-from backend.model.autoencoder import upscale
+from backend.model.autoencoder import VideoAutoencoder, upscale
 from backend.model.generator import ACTION_FPS, Conditions, Generator, resolve_device
 from backend.training.face_reader import FACE_READER_PATH, FACE_SCALE, FaceReader, FaceReaderError
 from backend.training.probe import EMOTION_SETTLE_S, FACE_PARAMS, PROBE_PATH, Probe
@@ -790,39 +790,46 @@ def _speed(cfg: ModelConfig, weights: dict[str, Tensor] | None, reference: np.nd
             "device_name": torch.cuda.get_device_name(gen.device) if gen.device.type == "cuda" else "cpu"}
 
 
-def _roundtrip(gen: Generator, character: CharacterConfig, frames: int = 8, seed: int = 5) -> dict[str, Any]:
-    """The autoencoder alone: world frames (a wave, at the autoencoder's input size) encoded, decoded and brought
-    to the output size the way the generator does, against the world rendered at the output size: PSNR, SSIM and
-    the sharpness ratio (Laplacian energy over the world's). ``upscaled_world`` gives the same figures for the
-    world's own input-size render resampled to the output size, what a decoder that adds no detail would reach:
-    a round trip below it loses detail in the latents, one above it draws detail the input size lacks."""
-    tf = gen.cfg.autoencoder.temporal_factor
+def _roundtrip(gen: Generator, character: CharacterConfig) -> dict[str, Any]:
+    """:func:`autoencoder_roundtrip` of the generator's autoencoder, through the decoder it draws with."""
+    return autoencoder_roundtrip(gen.autoencoder, character, gen.native_size, gen.output_size,
+                                 which=str(getattr(gen, "which_decoder", "native")), device=gen.device, dtype=gen.dtype)
+
+
+def autoencoder_roundtrip(ae: VideoAutoencoder, character: CharacterConfig, native_size: tuple[int, int],
+                          output_size: tuple[int, int], *, which: str = "native", device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32, frames: int = 8, seed: int = 5) -> dict[str, Any]:
+    """The autoencoder alone: world frames (a wave, at ``native_size``, the autoencoder's input size) encoded,
+    decoded by ``which`` decoder and brought to ``output_size`` the way the generator does, against the world
+    rendered at ``output_size``: PSNR, SSIM and the sharpness ratio (Laplacian energy over the world's).
+    ``upscaled_world`` gives the same figures for the world's own input-size render resampled to the output size,
+    what a decoder that adds no detail would reach: a round trip below it loses detail in the latents, one above it
+    draws detail the input size lacks."""
+    tf = ae.cfg.temporal_factor
     frames = _ceil_to(max(frames, tf), tf)
     poses, _ = simulate([(0, "wave", "happy")], 20 + frames, seed=seed)
-    poses = poses[20:20 + frames]
-    ident = identity_tensor([character.identity], device=gen.device)
-    src = render(ident, poses[None].to(gen.device), gen.native_size)  # (1, T, 4, h, w) premultiplied
-    ref = render(ident, poses[None].to(gen.device), gen.output_size)[0]  # (T, 4, H, W)
-    which = str(getattr(gen, "which_decoder", "native"))  # the decoder the generator draws with
+    poses = poses[None, 20:20 + frames].to(device)
+    ident = identity_tensor([character.identity], device=device)
+    src = render(ident, poses, native_size)[0]  # (T, 4, h, w) premultiplied
+    ref = render(ident, poses, output_size)[0]  # (T, 4, H, W)
+
+    def at_output(straight: Tensor) -> Tensor:  # resampled as the generator does, premultiplied
+        same = tuple(straight.shape[-2:]) == tuple(ref.shape[-2:])
+        return premultiplied(straight if same else upscale(straight, output_size))
+
     with torch.inference_mode():
-        ae = gen.autoencoder
-        z = ae.encode(straight_alpha(src).to(gen.dtype))
+        z = ae.encode(straight_alpha(src[None]).to(dtype))
         decode: Any = ae.decode  # takes which= when the autoencoder has detail decoders
         dec = (decode(z, which=which) if which != "native" else decode(z))[0].float()  # (T, 4, h', w') straight
-        decoded = [int(dec.shape[-1]), int(dec.shape[-2])]
-        dec = upscale(dec, gen.output_size) if tuple(dec.shape[-2:]) != tuple(ref.shape[-2:]) else dec
-    out = premultiplied(dec)
-    small = src[0].float()
-    up = premultiplied(upscale(straight_alpha(small), gen.output_size)) if tuple(small.shape[-2:]) != tuple(
-        ref.shape[-2:]) else small
     ref_sharp = float(laplacian_energy(ref).mean())
 
     def figures(x: Tensor) -> dict[str, Any]:
         sharp = float(laplacian_energy(x).mean()) / ref_sharp if ref_sharp > 0 else None
         return {"psnr": psnr(x, ref), "ssim": ssim(x, ref), "sharpness_ratio": sharp}
 
-    return {**figures(out), "frames": frames, "decoder": which, "decoded_size": decoded, "size": list(gen.output_size),
-            "upscaled_world": figures(up),
+    return {**figures(at_output(dec)), "frames": frames, "decoder": which,
+            "decoded_size": [int(dec.shape[-1]), int(dec.shape[-2])], "size": list(output_size),
+            "upscaled_world": figures(at_output(straight_alpha(src.float()))),
             "measure": "premultiplied RGBA in [0, 1], all four channels, at the output size; sharpness: Laplacian "
                        "energy of the luma inside the matte over the world's"}
 

@@ -18,28 +18,23 @@ import time
 import torch
 
 from backend.config import load_config
-from backend.model.autoencoder import VideoAutoencoder, upscale
+from backend.model.autoencoder import VideoAutoencoder
 from backend.model.generator import Generator
 from backend.training.data import render_clips
-from backend.training.quality import psnr, ssim
+from backend.training.evaluate import autoencoder_roundtrip
 from backend.training.train import _spec_pool, _sub_clips
 from backend.training.train_autoencoder import fit_latent_stats, train_autoencoder
-from backend.world.character import identity_tensor, load_character
-from backend.world.pose import simulate
-from backend.world.render import premultiplied, render, straight_alpha
+from backend.world.character import load_character
+from backend.world.render import straight_alpha
 
 
 def roundtrip(ae: VideoAutoencoder, size: tuple[int, int]) -> dict[str, dict[str, float]]:
     res = {}
     for name in ("aiko", "rin", "hana"):
-        poses, _ = simulate([(0, "wave", "happy")], 28, seed=5)
-        ident = identity_tensor([load_character(name).identity])
-        src = render(ident, poses[None, 20:28], size)
-        ref = render(ident, poses[None, 20:28], (960, 540))[0]
-        with torch.inference_mode():
-            dec = ae.decode(ae.encode(straight_alpha(src)))[0].float()
-        up = premultiplied(upscale(dec, (960, 540)))
-        res[name] = {"native_psnr": psnr(premultiplied(dec), src[0]), "up_psnr": psnr(up, ref), "up_ssim": ssim(up, ref)}
+        character = load_character(name)
+        native = autoencoder_roundtrip(ae, character, size, size)
+        up = autoencoder_roundtrip(ae, character, size, (960, 540))
+        res[name] = {"native_psnr": native["psnr"], "up_psnr": up["psnr"], "up_ssim": up["ssim"]}
     return res
 
 
