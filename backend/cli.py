@@ -5,7 +5,7 @@
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F] [--dit-only]
-                   [--checkpoint F [--teacher T | --grow]]
+                   [--checkpoint F [--teacher T | --grow | --repatch]]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
     liveidol obs setup [--host H] [--port P] [--new-scene]
@@ -88,7 +88,7 @@ def _preset(name: str | None) -> dict[str, Any]:
     """``--model NAME``: configs/models/NAME.toml as dotted overrides (below --set and the flags)."""
     if not name:
         return {}
-    from backend.config import CONFIG_DIR
+    from backend.config import CONFIG_DIR, REPO_ROOT
 
     path = CONFIG_DIR / "models" / f"{name}.toml"
     if not path.is_file():
@@ -101,7 +101,11 @@ def _preset(name: str | None) -> dict[str, Any]:
     base = data.pop("base", None)  # a preset over another preset (e.g. wan-1.3b-live over wan-1.3b)
     if base is not None and (not isinstance(base, str) or base == name):
         raise CliError(f"{path}: base must name another preset, got {base!r}")
-    return {**(_preset(base) if base else {}), **_flatten(data)}
+    flat = _flatten(data)
+    checkpoint = flat.get("model.checkpoint")
+    if isinstance(checkpoint, str) and checkpoint not in ("", "builtin", "random") and not Path(checkpoint).is_absolute():
+        flat["model.checkpoint"] = str(REPO_ROOT / checkpoint)  # a preset's file is the repository's
+    return {**(_preset(base) if base else {}), **flat}
 
 
 def _config(args: argparse.Namespace, **flags: Any) -> Config:
@@ -137,7 +141,7 @@ def _setup_logging(level: str) -> None:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: configs/default.toml)")
-    if p.prog.split()[-1] in ("serve", "bench"):
+    if p.prog.split()[-1] in ("serve", "bench", "train", "eval"):
         p.add_argument("--model", metavar="NAME", help="a model preset from configs/models/ (e.g. wan-1.3b)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.steps=2 (repeatable)")
@@ -192,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grow", action="store_true",
                    help="import: deepen the checkpoint's DiT to model.dit.num_layers (--set model.dit.num_layers=N; "
                         "new blocks start as pass-throughs); give the run's later stages the same --set")
+    p.add_argument("--repatch", action="store_true",
+                   help="import: seed the DiT of a run that trained its own autoencoder on a finer latent grid from "
+                        "--checkpoint's blocks (the patch embedding and head start fresh; same tokens a frame)")
     p.add_argument("--out", metavar="PATH.safetensors",
                    help="export: write the checkpoint here (default: the shipped weights' path)")
     p.add_argument("--dit-only", action="store_true",
@@ -373,6 +380,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
                          kernel=args.kernel, compile=args.compile, critic=args.critic, decoder=args.decoder,
                          teacher=args.teacher, grow=args.grow, autoencoder=args.autoencoder, dit_only=args.dit_only,
+                         repatch=args.repatch,
                          **out)
 
     if args.command == "eval":

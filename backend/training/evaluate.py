@@ -798,13 +798,15 @@ def _roundtrip(gen: Generator, character: CharacterConfig) -> dict[str, Any]:
 
 def autoencoder_roundtrip(ae: VideoAutoencoder, character: CharacterConfig, native_size: tuple[int, int],
                           output_size: tuple[int, int], *, which: str = "native", device: torch.device | str = "cpu",
-                          dtype: torch.dtype = torch.float32, frames: int = 8, seed: int = 5) -> dict[str, Any]:
+                          dtype: torch.dtype = torch.float32, frames: int = 8, seed: int = 5,
+                          keep_frames: bool = False) -> dict[str, Any]:
     """The autoencoder alone: world frames (a wave, at ``native_size``, the autoencoder's input size) encoded,
     decoded by ``which`` decoder and brought to ``output_size`` the way the generator does, against the world
     rendered at ``output_size``: PSNR, SSIM and the sharpness ratio (Laplacian energy over the world's).
     ``upscaled_world`` gives the same figures for the world's own input-size render resampled to the output size,
     what a decoder that adds no detail would reach: a round trip below it loses detail in the latents, one above it
-    draws detail the input size lacks."""
+    draws detail the input size lacks. ``keep_frames`` adds the pictures: ``"decoded"``, ``"world"`` and
+    ``"upscaled_world"`` frames (T, 4, H, W), premultiplied, at the output size."""
     tf = ae.cfg.temporal_factor
     frames = _ceil_to(max(frames, tf), tf)
     poses, _ = simulate([(0, "wave", "happy")], 20 + frames, seed=seed)
@@ -827,9 +829,11 @@ def autoencoder_roundtrip(ae: VideoAutoencoder, character: CharacterConfig, nati
         sharp = float(laplacian_energy(x).mean()) / ref_sharp if ref_sharp > 0 else None
         return {"psnr": psnr(x, ref), "ssim": ssim(x, ref), "sharpness_ratio": sharp}
 
-    return {**figures(at_output(dec)), "frames": frames, "decoder": which,
+    decoded, upscaled = at_output(dec), at_output(straight_alpha(src.float()))
+    pictures = {"pictures": {"decoded": decoded, "world": ref, "upscaled_world": upscaled}} if keep_frames else {}
+    return {**figures(decoded), "frames": frames, "decoder": which, **pictures,
             "decoded_size": [int(dec.shape[-1]), int(dec.shape[-2])], "size": list(output_size),
-            "upscaled_world": figures(at_output(straight_alpha(src.float()))),
+            "upscaled_world": figures(upscaled),
             "measure": "premultiplied RGBA in [0, 1], all four channels, at the output size; sharpness: Laplacian "
                        "energy of the luma inside the matte over the world's"}
 

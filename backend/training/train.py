@@ -85,6 +85,7 @@ HARD_EMOTIONS = {"happy": 2.0, "surprised": 1.5}
 TWIN_WEIGHT = 2.0
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
+REPATCH_FRESH = ("patch_embedding.", "head.head.")  # what reads and writes the latents: fresh in import --repatch
 DISTILL_KEYS = ("distill_step", "guidance_distilled", "emotion_guidance_distilled", "distilled")  # training metadata of `train distill`
 HIRES_ADV_WEIGHT = 0.1  # weight of its adversarial loss (ramped in over 200 steps) beside the reconstruction
 HIRES_FACE_HALF = 26.0  # half side of the face crop the detail decoder is also scored on (design pixels)
@@ -1003,14 +1004,54 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
              f" (the student {cfg.model.checkpoint} to distil on)" if student is not None else "")
 
 
+def import_blocks_stage(cfg: Config, run: Run) -> None:
+    """Seed the DiT of a run that trained its own autoencoder (``train autoencoder``) on another latent grid from
+    ``model.checkpoint``'s DiT: every tensor whose name and shape the run's DiT shares is copied (the blocks, the
+    time, text and command embeddings), the patch embedding and the head, which read and write the latents, start
+    fresh. With ``model.dit.patch_size`` grown as the grid is refined (spatial factor 8 -> 4, patch 2 -> 4) the
+    token grid stays the same, so the blocks keep what they learnt of motion, commands and emotions and only the
+    way into and out of the latents is learnt again. The run's DiT starts at step 0 (its learning-rate warm-up)."""
+    if run.load("autoencoder.pt") is None:
+        raise SystemExit(f"{run.path}/autoencoder.pt missing: import --repatch gives the DiT of a run that trains "
+                         f"its own autoencoder; run `liveidol train autoencoder --run {run.path}` first")
+    taken = [n for n in ("dit_model.safetensors", "dit_ema.safetensors") if (run.path / n).exists()]
+    if taken:
+        raise SystemExit(f"{run.path}: already holds {', '.join(taken)}; import --repatch only into a run with no DiT")
+    weights = load_weights(cfg.model.checkpoint)
+    if weights is None or weights.dit is None:
+        raise SystemExit(f"model.checkpoint = {cfg.model.checkpoint!r}: no DiT weights to take the blocks from")
+    dit = CausalDiT(cfg.model.dit)
+    init_dit_(dit, generator=torch.Generator().manual_seed(cfg.model.seed))
+    own = dit.state_dict()
+    fresh = sorted(k for k in own if k not in weights.dit or weights.dit[k].shape != own[k].shape)
+    unexpected = [k for k in fresh if not k.startswith(REPATCH_FRESH)]
+    if unexpected:
+        raise SystemExit(f"import --repatch: {weights.source}'s DiT does not fit model.dit beyond the patch embedding "
+                         f"and head ({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''}): give the "
+                         "run the checkpoint's dim, heads, layers and text sizes")
+    dropped = [k for k in weights.dit if k not in own]
+    if dropped:
+        raise SystemExit(f"import --repatch: {weights.source}'s DiT has tensors model.dit lacks ({dropped[0]}, ...): "
+                         "give the run the checkpoint's model.dit.num_layers")
+    dit.load_state_dict({**own, **{k: v.float() for k, v in weights.dit.items() if k not in fresh}})
+    run.save_weights("dit_model.safetensors", dit.state_dict())
+    run.save_weights("dit_ema.safetensors", dit.state_dict())
+    (run.path / "dit_state.json").write_text(json.dumps({"step": 0, "sf_step": 0}))
+    trained = (weights.config or {}).get("training", {})
+    run.log(stage="import", source=weights.source, repatch=True, fresh=fresh, blocks_dit_step=trained.get("dit_step"))
+    log.info("import --repatch: %s's DiT (step %s) into %s; fresh: %s", weights.source, trained.get("dit_step"),
+             run.path, ", ".join(fresh))
+
+
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
               anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False,
               decoder: str = "hires", teacher: str | None = None, grow: bool = False, autoencoder: str | None = None,
-              dit_only: bool = False) -> int:
+              dit_only: bool = False, repatch: bool = False) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
-    ``teacher``, ``grow``, ``autoencoder``: import only (see :func:`import_stage`); ``dit_only``: export only."""
+    ``teacher``, ``grow``, ``autoencoder``: import only (see :func:`import_stage`); ``repatch``: import the blocks
+    only (:func:`import_blocks_stage`); ``dit_only``: export only."""
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
     if grow and stage != "import":
@@ -1018,6 +1059,9 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     if autoencoder is not None and stage != "import":
         raise SystemExit(f"--autoencoder is for the import stage (where a DiT-only checkpoint takes its autoencoder "
                          f"from), not {stage}")
+    if repatch and (stage != "import" or teacher is not None or grow or autoencoder is not None):
+        raise SystemExit("--repatch is for the import stage alone (the run keeps its own autoencoder): not with "
+                         f"{stage if stage != 'import' else '--teacher, --grow or --autoencoder'}")
     if dit_only and stage != "export":
         raise SystemExit(f"--dit-only is for the export stage, not {stage}")
     deadline = time.monotonic() + minutes * 60
@@ -1040,6 +1084,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
         train_probe_stage(cfg, run, deadline, device)
     elif stage == "export":
         export_stage(cfg, run, export_path, dit_only)
+    elif stage == "import" and repatch:
+        import_blocks_stage(cfg, run)
     elif stage == "import":
         import_stage(cfg, run, teacher, grow, autoencoder)
     return 0

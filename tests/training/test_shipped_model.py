@@ -171,3 +171,43 @@ def test_face_reader_reads_every_world_emotion(face_reader_readings) -> None:
     240 on plans 110 and 131 (40 commands per character; the two misses: happy and angry under the angry action)."""
     rates, misses = face_reader_readings
     assert all(r >= 0.97 for r in rates.values()), (rates, misses)
+
+
+def test_the_next_model_loads_through_its_preset(tmp_path) -> None:
+    """`--model liveidol-g64` names the next default idol in training (backend/weights/next/) with its finer latent
+    grid: the generator loads it (its config checked against the preset's) and streams an opaque idol over a
+    transparent background; under the default config the same file is refused with the key that differs."""
+    from backend.cli import _preset
+    from backend.model.checkpoint import CheckpointError, load_weights
+
+    def load_weights_config(source: str) -> dict:
+        weights = load_weights(source)
+        assert weights is not None and weights.config is not None
+        return weights.config
+
+    preset = _preset("liveidol-g64")
+    path = preset["model.checkpoint"]
+    assert path.endswith("backend/weights/next/liveidol-small-g64.safetensors")
+    assert BUILTIN_PATH.parent.joinpath("next", "liveidol-small-g64.safetensors").stat().st_size <= 16 * 2**20
+    cfg = load_config(None, preset)
+    assert (cfg.model.autoencoder.spatial_factor, cfg.model.dit.patch_size) == (4, (1, 4, 4))
+    gen = Generator(dataclasses.replace(cfg.model, device="cpu", output_width=256, output_height=144))
+    assert gen.dit.frame_tokens(36, 64) == Generator(dataclasses.replace(
+        load_config().model, device="cpu")).dit.frame_tokens(18, 32)  # the same DiT tokens a frame
+    gen.reset(reference_frame(load_character("aiko"), gen.native_size), Conditions())
+    frames = np.concatenate([gen.next_chunk(Conditions(action="wave")) for _ in range(2)])
+    assert frames.shape[1:] == (144, 256, 4)
+    alpha = frames[..., 3].astype(np.float32) / 255
+    assert 0.05 < alpha.mean() < 0.5 and alpha[:, :, :20].max() < 0.2
+    with pytest.raises(CheckpointError, match="spatial_factor"):
+        Generator(dataclasses.replace(load_config().model, device="cpu", checkpoint=path))
+    # training goes on from it through the same preset: the run takes its DiT, decoders and step counts
+    import json
+
+    from backend.cli import main
+
+    assert main(["train", "import", "--model", "liveidol-g64", "--run", str(tmp_path / "run")]) == 0
+    trained = load_weights_config(path)["training"]
+    assert json.loads((tmp_path / "run" / "dit_state.json").read_text())["step"] == trained["dit_step"] > 0
+    assert {f.name for f in (tmp_path / "run").iterdir()} >= {"autoencoder.pt", "dit_ema.safetensors", "mid.pt",
+                                                             "hires.pt"}

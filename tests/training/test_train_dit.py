@@ -395,3 +395,53 @@ def test_frames_since_change_ignores_the_clip_start() -> None:
 
     labels = torch.tensor([[0, 0, 1, 1, 1, 0], [2, 2, 2, 2, 2, 2]])
     assert frames_since_change(labels).tolist() == [[6, 6, 0, 1, 2, 0], [6, 6, 6, 6, 6, 6]]
+
+
+def test_import_repatch_seeds_a_finer_grid_run_with_the_checkpoints_blocks(tmp_path) -> None:
+    """import --repatch: a run whose autoencoder has a finer latent grid (spatial factor 4 -> 2, patch 2 -> 4: the
+    same tokens a frame) takes every block of the checkpoint's DiT, a fresh patch embedding and head, step 0; the
+    dit stage trains it, export writes it, the generator serves it. Refused: before the run has its autoencoder,
+    over a DiT, with a DiT the blocks do not fit, and off the import stage."""
+    import json
+    import time
+
+    from backend.model.autoencoder import VideoAutoencoder
+    from backend.model.checkpoint import load_weights
+    from backend.model.generator import Generator
+    from backend.training.train import Run, export_stage, import_blocks_stage, run_stage, train_dit_stage
+
+    cfg, dit, _, path = _exported(tmp_path)
+    m = cfg.model
+    fine = dataclasses.replace(cfg, model=dataclasses.replace(
+        m, checkpoint=str(path), autoencoder=dataclasses.replace(m.autoencoder, spatial_factor=2),
+        dit=dataclasses.replace(m.dit, patch_size=(1, 4, 4))))
+    run = Run(tmp_path / "fine")
+    with pytest.raises(SystemExit, match=r"autoencoder\.pt missing"):
+        import_blocks_stage(fine, run)
+    ae = VideoAutoencoder(fine.model.autoencoder)
+    run.save("autoencoder.pt", {"ae_state": ae.state_dict()})  # what `train autoencoder` leaves, less its record
+    import_blocks_stage(fine, run)
+    assert json.loads((run.path / "dit_state.json").read_text()) == {"step": 0, "sf_step": 0}
+    got, old = run.load_weights("dit_ema.safetensors"), dit.state_dict()
+    assert got["patch_embedding.weight"].shape[-2:] == (4, 4) and old["patch_embedding.weight"].shape[-2:] == (2, 2)
+    assert got["head.head.weight"].shape[0] == 4 * old["head.head.weight"].shape[0]
+    kept = [k for k in old if not k.startswith(("patch_embedding.", "head.head."))]
+    assert kept and all(torch.allclose(got[k].float(), old[k], atol=1e-3) for k in kept)  # runs keep fp16
+    with pytest.raises(SystemExit, match="already holds dit_model"):
+        import_blocks_stage(fine, run)
+    wide = dataclasses.replace(fine, model=dataclasses.replace(
+        fine.model, dit=dataclasses.replace(fine.model.dit, dim=48, ffn_dim=96)))
+    other = Run(tmp_path / "wide")
+    other.save("autoencoder.pt", {"ae_state": ae.state_dict()})
+    with pytest.raises(SystemExit, match=r"does not fit model\.dit"):
+        import_blocks_stage(wide, other)
+    with pytest.raises(SystemExit, match="--repatch is for the import stage"):
+        run_stage(fine, "dit", tmp_path / "t", minutes=0.01, repatch=True)
+
+    train_dit_stage(fine, run, time.monotonic() + 4.0, torch.device("cpu"), selfforcing=False)
+    assert json.loads((run.path / "dit_state.json").read_text())["step"] > 0
+    out = tmp_path / "fine.safetensors"
+    export_stage(fine, run, out)
+    assert load_weights(str(out)).config["autoencoder"]["spatial_factor"] == 2
+    frames = Generator(dataclasses.replace(fine.model, checkpoint=str(out)))
+    assert frames.dit.sizes.patch_size == (1, 4, 4)
