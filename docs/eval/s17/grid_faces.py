@@ -26,8 +26,9 @@ from backend.world.render import design_frame
 
 SIZE = (960, 540)
 HALF = 30.0  # half side of the face crop, design pixels
-ROWS = [("world 960x540", None, "world"), ("world 256x144 resampled", None, "upscaled_world")] + [
-    (f"{name} {which}", name, which) for name in ("shipped", "g64") for which in ("mid", "hires")]
+TRIPS = [(name, which) for name in ("shipped", "g64") for which in ("mid", "hires")]  # one round trip each
+WORLD_ROWS = {"world 960x540": "world", "world 256x144 resampled": "upscaled_world"}  # label -> picture
+ROWS = [*WORLD_ROWS, *(f"{name} {which}" for name, which in TRIPS)]
 
 
 def _crop(frame: torch.Tensor) -> np.ndarray:
@@ -50,23 +51,23 @@ def main() -> None:
     columns = []
     for character in ("aiko", "rin", "hana"):
         char = load_character(character)
-        cells = {}
-        for label, name, which in ROWS:
-            ae, native = aes[name or "shipped"]
-            res = autoencoder_roundtrip(ae, char, native, SIZE, which=which if name else "mid", keep_frames=True)
-            picture = res["pictures"]["decoded" if name else which][5]
-            cells[label] = _crop(picture)
-            if name:
-                figures.setdefault(label, {})[character] = {k: round(res[k], 4) for k in ("psnr", "ssim",
-                                                                                          "sharpness_ratio")}
-            elif which == "upscaled_world":
-                figures.setdefault(label, {})[character] = {k: round(v, 4) for k, v in res[which].items()}
-        columns.append(np.concatenate([cells[label] for label, _, _ in ROWS], axis=0))
+        trips = {}
+        for name, which in TRIPS:
+            ae, native = aes[name]
+            trips[f"{name} {which}"] = autoencoder_roundtrip(ae, char, native, SIZE, which=which, keep_frames=True)
+        first = trips["shipped mid"]  # the world pictures and the resampled world's figures are every trip's
+        cells = {label: _crop(first["pictures"][key][5]) for label, key in WORLD_ROWS.items()}
+        cells.update({label: _crop(res["pictures"]["decoded"][5]) for label, res in trips.items()})
+        figures.setdefault("world 256x144 resampled", {})[character] = {
+            k: round(v, 4) for k, v in first["upscaled_world"].items()}
+        for label, res in trips.items():
+            figures.setdefault(label, {})[character] = {k: round(res[k], 4) for k in ("psnr", "ssim",
+                                                                                    "sharpness_ratio")}
+        columns.append(np.concatenate([cells[label] for label in ROWS], axis=0))
     gap = np.full((columns[0].shape[0], 6, 3), 255, np.uint8)
     sheet = np.concatenate([c for col in columns for c in (col, gap)][:-1], axis=1)
     write_png(out / "grid_faces.png", sheet)
-    (out / "grid_faces.json").write_text(json.dumps({"rows": [label for label, _, _ in ROWS], "figures": figures},
-                                                    indent=1))
+    (out / "grid_faces.json").write_text(json.dumps({"rows": ROWS, "figures": figures}, indent=1))
     print(json.dumps(figures))
 
 
