@@ -747,6 +747,13 @@ def training_kernels(kernel: str, compile: bool | None, device: torch.device,
     return (FlexAttention(compile=cuda and not compile) if use_flex else None), compile
 
 
+def _save_dit(run: Run, model: torch.nn.Module, ema: torch.nn.Module, state: dict[str, Any]) -> None:
+    """A run's DiT as the DiT stages resume it: the model, its EMA and the step counts (``dit_state.json``)."""
+    run.save_weights("dit_model.safetensors", model.state_dict())
+    run.save_weights("dit_ema.safetensors", ema.state_dict())
+    (run.path / "dit_state.json").write_text(json.dumps(state))
+
+
 def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool,
                     anneal: bool = False, kernel: str = "auto", compile: bool | None = None) -> None:
     """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
@@ -846,9 +853,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
             log.info("dit step=%d loss=%.4f lr=%.2e step_ms=%.0f selfforcing=%s", step, mean, lr,
                      1000 * sum(step_times[-100:]) / len(step_times[-100:]), selfforcing)
             run.log(stage="selfforcing" if selfforcing else "dit", step=step, loss=mean, lr=lr)
-    run.save_weights("dit_model.safetensors", dit.state_dict())
-    run.save_weights("dit_ema.safetensors", ema.state_dict())
-    (run.path / "dit_state.json").write_text(json.dumps({"step": step, "sf_step": sf_step}))
+    _save_dit(run, dit, ema, {"step": step, "sf_step": sf_step})
     log.info("dit saved step=%d selfforcing_steps=%d seconds=%.0f last_loss=%.4f", step, sf_step,
              time.monotonic() - t_start, sum(losses[-100:]) / max(1, len(losses[-100:])))
 
@@ -990,11 +995,9 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
         if module is not None and any(k.startswith(f"{which}.") for k in weights.autoencoder or {}):
             run.save(f"{which}.pt", {"step": int(trained.get(f"{which}_step", 0)),
                                      "model": {k: v.float() for k, v in module.state_dict().items()}})
-    run.save_weights("dit_model.safetensors", dit.state_dict())
-    run.save_weights("dit_ema.safetensors", dit.state_dict())
     state = {"step": int(trained.get("dit_step", 0)), "sf_step": int(trained.get("sf_step", 0)),
              **{k: trained[k] for k in DISTILL_KEYS if k in trained}}  # a distilled checkpoint stays one
-    (run.path / "dit_state.json").write_text(json.dumps(state))
+    _save_dit(run, dit, dit, state)
     if student is not None:
         run.save_weights("distill_model.safetensors", student.state_dict())
         run.save_weights("distill_ema.safetensors", student.state_dict())
@@ -1034,9 +1037,7 @@ def import_blocks_stage(cfg: Config, run: Run) -> None:
         raise SystemExit(f"import --repatch: {weights.source}'s DiT has tensors model.dit lacks ({dropped[0]}, ...): "
                          "give the run the checkpoint's model.dit.num_layers")
     dit.load_state_dict({**own, **{k: v.float() for k, v in weights.dit.items() if k not in fresh}})
-    run.save_weights("dit_model.safetensors", dit.state_dict())
-    run.save_weights("dit_ema.safetensors", dit.state_dict())
-    (run.path / "dit_state.json").write_text(json.dumps({"step": 0, "sf_step": 0}))
+    _save_dit(run, dit, dit, {"step": 0, "sf_step": 0})
     trained = (weights.config or {}).get("training", {})
     run.log(stage="import", source=weights.source, repatch=True, fresh=fresh, blocks_dit_step=trained.get("dit_step"))
     log.info("import --repatch: %s's DiT (step %s) into %s; fresh: %s", weights.source, trained.get("dit_step"),
