@@ -67,6 +67,7 @@ def build_generator(cfg: Config) -> tuple[Any, np.ndarray, Any]:
             log.warning("character %s has no reference_image: the avatar is the rendered idol", character.name)
         return wan, reference_frame(character, wan.native_size), character
     generator = Generator(cfg.model)
+    generator.check_framing(character.framing, character.source)
     reference = reference_frame(character, generator.native_size)
     if character.background != "transparent":
         return BackgroundGenerator(generator, character), reference, character

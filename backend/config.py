@@ -215,9 +215,18 @@ class ModelConfig:
         "'mid' renders half of it (480x270, upscaled 2x: detail a 2-core CPU can afford), 'native' draws the native "
         "size and upscales it (cheapest); 'auto' is 'hires' on CUDA when the checkpoint has its weights ('mid' if it "
         "has only those), 'mid' on a CPU when it has those, else 'native'.")
+    framings: tuple[Literal["half", "whole"], ...] = opt(
+        ("half",), "What `liveidol train` draws its clips in: 'half' (the idol from the head to the waist, as the "
+        "shipped v8 was trained) and/or 'whole' (from the hair to the shoes); with both, clips take turns. The export "
+        "records them, and a character's `framing` must be one the checkpoint was trained on.")
     dit: DiTSizes = opt(None, "Transformer sizes.", factory=DiTSizes)
     autoencoder: AutoencoderConfig = opt(None, "Autoencoder sizes.", factory=AutoencoderConfig)
     wan: WanConfig = opt(None, "The Wan2.1 tier's text encoder and decoders.", factory=WanConfig)
+
+    def __post_init__(self) -> None:
+        if not self.framings or len(set(self.framings)) != len(self.framings):
+            raise ConfigError(f"model.framings = {list(self.framings)}: expected one or both of 'half' and 'whole', "
+                              "each once", key="model.framings")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ def test_default_toml_is_the_documented_defaults() -> None:
     ("[engine]\nfps = true\n", "engine.fps = True: expected a number"),
     ("[chat.twitch]\noauth_token = 5\n", "chat.twitch.oauth_token = <hidden>: expected a string"),
     ("model = 3\n", "model = 3: expected a table"),
+    ("[model]\nframings = []\n", "model.framings = []: expected one or both of 'half' and 'whole'"),
+    ("[model]\nframings = ['half', 'half']\n", "model.framings = ['half', 'half']: expected one or both"),
+    ("[model]\nframings = ['full']\n", "model.framings[0] = 'full': expected one of 'half', 'whole'"),
     ("[model\n", "not valid TOML"),
 ])
 def test_bad_config_names_file_key_value_and_allowed(tmp_path: Path, text: str, expected: str) -> None:

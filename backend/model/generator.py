@@ -661,6 +661,14 @@ class Generator(StreamingGenerator):
                     attn.name, *self.native_size, self.which_decoder, *self.decoded_size, *self.output_size,
                     self.frame_tokens, cfg.sink_frames + cfg.window_frames, self.kv.nbytes / 2**20)
 
+    def check_framing(self, framing: str, where: str) -> None:
+        """Raise GeneratorError unless the weights were trained on ``framing`` (a character's, named by ``where``):
+        a reference framed otherwise would be drawn over in the framing the model knows."""
+        if framing not in self.framings:
+            raise GeneratorError(f"{where}: framing = {framing!r}, but {self._weights_source} was trained on "
+                                 f"{' and '.join(map(repr, self.framings))} only (train it with model.framings "
+                                 f"including {framing!r}, or set framing = {self.framings[0]!r})")
+
     def _pick_linears(self, choice: str) -> str:
         """'dense' or 'fp8' for ``model.linears``: 'auto' keeps dense (FP8 misses the error budget, see
         docs/perf-notes.md); 'fp8' needs bfloat16 on a GPU with FP8 matrix units."""
@@ -680,6 +688,7 @@ class Generator(StreamingGenerator):
         self._weights_source = "random weights" if weights is None else weights.source
         self.guidance_distilled = False
         self.emotion_guidance_distilled: dict[str, float] = {}  # emotion -> the push distilled into the weights
+        self.framings: tuple[str, ...] = ("half",)  # what the weights were trained on (before the record: half)
         if weights is None:
             init_dit_(self.dit, generator=torch.Generator().manual_seed(self.cfg.seed))
             logger.info("generator weights source=random")
@@ -689,6 +698,7 @@ class Generator(StreamingGenerator):
         training = (weights.config or {}).get("training") or {}
         self.guidance_distilled = bool(training.get("guidance_distilled"))
         self.emotion_guidance_distilled = distilled_pushes(training)
+        self.framings = tuple(training.get("framings") or ("half",))
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
             load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",

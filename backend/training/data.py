@@ -136,8 +136,10 @@ def make_specs(n: int, n_frames: int, *, seed: int, align: int = 4, workers: int
     return [_one_spec(j) for j in jobs]
 
 
-def region_weights(poses: Tensor, size: tuple[int, int], spatial_factor: int, temporal_factor: int) -> Tensor:
-    """(B, F, h, w) loss weights per latent cell for clips of ``poses`` (B, T, P) rendered at ``size`` (w, h):
+def region_weights(poses: Tensor, size: tuple[int, int], spatial_factor: int, temporal_factor: int,
+                   framing: str = "half") -> Tensor:
+    """(B, F, h, w) loss weights per latent cell for clips of ``poses`` (B, T, P) rendered at ``size`` (w, h) in
+    ``framing``:
     1 everywhere, plus ``FACE_WEIGHT`` and ``HAND_WEIGHT`` Gaussians centred where the head and the hands are
     (the world's own kinematics), the largest over each latent frame's ``temporal_factor`` video frames."""
     b, t, _ = poses.shape
@@ -145,51 +147,53 @@ def region_weights(poses: Tensor, size: tuple[int, int], spatial_factor: int, te
         raise ValueError(f"clip of {t} frames is not a multiple of {temporal_factor}")
     sk = skeleton(poses.float())
     w_px, h_px = size
-    scale, ox = design_frame(size)  # render's mapping
+    scale, ox, oy = design_frame(size, framing)  # render's mapping
     cells = spatial_factor / scale  # one latent cell in design pixels
     xs = (torch.arange(w_px // spatial_factor, device=poses.device) + 0.5) * cells - ox
-    ys = (torch.arange(h_px // spatial_factor, device=poses.device) + 0.5) * cells
+    ys = (torch.arange(h_px // spatial_factor, device=poses.device) + 0.5) * cells + oy
 
     def bump(point: Tensor, sigma: float) -> Tensor:  # (B, T, 2) -> (B, T, h, w)
         dx = xs.view(1, 1, 1, -1) - point[..., 0, None, None]
         dy = ys.view(1, 1, -1, 1) - point[..., 1, None, None]
         return torch.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma))
 
+    # a framing that draws the idol smaller shrinks the bumps with her (they are in design pixels already)
     per_frame = (1.0 + FACE_WEIGHT * bump(sk.head, FACE_SIGMA)
                  + HAND_WEIGHT * torch.maximum(bump(sk.r_hand, HAND_SIGMA), bump(sk.l_hand, HAND_SIGMA)))
     return per_frame.view(b, t // temporal_factor, temporal_factor, *per_frame.shape[2:]).amax(2)
 
 
-def face_boxes(poses: Tensor, size: tuple[int, int], half: float) -> list[tuple[int, int, int, int]]:
-    """Per clip of ``poses`` (B, T, P) rendered at ``size`` (w, h): the (x0, y0, x1, y1) pixel box of side
-    ``2 * half`` design pixels centred on the head's mean position over the clip, shifted inside the frame."""
+def face_boxes(poses: Tensor, size: tuple[int, int], half: float, framing: str = "half"
+               ) -> list[tuple[int, int, int, int]]:
+    """Per clip of ``poses`` (B, T, P) rendered at ``size`` (w, h) in ``framing``: the (x0, y0, x1, y1) pixel box of
+    side ``2 * half`` design pixels centred on the head's mean position over the clip, shifted inside the frame."""
     w_px, h_px = size
-    scale, ox = design_frame(size)
+    scale, ox, oy = design_frame(size, framing)
     head = skeleton(poses.float()).head.mean(1)  # (B, 2) design pixels
     side = min(round(2 * half * scale), w_px, h_px)
     boxes = []
     for x, y in head.tolist():
         x0 = min(max(round((x + ox) * scale) - side // 2, 0), w_px - side)
-        y0 = min(max(round(y * scale) - side // 2, 0), h_px - side)
+        y0 = min(max(round((y - oy) * scale) - side // 2, 0), h_px - side)
         boxes.append((x0, y0, x0 + side, y0 + side))
     return boxes
 
 
-def rest_reference(identity: Tensor, size: tuple[int, int], frames: int) -> Tensor:
+def rest_reference(identity: Tensor, size: tuple[int, int], frames: int, framing: str = "half") -> Tensor:
     """(B, frames, 4, H, W): each idol of ``identity`` (B, I) in the rest pose (the identity reference)."""
     poses = torch.from_numpy(REST_POSE).to(identity.device)[None, None].expand(identity.shape[0], 1, -1)
-    return render(identity, poses.contiguous(), size).expand(-1, frames, -1, -1, -1)
+    return render(identity, poses.contiguous(), size, framing).expand(-1, frames, -1, -1, -1)
 
 
 def render_clips(specs: list[ClipSpec], size: tuple[int, int], temporal_factor: int, device: torch.device,
-                 *, labels: bool = True) -> Clips:
-    """Render ``specs`` on ``device``; labels are taken at each latent frame's first video frame.
+                 *, labels: bool = True, framing: str = "half") -> Clips:
+    """Render ``specs`` on ``device`` in ``framing``; labels are taken at each latent frame's first video frame.
 
     ``labels=False`` renders only the video (the labels of a cropped spec would not line up).
     """
     identity = torch.stack([s.identity for s in specs]).to(device)
     poses = torch.stack([s.poses for s in specs]).to(device)
-    video = render(identity, poses, size)
+    video = render(identity, poses, size, framing)
     n_frames = poses.shape[1]
     assert n_frames % temporal_factor == 0, f"clip of {n_frames} frames is not a multiple of {temporal_factor}"
     if not labels:
@@ -198,7 +202,7 @@ def render_clips(specs: list[ClipSpec], size: tuple[int, int], temporal_factor: 
     first = slice(0, n_frames, temporal_factor)
     return Clips(
         video=video,
-        reference=rest_reference(identity, size, temporal_factor),
+        reference=rest_reference(identity, size, temporal_factor, framing),
         actions=torch.stack([s.actions[first] for s in specs]).to(device),
         emotions=torch.stack([s.emotions[first] for s in specs]).to(device),
         progress=torch.stack([s.progress[first] for s in specs]).to(device),

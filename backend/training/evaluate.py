@@ -71,7 +71,7 @@ from backend.training.quality import Calibration, FrameStats, frechet_distance, 
 from backend.world.character import CharacterConfig, identity_tensor, load_character
 from backend.world.pose import POSE_INDEX, action_scores, simulate
 from backend.world.reference import reference_frame
-from backend.world.render import premultiplied, render, straight_alpha
+from backend.world.render import premultiplied, reframe, render, straight_alpha
 
 __all__ = [
     "ALL_CHARACTERS",
@@ -344,12 +344,19 @@ def _world_uint8(video: Tensor) -> Tensor:
 
 
 def _world_chunks(character: CharacterConfig, poses: Tensor, size: tuple[int, int], device: torch.device,
-                  batch: int = 128) -> Iterator[Tensor]:
-    """World renders of ``poses`` (T, P), ``batch`` frames at a time, as uint8 straight alpha (N, H, W, 4)."""
+                  batch: int = 128, framing: str | None = None) -> Iterator[Tensor]:
+    """World renders of ``poses`` (T, P) in ``framing`` (None: the character's), ``batch`` frames at a time, as uint8
+    straight alpha (N, H, W, 4)."""
     ident = identity_tensor([character.identity], device=device)
     for i in range(0, poses.shape[0], batch):
-        video = render(ident, poses[None, i:i + batch].to(device), size)[0]  # (n, 4, H, W) premultiplied
+        video = render(ident, poses[None, i:i + batch].to(device), size, framing or character.framing)[0]
         yield _world_uint8(video)
+
+
+def _seen(x: Tensor, character: CharacterConfig) -> Tensor:
+    """Premultiplied frames (N, 4, H, W) in the character's framing as the probe and the face reader read them:
+    in the half framing they were trained on (a whole-framed frame's upper body, resampled to the frame)."""
+    return reframe(x, character.framing, "half")
 
 
 class _Motion:
@@ -436,8 +443,9 @@ def _world_plan(plan: list[PlannedCommand], n_frames: int, probe: Probe, charact
         for chunk in _world_chunks(character, poses, size, device):
             motion.add(_premultiplied(chunk, device))
         for c, tmpl in zip(plan, templates):
+            # the probe's own framing, drawn at full detail (the upper body is the same in both framings)
             window = torch.cat([_premultiplied(x, device) for x in _world_chunks(
-                character, poses[c.start:c.start + c.window], size, device)])
+                character, poses[c.start:c.start + c.window], size, device, framing="half")])
             read = probe.predict(window)
             ok.append(followed(action_scores(read[0].cpu(), fps), c.action))
             emos.append(_emotion_of(read, reader.predict(window) if reader is not None else None, tmpl, fps))
@@ -464,7 +472,7 @@ def _world_quality(world: _WorldPlan, character: CharacterConfig, probe: Probe, 
             for chunk in _world_chunks(character, sampled, q.calibration.size, device, batch=batch):
                 x = _premultiplied(chunk, device)
                 stats.append(FrameStats.measure(x, q.calibration))
-                feats.append(probe.embed(x).cpu())
+                feats.append(probe.embed(_seen(x, character)).cpu())
         world.quality = (FrameStats.concat(stats), torch.cat(feats) if feats else torch.zeros(0, 1))
     return world.quality
 
@@ -479,8 +487,10 @@ def _action_following(gen: Any, probe: Probe, character: CharacterConfig, refere
 
     Generated frames may come at any size; the probe and the flicker statistics read them resized to the
     native size (area), as the world is rendered there; the face ``reader`` (emotions) reads the head of each
-    generated frame at the size it comes in, the world's at the native size. ``worlds`` caches the world side
-    by chunk size."""
+    generated frame at the size it comes in, the world's at the native size. The probe and the reader know the
+    half framing: a character framed whole is read through that framing's window, cut out of the generated frames
+    at the size they come in (:func:`_seen`), and the world they are scored against is drawn in it. ``worlds``
+    caches the world side by chunk size."""
     fpc = gen.frames_per_chunk(chunk) if chunk is not None else gen.frames_per_chunk()
     plan = plan_commands(commands, frames_per_chunk=fpc, seed=seed, fps=fps, balance_emotions=balance_emotions)
     win = _frames(FOLLOW_WINDOW_S, fps)
@@ -519,13 +529,15 @@ def _action_following(gen: Any, probe: Probe, character: CharacterConfig, refere
             sel = [i for i in range(x_out.shape[0]) if (g0 + i) % quality.stride == 0 and g0 + i < n_frames]
             if sel:
                 q_stats.append(FrameStats.measure(x_out[sel], quality.calibration))
-                q_feats.append(probe.embed(x_out[sel]).cpu())
+                q_feats.append(probe.embed(_seen(x_out[sel], character)).cpu())
         if reader is not None:
-            faces.append(reader.predict(x_out).cpu())
+            faces.append(reader.predict(_seen(x_out, character)).cpu())
         x = _resize_area(x_out, native)  # type: ignore[arg-type]
+        # what the probe reads: the half framing's window, cut out at the size the frames come in, then resized
+        seen = x if character.framing == "half" else _resize_area(_seen(x_out, character), native)  # type: ignore[arg-type]
         del x_out
         motion.add(x)
-        made.append(x)
+        made.append(seen)
         frames = torch.cat(made)
         while len(gen_ok) < len(plan) and plan[len(gen_ok)].start + plan[len(gen_ok)].window <= kept_from + frames.shape[0]:
             i = len(gen_ok)
@@ -712,7 +724,7 @@ class _Segment:
                                "idle_rgb": (self.rgb_sum / self.matte).tolist() if self.matte else None}
         if not self.samples:
             return out | {"agreement": None, "palette_dist": None}
-        _, ident = probe.predict(_premultiplied(torch.stack(self.samples), device))
+        _, ident = probe.predict(_seen(_premultiplied(torch.stack(self.samples), device), character))
         agree = {k: float(np.mean([v == getattr(character, k) for v in ident[k]]))  # type: ignore[attr-defined]
                  for k in ("hair_style", "eye_shape", "outfit")}
         return out | agree | {"agreement": float(np.mean(list(agree.values()))),
@@ -748,7 +760,7 @@ def _identity(gen: Generator, probe: Probe, character: CharacterConfig, referenc
                 part.add_idle(chunk[s0 - g0:s1 - g0])
         if (g0 + fpc) // per_minute > g0 // per_minute:
             log.info("identity run minute=%d of minutes=%.2f frames=%d", (g0 + fpc) // per_minute, minutes, g0 + fpc)
-    _, ref_ident = probe.predict(_premultiplied(reference[None], device))
+    _, ref_ident = probe.predict(_seen(_premultiplied(reference[None], device), character))
     ref_palette = ref_ident["palette"]  # type: ignore[index]
     true_palette = identity_tensor([character.identity])[0, :18]
     ref_agree = float(np.mean([ref_ident[k][0] == getattr(character, k)  # type: ignore[index]
@@ -812,8 +824,8 @@ def autoencoder_roundtrip(ae: VideoAutoencoder, character: CharacterConfig, nati
     poses, _ = simulate([(0, "wave", "happy")], 20 + frames, seed=seed)
     poses = poses[None, 20:20 + frames].to(device)
     ident = identity_tensor([character.identity], device=device)
-    src = render(ident, poses, native_size)[0]  # (T, 4, h, w) premultiplied
-    ref = render(ident, poses, output_size)[0]  # (T, 4, H, W)
+    src = render(ident, poses, native_size, character.framing)[0]  # (T, 4, h, w) premultiplied
+    ref = render(ident, poses, output_size, character.framing)[0]  # (T, 4, H, W)
 
     def at_output(straight: Tensor) -> Tensor:  # resampled as the generator does, premultiplied
         same = tuple(straight.shape[-2:]) == tuple(ref.shape[-2:])
@@ -942,6 +954,7 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
     sheet_info: dict[str, Any] | None = None
     for ci, name in enumerate(names):
         character = load_character(name)
+        gen.check_framing(character.framing, character.source)
         reference = reference_frame(character, gen.native_size)
         q = (_Quality(Calibration.build(character, gen.output_size, frames=calibration_frames, device=gen.device), stride)
              if quality and commands else None)

@@ -235,7 +235,7 @@ class Calibration:
         colour set and the blotch threshold, and as many again (other poses) to set the palette threshold."""
         ident = identity_tensor([character.identity], device=device)
         poses = _calibration_poses(2 * frames, _CAL_SEED).to(device)
-        video = render(ident, poses[None], size)[0].cpu()  # (2n, 4, H, W) premultiplied
+        video = render(ident, poses[None], size, character.framing)[0].cpu()  # (2n, 4, H, W) premultiplied
         fit, held = video[0::2], video[1::2]
         st = straight_alpha(fit)
         matte = st[:, 3] > MATTE_ALPHA

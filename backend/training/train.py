@@ -263,6 +263,14 @@ def _sub_clips(specs: list[ClipSpec], batch: int, gen: torch.Generator, tf: int)
             for s in (specs[i] for i in idx)]
 
 
+def _pick_framing(framings: tuple[str, ...], gen: torch.Generator) -> str:
+    """One of ``framings`` for a batch of clips, drawn on ``gen`` (nothing drawn when there is one: a run of one
+    framing sees the clips it saw before framings existed)."""
+    if len(framings) == 1:
+        return framings[0]
+    return framings[int(torch.randint(len(framings), (1,), generator=gen).item())]
+
+
 def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torch.device) -> None:
     from backend.training.train_autoencoder import fit_latent_stats, train_autoencoder
 
@@ -276,7 +284,9 @@ def train_autoencoder_stage(cfg: Config, run: Run, deadline: float, device: torc
     specs = _spec_pool(512 if device.type == "cuda" else 16, 16 * tf, pool_seed, tf)
 
     def clips(batch: int, gen: torch.Generator) -> Tensor:
-        return straight_alpha(render_clips(_sub_clips(specs, batch, gen, tf), size, tf, device, labels=False).video)
+        framing = _pick_framing(cfg.model.framings, gen)
+        return straight_alpha(render_clips(_sub_clips(specs, batch, gen, tf), size, tf, device, labels=False,
+                                           framing=framing).video)
 
     ae = VideoAutoencoder(ae_cfg)
     total = 6000 if device.type == "cuda" else 40
@@ -445,9 +455,10 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
         t0 = time.monotonic()
         gen = torch.Generator().manual_seed(cfg.model.seed * 1_000_003 + step)
         sub = _sub_clips(specs, batch, gen, tf)
+        framing = _pick_framing(cfg.model.framings, gen)
         with torch.no_grad():
-            small = straight_alpha(render_clips(sub, native, tf, device, labels=False).video)
-            target = straight_alpha(render_clips(sub, big, tf, device, labels=False).video)
+            small = straight_alpha(render_clips(sub, native, tf, device, labels=False, framing=framing).video)
+            target = straight_alpha(render_clips(sub, big, tf, device, labels=False, framing=framing).video)
             z = ae.encode_raw(small)
             jitter = torch.rand(batch, 1, 1, 1, 1, generator=gen).to(device) * HIRES_LATENT_NOISE
             z = z + jitter * std * torch.randn_like(z)
@@ -459,7 +470,7 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
         # the face again on its own (eyes, brows and mouth carry the emotions; the frame-wide mean drowns them)
         poses = torch.stack([s.poses for s in sub])
         crops = [reconstruction_losses(recon[i:i + 1, :, :, y0:y1, x0:x1], target[i:i + 1, :, :, y0:y1, x0:x1])
-                 for i, (x0, y0, x1, y1) in enumerate(face_boxes(poses, big, HIRES_FACE_HALF))]
+                 for i, (x0, y0, x1, y1) in enumerate(face_boxes(poses, big, HIRES_FACE_HALF, framing))]
         loss = recon.new_zeros((), dtype=torch.float32)
         for k, v in terms.items():
             face = sum(c[k] for c in crops) / len(crops)
@@ -505,7 +516,8 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
 class LatentPool:
     """Rendered and encoded clips kept on the device: latents, reference latents, labels. With ``twins`` the pool
     holds ``2 * n`` clips, clip ``n + i`` the emotion twin of clip ``i`` (the same idol and motion under other
-    emotions, :func:`backend.training.data.twin_script`), and :meth:`batch` draws pairs."""
+    emotions, :func:`backend.training.data.twin_script`), and :meth:`batch` draws pairs. The clips are rendered in
+    ``model.framings`` by turns, 32 at a time (a clip and its twin in the same framing)."""
 
     def __init__(self, cfg: Config, ae: VideoAutoencoder, n: int, seed: int, device: torch.device,
                  twins: bool = False) -> None:
@@ -515,16 +527,19 @@ class LatentPool:
         self.pairs = n if twins else 0  # clips with a twin (the first half of the pool)
         lat, ref, acts, emos, mouth, regions = [], [], [], [], [], []
         t0 = time.monotonic()
+        framings = cfg.model.framings
+        # by turns in blocks of 32; n is a multiple of 32 (or smaller) so the twin half repeats the first's turns
         with torch.no_grad():
             for i in range(0, len(specs), 32):
-                clips = render_clips(specs[i:i + 32], size, tf, device)
+                framing = framings[(i % n if twins else i) // 32 % len(framings)]
+                clips = render_clips(specs[i:i + 32], size, tf, device, framing=framing)
                 lat.append(ae.encode(straight_alpha(clips.video)).to(torch.bfloat16))
                 ref.append(ae.encode(straight_alpha(clips.reference)).to(torch.bfloat16))
                 acts.append(clips.actions)
                 emos.append(clips.emotions)
                 mouth.append(clips.mouth)
                 poses = torch.stack([s.poses for s in specs[i:i + 32]]).to(device)
-                regions.append(region_weights(poses, size, ae_cfg.spatial_factor, tf).to(torch.bfloat16))
+                regions.append(region_weights(poses, size, ae_cfg.spatial_factor, tf, framing).to(torch.bfloat16))
         self.latents = torch.cat(lat)  # (N, F, C, h, w)
         self.regions = torch.cat(regions)  # (N, F, h, w) the loss's weight per latent cell (face and hands up)
         self.reference = torch.cat(ref)  # (N, 1, C, h, w)
@@ -918,6 +933,7 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH, dit_only: boo
     fingerprint = {"autoencoder_sha256": autoencoder_fingerprint(ae.state_dict())} if dit_only else {}
     save_checkpoint(path, dit, None if dit_only else ae, cfg.model, dtype=torch.float16,
                     training={"dit_step": int(prev.get("step", 0)), "sf_step": int(prev.get("sf_step", 0)),
+                              "framings": list(cfg.model.framings),
                               **{f"{w}_step": int(s["step"]) if s is not None else 0 for w, s in details.items()},
                               **kept, **(distilled or {}), **fingerprint})
     size = path.stat().st_size

@@ -171,6 +171,10 @@ class CharacterConfig:
     background_image: str = opt("", "Background image (PNG/JPEG) when background = 'image'; relative to the file.")
     reference_image: str = opt("", "Optional custom avatar image used as the identity reference instead of "
                                "the rendered neutral pose; relative to the file; '' = render it.")
+    framing: Literal["half", "whole"] = opt(
+        "half", "How the idol fills the frame: 'half' from the head to the waist, 'whole' from the hair to the shoes "
+        "(a reference_image is taken as framed so). The model must have been trained on it (its record lists the "
+        "framings: `model.framings` at training time); the shipped v8 knows 'half'.")
     voice: str = opt("", "TTS voice: a Piper .onnx path or a coqui speaker .wav (relative to the file), "
                      "or an engine voice name; '' = the engine default.")
     prompts: PromptTemplates = opt(None, "Wan tier: the prompt of each action and emotion (see "

@@ -7,7 +7,9 @@ whole batch renders in one pass on any device. Output RGB is premultiplied by al
 the background is, alpha = the idol's matte). Deterministic: no randomness, no atomics.
 
 Geometry is written in design pixels of a 256x144 frame (see ``backend.world.pose``); other sizes
-scale it by height and keep the idol centred.
+scale it by height and keep the idol centred. The 256x144 design frame shows the idol from the head to the waist
+(the ``half`` framing); the world draws her whole, skirt, legs and shoes below it, and the ``whole`` framing
+(``FRAMINGS``) shows the design window from the hair to the shoes.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ from backend.world.character import (
 )
 from backend.world.pose import ARM_FORE, HIP, POSE_INDEX, POSE_PARAMS, REST_POSE, Skeleton, skeleton
 
-__all__ = ["DESIGN_SIZE", "character_reference", "design_frame", "premultiplied", "reference_frame", "render",
-           "straight_alpha"]
+__all__ = ["DESIGN_SIZE", "FRAMINGS", "character_reference", "check_framing", "design_frame", "premultiplied",
+           "reference_frame", "reframe", "render", "straight_alpha"]
 
 DESIGN_SIZE = (256, 144)
+# What a frame shows, as the design window's (top y, height) in design pixels, centred on the design frame's
+# x centre: 'half' is the design frame itself (head to waist); 'whole' the idol from the hair to the shoes.
+FRAMINGS: dict[str, tuple[float, float]] = {"half": (0.0, 144.0), "whole": (4.0, 214.0)}
+WAIST = 156.0  # the torso's lower edge (body coordinates): below the half framing's bottom even at full sway
 _P = len(POSE_PARAMS)
 _PAL = {k: slice(3 * i, 3 * i + 3) for i, k in enumerate(PALETTE_KEYS)}
 _OFF = 3 * len(PALETTE_KEYS)
@@ -100,10 +106,10 @@ def _rotate(x: Tensor, y: Tensor, cx: Tensor | float, cy: Tensor | float, angle:
 
 
 class _Canvas:
-    def __init__(self, rgb: Tensor, alpha: Tensor, X: Tensor, Y: Tensor, px: float, ox: float) -> None:
+    def __init__(self, rgb: Tensor, alpha: Tensor, X: Tensor, Y: Tensor, px: float, ox: float, oy: float) -> None:
         self.rgb, self.alpha = rgb, alpha  # (N, 3, H, W) premultiplied, (N, H, W); may be views
         self.X, self.Y = X, Y              # (1, 1, W), (1, H, 1) design coordinates of pixel centres
-        self.px, self.ox = px, ox          # design units per pixel, design x of the frame's left edge
+        self.px, self.ox, self.oy = px, ox, oy  # design units per pixel, -(design x), design y of the frame's edges
 
     def roi(self, xs: Tensor, ys: Tensor, mx: float, my: float) -> _Canvas:
         """A view of the canvas over the bounding box of points ``xs``/``ys`` (any shape, design px), all frames,
@@ -112,11 +118,12 @@ class _Canvas:
         h, w = self.alpha.shape[-2:]
         c0 = max(0, math.floor((x0 - mx + self.ox) / self.px))
         c1 = min(w, math.ceil((x1 + mx + self.ox) / self.px) + 1)
-        r0 = max(0, math.floor((y0 - my) / self.px))
-        r1 = min(h, math.ceil((y1 + my) / self.px) + 1)
+        r0 = min(h, max(0, math.floor((y0 - my - self.oy) / self.px)))
+        r1 = min(h, math.ceil((y1 + my - self.oy) / self.px) + 1)
+        c0 = min(w, c0)
         c1, r1 = max(c0, c1), max(r0, r1)
         return _Canvas(self.rgb[..., r0:r1, c0:c1], self.alpha[..., r0:r1, c0:c1], self.X[..., c0:c1],
-                       self.Y[:, r0:r1], self.px, self.ox)
+                       self.Y[:, r0:r1], self.px, self.ox, self.oy)
 
     def coverage(self, d: Tensor) -> Tensor:
         x = (0.5 - d / self.px).clamp(0.0, 1.0)  # ~1 px smoothstep ramp centred on the edge
@@ -163,20 +170,50 @@ def _const(colour: tuple[float, float, float], n: int, like: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_framing(framing: str, where: str = "framing") -> str:
+    """``framing`` if it names one of ``FRAMINGS``, else a ValueError that says ``where`` it came from."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"{where} = {framing!r}: expected one of {', '.join(map(repr, FRAMINGS))}")
+    return framing
+
+
 @torch.no_grad()
-def design_frame(size: tuple[int, int]) -> tuple[float, float]:
-    """How a frame of ``size`` (width, height) holds the design frame: ``(scale, ox)``, pixels per design pixel
-    (scaled by height) and the design x at the frame's left edge (negative when the frame is wider: centred).
-    A design point (x, y) lands at pixel ((x + ox) * scale, y * scale)."""
-    scale = size[1] / DESIGN_SIZE[1]
-    return scale, (size[0] / scale - DESIGN_SIZE[0]) / 2.0
+def design_frame(size: tuple[int, int], framing: str = "half") -> tuple[float, float, float]:
+    """How a frame of ``size`` (width, height) holds the design window of ``framing``: ``(scale, ox, oy)``,
+    pixels per design pixel (scaled by height), minus the design x at the frame's left edge (positive when the
+    frame is wider than the design frame: centred) and the design y at its top edge. A design point (x, y) lands at
+    pixel ((x + ox) * scale, (y - oy) * scale)."""
+    top, height = FRAMINGS[check_framing(framing)]
+    scale = size[1] / height
+    return scale, (size[0] / scale - DESIGN_SIZE[0]) / 2.0, top
 
 
-def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE) -> Tensor:
+def reframe(frames: Tensor, framing: str, to: str) -> Tensor:
+    """``frames`` (..., C, H, W) of ``framing`` as a frame of the same size shows them under ``to``: the design
+    window of ``to`` sampled out of them (bilinear; zero where it lies outside). What reads the half framing (the
+    probe, the face reader) reads a whole-framed frame through ``reframe(f, "whole", "half")``."""
+    if framing == to:
+        return frames
+    h, w = frames.shape[-2:]
+    s0, ox0, oy0 = design_frame((w, h), framing)
+    s1, ox1, oy1 = design_frame((w, h), to)
+    dev = frames.device
+    # each target pixel centre -> its design point -> the source pixel coordinate -> grid_sample's [-1, 1]
+    u = ((torch.arange(w, device=dev, dtype=torch.float32) + 0.5) / s1 - ox1 + ox0) * s0 * 2.0 / w - 1.0
+    v = ((torch.arange(h, device=dev, dtype=torch.float32) + 0.5) / s1 + oy1 - oy0) * s0 * 2.0 / h - 1.0
+    grid = torch.stack(torch.meshgrid(u, v, indexing="xy"), -1)  # (H, W, 2) as (x, y)
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    out = torch.nn.functional.grid_sample(flat.float(), grid.expand(flat.shape[0], h, w, 2), mode="bilinear",
+                                          padding_mode="zeros", align_corners=False)
+    return out.to(frames.dtype).reshape(frames.shape)
+
+
+def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE, framing: str = "half") -> Tensor:
     """Render ``identity`` (B, IDENTITY_DIM) in ``poses`` (B, T, P) -> (B, T, 4, H, W) float in [0, 1].
 
-    ``size`` is (width, height). RGB is premultiplied by alpha; alpha is the idol's matte (0 on the
-    background, 1 on the body). Runs on the device and dtype of ``poses`` (float32 recommended).
+    ``size`` is (width, height), ``framing`` one of ``FRAMINGS``. RGB is premultiplied by alpha; alpha is the
+    idol's matte (0 on the background, 1 on the body). Runs on the device and dtype of ``poses`` (float32
+    recommended).
     """
     if identity.ndim != 2 or identity.shape[1] != IDENTITY_DIM:
         raise ValueError(f"identity {tuple(identity.shape)}: expected (B, {IDENTITY_DIM})")
@@ -191,12 +228,12 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
     pose = poses.reshape(n, _P).to(dt)
     ident = identity.to(device=dev, dtype=dt).repeat_interleave(t, dim=0)  # (N, I)
 
-    scale, ox = design_frame(size)
+    scale, ox, oy = design_frame(size, framing)
     px = 1.0 / scale
     X = ((torch.arange(w_px, device=dev, dtype=dt) + 0.5) * px - ox).view(1, 1, w_px)
-    Y = ((torch.arange(h_px, device=dev, dtype=dt) + 0.5) * px).view(1, h_px, 1)
+    Y = ((torch.arange(h_px, device=dev, dtype=dt) + 0.5) * px + oy).view(1, h_px, 1)
     full = _Canvas(torch.zeros(n, 3, h_px, w_px, device=dev, dtype=dt), torch.zeros(n, h_px, w_px, device=dev, dtype=dt),
-                   X, Y, px, ox)
+                   X, Y, px, ox, oy)
 
     def g(name: str) -> Tensor:
         return pose[:, POSE_INDEX[name]]
@@ -238,9 +275,11 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
     cv.over(back_ol.clamp(max=1.0), hair * 0.35)
     cv.over(back.clamp(max=1.0), hair * 0.82)
 
-    # --- hood (behind the neck) and neck -----------------------------------------------------------
     prim, sec, acc, skin = pal["outfit_primary"], pal["outfit_secondary"], pal["accent"], pal["skin"]
     cx0 = DESIGN_SIZE[0] / 2.0
+    _lower_body(full, sway, prim, sec, acc, skin, fit_w, n, pose)
+
+    # --- hood (behind the neck) and neck -----------------------------------------------------------
     cv = full.roi(sk.neck[:, 0], torch.stack([sk.neck[:, 1] - 24.0, sk.neck[:, 1] + 80.0]), 45.0, 2.0)
     bx, by = _rotate(cv.X, cv.Y, _v(hip_x), _v(hip_y), _v(sway))
     bx, by = bx + HIP[0], by + HIP[1]
@@ -253,6 +292,7 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
     half = 15.5 + rel.clamp(min=0) * 0.22
     d_trap = torch.maximum((bx - cx0).abs() - half, -rel - 2.0) / 1.03
     d_torso = _union(d_trap, sd_capsule(bx, by, cx0 - 15.0, top + 3.0, cx0 + 15.0, top + 3.0, 5.0))
+    d_torso = torch.maximum(d_torso, by - WAIST)  # the skirt (or shorts) go on below
     cv.fill(d_torso, prim, outline=0.9)
     ax_ = (bx - cx0).abs()
     # sailor: collar band + V lapels in secondary, ribbon in accent, skirt band
@@ -434,23 +474,68 @@ def render(identity: Tensor, poses: Tensor, size: tuple[int, int] = DESIGN_SIZE)
     return out.reshape(b, t, 4, h_px, w_px)
 
 
-def reference_frame(identity: Tensor, size: tuple[int, int] = DESIGN_SIZE) -> Tensor:
+def _lower_body(full: _Canvas, sway: Tensor, prim: Tensor, sec: Tensor, acc: Tensor, skin: Tensor,
+                fit_w: dict[str, Tensor], n: int, like: Tensor) -> None:
+    """The idol below the waist, drawn behind the torso: legs from the hips (which sway with the body) to the
+    ankles (which stand still), socks, shoes, then the skirt (sailor: pleated, the collar's colour; dress: the
+    dress's own, flared; hoodie: shorts). Nothing of it reaches the half framing's bottom edge."""
+    cx0 = DESIGN_SIZE[0] / 2.0
+    lo = torch.tensor([cx0 - 44.0, cx0 + 44.0], device=sway.device, dtype=sway.dtype)
+    cv = full.roi(lo, torch.tensor([WAIST - 8.0, 214.0], device=sway.device, dtype=sway.dtype), 12.0, 2.0)
+    if cv.alpha.numel() == 0:  # the half framing: all of it below the frame
+        return
+    c, s = torch.cos(sway), torch.sin(sway)
+    wsl, wdr, who = (_v(fit_w[k]) for k in ("sailor", "dress", "hoodie"))
+    sock = _const((0.96, 0.96, 0.98), n, like)
+    shoe = (fit_w["sailor"][:, None] * _const((0.30, 0.20, 0.18), n, like) + fit_w["dress"][:, None] * acc
+            + fit_w["hoodie"][:, None] * _const((0.95, 0.95, 0.97), n, like))
+    for side in (-1.0, 1.0):
+        jx, jy = side * 8.0, WAIST + 16.0 - HIP[1]  # the hip joint, body coordinates about HIP
+        hx_, hy_ = c * jx - s * jy + HIP[0], s * jx + c * jy + HIP[1]  # swayed, as skeleton's body points
+        ax, ay = cx0 + side * 9.0, 203.0  # the ankle
+        leg = sd_capsule(cv.X, cv.Y, _v(hx_), _v(hy_), ax, ay, 5.0, 3.4)
+        cv.fill(leg, skin, outline=0.8)
+        # socks: knee-high for the sailor, ankle socks for the dress, none under the hoodie's sneakers
+        top = (wsl * 186.0 + wdr * 197.0 + who * 204.0)
+        cv.fill(torch.maximum(leg, top - cv.Y), sock, weight=wsl + wdr)
+        cv.fill(torch.maximum(sd_ellipse(cv.X - (ax + side * 1.5), cv.Y - 206.0, 6.4, 3.4), 203.5 - cv.Y - 3.0),
+                shoe, outline=0.8)
+    # the skirt, in body coordinates (it sways with the torso)
+    bx, by = _rotate(cv.X, cv.Y, HIP[0], HIP[1], _v(sway))
+    bx, by = bx + HIP[0] - cx0, by + HIP[1]
+    hem = wsl * 184.0 + wdr * 186.0 + who * 176.0
+    flare = (by - (WAIST - 8.0)).clamp(min=0) * (0.16 * wsl + 0.28 * wdr + 0.0 * who)
+    d_skirt = torch.maximum(bx.abs() - (27.0 + 3.0 * who) - flare, torch.maximum(WAIST - 8.0 - by, by - hem))
+    # the hoodie's shorts part between the legs (the gap's distance, pushed far outside for the other outfits)
+    shorts_gap = torch.minimum(2.0 - bx.abs(), by - 168.0) - 1000.0 * (1.0 - who)
+    colour = fit_w["sailor"][:, None] * sec + fit_w["dress"][:, None] * prim + fit_w["hoodie"][:, None] * prim * 0.6
+    cv.fill(torch.maximum(d_skirt, shorts_gap), colour, outline=0.9)
+    # sailor pleats: dark lines fanning out from the waist; dress: a frill at the hem
+    fan = bx / (1.0 + (by - WAIST + 8.0).clamp(min=0) * 0.006)
+    pleat = torch.maximum((torch.remainder(fan + 4.5, 9.0) - 4.5).abs() - 0.45, torch.maximum(d_skirt, WAIST - by))
+    cv.fill(pleat, sec * 0.6, weight=wsl)
+    cv.fill(torch.maximum(d_skirt, hem - 3.0 - by), sec, weight=wdr)
+
+
+def reference_frame(identity: Tensor, size: tuple[int, int] = DESIGN_SIZE, framing: str = "half") -> Tensor:
     """The identity reference the model is conditioned on: each idol in the neutral rest pose, eyes open.
 
     ``identity`` (B, IDENTITY_DIM) -> (B, 4, H, W), on ``identity``'s device.
     """
     rest = torch.from_numpy(REST_POSE).to(device=identity.device, dtype=torch.float32)
-    return render(identity.float(), rest.expand(identity.shape[0], 1, -1).contiguous(), size=size)[:, 0]
+    return render(identity.float(), rest.expand(identity.shape[0], 1, -1).contiguous(), size=size,
+                  framing=framing)[:, 0]
 
 
 def character_reference(character: CharacterConfig, size: tuple[int, int] = DESIGN_SIZE) -> Tensor:
     """The character's identity reference (4, H, W) float [0, 1], premultiplied like ``render``'s output.
 
-    Its ``reference_image`` (a custom avatar) when set, else its look rendered in the rest pose.
+    Its ``reference_image`` (a custom avatar) when set, else its look rendered in the rest pose, framed as its
+    ``framing`` asks.
     """
     path = character.resolve(character.reference_image)
     if path is None:
-        return reference_frame(identity_tensor([character.identity]), size)[0]
+        return reference_frame(identity_tensor([character.identity]), size, character.framing)[0]
     try:
         rgba = load_image_rgba(path, size)
     except (OSError, ValueError) as exc:

@@ -49,3 +49,20 @@ def test_face_boxes_hold_the_head_and_stay_inside_the_frame() -> None:
     assert x0 < float(head[0]) < x1 and y0 < float(head[1]) < y1
     (bx0, by0, bx1, by1), = face_boxes(poses, (960, 540), 200.0)  # larger than the frame's height: clamped
     assert (by0, by1) == (0, 540) and 0 <= bx0 < bx1 <= 960
+
+
+def test_the_whole_framing_moves_the_weights_and_boxes_with_the_idol() -> None:
+    """Framed whole, the idol is drawn smaller and lower in the frame: the face weight peaks on the head's pixel
+    there, and the face box holds the head where the whole-framed render has it."""
+    from backend.world.render import design_frame
+
+    scale, ox, oy = design_frame((256, 144), "whole")
+    head = skeleton(_rest()[0, 0]).head
+    hx, hy = (float(head[0]) + ox) * scale, (float(head[1]) - oy) * scale  # native pixels
+    w = region_weights(_rest(), (256, 144), 4, 4, "whole")
+    row, col = divmod(int(w[0, 0].argmax()), 64)
+    assert abs((col + 0.5) * 4 - hx) <= 4 and abs((row + 0.5) * 4 - hy) <= 4
+    assert not torch.allclose(w, region_weights(_rest(), (256, 144), 4, 4))
+    (x0, y0, x1, y1), = face_boxes(_rest(8), (960, 540), 26.0, "whole")
+    assert x1 - x0 == round(52 * 540 / 214)  # the box's design side at the whole framing's scale
+    assert x0 < hx * 3.75 < x1 and y0 < hy * 3.75 < y1

@@ -281,12 +281,13 @@ class WorldAsGenerator:
     """A perfect "generator": it plays the world render of the evaluation's own command plan chunk by
     chunk (a stand-in for Generator, so the test isolates the frame bookkeeping of the scoring)."""
 
-    def __init__(self, commands: int, seed: int) -> None:
+    def __init__(self, commands: int, seed: int, character=None, size: tuple[int, int] = NATIVE) -> None:
         from backend.training.evaluate import _world_chunks
 
         plan = plan_commands(commands, frames_per_chunk=FPC, seed=seed)
         poses, _ = simulate(world_script(plan), plan[-1].start + 40, seed=seed)
-        self.frames = torch.cat(list(_world_chunks(load_character("aiko"), poses, NATIVE, torch.device("cpu")))).numpy()
+        character = character or load_character("aiko")
+        self.frames = torch.cat(list(_world_chunks(character, poses, size, torch.device("cpu")))).numpy()
         self.native_size, self.device, self.g = NATIVE, torch.device("cpu"), 0
 
     def frames_per_chunk(self) -> int:
@@ -356,3 +357,31 @@ def test_cli_eval_passes_characters_levels_and_sheet(monkeypatch: pytest.MonkeyP
     with pytest.raises(SystemExit):
         main(["eval", "--steps", "1,x"])
     assert "--steps" in capsys.readouterr().err
+
+
+def test_a_whole_framed_character_is_read_through_the_half_framing(probe: Probe, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """The probe (trained on the half framing) reads a character framed whole through that framing's window, cut
+    out of the frames at the size they come in: the world itself played as the generated stream at 4x the native
+    size scores about what the world does (read framed whole as it is, the probe follows almost nothing). A model
+    that knows only the half framing is refused such a character, its file named."""
+    import dataclasses
+
+    from backend.model.generator import GeneratorError
+    from backend.training import evaluate
+
+    whole = dataclasses.replace(load_character("aiko"), framing="whole")
+    big = (NATIVE[0] * 4, NATIVE[1] * 4)
+    stream = WorldAsGenerator(30, 2, whole, big)
+    result, _, _ = evaluate._action_following(stream, probe, whole, None, 30, 2, 25.0)
+    half, _, _ = evaluate._action_following(WorldAsGenerator(30, 2), probe, load_character("aiko"), None, 30, 2, 25.0)
+    assert result["rate_world"] == half["rate_world"] > 0.5  # the world is scored in the half framing
+    assert result["rate"] >= result["rate_world"] - 0.15, result["rate"]
+    monkeypatch.setattr(evaluate, "_seen", lambda x, character: x)  # read as it comes: smaller, lower in the frame
+    blind, _, _ = evaluate._action_following(stream, probe, whole, None, 30, 2, 25.0)
+    assert blind["rate"] <= result["rate"] - 0.3, (blind["rate"], result["rate"])
+    f = tmp_path / "tall.toml"
+    f.write_text('name = "tall"\nframing = "whole"\n')
+    cfg = micro_cfg()
+    with pytest.raises(GeneratorError, match=r"tall\.toml: framing = 'whole'"):
+        run_eval(cfg, commands=2, minutes=0.0, probe=probe, weights=random_weights(cfg.model), characters=[str(f)])

@@ -445,3 +445,61 @@ def test_import_repatch_seeds_a_finer_grid_run_with_the_checkpoints_blocks(tmp_p
     assert load_weights(str(out)).config["autoencoder"]["spatial_factor"] == 2
     frames = Generator(dataclasses.replace(fine.model, checkpoint=str(out)))
     assert frames.dit.sizes.patch_size == (1, 4, 4)
+
+
+def test_the_export_records_the_framings_and_the_generator_serves_only_those(tmp_path) -> None:
+    """A checkpoint from before framings (no record) knows the half framing only: a character framed whole is
+    refused with its file named. A run trained with model.framings = half and whole exports that record, and the
+    generator then takes both."""
+    from backend.model.checkpoint import load_weights
+    from backend.model.generator import Generator, GeneratorError
+    from backend.training.train import Run, export_stage, import_stage
+
+    cfg, _, _, path = _exported(tmp_path)
+    old = Generator(dataclasses.replace(cfg.model, checkpoint=str(path)))
+    assert old.framings == ("half",)
+    old.check_framing("half", "aiko.toml")
+    with pytest.raises(GeneratorError, match=r"mia\.toml: framing = 'whole', but .* was trained on 'half' only"):
+        old.check_framing("whole", "mia.toml")
+    both = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path),
+                                                              framings=("half", "whole")))
+    run = Run(tmp_path / "run")
+    import_stage(both, run)
+    out = tmp_path / "both.safetensors"
+    export_stage(both, run, out)
+    assert load_weights(str(out)).config["training"]["framings"] == ["half", "whole"]
+    gen = Generator(dataclasses.replace(both.model, checkpoint=str(out)))
+    assert gen.framings == ("half", "whole")
+    gen.check_framing("whole", "mia.toml")
+
+
+def test_a_pool_of_two_framings_renders_blocks_by_turns_and_twins_alike() -> None:
+    """model.framings = half and whole: the pool's clips take turns by blocks of 32, a clip and its emotion twin
+    in the same framing (their references match), and each block's reference is the idol in that framing."""
+    from backend.config import Config
+    from backend.model.autoencoder import VideoAutoencoder
+    from backend.training.data import make_specs, rest_reference
+    from backend.training.train import CLIP_LATENTS, LatentPool, _pick_framing
+    from backend.world.render import straight_alpha
+
+    cfg = Config(model=micro_config(framings=("half", "whole")))
+    ae = VideoAutoencoder(cfg.model.autoencoder).eval()
+    pool = LatentPool(cfg, ae, 64, seed=5, device=torch.device("cpu"), twins=True)
+    assert len(pool) == 128
+    torch.testing.assert_close(pool.reference[:64], pool.reference[64:])  # twins: one idol, one framing
+    size, tf = (cfg.model.autoencoder.native_width, cfg.model.autoencoder.native_height), 4
+    specs = make_specs(64, CLIP_LATENTS * tf, seed=5, align=tf, twins=True)  # the pool's own clips
+    for i, framing in ((0, "half"), (32, "whole"), (64, "half"), (96, "whole")):
+        rest = rest_reference(specs[i].identity[None], size, tf, framing)
+        with torch.no_grad():
+            want = ae.encode(straight_alpha(rest)).to(torch.bfloat16)[0]
+        torch.testing.assert_close(pool.reference[i].float(), want.float(), atol=2e-2, rtol=0)
+        other = rest_reference(specs[i].identity[None], size, tf, "whole" if framing == "half" else "half")
+        with torch.no_grad():
+            assert not torch.allclose(pool.reference[i].float(), ae.encode(straight_alpha(other))[0].float(),
+                                      atol=2e-2)
+    one = torch.Generator().manual_seed(3)
+    state = one.get_state()
+    assert _pick_framing(("whole",), one) == "whole" and torch.equal(one.get_state(), state)  # nothing drawn
+    drawn = {_pick_framing(("half", "whole"), torch.Generator().manual_seed(s)) for s in range(20)}
+    assert drawn == {"half", "whole"}

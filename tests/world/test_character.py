@@ -64,7 +64,8 @@ def test_unknown_key_names_file_and_key(tmp_path):
 
 @pytest.mark.parametrize(("line", "key"), [('hair = "pink"', "hair"), ('skin = "#12345"', "skin"),
                                            ("eyes = 3", "eyes"), ('background_color = "#gg0000"', "background_color"),
-                                           ('hair_style = "afro"', "hair_style"), ('background = "video"', "background")])
+                                           ('hair_style = "afro"', "hair_style"), ('background = "video"', "background"),
+                                           ('framing = "full"', "framing")])
 def test_bad_values_name_file_and_key(tmp_path, line, key):
     f = tmp_path / "bad.toml"
     f.write_text(f'name = "bad"\n{line}\n')
@@ -216,3 +217,19 @@ def test_a_missing_reference_image_is_refused_at_load(tmp_path):
     (tmp_path / "c.toml").write_text('reference_image = "me.png"\n')
     with pytest.raises(ConfigError, match=r"c\.toml: reference_image = 'me\.png': no such file"):
         load_character(tmp_path / "c.toml")
+
+
+def test_a_character_framed_whole_gets_a_reference_from_hair_to_shoes(tmp_path):
+    """``framing = "whole"``: the rest-pose reference shows the idol whole (her shoes in the frame), smaller."""
+    from backend.world.reference import reference_frame
+    from backend.world.render import design_frame
+
+    (tmp_path / "w.toml").write_text('name = "w"\nframing = "whole"\n')
+    whole, half = load_character(tmp_path / "w.toml"), load_character("aiko")
+    assert whole.framing == "whole" and half.framing == "half"
+    size = (256, 144)
+    ref_whole, ref_half = reference_frame(whole, size), reference_frame(half, size)
+    scale, ox, oy = design_frame(size, "whole")
+    assert ref_whole[int((206.0 - oy) * scale), int((128.0 - 10.5 + ox) * scale), 3] > 230  # a shoe
+    assert ref_half[-1].max() > 0 and ref_whole[-1, :, 3].max() == 0  # half: cut at the waist; whole: nothing cut
+    assert (ref_whole[..., 3] > 127).sum() < (ref_half[..., 3] > 127).sum()  # drawn smaller

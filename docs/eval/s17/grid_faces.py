@@ -32,8 +32,8 @@ ROWS = [*WORLD_ROWS, *(f"{name} {which}" for name, which in TRIPS)]
 
 
 def _crop(frame: torch.Tensor) -> np.ndarray:
-    scale, ox = design_frame(SIZE)
-    cx, cy, r = (HEAD_CENTRE[0] + ox) * scale, HEAD_CENTRE[1] * scale, HALF * scale
+    scale, ox, oy = design_frame(SIZE)
+    cx, cy, r = (HEAD_CENTRE[0] + ox) * scale, (HEAD_CENTRE[1] - oy) * scale, HALF * scale
     x0, y0, side = int(cx - r), int(cy - r), int(2 * r)
     rgba = frame[:, y0:y0 + side, x0:x0 + side].clamp(0, 1)  # premultiplied
     grey = 0.5 * (1 - rgba[3:4])
