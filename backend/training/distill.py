@@ -341,7 +341,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
     noise_gen = torch.Generator(device).manual_seed(mcfg.seed + 7919 + step)
     pool = LatentPool(cfg, ae, 1024 if cuda else 8, seed=11 + step, device=device)
     sched = FlowMatchSchedule(shift=mcfg.shift)
-    opt = torch.optim.AdamW(student.parameters(), lr=LR, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(student.parameters(), lr=LR, betas=(0.9, 0.99), weight_decay=0.0, fused=cuda or None)
     batch_size = 32 if cuda else 2
     log.info("distill start step=%d teacher_step=%d guidance=%.2f (teacher %s) emotion_pushes=%s kernel=%s "
              "compiled=%s batch=%d", step, teacher_step, guidance, "guided" if teacher_guided else "already distilled",

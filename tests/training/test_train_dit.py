@@ -503,3 +503,25 @@ def test_a_pool_of_two_framings_renders_blocks_by_turns_and_twins_alike() -> Non
     assert _pick_framing(("whole",), one) == "whole" and torch.equal(one.get_state(), state)  # nothing drawn
     drawn = {_pick_framing(("half", "whole"), torch.Generator().manual_seed(s)) for s in range(20)}
     assert drawn == {"half", "whole"}
+
+
+def test_optimizer_step_moves_every_ema_parameter_toward_the_model() -> None:
+    """The DiT stages' step: gradients clipped, the optimiser steps, then each EMA tensor moves by 1 - decay (the
+    decay ramping up over a run's first steps) toward the model's new value."""
+    import copy
+
+    from backend.training.train import optimizer_step
+
+    dit = CausalDiT(micro_config().dit)
+    ema = copy.deepcopy(dit).requires_grad_(False)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    before = [p.detach().clone() for p in ema.parameters()]
+    opt = torch.optim.AdamW(dit.parameters(), lr=1e-2)
+    loss = sum((p.float() ** 2).sum() for p in dit.parameters())
+    optimizer_step(opt, dit, ema, loss, lr=1e-2, step=5, ema_decay=0.999)
+    decay = 6 / 15  # (1 + step) / (10 + step), under ema_decay
+    for old, new, p in zip(before, ema.parameters(), dit.parameters()):
+        torch.testing.assert_close(new, old + (1 - decay) * (p.detach() - old))
+    assert opt.param_groups[0]["lr"] == 1e-2
