@@ -82,3 +82,30 @@ def test_hires_asked_of_a_checkpoint_without_it_is_a_clear_error(tmp_path) -> No
     with pytest.raises(GeneratorError, match="has no hires decoder weights"):
         Generator(dataclasses.replace(cfg.model, checkpoint=str(path), decoder="hires"))
     assert Generator(dataclasses.replace(cfg.model, checkpoint=str(path), decoder="auto")).which_decoder == "native"
+
+
+def test_the_autoencoder_and_detail_decoder_stages_draw_their_clips_in_the_configured_framings(tmp_path,
+                                                                                             monkeypatch) -> None:
+    """model.framings = half and whole: the autoencoder stage's batches and the detail decoder's come in both
+    framings, and each decoder batch draws its input and its target in the same one (the real renderer runs; the
+    wrapper only notes what it was asked)."""
+    import backend.training.train as train
+    from backend.training.train import train_autoencoder_stage
+
+    asked: list[tuple[str, tuple[int, int]]] = []
+    real = train.render_clips
+
+    def noting(specs, size, tf, device, *, labels=True, framing="half"):
+        asked.append((framing, size))
+        return real(specs, size, tf, device, labels=labels, framing=framing)
+
+    monkeypatch.setattr(train, "render_clips", noting)
+    cfg = Config(model=micro_config(framings=("half", "whole")))
+    train_autoencoder_stage(cfg, Run(tmp_path / "ae"), time.monotonic() + 3.0, torch.device("cpu"))
+    assert {f for f, _ in asked} == {"half", "whole"}
+    asked.clear()
+    run = _seeded_run(tmp_path, cfg)
+    train_hires_stage(cfg, run, time.monotonic() + 4.0, torch.device("cpu"))
+    pairs = list(zip(asked[0::2], asked[1::2]))  # (input at the native size, target at the decoder's)
+    assert len(pairs) >= 4 and all(a[0] == b[0] and a[1] != b[1] for a, b in pairs)
+    assert {a[0] for a, _ in pairs} == {"half", "whole"}
