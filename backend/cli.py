@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="issue every emotion equally often (default: neutral about two thirds of the commands)")
     p.add_argument("--face-reader", metavar="FILE", help="read emotions with this face reader (default: the shipped "
                    "backend/weights/face_reader.safetensors; 'none': the probe's emotion head)")
+    p.add_argument("--framing", choices=["half", "whole"], help="evaluate the characters framed so (default: as each "
+                   "character file says; the checkpoint must have been trained on it)")
 
     p = sub.add_parser("obs", help="OBS helpers")
     obs_sub = p.add_subparsers(dest="obs_command", required=True)
@@ -393,7 +395,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.all_characters:
             extra["characters"] = list(ALL_CHARACTERS)
             extra["balance_emotions"] = True  # each emotion's rate on enough commands to mean something
-        for key in ("steps", "chunks", "sheet"):
+        for key in ("steps", "chunks", "sheet", "framing"):
             if getattr(args, key) is not None:
                 extra[key] = getattr(args, key)
         if args.no_quality:

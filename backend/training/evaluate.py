@@ -71,7 +71,7 @@ from backend.training.quality import Calibration, FrameStats, frechet_distance, 
 from backend.world.character import CharacterConfig, identity_tensor, load_character
 from backend.world.pose import POSE_INDEX, action_scores, simulate
 from backend.world.reference import reference_frame
-from backend.world.render import premultiplied, reframe, render, straight_alpha
+from backend.world.render import check_framing, premultiplied, reframe, render, straight_alpha
 
 __all__ = [
     "ALL_CHARACTERS",
@@ -913,12 +913,14 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
              characters: list[str] | None = None, steps: list[int] | None = None, chunks: list[int] | None = None,
              quality: bool = True, stride: int = 2, calibration_frames: int = 12,
              sheet: str | Path | None = None, sheet_steps: tuple[int, ...] = (1, 4),
-             balance_emotions: bool = False, face_reader: FaceReader | str | Path | bool | None = None) -> dict[str, Any]:
+             balance_emotions: bool = False, face_reader: FaceReader | str | Path | bool | None = None,
+             framing: str | None = None) -> dict[str, Any]:
     """Run the whole evaluation and return a JSON-able dict (see the module docstring).
 
     ``commands`` and ``minutes`` are honoured exactly (0 skips that part). ``probe``: a loaded
     :class:`Probe`, a probe file, or None for the shipped ``backend/weights/probe.safetensors``.
-    ``weights``: flat generator weights instead of ``cfg.model.checkpoint`` (tests).
+    ``weights``: flat generator weights instead of ``cfg.model.checkpoint`` (tests). ``framing``: every character
+    framed so ('half' or 'whole'; None: as its file says).
     ``characters`` (default: the configured one), ``steps`` x ``chunks`` (default: the configured compute
     level): the levels rolled out for each character over the same plan, with picture quality measured
     on every ``stride``-th frame when ``quality``. ``sheet``: also write a contact sheet PNG there (every
@@ -952,8 +954,12 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
     first: tuple[dict[str, Any], dict[str, Any], float] | None = None
     identity: dict[str, Any] | None = None
     sheet_info: dict[str, Any] | None = None
-    for ci, name in enumerate(names):
+    def framed(name: str) -> CharacterConfig:
         character = load_character(name)
+        return character if framing is None else dataclasses.replace(character, framing=check_framing(framing))
+
+    for ci, name in enumerate(names):
+        character = framed(name)
         gen.check_framing(character.framing, character.source)
         reference = reference_frame(character, gen.native_size)
         q = (_Quality(Calibration.build(character, gen.output_size, frames=calibration_frames, device=gen.device), stride)
@@ -987,7 +993,7 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
     following, temporal, native_fps = first
     st = gen.state
     del gen
-    reference0 = reference_frame(load_character(names[0]), (cfg.model.autoencoder.native_width,
+    reference0 = reference_frame(framed(names[0]), (cfg.model.autoencoder.native_width,
                                                             cfg.model.autoencoder.native_height))
     speed = _speed(cfg.model, weights, reference0) | {
         "native_fps": native_fps, "native_size": [cfg.model.autoencoder.native_width, cfg.model.autoencoder.native_height]}
@@ -1004,7 +1010,7 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
                    "device": st.device, "dtype": st.dtype, "character": names[0], "characters": names, "seed": seed,
                    "tuning_seeds": list(TUNING_SEEDS), "held_out": seed not in TUNING_SEEDS,
                    "levels": {"steps": steps, "chunks": chunks}, "quality_stride": stride,
-                   "balanced_emotions": balance_emotions,
+                   "balanced_emotions": balance_emotions, "framing": framing,
                    "output_size": [cfg.model.output_width, cfg.model.output_height],
                    "model_seed": cfg.model.seed, "fps": fps, "commands": commands, "minutes": minutes,
                    "probe": "<in memory>" if isinstance(probe, Probe) else str(probe or PROBE_PATH),

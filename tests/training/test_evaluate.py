@@ -354,9 +354,16 @@ def test_cli_eval_passes_characters_levels_and_sheet(monkeypatch: pytest.MonkeyP
     seen.clear()
     assert main(["eval", "--commands", "1", "--minutes", "0", "--character", "rin", "--no-quality"]) == 0
     assert seen["character"] == "rin" and seen["quality"] is False and "characters" not in seen
+    assert "framing" not in seen
+    seen.clear()
+    assert main(["eval", "--commands", "1", "--minutes", "0", "--framing", "whole"]) == 0
+    assert seen["framing"] == "whole"
     with pytest.raises(SystemExit):
         main(["eval", "--steps", "1,x"])
     assert "--steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--framing", "full"])
+    assert "--framing" in capsys.readouterr().err
 
 
 def test_a_whole_framed_character_is_read_through_the_half_framing(probe: Probe, tmp_path: Path,
@@ -385,3 +392,31 @@ def test_a_whole_framed_character_is_read_through_the_half_framing(probe: Probe,
     cfg = micro_cfg()
     with pytest.raises(GeneratorError, match=r"tall\.toml: framing = 'whole'"):
         run_eval(cfg, commands=2, minutes=0.0, probe=probe, weights=random_weights(cfg.model), characters=[str(f)])
+    with pytest.raises(GeneratorError, match=r"rin\.toml: framing = 'whole'"):  # `eval --framing whole`
+        run_eval(cfg, commands=2, minutes=0.0, probe=probe, weights=random_weights(cfg.model), characters=["rin"],
+                 framing="whole")
+
+
+def test_a_checkpoint_trained_framed_whole_is_evaluated_framed_whole(probe: Probe, tmp_path: Path):
+    """`eval --framing whole` on weights whose record lists the whole framing runs through: following, picture
+    quality against the world framed whole, the autoencoder's round trip, the config naming the framing."""
+    import dataclasses
+
+    from backend.model.autoencoder import VideoAutoencoder
+    from backend.model.checkpoint import save_checkpoint
+    from backend.model.dit import CausalDiT
+
+    cfg = micro_cfg()
+    w = random_weights(cfg.model)
+    dit, ae = CausalDiT(cfg.model.dit), VideoAutoencoder(cfg.model.autoencoder)
+    dit.load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("dit.")})
+    ae.load_state_dict({k[12:]: v for k, v in w.items() if k.startswith("autoencoder.")})
+    path = save_checkpoint(tmp_path / "whole.safetensors", dit, ae, cfg.model, dtype=torch.float32,
+                           training={"dit_step": 1, "framings": ["half", "whole"]})
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
+    out = run_eval(cfg, commands=6, minutes=0.0, seed=3, probe=probe, characters=["hana"], framing="whole")
+    assert out["config"]["framing"] == "whole" and out["action_following"]["issued"] == 6
+    hana = out["characters"]["hana"]
+    assert hana["autoencoder_roundtrip"]["psnr"] > 0
+    level = next(iter(hana["levels"].values()))
+    assert level["quality"]["overall"]["n"] > 0 and level["action_following"]["rate_world"] > 0.5
