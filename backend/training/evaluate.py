@@ -954,6 +954,7 @@ def run_eval(cfg: Config, *, commands: int = 100, minutes: float = 30.0, seed: i
     first: tuple[dict[str, Any], dict[str, Any], float] | None = None
     identity: dict[str, Any] | None = None
     sheet_info: dict[str, Any] | None = None
+
     def framed(name: str) -> CharacterConfig:
         character = load_character(name)
         return character if framing is None else dataclasses.replace(character, framing=check_framing(framing))

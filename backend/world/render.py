@@ -15,6 +15,7 @@ scale it by height and keep the idol centred. The 256x144 design frame shows the
 from __future__ import annotations
 
 import math
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -38,6 +39,7 @@ __all__ = ["DESIGN_SIZE", "FRAMINGS", "character_reference", "check_framing", "d
 DESIGN_SIZE = (256, 144)
 # What a frame shows, as the design window's (top y, height) in design pixels, centred on the design frame's
 # x centre: 'half' is the design frame itself (head to waist); 'whole' the idol from the hair to the shoes.
+Framing = Literal["half", "whole"]
 FRAMINGS: dict[str, tuple[float, float]] = {"half": (0.0, 144.0), "whole": (4.0, 214.0)}
 WAIST = 156.0  # the torso's lower edge (body coordinates): below the half framing's bottom even at full sway
 _P = len(POSE_PARAMS)
@@ -170,11 +172,11 @@ def _const(colour: tuple[float, float, float], n: int, like: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_framing(framing: str, where: str = "framing") -> str:
+def check_framing(framing: str, where: str = "framing") -> Framing:
     """``framing`` if it names one of ``FRAMINGS``, else a ValueError that says ``where`` it came from."""
     if framing not in FRAMINGS:
         raise ValueError(f"{where} = {framing!r}: expected one of {', '.join(map(repr, FRAMINGS))}")
-    return framing
+    return cast(Framing, framing)
 
 
 @torch.no_grad()
