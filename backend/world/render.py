@@ -491,22 +491,22 @@ def _lower_body(full: _Canvas, sway: Tensor, prim: Tensor, sec: Tensor, acc: Ten
     sock = _const((0.96, 0.96, 0.98), n, like)
     shoe = (fit_w["sailor"][:, None] * _const((0.30, 0.20, 0.18), n, like) + fit_w["dress"][:, None] * acc
             + fit_w["hoodie"][:, None] * _const((0.95, 0.95, 0.97), n, like))
+    # socks: knee-high for the sailor, ankle socks for the dress, none under the hoodie's sneakers
+    sock_top = wsl * 186.0 + wdr * 197.0 + who * 204.0
     for side in (-1.0, 1.0):
         jx, jy = side * 8.0, WAIST + 16.0 - HIP[1]  # the hip joint, body coordinates about HIP
         hx_, hy_ = c * jx - s * jy + HIP[0], s * jx + c * jy + HIP[1]  # swayed, as skeleton's body points
         ax, ay = cx0 + side * 9.0, 203.0  # the ankle
         leg = sd_capsule(cv.X, cv.Y, _v(hx_), _v(hy_), ax, ay, 5.0, 3.4)
         cv.fill(leg, skin, outline=0.8)
-        # socks: knee-high for the sailor, ankle socks for the dress, none under the hoodie's sneakers
-        top = (wsl * 186.0 + wdr * 197.0 + who * 204.0)
-        cv.fill(torch.maximum(leg, top - cv.Y), sock, weight=wsl + wdr)
-        cv.fill(torch.maximum(sd_ellipse(cv.X - (ax + side * 1.5), cv.Y - 206.0, 6.4, 3.4), 203.5 - cv.Y - 3.0),
+        cv.fill(torch.maximum(leg, sock_top - cv.Y), sock, weight=wsl + wdr)
+        cv.fill(torch.maximum(sd_ellipse(cv.X - (ax + side * 1.5), cv.Y - 206.0, 6.4, 3.4), 200.5 - cv.Y),
                 shoe, outline=0.8)
     # the skirt, in body coordinates (it sways with the torso)
     bx, by = _rotate(cv.X, cv.Y, HIP[0], HIP[1], _v(sway))
     bx, by = bx + HIP[0] - cx0, by + HIP[1]
     hem = wsl * 184.0 + wdr * 186.0 + who * 176.0
-    flare = (by - (WAIST - 8.0)).clamp(min=0) * (0.16 * wsl + 0.28 * wdr + 0.0 * who)
+    flare = (by - (WAIST - 8.0)).clamp(min=0) * (0.16 * wsl + 0.28 * wdr)  # the hoodie's shorts do not flare
     d_skirt = torch.maximum(bx.abs() - (27.0 + 3.0 * who) - flare, torch.maximum(WAIST - 8.0 - by, by - hem))
     # the hoodie's shorts part between the legs (the gap's distance, pushed far outside for the other outfits)
     shorts_gap = torch.minimum(2.0 - bx.abs(), by - 168.0) - 1000.0 * (1.0 - who)
