@@ -102,6 +102,11 @@ class DiTSizes:
     cross_attn_norm: bool = opt(True, "Affine LayerNorm (norm3) before cross-attention.")
     eps: float = opt(1e-6, "Epsilon of the norms.", min=0.0)
     rope_theta: float = opt(10000.0, "RoPE base.", min=1.0)
+    prediction: Literal["flow", "x0"] = opt(
+        "flow", "What the head predicts: 'flow' (noise minus clean latents: Wan, Self-Forcing, the shipped v8) or "
+        "'x0' (the clean latents, turned into flow as (x - x0) / max(sigma, 0.05), so the rest of the model is the "
+        "same). x0 is for patches whose values (prod(patch_size) * out_dim) reach dim: the head cannot carry the "
+        "noise of such a patch through and still draw the picture (JiT, Li & He 2025).")
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ class FastDiT:
             y = dit.attention(q, k, v)
             ck, cv = cross.get(i)  # type: ignore[misc]
             h = halves_out[i](h, y, e0, ck, cv, self._cross_attn)
-        return dit.finish(h, e, grid)
+        return dit.finish(h, e, grid, x, t)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, start_frame: int,
                  cache: KVCache, cross_cache: CrossAttentionCache, controls: torch.Tensor | None = None,

@@ -22,6 +22,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -35,6 +36,7 @@ from backend.model.dit import EXTRA_PREFIXES, Block, CausalDiT
 __all__ = [
     "BUILTIN_PATH",
     "CONFIG_METADATA_KEY",
+    "UNRECORDED",
     "CheckpointError",
     "Weights",
     "autoencoder_fingerprint",
@@ -44,6 +46,7 @@ __all__ = [
     "load_dit",
     "load_into",
     "load_weights",
+    "recorded",
     "save_checkpoint",
     "split_state",
 ]
@@ -52,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_PATH = REPO_ROOT / "backend" / "weights" / "liveidol-small.safetensors"
 CONFIG_METADATA_KEY = "liveidol.config"
+# Config fields added after checkpoints were written, and the value a checkpoint that does not record them was made
+# with (before ``model.dit.prediction`` every DiT predicted flow)
+UNRECORDED: dict[tuple[str, str], Any] = {("dit", "prediction"): "flow"}
 _MAX_LISTED = 8
 
 
@@ -156,17 +162,24 @@ def _load_torch(path: Path) -> Weights:
     return split_state(obj, str(path))
 
 
+def recorded(weights: Weights, section: str, name: str) -> Any:
+    """The value of ``model.SECTION.NAME`` the checkpoint was made with: its record, else (a field added after it was
+    written) the one value there was then (``UNRECORDED``), else None (not known)."""
+    theirs = (weights.config or {}).get(section) or {}
+    return theirs[name] if name in theirs else UNRECORDED.get((section, name))
+
+
 def check_config(weights: Weights, cfg: ModelConfig) -> None:
     """Raise CheckpointError listing every field where the embedded config differs from ``cfg``."""
     if weights.config is None:
         return
     diffs, sets = [], []
     for section, ours in (("dit", cfg.dit), ("autoencoder", cfg.autoencoder)):
-        theirs = weights.config.get(section, {})
         for f in dataclasses.fields(ours):
-            if f.name not in theirs:
+            other = recorded(weights, section, f.name)
+            if other is None:
                 continue
-            mine, other = getattr(ours, f.name), theirs[f.name]
+            mine = getattr(ours, f.name)
             if isinstance(mine, tuple):
                 other = tuple(other)
             if mine != other:

@@ -45,6 +45,9 @@ __all__ = ["BLOCK_OUTPUTS", "EXTRA_PREFIXES", "CausalDiT", "block_count", "deepe
 EXTRA_PREFIXES = ("cond_embedding.", "control_embedding.", "cond_modulation.")
 # A block's residual branches end in these projections: zeroed, the block passes its input through unchanged.
 BLOCK_OUTPUTS = ("self_attn.o.", "cross_attn.o.", "ffn.2.")
+# model.dit.prediction = "x0": flow = (x - x0) / max(sigma, this) (JiT's clamp), bounded as sigma goes to 0; the
+# sampler's x0 = x - sigma * flow is the head's own x0 for every sigma at or above it
+X0_SIGMA_MIN = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +372,7 @@ class CausalDiT(nn.Module):
         assert context.ndim == 3 and context.shape[0] == b and context.shape[1] <= s.text_len, (
             f"context must be (B={b}, L<={s.text_len}, {s.text_dim}), got {tuple(context.shape)}")
 
+        latents = x
         x, e, e0, (gf, gh, gw) = self._embed(x, t, controls, context)
         frame_tokens = gh * gw
 
@@ -398,7 +402,7 @@ class CausalDiT(nn.Module):
         if cache is not None:
             assert step is not None
             cache.commit(step)
-        return self.finish(x, e, (gf, gh, gw))
+        return self.finish(x, e, (gf, gh, gw), latents, t)
 
     def embed_context(self, context: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Raw conditioning tokens ``(B, L <= text_len, text_dim)`` -> embedded ``(B, text_len, C)`` (zero-padded)."""
@@ -420,10 +424,20 @@ class CausalDiT(nn.Module):
                 cache.put(layer, *kv)
         return kv
 
-    def finish(self, x: torch.Tensor, e: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """Head and unpatchify: tokens ``(B, F*T, C)`` and the time embedding e ``(B*F, C)`` -> ``(B, out, F, H, W)``."""
-        x = self.head(x, e.unflatten(0, (x.shape[0], grid[0])).unsqueeze(2))  # (B, F, T, prod(patch)*out)
-        return self._unpatchify(x, grid)
+    def finish(self, x: torch.Tensor, e: torch.Tensor, grid: tuple[int, int, int], latents: torch.Tensor,
+               t: torch.Tensor) -> torch.Tensor:
+        """Head and unpatchify: tokens ``(B, F*T, C)`` and the time embedding e ``(B*F, C)`` -> the flow ``(B, out, F,
+        H, W)`` for the input ``latents`` at timesteps ``t`` ``(B, F')``. A head that predicts x0 (``prediction =
+        "x0"``) runs in its weights' dtype outside autocast (the division by sigma would scale a bf16 rounding up to
+        20 times) and its x0 is turned into flow."""
+        e = e.unflatten(0, (x.shape[0], grid[0])).unsqueeze(2)
+        if self.sizes.prediction == "flow":
+            return self._unpatchify(self.head(x, e), grid)  # (B, F, T, prod(patch)*out) -> latents
+        dtype = self.head.head.weight.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            x0 = self._unpatchify(self.head(x.to(dtype), e.to(dtype)), grid)
+            sigma = (t.float() / 1000).clamp(min=X0_SIGMA_MIN).repeat_interleave(self.sizes.patch_size[0], dim=1)
+            return ((latents.float() - x0.float()) / sigma[:, None, :, None, None]).to(dtype)
 
     def forward_train(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, controls: torch.Tensor | None,
                       frame_pos: torch.Tensor, attn_mask: torch.Tensor,
@@ -444,6 +458,7 @@ class CausalDiT(nn.Module):
         assert frame_pos.shape == (f,), f"frame_pos must be (F,) = ({f},), got {tuple(frame_pos.shape)}"
         assert attn_mask.shape == (f, f) and attn_mask.dtype == torch.bool, (
             f"attn_mask must be bool (F, F) = {(f, f)}, got {tuple(attn_mask.shape)} {attn_mask.dtype}")
+        latents = x
         x, e, e0, (gf, gh, gw) = self._embed(x, t, controls, context)
         frame_tokens = gh * gw
         context = self.embed_context(context, x.dtype)
@@ -458,7 +473,7 @@ class CausalDiT(nn.Module):
             mask = attn_mask.repeat_interleave(frame_tokens, 0).repeat_interleave(frame_tokens, 1)  # (S, S)
         for i, block in enumerate(self.blocks):
             x = block(x, e0, self.cross_kv(i, context, None), rope, attn, None, None, i, mask)
-        return self.finish(x, e, (gf, gh, gw))
+        return self.finish(x, e, (gf, gh, gw), latents, t)
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         b = x.shape[0]

@@ -54,6 +54,7 @@ from backend.model.checkpoint import (
     load_dit,
     load_into,
     load_weights,
+    recorded,
     save_checkpoint,
 )
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT, block_count, deepen_state
@@ -943,7 +944,7 @@ def export_stage(cfg: Config, run: Run, path: Path = BUILTIN_PATH, dit_only: boo
 
 
 def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool = False,
-                 autoencoder: str | None = None) -> None:
+                 autoencoder: str | None = None, repredict: bool = False) -> None:
     """Seed an empty run from ``model.checkpoint`` (default: the shipped weights), so ``dit`` and
     ``selfforcing`` continue from it: the autoencoder (frozen for the DiT stages), the DiT as model and
     EMA, and the step counts the export recorded.
@@ -951,6 +952,10 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
     With ``grow``, ``model.dit.num_layers`` may exceed the checkpoint's: the DiT is deepened to it
     (:func:`backend.model.dit.deepen_state`: new blocks that pass their input through, so the deeper model starts
     computing what the checkpoint does); every later stage of the run takes the same ``model.dit.num_layers``.
+
+    With ``repredict``, ``model.dit.prediction`` differs from what the checkpoint's DiT predicts (a checkpoint from
+    before the record: flow): the head's linear starts at zero (x0 = 0, the latents' mean) and every other tensor and
+    the step counts go on; every later stage of the run takes the same ``model.dit.prediction``.
 
     With ``teacher`` (a checkpoint file), ``model.checkpoint`` must be a distilled export and the run continues
     its distillation: the teacher's DiT is the run's DiT (``dit_*``), the distilled DiT the student
@@ -964,7 +969,21 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
         raise SystemExit(f"{run.path}: already holds {', '.join(taken)}; import only into a new run directory")
     weights, ae = _checkpoint_autoencoder(cfg, "import needs a LiveIdol checkpoint (the shipped one, or a file "
                                                "written by `liveidol train export`)", autoencoder=autoencoder)
-    if grow:
+    trained = (weights.config or {}).get("training", {})
+    if repredict:
+        was = recorded(weights, "dit", "prediction")
+        now = cfg.model.dit.prediction
+        if teacher is not None or grow:
+            raise SystemExit("import --repredict gives an undistilled DiT a new head: not with --teacher or --grow")
+        if was == now:
+            raise SystemExit(f"import --repredict: {weights.source}'s DiT predicts {was} already, as "
+                             "model.dit.prediction says: import it without --repredict")
+        if "distill_step" in trained:
+            raise SystemExit(f"import --repredict: {weights.source} is distilled; give it the DiT it was distilled "
+                             "from and distil again afterwards")
+        check_config(weights, dataclasses.replace(cfg.model, dit=dataclasses.replace(cfg.model.dit, prediction=was)))
+        log.info("import --repredict: the DiT's head predicts %s instead of %s (starting at zero)", now, was)
+    elif grow:
         if teacher is not None:
             raise SystemExit("import --grow deepens a DiT to train on; a distillation goes on with the DiT it began "
                              "with (--teacher): not both")
@@ -979,7 +998,6 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
                  had, want)
     else:
         check_config(weights, cfg.model)
-    trained = (weights.config or {}).get("training", {})
     student: CausalDiT | None = None
     resumed: dict[str, Any] = {}
     if teacher is not None:
@@ -1004,6 +1022,10 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
         weights, trained = tw, t_trained
     dit = CausalDiT(cfg.model.dit)
     load_dit(dit, weights)
+    if repredict:
+        with torch.no_grad():
+            dit.head.head.weight.zero_()
+            dit.head.head.bias.zero_()
     run.save("autoencoder.pt", {"ae_state": {k: v.float() for k, v in ae.state_dict().items()},
                                 "imported_from": weights.source})
     for which in DETAIL_DECODERS:  # the trained detail decoders the checkpoint carries go on as WHICH.pt
@@ -1018,7 +1040,8 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
         run.save_weights("distill_model.safetensors", student.state_dict())
         run.save_weights("distill_ema.safetensors", student.state_dict())
         (run.path / "distill_state.json").write_text(json.dumps(resumed))
-    run.log(stage="import", source=weights.source, teacher=teacher, layers=cfg.model.dit.num_layers, **state)
+    run.log(stage="import", source=weights.source, teacher=teacher, layers=cfg.model.dit.num_layers,
+            prediction=cfg.model.dit.prediction, repredict=repredict, **state)
     log.info("imported %s into %s dit_step=%d%s", weights.source, run.path, state["step"],
              f" (the student {cfg.model.checkpoint} to distil on)" if student is not None else "")
 
@@ -1063,11 +1086,11 @@ def import_blocks_stage(cfg: Config, run: Run) -> None:
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
               anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False,
               decoder: str = "hires", teacher: str | None = None, grow: bool = False, autoencoder: str | None = None,
-              dit_only: bool = False, repatch: bool = False) -> int:
+              dit_only: bool = False, repatch: bool = False, repredict: bool = False) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
-    ``teacher``, ``grow``, ``autoencoder``: import only (see :func:`import_stage`); ``repatch``: import the blocks
+    ``teacher``, ``grow``, ``autoencoder``, ``repredict``: import only (see :func:`import_stage`); ``repatch``: import the blocks
     only (:func:`import_blocks_stage`); ``dit_only``: export only."""
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
@@ -1079,6 +1102,9 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     if repatch and (stage != "import" or teacher is not None or grow or autoencoder is not None):
         raise SystemExit("--repatch is for the import stage alone (the run keeps its own autoencoder): not with "
                          f"{stage if stage != 'import' else '--teacher, --grow or --autoencoder'}")
+    if repredict and (stage != "import" or repatch):
+        raise SystemExit("--repredict is for the import stage (a checkpoint's DiT given a head for another "
+                         f"model.dit.prediction), not {stage if stage != 'import' else 'with --repatch'}")
     if dit_only and stage != "export":
         raise SystemExit(f"--dit-only is for the export stage, not {stage}")
     deadline = time.monotonic() + minutes * 60
@@ -1104,5 +1130,5 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     elif stage == "import" and repatch:
         import_blocks_stage(cfg, run)
     elif stage == "import":
-        import_stage(cfg, run, teacher, grow, autoencoder)
+        import_stage(cfg, run, teacher, grow, autoencoder, repredict)
     return 0

@@ -57,6 +57,21 @@ def test_config_mismatch_says_what_differs(tmp_path) -> None:
     assert len(Generator(loaded).dit.blocks) == cfg.dit.num_layers + 1
 
 
+def test_a_checkpoint_from_before_the_prediction_record_predicts_flow(tmp_path) -> None:
+    """A checkpoint whose config does not record model.dit.prediction (written before it existed) was made
+    predicting flow: it loads with flow and is refused, with the --set that loads it, under x0."""
+    cfg = micro_config()
+    gen = Generator(cfg, weights=random_weights(cfg))
+    path = save_checkpoint(tmp_path / "m.safetensors", gen.dit, gen.autoencoder, cfg)
+    weights = load_weights(str(path))
+    assert weights.config["dit"]["prediction"] == "flow"
+    del weights.config["dit"]["prediction"]
+    ckpt.check_config(weights, cfg)
+    x0 = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, prediction="x0"))
+    with pytest.raises(CheckpointError, match=r"prediction: checkpoint 'flow', config 'x0' .*prediction=\"flow\""):
+        ckpt.check_config(weights, x0)
+
+
 def test_bad_checkpoints_name_file_key_and_shapes(tmp_path) -> None:
     cfg = micro_config()
     flat = random_weights(cfg)

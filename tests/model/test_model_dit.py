@@ -125,6 +125,35 @@ def test_per_frame_timesteps_are_per_frame() -> None:
     assert not torch.allclose(a, b, atol=1e-4)
 
 
+def test_an_x0_head_returns_the_flow_whose_x0_is_the_heads_own() -> None:
+    """prediction = "x0": the same weights' head output is x0, returned as flow (x - x0) / max(sigma, X0_SIGMA_MIN),
+    so the sampler's x - sigma * flow gives the head's x0 back at every sigma from the clamp up, in the training
+    forward and the cached one alike; under bf16 autocast the head still runs in float32 (its weights' dtype)."""
+    import dataclasses
+
+    from backend.model.dit import X0_SIGMA_MIN
+
+    flow_dit = _dit(4)
+    x0_dit = CausalDiT(dataclasses.replace(SIZES, prediction="x0")).eval()
+    x0_dit.load_state_dict(flow_dit.state_dict())
+    x, ctx = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 8, 16)
+    t = torch.tensor([[1000.0, 625.0, 10.0], [50.0, 300.0, 0.0]])
+    sigma = (t / 1000).clamp(min=X0_SIGMA_MIN)[:, None, :, None, None]
+    with torch.inference_mode():
+        head = flow_dit(x, t, ctx)  # the flow DiT's output is what the x0 DiT's head draws
+        flow = x0_dit(x, t, ctx)
+        torch.testing.assert_close(flow, (x - head) / sigma)
+        back = x - t[:, None, :, None, None] / 1000 * flow  # the sampler's x0
+        keep = (t >= 1000 * X0_SIGMA_MIN)[:, None, :, None, None].expand_as(x)
+        torch.testing.assert_close(back[keep], head[keep], rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(back[~keep], head[~keep], atol=1e-2)  # below the clamp it is not
+        trained = x0_dit.forward_train(x, t, ctx, controls=None, frame_pos=torch.arange(3),
+                                       attn_mask=torch.ones(3, 3, dtype=torch.bool))
+        torch.testing.assert_close(trained, flow, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", torch.bfloat16):
+            assert x0_dit(x, t, ctx).dtype == torch.float32
+
+
 @pytest.mark.parametrize("layers", [2, 3, 5])
 def test_deepened_dit_computes_the_same_and_its_new_blocks_train(layers: int) -> None:
     """deepen_state: the deeper DiT's output equals the trained one's (the new blocks pass their input through),

@@ -205,12 +205,19 @@ def test_the_next_model_loads_through_its_preset(tmp_path) -> None:
     import json
 
     from backend.cli import main
+    from backend.training.train import Run
 
     assert main(["train", "import", "--model", "liveidol-g64", "--run", str(tmp_path / "run")]) == 0
     trained = load_weights_config(path)["training"]
     assert json.loads((tmp_path / "run" / "dit_state.json").read_text())["step"] == trained["dit_step"] > 0
     assert {f.name for f in (tmp_path / "run").iterdir()} >= {"autoencoder.pt", "dit_ema.safetensors", "mid.pt",
                                                              "hires.pt"}
+    assert gen.framings == ("half", "whole") == tuple(trained["framings"])  # session 19 trained it framed whole too
+    # the next rounds switch its head to x0 (backend/weights/next/README.md): from the command line as written there
+    x0 = ["train", "import", "--model", "liveidol-g64", "--set", "model.dit.prediction=x0"]
+    assert main([*x0, "--repredict", "--run", str(tmp_path / "x0")]) == 0
+    head = Run(tmp_path / "x0").load_weights("dit_ema.safetensors")["head.head.weight"]
+    assert not head.any() and json.loads((tmp_path / "x0" / "dit_state.json").read_text())["step"] == trained["dit_step"]
 
 
 def test_the_next_models_finer_grid_keeps_more_of_the_face() -> None:

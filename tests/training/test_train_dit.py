@@ -525,3 +525,53 @@ def test_optimizer_step_moves_every_ema_parameter_toward_the_model() -> None:
     for old, new, p in zip(before, ema.parameters(), dit.parameters()):
         torch.testing.assert_close(new, old + (1 - decay) * (p.detach() - old))
     assert opt.param_groups[0]["lr"] == 1e-2
+
+
+def test_import_repredict_gives_the_dit_an_x0_head_that_trains_and_exports(tmp_path) -> None:
+    """import --repredict: a checkpoint whose DiT predicts flow seeds a run whose model.dit.prediction is x0: every
+    tensor but the head's linear is the checkpoint's, the head starts at zero (x0 = 0: the flow is x / sigma), the
+    step counts go on; dit trains it and export records x0, which the generator serves only with x0 configured.
+    Without --repredict, with nothing to switch, or outside import it is refused with the reason."""
+    import json
+    import time
+
+    from backend.model.checkpoint import CheckpointError, load_weights
+    from backend.model.dit import X0_SIGMA_MIN
+    from backend.model.generator import Generator
+    from backend.training.train import Run, export_stage, import_stage, run_stage, train_dit_stage
+
+    cfg, dit, _, path = _exported(tmp_path)
+    flow_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
+    x0_cfg = dataclasses.replace(flow_cfg, model=dataclasses.replace(
+        flow_cfg.model, dit=dataclasses.replace(cfg.model.dit, prediction="x0")))
+    with pytest.raises(Exception, match="prediction: checkpoint 'flow', config 'x0'"):
+        import_stage(x0_cfg, Run(tmp_path / "plain"))  # a new head is asked for, never implied
+    with pytest.raises(SystemExit, match="predicts flow already"):
+        import_stage(flow_cfg, Run(tmp_path / "same"), repredict=True)
+    with pytest.raises(SystemExit, match="--repredict is for the import stage"):
+        run_stage(x0_cfg, "dit", tmp_path / "d", minutes=0.01, repredict=True)
+
+    run = Run(tmp_path / "run")
+    import_stage(x0_cfg, run, repredict=True)
+    assert json.loads((run.path / "dit_state.json").read_text()) == {"step": 123, "sf_step": 45}
+    got = run.load_weights("dit_ema.safetensors")
+    assert not got["head.head.weight"].any() and not got["head.head.bias"].any()
+    own = dit.state_dict()
+    assert all(torch.allclose(v.float(), own[k], atol=1e-3) for k, v in got.items() if not k.startswith("head.head."))
+    x0_dit = CausalDiT(x0_cfg.model.dit).eval()
+    x0_dit.load_state_dict(got)
+    x, t = torch.randn(1, 16, 2, 4, 8), torch.tensor([[900.0, 10.0]])
+    with torch.no_grad():
+        flow = x0_dit(x, t, dit.build_context(torch.tensor([2]), torch.tensor([1])))
+    sigma = torch.tensor([0.9, X0_SIGMA_MIN]).view(1, 1, 2, 1, 1)  # 10/1000 is below the clamp
+    torch.testing.assert_close(flow, x / sigma)
+
+    train_dit_stage(x0_cfg, run, time.monotonic() + 4.0, torch.device("cpu"), selfforcing=False)
+    assert json.loads((run.path / "dit_state.json").read_text())["step"] > 123
+    assert run.load_weights("dit_model.safetensors")["head.head.weight"].any()  # the head learns from zero
+    out = tmp_path / "x0.safetensors"
+    export_stage(x0_cfg, run, out)
+    assert load_weights(str(out)).config["dit"]["prediction"] == "x0"
+    assert Generator(dataclasses.replace(x0_cfg.model, checkpoint=str(out))).dit.sizes.prediction == "x0"
+    with pytest.raises(CheckpointError, match=r"--set model.dit.prediction=\"x0\""):
+        Generator(dataclasses.replace(flow_cfg.model, checkpoint=str(out)))
