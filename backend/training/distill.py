@@ -287,6 +287,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
         _randn,
         _random_offset,
         optimizer_step,
+        time_for_a_step,
         training_kernels,
     )
 
@@ -352,8 +353,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
     step_times: list[float] = []
     t_start = time.monotonic()
     while True:
-        recent = step_times[1:][-20:] or step_times
-        if (recent and time.monotonic() + 2 * max(recent) > deadline) or (not step_times and time.monotonic() > deadline):
+        if not time_for_a_step(step_times, deadline):
             break
         t0 = time.monotonic()
         batch = pool.batch(batch_size, gen)

@@ -450,8 +450,7 @@ def train_hires_stage(cfg: Config, run: Run, deadline: float, device: torch.devi
     t_start, losses, done = time.monotonic(), [], 0
     step_times: list[float] = []
     while step < total:
-        recent = step_times[1:][-20:] or step_times
-        if time.monotonic() + (2 * max(recent) if recent else 0.0) > deadline:
+        if not time_for_a_step(step_times, deadline):
             break
         t0 = time.monotonic()
         gen = torch.Generator().manual_seed(cfg.model.seed * 1_000_003 + step)
@@ -587,6 +586,14 @@ def _inference_timesteps(cfg: ModelConfig, sched: FlowMatchSchedule) -> Tensor:
     for steps in range(1, len(cfg.timesteps) + 1):
         ts.update(sched.warp_list(cfg.timesteps[:steps]))
     return torch.tensor(sorted(ts))
+
+
+def time_for_a_step(step_times: list[float], deadline: float) -> bool:
+    """Whether a stage's loop takes another step before ``deadline`` (``time.monotonic()``): while the last 20 steps'
+    slowest, twice over, still fits. The first step is no forecast (compilation and warm-up made a short stage stop
+    after it: session 19 lost a device call to that), so until a second one has run only the deadline counts."""
+    recent = step_times[1:][-20:]
+    return time.monotonic() + (2 * max(recent) if recent else 0.0) <= deadline
 
 
 def _sample_t(n_chunks: int, b: int, cfg: ModelConfig, sched: FlowMatchSchedule, gen: torch.Generator) -> Tensor:
@@ -806,10 +813,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     t_start = time.monotonic()
     step_times: list[float] = []
     while True:
-        recent = step_times[1:][-20:] or step_times  # the first step (compile, cudnn warm-up) is no forecast
-        if recent and time.monotonic() + 2 * max(recent) > deadline:
-            break
-        if not step_times and time.monotonic() > deadline:
+        if not time_for_a_step(step_times, deadline):
             break
         t0 = time.monotonic()
         batch = pool.batch(batch_size, gen)

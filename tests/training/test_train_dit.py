@@ -575,3 +575,18 @@ def test_import_repredict_gives_the_dit_an_x0_head_that_trains_and_exports(tmp_p
     assert Generator(dataclasses.replace(x0_cfg.model, checkpoint=str(out))).dit.sizes.prediction == "x0"
     with pytest.raises(CheckpointError, match=r"--set model.dit.prediction=\"x0\""):
         Generator(dataclasses.replace(flow_cfg.model, checkpoint=str(out)))
+
+
+def test_a_short_stage_is_not_stopped_by_its_compile_step() -> None:
+    """time_for_a_step: the first step (compilation, warm-up: 30 s on the H200) is no forecast, so a stage with a
+    minute left goes on after it; from the second step on, the slowest recent step twice over must fit."""
+    import time
+
+    from backend.training.train import time_for_a_step
+
+    now = time.monotonic()
+    assert time_for_a_step([], now + 10) and not time_for_a_step([], now - 1)
+    assert time_for_a_step([30.0], now + 10)  # before session 19 this stopped the stage after one step
+    assert not time_for_a_step([30.0], now - 1)
+    assert time_for_a_step([30.0, 0.2, 0.3], now + 10)
+    assert not time_for_a_step([30.0, 0.2, 6.0], now + 10)  # 2 x 6 s does not fit in 10
