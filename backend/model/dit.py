@@ -14,6 +14,11 @@ checkpoint behaves as upstream:
   emotion), also added to ``e``: the command modulates every block (adaLN, as class labels do in
   class-conditional DiTs), not only through cross-attention.
 
+The model returns flow (noise minus clean latents) whatever its head draws: Wan's head predicts the flow itself;
+with ``model.dit.prediction = "x0"`` it draws the clean latents x0 and :meth:`CausalDiT.finish` returns
+``(x - x0) / max(sigma, X0_SIGMA_MIN)``, for patches as wide as the model (g64's 4x4x16 = 256 values at dim 256),
+where a flow head must carry the noise through the same widths as the picture.
+
 Layout: the model takes and returns ``(B, C, F, H, W)`` (Wan); timesteps are per frame ``(B, F)``.
 With a :class:`KVCache` the call covers latent frames ``[start_frame, start_frame + F)``; RoPE angles
 are computed for those absolute positions on the fly (float64), so a stream never runs out of them.
