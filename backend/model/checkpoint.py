@@ -56,8 +56,9 @@ logger = logging.getLogger(__name__)
 BUILTIN_PATH = REPO_ROOT / "backend" / "weights" / "liveidol-small.safetensors"
 CONFIG_METADATA_KEY = "liveidol.config"
 # Config fields added after checkpoints were written, and the value a checkpoint that does not record them was made
-# with (before ``model.dit.prediction`` every DiT predicted flow)
-UNRECORDED: dict[tuple[str, str], Any] = {("dit", "prediction"): "flow"}
+# with (before ``model.dit.prediction`` every DiT predicted flow; before the export recorded ``model.framings`` every
+# model was trained framed half)
+UNRECORDED: dict[tuple[str, str], Any] = {("dit", "prediction"): "flow", ("training", "framings"): ["half"]}
 _MAX_LISTED = 8
 
 

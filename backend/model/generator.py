@@ -49,7 +49,15 @@ from backend.model.autoencoder import (
     upscale,
     upscale_uint8_hwc,
 )
-from backend.model.checkpoint import check_config, init_dit_, load_dit, load_into, load_weights, split_state
+from backend.model.checkpoint import (
+    check_config,
+    init_dit_,
+    load_dit,
+    load_into,
+    load_weights,
+    recorded,
+    split_state,
+)
 from backend.model.dit import CausalDiT
 from backend.model.fp8 import fp8_supported, quantize_blocks_
 from backend.model.kv_cache import CrossAttentionCache, KVCache, KVMark
@@ -698,7 +706,7 @@ class Generator(StreamingGenerator):
         training = (weights.config or {}).get("training") or {}
         self.guidance_distilled = bool(training.get("guidance_distilled"))
         self.emotion_guidance_distilled = distilled_pushes(training)
-        self.framings = tuple(training.get("framings") or ("half",))
+        self.framings = tuple(recorded(weights, "training", "framings"))
         load_dit(self.dit, weights)
         if weights.autoencoder is not None:
             load_into(self.autoencoder, weights.autoencoder, source=weights.source, what="autoencoder",

@@ -525,17 +525,18 @@ def _action_following(gen: Any, probe: Probe, character: CharacterConfig, refere
         out = gen.next_chunk(chunk_conditions(plan, g0, fps), **kw)
         gen_seconds += time.perf_counter() - t0
         x_out = _premultiplied(out, device)
+        # what the probe and the reader read: the half framing's window, cut out at the size the frames come in
+        seen_out = _seen(x_out, character)
         if quality is not None:
             sel = [i for i in range(x_out.shape[0]) if (g0 + i) % quality.stride == 0 and g0 + i < n_frames]
             if sel:
                 q_stats.append(FrameStats.measure(x_out[sel], quality.calibration))
-                q_feats.append(probe.embed(_seen(x_out[sel], character)).cpu())
+                q_feats.append(probe.embed(seen_out[sel]).cpu())
         if reader is not None:
-            faces.append(reader.predict(_seen(x_out, character)).cpu())
+            faces.append(reader.predict(seen_out).cpu())
         x = _resize_area(x_out, native)  # type: ignore[arg-type]
-        # what the probe reads: the half framing's window, cut out at the size the frames come in, then resized
-        seen = x if character.framing == "half" else _resize_area(_seen(x_out, character), native)  # type: ignore[arg-type]
-        del x_out
+        seen = x if seen_out is x_out else _resize_area(seen_out, native)  # type: ignore[arg-type]
+        del x_out, seen_out
         motion.add(x)
         made.append(seen)
         frames = torch.cat(made)
