@@ -1001,6 +1001,11 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
         log.info("import --grow: the DiT deepened from %d to %d blocks (the new ones pass their input through)",
                  had, want)
     else:
+        was = recorded(weights, "dit", "prediction")
+        if teacher is None and was != cfg.model.dit.prediction:
+            raise SystemExit(f"import: {weights.source}'s DiT predicts {was}, model.dit.prediction says "
+                             f"{cfg.model.dit.prediction}: --set model.dit.prediction={was} to train it on as it is, "
+                             "or --repredict to give it a new head for the other")
         check_config(weights, cfg.model)
     student: CausalDiT | None = None
     resumed: dict[str, Any] = {}

@@ -544,7 +544,8 @@ def test_import_repredict_gives_the_dit_an_x0_head_that_trains_and_exports(tmp_p
     flow_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
     x0_cfg = dataclasses.replace(flow_cfg, model=dataclasses.replace(
         flow_cfg.model, dit=dataclasses.replace(cfg.model.dit, prediction="x0")))
-    with pytest.raises(Exception, match="prediction: checkpoint 'flow', config 'x0'"):
+    with pytest.raises(SystemExit, match=r"predicts flow, model\.dit\.prediction says x0: --set "
+                                         r"model\.dit\.prediction=flow to train it on as it is, or --repredict"):
         import_stage(x0_cfg, Run(tmp_path / "plain"))  # a new head is asked for, never implied
     with pytest.raises(SystemExit, match="predicts flow already"):
         import_stage(flow_cfg, Run(tmp_path / "same"), repredict=True)
