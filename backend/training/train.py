@@ -974,8 +974,8 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
     weights, ae = _checkpoint_autoencoder(cfg, "import needs a LiveIdol checkpoint (the shipped one, or a file "
                                                "written by `liveidol train export`)", autoencoder=autoencoder)
     trained = (weights.config or {}).get("training", {})
+    was = recorded(weights, "dit", "prediction")  # what its head draws (before the record: flow)
     if repredict:
-        was = recorded(weights, "dit", "prediction")
         now = cfg.model.dit.prediction
         if teacher is not None or grow:
             raise SystemExit("import --repredict gives an undistilled DiT a new head: not with --teacher or --grow")
@@ -1001,7 +1001,6 @@ def import_stage(cfg: Config, run: Run, teacher: str | None = None, grow: bool =
         log.info("import --grow: the DiT deepened from %d to %d blocks (the new ones pass their input through)",
                  had, want)
     else:
-        was = recorded(weights, "dit", "prediction")
         if teacher is None and was != cfg.model.dit.prediction:
             raise SystemExit(f"import: {weights.source}'s DiT predicts {was}, model.dit.prediction says "
                              f"{cfg.model.dit.prediction}: --set model.dit.prediction={was} to train it on as it is, "
