@@ -4,7 +4,7 @@
     liveidol bench [--seconds S] [--live] [--set key=value ...]  one JSON line of speed and memory figures
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
-    liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F] [--dit-only]
+    liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F] [--dit-only] [--teacher-steps N]
                    [--checkpoint F [--teacher T | --grow | --repatch | --repredict]]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repredict", action="store_true",
                    help="import: the checkpoint's DiT predicts another thing than model.dit.prediction (--set "
                         "model.dit.prediction=x0): its head starts at zero, the rest goes on")
+    p.add_argument("--teacher-steps", type=int, choices=[1, 2, 3, 4],
+                   help="distill: the student learns the end point of the teacher's sampler at this many steps, from "
+                        "every step count (default 4, or what the run started with)")
     p.add_argument("--out", metavar="PATH.safetensors",
                    help="export: write the checkpoint here (default: the shipped weights' path)")
     p.add_argument("--dit-only", action="store_true",
@@ -385,7 +388,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_stage(cfg, args.stage, Path(args.run), minutes=args.minutes, anneal=args.anneal,
                          kernel=args.kernel, compile=args.compile, critic=args.critic, decoder=args.decoder,
                          teacher=args.teacher, grow=args.grow, autoencoder=args.autoencoder, dit_only=args.dit_only,
-                         repatch=args.repatch, repredict=args.repredict,
+                         repatch=args.repatch, repredict=args.repredict, teacher_steps=args.teacher_steps,
                          **out)
 
     if args.command == "eval":

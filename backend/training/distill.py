@@ -18,7 +18,10 @@ Design (trajectory distillation onto the sampler's end point, with the context t
   (``backend.model.sampler.sample_chunk``): x0-prediction at each warped timestep of the 4-step schedule,
   re-noise to the next, with the generator's action guidance (``f + g (f - f_idle)``) on the chunks the
   generator guides: the first ``model.guidance_frames`` latent frames of an action other than
-  ``model.guidance_negative``. Its final x0 is the target.
+  ``model.guidance_negative``. Its final x0 is the target. ``--teacher-steps N`` (N < 4) stops the teacher
+  after N steps where its later steps add more than they clear (an undistilled DiT whose later steps speckle
+  the picture, as the g64 grid's does: session 20); the later states are then that end point re-noised, so
+  the student draws the N-step picture at every step count.
 * **Which noise**: the x0 predicted at t=1000 (sigma 1: the input is pure noise) carries no information
   about that noise, so in the engine's sampler the sample is decided by the RE-noising draws, not by the
   initial noise. A 1-step student must instead turn its input noise ``z`` into the sample. The teacher's
@@ -154,14 +157,22 @@ def _flows(dit: CausalDiT, db: DistillBatch, noisy: Tensor, t_noisy: Tensor, con
 
 @torch.no_grad()
 def teacher_trajectory(teacher: CausalDiT, db: DistillBatch, z: Tensor, cfg: ModelConfig, sched: FlowMatchSchedule,
-                       *, guidance: float, noise: list[Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
-    """The teacher's guided sampler on every chunk at once: ``(states, x0)``: the input of each of its
-    ``TEACHER_STEPS`` calls (``states[0]`` is ``z``) and its final x0, float32 ``(B, n, C, h, w)``.
+                       *, guidance: float, noise: list[Tensor] | None = None,
+                       steps: int = TEACHER_STEPS) -> tuple[list[Tensor], Tensor]:
+    """The teacher's guided sampler on every chunk at once: ``(states, x0)``: the input of each of the
+    ``TEACHER_STEPS`` sampler calls (``states[0]`` is ``z``) and the final x0, float32 ``(B, n, C, h, w)``.
+
+    ``steps`` < ``TEACHER_STEPS``: the teacher samples with its first ``steps`` timesteps (the engine's
+    ``steps``-step sampler) and the later states are its end point re-noised to the later timesteps with the
+    trajectory's later draws, so a student regressed onto that end point from every state draws the
+    ``steps``-step picture at every step count (each of its calls re-noises what the last one predicted).
 
     Step for step what ``sample_chunk`` with the generator's flow does (x0 by the nearest training sigma,
     re-noise by ``t_next / 1000``, action guidance ``+ g (f - f_idle)`` on the guided frames only, emotion guidance
     ``+ w (f - f_neutral)`` with ``db.push``'s ``w`` per frame), with the noise of :func:`trajectory_noise` (or
     ``noise``: the initial noise and each re-noising draw, explicitly)."""
+    if not 1 <= steps <= TEACHER_STEPS:
+        raise ValueError(f"teacher steps: 1 to {TEACHER_STEPS}, got {steps}")
     ts = sched.warp_list(cfg.timesteps[:TEACHER_STEPS])
     noise = trajectory_noise(z.float(), len(ts)) if noise is None else [e.float() for e in noise]
     b, n = z.shape[:2]
@@ -173,7 +184,7 @@ def teacher_trajectory(teacher: CausalDiT, db: DistillBatch, z: Tensor, cfg: Mod
         calm_ctx = db.inputs["context"].clone()
         calm_ctx[:, 1 + n:] = db.neutral_context
     states, x, x0 = [], noise[0], noise[0]
-    for i, tv in enumerate(ts):
+    for i, tv in enumerate(ts[:steps]):
         states.append(x)
         t = torch.full((b, n), tv, device=z.device)
         cond, *others = _flows(teacher, db, x, t, [None, *(c for c in (idle_ctx, calm_ctx) if c is not None)])
@@ -189,6 +200,9 @@ def teacher_trajectory(teacher: CausalDiT, db: DistillBatch, z: Tensor, cfg: Mod
         if i + 1 < len(ts):
             s_next = ts[i + 1] / sched.num_train_steps
             x = (1 - s_next) * x0 + s_next * noise[i + 1]
+    for i in range(steps, len(ts)):  # the end point re-noised, as a student's later calls re-noise its own
+        s_i = ts[i] / sched.num_train_steps
+        states.append((1 - s_i) * x0 + s_i * noise[i])
     return states, x0
 
 
@@ -277,8 +291,10 @@ def build_batch(teacher: CausalDiT, student: CausalDiT, cfg: ModelConfig, batch:
 
 
 def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.device, *, kernel: str = "auto",
-                        compile: bool | None = None) -> None:
-    """Distil the run's teacher (``dit_ema``) into a student until ``deadline``, resuming ``distill_*``."""
+                        compile: bool | None = None, teacher_steps: int | None = None) -> None:
+    """Distil the run's teacher (``dit_ema``) into a student until ``deadline``, resuming ``distill_*``.
+    ``teacher_steps``: how many of its sampler's steps the teacher's end point takes (None: what the run was
+    started with, else ``TEACHER_STEPS``); a run goes on with the count it started with."""
     from backend.model.checkpoint import load_into
     from backend.training.train import (
         ACTION_START_LATENTS,
@@ -307,6 +323,14 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
         raise SystemExit(f"{run.path}: the distilled student was made from the teacher at dit step "
                          f"{dstate.get('teacher_step')}, the run's DiT is now at step {teacher_step}; distil in a new "
                          "run directory (`liveidol train import`)")
+    recorded_steps = int(dstate["teacher_steps"]) if dstate and "teacher_steps" in dstate else None
+    if teacher_steps is not None and recorded_steps is not None and teacher_steps != recorded_steps:
+        raise SystemExit(f"{state_path}: the student is being distilled onto the teacher's {recorded_steps}-step end "
+                         f"point, not {teacher_steps}: go on with --teacher-steps {recorded_steps}, or distil in a new "
+                         "run directory")
+    n_teacher = teacher_steps or recorded_steps or TEACHER_STEPS
+    if not 1 <= n_teacher <= TEACHER_STEPS:
+        raise SystemExit(f"--teacher-steps: 1 to {TEACHER_STEPS}, got {n_teacher}")
     step = int(dstate.get("distill_step", 0))
     resumed_at = step
     # a teacher whose guidance was distilled already runs unguided, as the generator runs it
@@ -344,8 +368,9 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
     sched = FlowMatchSchedule(shift=mcfg.shift)
     opt = torch.optim.AdamW(student.parameters(), lr=LR, betas=(0.9, 0.99), weight_decay=0.0, fused=cuda or None)
     batch_size = 32 if cuda else 2
-    log.info("distill start step=%d teacher_step=%d guidance=%.2f (teacher %s) emotion_pushes=%s kernel=%s "
-             "compiled=%s batch=%d", step, teacher_step, guidance, "guided" if teacher_guided else "already distilled",
+    log.info("distill start step=%d teacher_step=%d teacher_steps=%d guidance=%.2f (teacher %s) emotion_pushes=%s "
+             "kernel=%s compiled=%s batch=%d", step, teacher_step, n_teacher, guidance,
+             "guided" if teacher_guided else "already distilled",
              pushes or (f"already distilled {prior_pushes}" if prior_pushes else "none"), "flex" if flex else "sdpa",
              compile, batch_size)
     losses: list[float] = []
@@ -362,7 +387,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
         with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
             db = build_batch(teacher, student, mcfg, batch, chunk, offset, noise_gen, flex, pushes)
             z = _randn(batch["latents"].shape, noise_gen).to(device)
-            states, target = teacher_trajectory(teacher, db, z, mcfg, sched, guidance=guidance)
+            states, target = teacher_trajectory(teacher, db, z, mcfg, sched, guidance=guidance, steps=n_teacher)
             weight = 1.0 + 2.0 * (batch["since"] < ACTION_START_LATENTS).float()
             loss, stats = distill_loss(student, db, states, target, batch["latents"], chunk, sched, mcfg, gen,
                                        noise_gen, weight)
@@ -388,7 +413,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
                                       "guidance": mcfg.guidance if teacher_guided else meta.get("guidance", 0.0),
                                       "guidance_frames": mcfg.guidance_frames,
                                       "emotion_guidance_distilled": pushes or prior_pushes,
-                                      "teacher_steps": TEACHER_STEPS}))
+                                      "teacher_steps": n_teacher}))
     log.info("distill saved step=%d steps_this_call=%d seconds=%.0f last_loss=%.4f", step, step - resumed_at,
              time.monotonic() - t_start, sum(losses[-50:]) / max(1, len(losses[-50:])))
 

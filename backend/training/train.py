@@ -1094,12 +1094,16 @@ def import_blocks_stage(cfg: Config, run: Run) -> None:
 def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_path: Path = BUILTIN_PATH,
               anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False,
               decoder: str = "hires", teacher: str | None = None, grow: bool = False, autoencoder: str | None = None,
-              dit_only: bool = False, repatch: bool = False, repredict: bool = False) -> int:
+              dit_only: bool = False, repatch: bool = False, repredict: bool = False,
+              teacher_steps: int | None = None) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
     ``teacher``, ``grow``, ``autoencoder``, ``repredict``: import only (see :func:`import_stage`); ``repatch``: import the blocks
-    only (:func:`import_blocks_stage`); ``dit_only``: export only."""
+    only (:func:`import_blocks_stage`); ``dit_only``: export only; ``teacher_steps``: distill only (the teacher's
+    sampler steps the student learns the end point of)."""
+    if teacher_steps is not None and stage != "distill":
+        raise SystemExit(f"--teacher-steps is for the distill stage, not {stage}")
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
     if grow and stage != "import":
@@ -1130,7 +1134,7 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     elif stage == "distill":
         from backend.training.distill import train_distill_stage
 
-        train_distill_stage(cfg, run, deadline, device, kernel=kernel, compile=compile)
+        train_distill_stage(cfg, run, deadline, device, kernel=kernel, compile=compile, teacher_steps=teacher_steps)
     elif stage == "probe":
         train_probe_stage(cfg, run, deadline, device)
     elif stage == "export":

@@ -98,6 +98,34 @@ def test_teacher_trajectory_guides_only_young_actions_and_is_a_function_of_z() -
     assert diff[:2].max() == 0 and diff[2:].min() > 1e-4  # guidance changed the guided frames only
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_teacher_of_fewer_steps_ends_where_the_samplers_first_steps_end(steps: int) -> None:
+    """--teacher-steps N: the end point is the 4-step trajectory's x0 after N calls (same z, same draws), the
+    first N states are that trajectory's, and each later state is the end point re-noised to its timestep with
+    the trajectory's draw, so a student regressed onto it from every state keeps the N-step picture."""
+    cfg = micro_config(guidance=0.5, guidance_frames=2)
+    teacher, student = _models(cfg)
+    batch, sched = _batch(cfg), FlowMatchSchedule(shift=cfg.shift)
+    db = build_batch(teacher, student, cfg, batch, 2, 0, torch.Generator().manual_seed(1), None)
+    z = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(2))
+    full, _ = teacher_trajectory(teacher, db, z, cfg, sched, guidance=0.5)
+    states, x0 = teacher_trajectory(teacher, db, z, cfg, sched, guidance=0.5, steps=steps)
+    assert len(states) == 4
+    for i in range(steps):
+        assert torch.equal(states[i], full[i])
+    if steps < 4:  # the N-step end point is what the full trajectory re-noised into its state N
+        s_n = sched.warp_list(cfg.timesteps)[steps] / sched.num_train_steps
+        draws = trajectory_noise(z, 4)
+        assert torch.allclose(full[steps], (1 - s_n) * x0 + s_n * draws[steps], atol=1e-5)
+        for i in range(steps, 4):
+            s_i = sched.warp_list(cfg.timesteps)[i] / sched.num_train_steps
+            assert torch.allclose(states[i], (1 - s_i) * x0 + s_i * draws[i], atol=1e-6)
+    _, four = teacher_trajectory(teacher, db, z, cfg, sched, guidance=0.5, steps=4)
+    assert not torch.allclose(x0, four)  # a different end point: the 4-step one goes on from here
+    with pytest.raises(ValueError, match="teacher steps"):
+        teacher_trajectory(teacher, db, z, cfg, sched, guidance=0.5, steps=5)
+
+
 def test_student_at_one_step_moves_toward_the_teachers_four_step_output() -> None:
     """Overfit one batch: the loss falls and the student's 1-step x0 (from z at t=1000) and its 2-step last
     call come closer to the teacher's guided 4-step end point; the flow share keeps training too."""
@@ -203,6 +231,24 @@ def test_distill_stage_resumes_and_exports_its_metadata(tmp_path: Path) -> None:
         train_distill_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"))
     with pytest.raises(SystemExit, match="new run"):
         export_stage(cfg, run, tmp_path / "stale.safetensors")
+
+
+def test_distill_stage_keeps_the_teacher_steps_it_started_with(tmp_path: Path) -> None:
+    cfg = Config(model=micro_config())
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(_checkpoint(tmp_path, cfg))))
+    run = Run(tmp_path / "run")
+    import_stage(cfg, run)
+    train_distill_stage(cfg, run, time.monotonic() + 3.0, torch.device("cpu"), teacher_steps=2)
+    first = json.loads((run.path / "distill_state.json").read_text())
+    assert first["teacher_steps"] == 2
+    train_distill_stage(cfg, run, time.monotonic() + 2.0, torch.device("cpu"))  # no flag: goes on with 2
+    second = json.loads((run.path / "distill_state.json").read_text())
+    assert second["teacher_steps"] == 2 and second["distill_step"] > first["distill_step"]
+    with pytest.raises(SystemExit, match=r"2-step end point, not 4.*--teacher-steps 2"):
+        train_distill_stage(cfg, run, time.monotonic() + 2.0, torch.device("cpu"), teacher_steps=4)
+    out = tmp_path / "distilled.safetensors"
+    export_stage(cfg, run, out)
+    assert load_weights(str(out)).config["training"]["distilled"]["teacher_steps"] == 2
 
 
 @pytest.mark.parametrize(("distilled", "mode", "emotion", "passes"),

@@ -1,0 +1,106 @@
+"""Does g64 draw an action's arms when its context is the world's frames, and when it is its own? (session 22)
+
+A world clip around the start of ACTION (default heart): 8 latent frames from 2 before the switch, 2-latent
+chunks, 1 step (x0 at sigma 1). Rows: the world; then per checkpoint ("PATH:PREDICTION:SHIFT") teacher-forced
+(each chunk's context the world's earlier latents, re-noised to model.context_noise as the cache pass does) and
+its own rollout (each chunk's context its own earlier x0, re-noised the same way). Columns: the last decoded
+frame of each latent from the switch on, the middle half of the width.
+
+    PYTHONPATH=. python docs/eval/s22/arms_context.py OUT.jpg [--action heart] CKPT:PRED:SHIFT [...]
+"""
+
+import argparse
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backend.actions import ACTION_INDEX
+from backend.cli import _preset
+from backend.config import load_config
+from backend.model.generator import Generator
+from backend.training import train as T
+
+
+def _rgb(frame: torch.Tensor) -> np.ndarray:
+    w = frame.shape[-1]
+    y = frame[..., w // 4:w - w // 4].permute(1, 2, 0).float().numpy()
+    a = y[..., 3:4]
+    return np.clip(y[..., :3] * a + 0.66 * (1 - a), 0, 1)
+
+
+def _load(spec: str) -> Generator:
+    ckpt, pred, shift = spec.split(":")
+    cfg = load_config(overrides=_preset("liveidol-g64") | {"model.device": "cpu", "model.checkpoint": ckpt,
+                                                             "model.dit.prediction": pred, "model.shift": float(shift)})
+    return Generator(cfg.model)
+
+
+def _window(pool: T.LatentPool, action: int, n: int) -> dict[str, torch.Tensor]:
+    acts = pool.actions
+    for i in range(len(acts)):
+        starts = [j for j in range(2, acts.shape[1] - n + 3) if acts[i, j] == action and acts[i, j - 1] != action]
+        if starts:
+            s = starts[0] - 2
+            tf = pool.mouth.shape[1] // acts.shape[1]
+            out = {k: getattr(pool, k)[i:i + 1, s:s + n] for k in
+                   ("latents", "actions", "emotions", "progress", "emotion_progress", "since")}
+            out["reference"] = pool.reference[i:i + 1]
+            out["mouth"] = pool.mouth[i:i + 1, s * tf:(s + n) * tf]
+            return out
+    raise SystemExit("no clip in the pool shows that action's start")
+
+
+def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int) -> list[torch.Tensor]:
+    dit, m = gen.dit, gen.cfg
+    lat = batch["latents"].float()
+    mask = T.block_causal_mask(n, chunk, m.window_frames, m.sink_frames > 0)
+    torch.manual_seed(7)
+    z = torch.randn(lat.shape)
+    eps = torch.randn(lat.shape)
+    s_ctx = m.context_noise
+    t_ctx = torch.full((1,), 1000 * s_ctx)
+    out = []
+    for own in (False, True):
+        ctx = (1 - s_ctx) * lat + s_ctx * eps
+        x0 = torch.zeros_like(lat)
+        for k in range(0, n, chunk):  # chunk k sees context frames < k only (the mask), so one pass a chunk
+            inp = T._sequence_inputs(dit, m, batch, ctx, z, torch.full((1, n), 1000.0), 0, t_ctx)
+            flow = dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:]
+            pred = z - flow
+            x0[:, k:k + chunk] = pred[:, k:k + chunk]
+            if own:
+                ctx[:, k:k + chunk] = (1 - s_ctx) * pred[:, k:k + chunk] + s_ctx * eps[:, k:k + chunk]
+        out.append(x0)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("specs", nargs="+")
+    p.add_argument("--action", default="heart")
+    p.add_argument("--seed", type=int, default=5)
+    a = p.parse_args()
+    torch.set_grad_enabled(False)
+    n, chunk = 8, 2
+    first = _load(a.specs[0])
+    pool = T.LatentPool(load_config(overrides=_preset("liveidol-g64") | {"model.device": "cpu"}), first.autoencoder,
+                        96, seed=a.seed, device=torch.device("cpu"))
+    batch = _window(pool, ACTION_INDEX[a.action], n)
+    ae = first.autoencoder
+
+    def strip(lat: torch.Tensor) -> np.ndarray:
+        video = ae.decode(lat, which="mid")[0]  # (n*tf, 4, H, W)
+        tf = video.shape[0] // n
+        return np.concatenate([_rgb(video[(k + 1) * tf - 1]) for k in range(2, n)], 1)
+
+    strips = [strip(batch["latents"].float())]
+    for spec in a.specs:
+        gen = first if spec == a.specs[0] else _load(spec)
+        strips += [strip(x) for x in rows(gen, batch, n, chunk)]
+    Image.fromarray((np.concatenate(strips, 0) * 255).astype(np.uint8)).save(a.out, quality=90)
+
+
+if __name__ == "__main__":
+    main()
