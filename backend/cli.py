@@ -5,6 +5,7 @@
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F] [--dit-only] [--teacher-steps N]
+                   [--rollout-share P] [--rollout-latents N]
                    [--checkpoint F [--teacher T | --grow | --repatch | --repredict]]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
@@ -202,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repredict", action="store_true",
                    help="import: the checkpoint's DiT predicts another thing than model.dit.prediction (--set "
                         "model.dit.prediction=x0): its head starts at zero, the rest goes on")
+    p.add_argument("--rollout-share", type=_finite, metavar="P",
+                   help="selfforcing: the share of steps whose context is the model's own few-step rollout "
+                        "(default 0.3)")
+    p.add_argument("--rollout-latents", type=int, metavar="N",
+                   help="selfforcing: the most latent frames such a rollout runs before the frames the loss sees "
+                        "(default 6; the window is model.window_frames)")
     p.add_argument("--teacher-steps", type=int, choices=[1, 2, 3, 4],
                    help="distill: the student learns the end point of the teacher's sampler at this many steps, from "
                         "every step count (default 4, or what the run started with)")
@@ -389,7 +396,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                          kernel=args.kernel, compile=args.compile, critic=args.critic, decoder=args.decoder,
                          teacher=args.teacher, grow=args.grow, autoencoder=args.autoencoder, dit_only=args.dit_only,
                          repatch=args.repatch, repredict=args.repredict, teacher_steps=args.teacher_steps,
-                         **out)
+                         rollout_share=args.rollout_share, rollout_latents=args.rollout_latents, **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

@@ -84,6 +84,11 @@ HARD_EMOTIONS = {"happy": 2.0, "surprised": 1.5}
 # loss, the difference of the twins' errors is weighed this much more, so what tells the emotions apart (a smile's
 # curve, a brow: a few pixels inside a latent cell) counts beside what both twins share. 0 = no twins.
 TWIN_WEIGHT = 2.0
+# selfforcing: the share of steps whose context is a real few-step rollout of the model (the rest: ONE_PASS_SHARE its
+# one-pass predictions, then ground truth), and the most latent frames such a rollout runs before the loss's frames
+ROLLOUT_SHARE = 0.3
+ROLLOUT_LATENTS = 6
+ONE_PASS_SHARE = 0.4
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
 REPATCH_FRESH = ("patch_embedding.", "head.head.")  # what reads and writes the latents: fresh in import --repatch
@@ -777,10 +782,31 @@ def _save_dit(run: Run, model: torch.nn.Module, ema: torch.nn.Module, state: dic
     (run.path / "dit_state.json").write_text(json.dumps(state))
 
 
+def _context_kind(u: float, rollout_share: float) -> str:
+    """Which context a selfforcing step trains on, from a uniform draw ``u``: 'rollout' (``rollout_share``),
+    'one_pass' (``ONE_PASS_SHARE``, or what the rollouts leave) or 'truth'."""
+    if u < rollout_share:
+        return "rollout"
+    return "one_pass" if u < rollout_share + min(ONE_PASS_SHARE, 1.0 - rollout_share) else "truth"
+
+
+def _rollout_length(chunk: int, n: int, most: int, gen: torch.Generator) -> int:
+    """Latent frames a selfforcing rollout runs: whole chunks, at least one, at most ``most`` and leaving at least
+    one chunk of the clip's ``n`` for the loss."""
+    chunks = max(1, min(most, n - chunk) // chunk)
+    return chunk * int(torch.randint(1, max(2, chunks + 1), (1,), generator=gen).item())
+
+
 def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool,
-                    anneal: bool = False, kernel: str = "auto", compile: bool | None = None) -> None:
+                    anneal: bool = False, kernel: str = "auto", compile: bool | None = None,
+                    rollout_share: float = ROLLOUT_SHARE, rollout_latents: int = ROLLOUT_LATENTS) -> None:
     """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
-    planned schedule's value to 10% of it by the deadline (a final polish before export)."""
+    planned schedule's value to 10% of it by the deadline (a final polish before export). ``selfforcing``: a
+    ``rollout_share`` of the steps see the model's own rollout of up to ``rollout_latents`` frames as context
+    (:func:`_context_kind`, :func:`_rollout_length`)."""
+    if not 0.0 <= rollout_share <= 1.0 or rollout_latents < 1:
+        raise SystemExit(f"selfforcing: --rollout-share must be in [0, 1] (got {rollout_share}) and --rollout-latents "
+                         f">= 1 (got {rollout_latents})")
     mcfg = cfg.model
     ae = _load_autoencoder(cfg, run, device)
     meta = run.meta()
@@ -804,6 +830,9 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     opt = torch.optim.AdamW(dit.parameters(), lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01, fused=cuda or None)
     flex, compile = training_kernels(kernel, compile, device, dit)
     log.info("dit training attention kernel=%s compiled=%s", "flex" if flex else "sdpa", compile)
+    if selfforcing:
+        log.info("selfforcing rollout_share=%.2f rollout_latents=%d one_pass_share=%.2f", rollout_share,
+                 rollout_latents, min(ONE_PASS_SHARE, 1.0 - rollout_share))
     twins = TWIN_WEIGHT > 0
     pool = LatentPool(cfg, ae, (1024 if twins else 2048) if cuda else 8, seed=7 + step, device=device, twins=twins)
     sched = FlowMatchSchedule(shift=mcfg.shift)
@@ -823,10 +852,10 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         offset = _random_offset(gen)
         context = lat.float()
         first_loss_frame = 0
-        mode = torch.rand((), generator=gen).item() if selfforcing else 1.0
-        if mode < 0.3:  # a real few-step rollout of the first chunks: drift as it happens at serve time
+        kind = _context_kind(torch.rand((), generator=gen).item(), rollout_share) if selfforcing else "truth"
+        if kind == "rollout":  # a real few-step rollout of the first chunks: drift as it happens at serve time
             dit.eval()
-            k = chunk * int(torch.randint(1, max(2, 6 // chunk + 1), (1,), generator=gen).item())
+            k = _rollout_length(chunk, n, rollout_latents, gen)
             steps = int(torch.randint(1, 3, (1,), generator=gen).item())
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
                 context = _rollout(dit, mcfg, batch, k, chunk, mcfg.window_frames, sched, noise_gen, offset, steps,
@@ -834,7 +863,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
             first_loss_frame = k
             dit.train()
             sf_step += 1
-        elif mode < 0.7:  # the model's own one-pass predictions as context, for a random share of frames
+        elif kind == "one_pass":  # the model's own one-pass predictions as context, for a random share of frames
             dit.eval()
             with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
                 pred = _self_predicted(dit, mcfg, batch, chunk, sched, noise_gen, offset, flex)
@@ -1095,15 +1124,19 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
               anneal: bool = False, kernel: str = "auto", compile: bool | None = None, critic: bool = False,
               decoder: str = "hires", teacher: str | None = None, grow: bool = False, autoencoder: str | None = None,
               dit_only: bool = False, repatch: bool = False, repredict: bool = False,
-              teacher_steps: int | None = None) -> int:
+              teacher_steps: int | None = None, rollout_share: float | None = None,
+              rollout_latents: int | None = None) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
     ``teacher``, ``grow``, ``autoencoder``, ``repredict``: import only (see :func:`import_stage`); ``repatch``: import the blocks
     only (:func:`import_blocks_stage`); ``dit_only``: export only; ``teacher_steps``: distill only (the teacher's
-    sampler steps the student learns the end point of)."""
+    sampler steps the student learns the end point of); ``rollout_share``, ``rollout_latents``: selfforcing only
+    (None: ``ROLLOUT_SHARE``, ``ROLLOUT_LATENTS``)."""
     if teacher_steps is not None and stage != "distill":
         raise SystemExit(f"--teacher-steps is for the distill stage, not {stage}")
+    if (rollout_share is not None or rollout_latents is not None) and stage != "selfforcing":
+        raise SystemExit(f"--rollout-share and --rollout-latents are for the selfforcing stage, not {stage}")
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
     if grow and stage != "import":
@@ -1130,7 +1163,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
         train_hires_stage(cfg, run, deadline, device, critic=critic, which=decoder)
     elif stage in ("dit", "selfforcing"):
         train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal, kernel=kernel,
-                        compile=compile)
+                        compile=compile, rollout_share=ROLLOUT_SHARE if rollout_share is None else rollout_share,
+                        rollout_latents=ROLLOUT_LATENTS if rollout_latents is None else rollout_latents)
     elif stage == "distill":
         from backend.training.distill import train_distill_stage
 

@@ -591,3 +591,53 @@ def test_a_short_stage_is_not_stopped_by_its_compile_step() -> None:
     assert not time_for_a_step([30.0], now - 1)
     assert time_for_a_step([30.0, 0.2, 0.3], now + 10)
     assert not time_for_a_step([30.0, 0.2, 6.0], now + 10)  # 2 x 6 s does not fit in 10
+
+
+def test_selfforcing_context_shares_and_rollout_lengths() -> None:
+    from backend.training.train import (
+        ONE_PASS_SHARE,
+        ROLLOUT_LATENTS,
+        ROLLOUT_SHARE,
+        _context_kind,
+        _rollout_length,
+    )
+
+    def shares(p: float) -> dict[str, float]:
+        us = (np.arange(10_000) + 0.5) / 10_000
+        kinds = [_context_kind(float(u), p) for u in us]
+        return {k: kinds.count(k) / len(kinds) for k in ("rollout", "one_pass", "truth")}
+
+    default = shares(ROLLOUT_SHARE)
+    assert default == pytest.approx({"rollout": 0.3, "one_pass": ONE_PASS_SHARE, "truth": 0.3}, abs=1e-3)
+    assert shares(0.8) == pytest.approx({"rollout": 0.8, "one_pass": 0.2, "truth": 0.0}, abs=1e-3)
+    assert shares(0.0)["rollout"] == 0.0
+    gen = torch.Generator().manual_seed(0)
+    # the default: what the stage always drew (chunk 1: 1-6 frames; chunk 2: 2, 4 or 6)
+    assert {_rollout_length(1, 16, ROLLOUT_LATENTS, gen) for _ in range(300)} == set(range(1, 7))
+    assert {_rollout_length(2, 16, ROLLOUT_LATENTS, gen) for _ in range(300)} == {2, 4, 6}
+    # longer rollouts leave at least one chunk of the clip for the loss; whole chunks only
+    assert {_rollout_length(2, 16, 20, gen) for _ in range(500)} == {2, 4, 6, 8, 10, 12, 14}
+    assert {_rollout_length(2, 16, 3, gen) for _ in range(100)} == {2}
+
+
+def test_selfforcing_trains_on_its_own_rollouts_only_when_asked(tmp_path) -> None:
+    """rollout_share 1: every step's context is the model's own rollout (counted in sf_step); the flags are
+    refused on other stages and out of range."""
+    import json
+    import time
+    from pathlib import Path
+
+    from backend.training.train import Run, import_stage, run_stage, train_dit_stage
+
+    cfg, _, _, path = _exported(tmp_path)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
+    run = Run(tmp_path / "run")
+    import_stage(cfg, run)
+    train_dit_stage(cfg, run, time.monotonic() + 6.0, torch.device("cpu"), selfforcing=True, rollout_share=1.0,
+                    rollout_latents=12)
+    state = json.loads((run.path / "dit_state.json").read_text())
+    assert state["step"] > 123 and state["sf_step"] - 45 == state["step"] - 123  # every step self-forced
+    with pytest.raises(SystemExit, match="for the selfforcing stage, not dit"):
+        run_stage(cfg, "dit", Path(run.path), minutes=0.01, rollout_share=0.5)
+    with pytest.raises(SystemExit, match="rollout-share must be in"):
+        train_dit_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"), selfforcing=True, rollout_share=1.5)
