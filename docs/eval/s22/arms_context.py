@@ -6,10 +6,15 @@ chunks, 1 step (x0 at sigma 1). Rows: the world; then per checkpoint ("PATH:PRED
 its own rollout (each chunk's context its own earlier x0, re-noised the same way). Columns: the last decoded
 frame of each latent from the switch on, the middle half of the width.
 
-    PYTHONPATH=. python docs/eval/s22/arms_context.py OUT.jpg [--action heart] CKPT:PRED:SHIFT [...]
+    PYTHONPATH=. python docs/eval/s22/arms_context.py OUT.jpg [--action heart] [--guidance G] [--cache F.pt]
+        CKPT:PRED:SHIFT [...]
+
+--guidance G: the generator's action guidance f + G (f - f_idle) on the frames it guides (the first
+model.guidance_frames latents of the action); --cache: keep the world window in F.pt (the pool renders ~9 min).
 """
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,7 +56,7 @@ def _window(pool: T.LatentPool, action: int, n: int) -> dict[str, torch.Tensor]:
     raise SystemExit("no clip in the pool shows that action's start")
 
 
-def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int) -> list[torch.Tensor]:
+def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int, guidance: float = 0.0) -> list[torch.Tensor]:
     dit, m = gen.dit, gen.cfg
     lat = batch["latents"].float()
     mask = T.block_causal_mask(n, chunk, m.window_frames, m.sink_frames > 0)
@@ -60,6 +65,9 @@ def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int) -> 
     eps = torch.randn(lat.shape)
     s_ctx = m.context_noise
     t_ctx = torch.full((1,), 1000 * s_ctx)
+    neg = ACTION_INDEX[m.guidance_negative]
+    guided = ((batch["since"] < m.guidance_frames) & (batch["actions"] != neg)).view(1, n, 1, 1, 1)
+    idle = dict(batch, actions=torch.full_like(batch["actions"], neg))
     out = []
     for own in (False, True):
         ctx = (1 - s_ctx) * lat + s_ctx * eps
@@ -67,6 +75,10 @@ def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int) -> 
         for k in range(0, n, chunk):  # chunk k sees context frames < k only (the mask), so one pass a chunk
             inp = T._sequence_inputs(dit, m, batch, ctx, z, torch.full((1, n), 1000.0), 0, t_ctx)
             flow = dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:]
+            if guidance > 0:
+                inp = T._sequence_inputs(dit, m, idle, ctx, z, torch.full((1, n), 1000.0), 0, t_ctx)
+                uncond = dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:]
+                flow = torch.where(guided, flow + guidance * (flow - uncond), flow)
             pred = z - flow
             x0[:, k:k + chunk] = pred[:, k:k + chunk]
             if own:
@@ -81,13 +93,20 @@ def main() -> None:
     p.add_argument("specs", nargs="+")
     p.add_argument("--action", default="heart")
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--cache")
     a = p.parse_args()
     torch.set_grad_enabled(False)
     n, chunk = 8, 2
     first = _load(a.specs[0])
-    pool = T.LatentPool(load_config(overrides=_preset("liveidol-g64") | {"model.device": "cpu"}), first.autoencoder,
-                        96, seed=a.seed, device=torch.device("cpu"))
-    batch = _window(pool, ACTION_INDEX[a.action], n)
+    if a.cache and Path(a.cache).exists():
+        batch = torch.load(a.cache)
+    else:
+        pool = T.LatentPool(load_config(overrides=_preset("liveidol-g64") | {"model.device": "cpu"}),
+                            first.autoencoder, 96, seed=a.seed, device=torch.device("cpu"))
+        batch = _window(pool, ACTION_INDEX[a.action], n)
+        if a.cache:
+            torch.save(batch, a.cache)
     ae = first.autoencoder
 
     def strip(lat: torch.Tensor) -> np.ndarray:
@@ -98,7 +117,7 @@ def main() -> None:
     strips = [strip(batch["latents"].float())]
     for spec in a.specs:
         gen = first if spec == a.specs[0] else _load(spec)
-        strips += [strip(x) for x in rows(gen, batch, n, chunk)]
+        strips += [strip(x) for x in rows(gen, batch, n, chunk, a.guidance)]
     Image.fromarray((np.concatenate(strips, 0) * 255).astype(np.uint8)).save(a.out, quality=90)
 
 
