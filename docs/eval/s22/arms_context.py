@@ -6,7 +6,7 @@ chunks, 1 step (x0 at sigma 1). Rows: the world; then per checkpoint ("PATH:PRED
 its own rollout (each chunk's context its own earlier x0, re-noised the same way). Columns: the last decoded
 frame of each latent from the switch on, the middle half of the width.
 
-    PYTHONPATH=. python docs/eval/s22/arms_context.py OUT.jpg [--action heart] [--guidance G] [--cache F.pt]
+    PYTHONPATH=. python docs/eval/s22/arms_context.py OUT.jpg [--action heart] [--guidance G] [--cache F.pt] [--model P]
         CKPT:PRED:SHIFT [...]
 
 --guidance G: the generator's action guidance f + G (f - f_idle) on the frames it guides (the first
@@ -34,9 +34,13 @@ def _rgb(frame: torch.Tensor) -> np.ndarray:
     return np.clip(y[..., :3] * a + 0.66 * (1 - a), 0, 1)
 
 
-def _load(spec: str) -> Generator:
+def _overrides(model: str) -> dict:
+    return {} if model == "default" else _preset(model)
+
+
+def _load(spec: str, model: str) -> Generator:
     ckpt, pred, shift = spec.split(":")
-    cfg = load_config(overrides=_preset("liveidol-g64") | {"model.device": "cpu", "model.checkpoint": ckpt,
+    cfg = load_config(overrides=_overrides(model) | {"model.device": "cpu", "model.checkpoint": ckpt,
                                                              "model.dit.prediction": pred, "model.shift": float(shift)})
     return Generator(cfg.model)
 
@@ -95,14 +99,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--guidance", type=float, default=0.0)
     p.add_argument("--cache")
+    p.add_argument("--model", default="liveidol-g64", help="the preset the checkpoints take ('default': none)")
     a = p.parse_args()
     torch.set_grad_enabled(False)
     n, chunk = 8, 2
-    first = _load(a.specs[0])
+    first = _load(a.specs[0], a.model)
     if a.cache and Path(a.cache).exists():
         batch = torch.load(a.cache)
     else:
-        pool = T.LatentPool(load_config(overrides=_preset("liveidol-g64") | {"model.device": "cpu"}),
+        pool = T.LatentPool(load_config(overrides=_overrides(a.model) | {"model.device": "cpu"}),
                             first.autoencoder, 96, seed=a.seed, device=torch.device("cpu"))
         batch = _window(pool, ACTION_INDEX[a.action], n)
         if a.cache:
@@ -116,7 +121,7 @@ def main() -> None:
 
     strips = [strip(batch["latents"].float())]
     for spec in a.specs:
-        gen = first if spec == a.specs[0] else _load(spec)
+        gen = first if spec == a.specs[0] else _load(spec, a.model)
         strips += [strip(x) for x in rows(gen, batch, n, chunk, a.guidance)]
     Image.fromarray((np.concatenate(strips, 0) * 255).astype(np.uint8)).save(a.out, quality=90)
 
