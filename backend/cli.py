@@ -5,7 +5,7 @@
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F] [--dit-only] [--teacher-steps N]
-                   [--rollout-share P] [--rollout-latents N]
+                   [--rollout-share P] [--rollout-latents N] [--context-lag N]
                    [--checkpoint F [--teacher T | --grow | --repatch | --repredict]]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-latents", type=int, metavar="N",
                    help="selfforcing: the most latent frames such a rollout runs before the frames the loss sees "
                         "(default 6; the window is model.window_frames)")
+    p.add_argument("--context-lag", type=int, default=0, metavar="N",
+                   help="dit/selfforcing: in half the steps on the world's context, hold it still for up to N latent "
+                        "frames after each command switch, so the model learns to start a motion from the command "
+                        "(default 0: off)")
     p.add_argument("--teacher-steps", type=int, choices=[1, 2, 3, 4],
                    help="distill: the student learns the end point of the teacher's sampler at this many steps, from "
                         "every step count (default 4, or what the run started with)")
@@ -396,7 +400,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                          kernel=args.kernel, compile=args.compile, critic=args.critic, decoder=args.decoder,
                          teacher=args.teacher, grow=args.grow, autoencoder=args.autoencoder, dit_only=args.dit_only,
                          repatch=args.repatch, repredict=args.repredict, teacher_steps=args.teacher_steps,
-                         rollout_share=args.rollout_share, rollout_latents=args.rollout_latents, **out)
+                         rollout_share=args.rollout_share, rollout_latents=args.rollout_latents,
+                         context_lag=args.context_lag, **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

@@ -89,6 +89,10 @@ TWIN_WEIGHT = 2.0
 ROLLOUT_SHARE = 0.3
 ROLLOUT_LATENTS = 6
 ONE_PASS_SHARE = 0.4
+# --context-lag N: this share of the steps whose context is the world's hold that context still for up to N latent
+# frames after each command switch (the pose before it), while the target moves on: the chunks right after a command
+# must start the commanded motion from the command alone, as on a stream whose own frames have not moved yet
+HOLD_SHARE = 0.5
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
 REPATCH_FRESH = ("patch_embedding.", "head.head.")  # what reads and writes the latents: fresh in import --repatch
@@ -790,6 +794,21 @@ def _context_kind(u: float, rollout_share: float) -> str:
     return "one_pass" if u < rollout_share + min(ONE_PASS_SHARE, 1.0 - rollout_share) else "truth"
 
 
+def held_context(context: Tensor, since: Tensor, most: int, gen: torch.Generator, twins: bool = False) -> Tensor:
+    """``context`` (B, F, ...) with the first ``lag`` frames after each command switch inside the clip replaced by
+    the frame before the switch (``lag`` drawn per clip from 1..``most``, one for both rows of an emotion twin pair
+    with ``twins``: rows ``i`` and ``i + B // 2``); ``since`` (B, F) latent frames since the last switch
+    (:func:`frames_since_switch`; the clip's start is no switch: nothing before it to hold)."""
+    b, f = since.shape
+    lag = torch.randint(1, most + 1, (b // 2 if twins else b, 1), generator=gen)
+    lag = (lag.repeat(2, 1) if twins else lag).to(since.device)
+    j = torch.arange(f, device=since.device).expand(b, f)
+    start = j - since  # where the frame's command began
+    held = (since < lag) & (start >= 1)
+    src = torch.where(held, start - 1, j)
+    return torch.gather(context, 1, src.view(b, f, *([1] * (context.dim() - 2))).expand_as(context))
+
+
 def _rollout_length(chunk: int, n: int, most: int, gen: torch.Generator) -> int:
     """Latent frames a selfforcing rollout runs: whole chunks, at least one, at most ``most`` and leaving at least
     one chunk of the clip's ``n`` for the loss."""
@@ -799,11 +818,15 @@ def _rollout_length(chunk: int, n: int, most: int, gen: torch.Generator) -> int:
 
 def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool,
                     anneal: bool = False, kernel: str = "auto", compile: bool | None = None,
-                    rollout_share: float = ROLLOUT_SHARE, rollout_latents: int = ROLLOUT_LATENTS) -> None:
+                    rollout_share: float = ROLLOUT_SHARE, rollout_latents: int = ROLLOUT_LATENTS,
+                    context_lag: int = 0) -> None:
     """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
     planned schedule's value to 10% of it by the deadline (a final polish before export). ``selfforcing``: a
     ``rollout_share`` of the steps see the model's own rollout of up to ``rollout_latents`` frames as context
-    (:func:`_context_kind`, :func:`_rollout_length`)."""
+    (:func:`_context_kind`, :func:`_rollout_length`). ``context_lag`` > 0: ``HOLD_SHARE`` of the steps on the
+    world's context hold it still for up to that many latents after each command switch (:func:`held_context`)."""
+    if context_lag < 0:
+        raise SystemExit(f"--context-lag must be >= 0 (got {context_lag})")
     if not 0.0 <= rollout_share <= 1.0 or rollout_latents < 1:
         raise SystemExit(f"selfforcing: --rollout-share must be in [0, 1] (got {rollout_share}) and --rollout-latents "
                          f">= 1 (got {rollout_latents})")
@@ -830,6 +853,9 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     opt = torch.optim.AdamW(dit.parameters(), lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01, fused=cuda or None)
     flex, compile = training_kernels(kernel, compile, device, dit)
     log.info("dit training attention kernel=%s compiled=%s", "flex" if flex else "sdpa", compile)
+    if context_lag:
+        log.info("context held still after a switch: up to %d latents in %.0f%% of the world-context steps",
+                 context_lag, 100 * HOLD_SHARE)
     if selfforcing:
         log.info("selfforcing rollout_share=%.2f rollout_latents=%d one_pass_share=%.2f", rollout_share,
                  rollout_latents, min(ONE_PASS_SHARE, 1.0 - rollout_share))
@@ -871,6 +897,8 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
             use = (torch.rand(b, n, generator=gen) < torch.rand(b, 1, generator=gen)).to(device)
             context = torch.where(use.view(b, n, 1, 1, 1), pred, context)
             sf_step += 1
+        if kind == "truth" and context_lag and torch.rand((), generator=gen).item() < HOLD_SHARE:
+            context = held_context(context, batch["since"], context_lag, gen, twins=twins)
         context, t_context = _noised_context(context, _context_sigma(b, mcfg, gen, device), noise_gen)
         n_chunks = math.ceil(n / chunk)
         draws = b // 2 if twins else b  # twins share their timesteps and noise
@@ -1125,18 +1153,20 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
               decoder: str = "hires", teacher: str | None = None, grow: bool = False, autoencoder: str | None = None,
               dit_only: bool = False, repatch: bool = False, repredict: bool = False,
               teacher_steps: int | None = None, rollout_share: float | None = None,
-              rollout_latents: int | None = None) -> int:
+              rollout_latents: int | None = None, context_lag: int = 0) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
     ``teacher``, ``grow``, ``autoencoder``, ``repredict``: import only (see :func:`import_stage`); ``repatch``: import the blocks
     only (:func:`import_blocks_stage`); ``dit_only``: export only; ``teacher_steps``: distill only (the teacher's
     sampler steps the student learns the end point of); ``rollout_share``, ``rollout_latents``: selfforcing only
-    (None: ``ROLLOUT_SHARE``, ``ROLLOUT_LATENTS``)."""
+    (None: ``ROLLOUT_SHARE``, ``ROLLOUT_LATENTS``); ``context_lag``: dit and selfforcing only."""
     if teacher_steps is not None and stage != "distill":
         raise SystemExit(f"--teacher-steps is for the distill stage, not {stage}")
     if (rollout_share is not None or rollout_latents is not None) and stage != "selfforcing":
         raise SystemExit(f"--rollout-share and --rollout-latents are for the selfforcing stage, not {stage}")
+    if context_lag and stage not in ("dit", "selfforcing"):
+        raise SystemExit(f"--context-lag is for the dit and selfforcing stages, not {stage}")
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
     if grow and stage != "import":
@@ -1164,7 +1194,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     elif stage in ("dit", "selfforcing"):
         train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal, kernel=kernel,
                         compile=compile, rollout_share=ROLLOUT_SHARE if rollout_share is None else rollout_share,
-                        rollout_latents=ROLLOUT_LATENTS if rollout_latents is None else rollout_latents)
+                        rollout_latents=ROLLOUT_LATENTS if rollout_latents is None else rollout_latents,
+                        context_lag=context_lag)
     elif stage == "distill":
         from backend.training.distill import train_distill_stage
 

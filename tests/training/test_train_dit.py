@@ -641,3 +641,47 @@ def test_selfforcing_trains_on_its_own_rollouts_only_when_asked(tmp_path) -> Non
         run_stage(cfg, "dit", Path(run.path), minutes=0.01, rollout_share=0.5)
     with pytest.raises(SystemExit, match="rollout-share must be in"):
         train_dit_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"), selfforcing=True, rollout_share=1.5)
+
+
+def test_held_context_keeps_the_pose_before_a_switch_for_the_first_frames_after_it() -> None:
+    from backend.training.train import frames_since_switch, held_context
+
+    # clip 0: idle until frame 5, wave from 5; clip 1: wave from the clip's start (nothing before it to hold)
+    labels = torch.tensor([[0] * 5 + [1] * 7, [1] * 12])
+    since = frames_since_switch(labels)
+    ctx = torch.arange(12, dtype=torch.float32).view(1, 12, 1, 1, 1).expand(2, 12, 3, 2, 2).clone()
+    lags = set()
+    for seed in range(40):
+        out = held_context(ctx, since, 3, torch.Generator().manual_seed(seed))
+        frames = out[0, :, 0, 0, 0].tolist()
+        held = [j for j in range(12) if frames[j] != j]
+        assert all(frames[j] == 4.0 for j in held) and held == list(range(5, 5 + len(held)))
+        lags.add(len(held))
+        assert torch.equal(out[1], ctx[1])  # no switch inside the clip: nothing held
+        assert torch.equal(out[0, :5], ctx[0, :5]) and torch.equal(out[0, 5 + len(held):], ctx[0, 5 + len(held):])
+    assert lags == {1, 2, 3}  # the lag is drawn per clip, up to the most
+    # emotion twins (rows i and i + B/2, the same motion) hold for the same number of frames
+    pair = torch.tensor([[0] * 5 + [1] * 7] * 4)
+    four = ctx[:1].expand(4, 12, 3, 2, 2)
+    for seed in range(20):
+        out = held_context(four, frames_since_switch(pair), 5, torch.Generator().manual_seed(seed), twins=True)
+        assert torch.equal(out[0], out[2]) and torch.equal(out[1], out[3])
+
+
+def test_the_dit_stage_trains_with_held_context(tmp_path) -> None:
+    import json
+    import time
+    from pathlib import Path
+
+    from backend.training.train import Run, import_stage, run_stage, train_dit_stage
+
+    cfg, _, _, path = _exported(tmp_path)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
+    run = Run(tmp_path / "run")
+    import_stage(cfg, run)
+    train_dit_stage(cfg, run, time.monotonic() + 4.0, torch.device("cpu"), selfforcing=False, context_lag=4)
+    assert json.loads((run.path / "dit_state.json").read_text())["step"] > 123
+    with pytest.raises(SystemExit, match="context-lag is for the dit and selfforcing stages, not distill"):
+        run_stage(cfg, "distill", Path(run.path), minutes=0.01, context_lag=2)
+    with pytest.raises(SystemExit, match="context-lag must be >= 0"):
+        train_dit_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"), selfforcing=False, context_lag=-1)
