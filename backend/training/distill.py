@@ -197,7 +197,7 @@ def teacher_trajectory(teacher: CausalDiT, db: DistillBatch, z: Tensor, cfg: Mod
             flow = flow + db.push.view(b, n, 1, 1, 1) * (cond - others.pop(0))
         sigma = float(sched.sigma_nearest(torch.tensor([tv], dtype=torch.float32))[0])
         x0 = (x.double() - sigma * flow.double()).float()
-        if i + 1 < len(ts):
+        if i + 1 < steps:
             s_next = ts[i + 1] / sched.num_train_steps
             x = (1 - s_next) * x0 + s_next * noise[i + 1]
     for i in range(steps, len(ts)):  # the end point re-noised, as a student's later calls re-noise its own
@@ -323,7 +323,7 @@ def train_distill_stage(cfg: Config, run: Any, deadline: float, device: torch.de
         raise SystemExit(f"{run.path}: the distilled student was made from the teacher at dit step "
                          f"{dstate.get('teacher_step')}, the run's DiT is now at step {teacher_step}; distil in a new "
                          "run directory (`liveidol train import`)")
-    recorded_steps = int(dstate["teacher_steps"]) if dstate and "teacher_steps" in dstate else None
+    recorded_steps = int(dstate["teacher_steps"]) if "teacher_steps" in dstate else None
     if teacher_steps is not None and recorded_steps is not None and teacher_steps != recorded_steps:
         raise SystemExit(f"{state_path}: the student is being distilled onto the teacher's {recorded_steps}-step end "
                          f"point, not {teacher_steps}: go on with --teacher-steps {recorded_steps}, or distil in a new "

@@ -72,23 +72,25 @@ def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int, gui
     neg = ACTION_INDEX[m.guidance_negative]
     guided = ((batch["since"] < m.guidance_frames) & (batch["actions"] != neg)).view(1, n, 1, 1, 1)
     idle = dict(batch, actions=torch.full_like(batch["actions"], neg))
-    out = []
-    for own in (False, True):
-        ctx = (1 - s_ctx) * lat + s_ctx * eps
-        x0 = torch.zeros_like(lat)
-        for k in range(0, n, chunk):  # chunk k sees context frames < k only (the mask), so one pass a chunk
-            inp = T._sequence_inputs(dit, m, batch, ctx, z, torch.full((1, n), 1000.0), 0, t_ctx)
-            flow = dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:]
-            if guidance > 0:
-                inp = T._sequence_inputs(dit, m, idle, ctx, z, torch.full((1, n), 1000.0), 0, t_ctx)
-                uncond = dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:]
-                flow = torch.where(guided, flow + guidance * (flow - uncond), flow)
-            pred = z - flow
-            x0[:, k:k + chunk] = pred[:, k:k + chunk]
-            if own:
-                ctx[:, k:k + chunk] = (1 - s_ctx) * pred[:, k:k + chunk] + s_ctx * eps[:, k:k + chunk]
-        out.append(x0)
-    return out
+
+    def x0_of(ctx: torch.Tensor) -> torch.Tensor:  # every chunk's 1-step x0; chunk k sees context frames < k only
+        def flow(b: dict[str, torch.Tensor]) -> torch.Tensor:
+            inp = T._sequence_inputs(dit, m, b, ctx, z, torch.full((1, n), 1000.0), 0, t_ctx)
+            return dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:]
+
+        f = flow(batch)
+        if guidance > 0:
+            f = torch.where(guided, f + guidance * (f - flow(idle)), f)
+        return z - f
+
+    ctx = (1 - s_ctx) * lat + s_ctx * eps
+    forced = x0_of(ctx)  # the world's context: one pass serves every chunk (the mask)
+    own = torch.zeros_like(lat)
+    for k in range(0, n, chunk):  # its own: each chunk's x0 becomes the next chunks' context
+        pred = x0_of(ctx)
+        own[:, k:k + chunk] = pred[:, k:k + chunk]
+        ctx[:, k:k + chunk] = (1 - s_ctx) * pred[:, k:k + chunk] + s_ctx * eps[:, k:k + chunk]
+    return [forced, own]
 
 
 def main() -> None:
