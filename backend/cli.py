@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dit/selfforcing: in half the steps on the world's context, hold it still for up to N latent "
                         "frames after each command switch, so the model learns to start a motion from the command "
                         "(default 0: off)")
+    p.add_argument("--lr", type=_finite, metavar="PEAK",
+                   help="dit/selfforcing: a warm restart of the learning rate: up to PEAK over 200 steps, then a cosine "
+                        "to 10%% of it by the end of this call (default: the planned schedule, 4e-4 down to 4e-5 over "
+                        "40,000 steps)")
     p.add_argument("--teacher-steps", type=int, choices=[1, 2, 3, 4],
                    help="distill: the student learns the end point of the teacher's sampler at this many steps, from "
                         "every step count (default 4, or what the run started with)")
@@ -401,7 +405,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                          teacher=args.teacher, grow=args.grow, autoencoder=args.autoencoder, dit_only=args.dit_only,
                          repatch=args.repatch, repredict=args.repredict, teacher_steps=args.teacher_steps,
                          rollout_share=args.rollout_share, rollout_latents=args.rollout_latents,
-                         context_lag=args.context_lag, **out)
+                         context_lag=args.context_lag, peak_lr=args.lr, **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

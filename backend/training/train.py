@@ -93,6 +93,8 @@ ONE_PASS_SHARE = 0.4
 # frames after each command switch (the pose before it), while the target moves on: the chunks right after a command
 # must start the commanded motion from the command alone, as on a stream whose own frames have not moved yet
 HOLD_SHARE = 0.5
+DIT_PEAK_LR = 4e-4  # the DiT stages' planned schedule: this peak, a cosine to 10% of it over DIT_PLANNED_STEPS
+DIT_PLANNED_STEPS = 40_000
 HIRES_LATENT_NOISE = 0.15  # largest latent jitter (in latent std) the detail decoder trains on
 HIRES_GAN_START = 1000  # detail decoder step from which a patch discriminator sharpens it (after plain losses)
 REPATCH_FRESH = ("patch_embedding.", "head.head.")  # what reads and writes the latents: fresh in import --repatch
@@ -809,6 +811,22 @@ def held_context(context: Tensor, since: Tensor, most: int, gen: torch.Generator
     return torch.gather(context, 1, src.view(b, f, *([1] * (context.dim() - 2))).expand_as(context))
 
 
+def dit_learning_rate(step: int, resumed_at: int, done: float, *, anneal: bool = False,
+                      peak: float | None = None) -> float:
+    """The DiT stages' learning rate at ``step`` of a call that resumed at ``resumed_at`` and has run ``done`` (0..1)
+    of its minutes: a 200-step warm-up, then the planned cosine over ``DIT_PLANNED_STEPS`` from ``DIT_PEAK_LR`` to
+    10% of it (``anneal``: times a cosine to 10% by the call's end, a polish before export). ``peak``: a warm
+    restart instead, the warm-up to ``peak`` then a cosine to 10% of it by the call's end, whatever the step: late
+    in the plan the planned rate is a seventh of its peak and an EMA of 0.999 holds a few hundred steps' change to
+    half, so a new skill (starting a motion from the command) needs the rate back up to be learnt in one call."""
+    warm = min(1.0, (step - resumed_at + 1) / 200)
+    by_call = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
+    if peak is not None:
+        return peak * warm * by_call
+    planned = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / DIT_PLANNED_STEPS, 1.0)))
+    return DIT_PEAK_LR * warm * planned * (by_call if anneal else 1.0)
+
+
 def _rollout_length(chunk: int, n: int, most: int, gen: torch.Generator) -> int:
     """Latent frames a selfforcing rollout runs: whole chunks, at least one, at most ``most`` and leaving at least
     one chunk of the clip's ``n`` for the loss."""
@@ -819,12 +837,15 @@ def _rollout_length(chunk: int, n: int, most: int, gen: torch.Generator) -> int:
 def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool,
                     anneal: bool = False, kernel: str = "auto", compile: bool | None = None,
                     rollout_share: float = ROLLOUT_SHARE, rollout_latents: int = ROLLOUT_LATENTS,
-                    context_lag: int = 0) -> None:
+                    context_lag: int = 0, peak_lr: float | None = None) -> None:
     """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
     planned schedule's value to 10% of it by the deadline (a final polish before export). ``selfforcing``: a
     ``rollout_share`` of the steps see the model's own rollout of up to ``rollout_latents`` frames as context
     (:func:`_context_kind`, :func:`_rollout_length`). ``context_lag`` > 0: ``HOLD_SHARE`` of the steps on the
-    world's context hold it still for up to that many latents after each command switch (:func:`held_context`)."""
+    world's context hold it still for up to that many latents after each command switch (:func:`held_context`).
+    ``peak_lr``: a warm restart instead of the planned schedule (:func:`dit_learning_rate`)."""
+    if peak_lr is not None and not 0.0 < peak_lr <= 1e-2:
+        raise SystemExit(f"--lr must be in (0, 0.01] (got {peak_lr})")
     if context_lag < 0:
         raise SystemExit(f"--context-lag must be >= 0 (got {context_lag})")
     if not 0.0 <= rollout_share <= 1.0 or rollout_latents < 1:
@@ -863,7 +884,8 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     pool = LatentPool(cfg, ae, (1024 if twins else 2048) if cuda else 8, seed=7 + step, device=device, twins=twins)
     sched = FlowMatchSchedule(shift=mcfg.shift)
     batch_size = 32 if cuda else 2
-    total_planned = 40_000
+    if peak_lr is not None:
+        log.info("learning rate: a warm restart at %.2e, down to 10%% of it by the end of this call", peak_lr)
     losses: list[float] = []
     t_start = time.monotonic()
     step_times: list[float] = []
@@ -917,10 +939,8 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         # the first second after a command is where the model must act on the condition alone: weigh it up
         weight = loss_weights(batch["since"], batch["since_emotion"])  # (B, F)
         loss = dit_loss(pred - target, batch["regions"].float(), weight, first_loss_frame, TWIN_WEIGHT)
-        lr = 4e-4 * min(1.0, (step - resumed_at + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total_planned, 1.0))))
-        if anneal:
-            done = min(1.0, (time.monotonic() - t_start) / max(1.0, deadline - t_start))
-            lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done))
+        done = min(1.0, (time.monotonic() - t_start) / max(1.0, deadline - t_start))
+        lr = dit_learning_rate(step, resumed_at, done, anneal=anneal, peak=peak_lr)
         optimizer_step(opt, dit, ema, loss, lr=lr, step=step, ema_decay=0.999)
         step += 1
         losses.append(loss.item())
@@ -1153,20 +1173,22 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
               decoder: str = "hires", teacher: str | None = None, grow: bool = False, autoencoder: str | None = None,
               dit_only: bool = False, repatch: bool = False, repredict: bool = False,
               teacher_steps: int | None = None, rollout_share: float | None = None,
-              rollout_latents: int | None = None, context_lag: int = 0) -> int:
+              rollout_latents: int | None = None, context_lag: int = 0, peak_lr: float | None = None) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
     ``teacher``, ``grow``, ``autoencoder``, ``repredict``: import only (see :func:`import_stage`); ``repatch``: import the blocks
     only (:func:`import_blocks_stage`); ``dit_only``: export only; ``teacher_steps``: distill only (the teacher's
     sampler steps the student learns the end point of); ``rollout_share``, ``rollout_latents``: selfforcing only
-    (None: ``ROLLOUT_SHARE``, ``ROLLOUT_LATENTS``); ``context_lag``: dit and selfforcing only."""
+    (None: ``ROLLOUT_SHARE``, ``ROLLOUT_LATENTS``); ``context_lag``, ``peak_lr``: dit and selfforcing only."""
     if teacher_steps is not None and stage != "distill":
         raise SystemExit(f"--teacher-steps is for the distill stage, not {stage}")
     if (rollout_share is not None or rollout_latents is not None) and stage != "selfforcing":
         raise SystemExit(f"--rollout-share and --rollout-latents are for the selfforcing stage, not {stage}")
     if context_lag and stage not in ("dit", "selfforcing"):
         raise SystemExit(f"--context-lag is for the dit and selfforcing stages, not {stage}")
+    if peak_lr is not None and stage not in ("dit", "selfforcing"):
+        raise SystemExit(f"--lr is for the dit and selfforcing stages, not {stage}")
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
     if grow and stage != "import":
@@ -1195,7 +1217,7 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
         train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal, kernel=kernel,
                         compile=compile, rollout_share=ROLLOUT_SHARE if rollout_share is None else rollout_share,
                         rollout_latents=ROLLOUT_LATENTS if rollout_latents is None else rollout_latents,
-                        context_lag=context_lag)
+                        context_lag=context_lag, peak_lr=peak_lr)
     elif stage == "distill":
         from backend.training.distill import train_distill_stage
 

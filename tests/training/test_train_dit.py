@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 
 import numpy as np
@@ -679,9 +680,37 @@ def test_the_dit_stage_trains_with_held_context(tmp_path) -> None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=str(path)))
     run = Run(tmp_path / "run")
     import_stage(cfg, run)
-    train_dit_stage(cfg, run, time.monotonic() + 4.0, torch.device("cpu"), selfforcing=False, context_lag=4)
+    train_dit_stage(cfg, run, time.monotonic() + 4.0, torch.device("cpu"), selfforcing=False, context_lag=4,
+                    peak_lr=2e-4)
     assert json.loads((run.path / "dit_state.json").read_text())["step"] > 123
+    with pytest.raises(SystemExit, match="--lr is for the dit and selfforcing stages, not distill"):
+        run_stage(cfg, "distill", Path(run.path), minutes=0.01, peak_lr=1e-4)
+    from backend.cli import main
+
+    with pytest.raises(SystemExit, match="--lr is for the dit and selfforcing stages, not probe"):  # the CLI's flag
+        main(["train", "probe", "--lr", "1e-4", "--run", str(run.path)])
+    with pytest.raises(SystemExit, match="--lr must be in"):
+        train_dit_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"), selfforcing=False, peak_lr=0.0)
     with pytest.raises(SystemExit, match="context-lag is for the dit and selfforcing stages, not distill"):
         run_stage(cfg, "distill", Path(run.path), minutes=0.01, context_lag=2)
     with pytest.raises(SystemExit, match="context-lag must be >= 0"):
         train_dit_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"), selfforcing=False, context_lag=-1)
+
+
+def test_the_dit_learning_rate_plans_and_restarts() -> None:
+    from backend.training.train import DIT_PEAK_LR, DIT_PLANNED_STEPS, dit_learning_rate
+
+    # the plan: a 200-step warm-up from where the call resumed, the peak, a cosine to 10% over the planned steps
+    assert dit_learning_rate(0, 0, 0.0) == pytest.approx(DIT_PEAK_LR / 200)
+    assert dit_learning_rate(199, 0, 0.5) == pytest.approx(DIT_PEAK_LR * (1 - 0.9 * 0.5 * (1 - math.cos(math.pi * 199 / DIT_PLANNED_STEPS))))
+    assert dit_learning_rate(DIT_PLANNED_STEPS + 5000, 0, 0.3) == pytest.approx(0.1 * DIT_PEAK_LR)
+    late = dit_learning_rate(34_254 + 400, 34_254, 0.0)
+    assert late == pytest.approx(DIT_PEAK_LR * (0.1 + 0.45 * (1 + math.cos(math.pi * 34_654 / DIT_PLANNED_STEPS))))
+    assert late < 0.16 * DIT_PEAK_LR  # late in the plan: about a seventh of the peak
+    # anneal: the call's own cosine on top, to 10% by its end
+    assert dit_learning_rate(34_654, 34_254, 1.0, anneal=True) == pytest.approx(0.1 * late)
+    # a warm restart: the warm-up to the given peak whatever the step, then down to 10% of it by the call's end
+    assert dit_learning_rate(34_254, 34_254, 0.0, peak=2e-4) == pytest.approx(2e-4 / 200)
+    assert dit_learning_rate(34_454, 34_254, 0.0, peak=2e-4) == pytest.approx(2e-4)
+    assert dit_learning_rate(34_454, 34_254, 0.5, peak=2e-4) == pytest.approx(2e-4 * 0.55)
+    assert dit_learning_rate(40_454, 34_254, 1.0, peak=2e-4) == pytest.approx(2e-5)

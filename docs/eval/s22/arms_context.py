@@ -9,7 +9,8 @@ frame of each latent from the switch on, the middle half of the width.
     PYTHONPATH=. python docs/eval/s22/arms_context.py OUT.jpg [--action heart] [--guidance G] [--cache F.pt] [--model P]
         CKPT:PRED:SHIFT [...]
 
---guidance G: the generator's action guidance f + G (f - f_idle) on the frames it guides (the first
+--steps N: the sampler's first N timesteps per chunk (x0 re-noised between, as the generator samples; the own rollout
+is then ~N times slower: each chunk is sampled alone). --guidance G: the generator's action guidance f + G (f - f_idle) on the frames it guides (the first
 model.guidance_frames latents of the action); --cache: keep the world window in F.pt (the pool renders ~9 min).
 """
 
@@ -24,6 +25,7 @@ from backend.actions import ACTION_INDEX
 from backend.cli import _preset
 from backend.config import load_config
 from backend.model.generator import Generator
+from backend.model.sampler import FlowMatchSchedule
 from backend.training import train as T
 
 
@@ -60,7 +62,8 @@ def _window(pool: T.LatentPool, action: int, n: int) -> dict[str, torch.Tensor]:
     raise SystemExit("no clip in the pool shows that action's start")
 
 
-def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int, guidance: float = 0.0) -> list[torch.Tensor]:
+def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int, guidance: float = 0.0,
+         steps: int = 1) -> list[torch.Tensor]:
     dit, m = gen.dit, gen.cfg
     lat = batch["latents"].float()
     mask = T.block_causal_mask(n, chunk, m.window_frames, m.sink_frames > 0)
@@ -72,19 +75,33 @@ def rows(gen: Generator, batch: dict[str, torch.Tensor], n: int, chunk: int, gui
     neg = ACTION_INDEX[m.guidance_negative]
     guided = ((batch["since"] < m.guidance_frames) & (batch["actions"] != neg)).view(1, n, 1, 1, 1)
     idle = dict(batch, actions=torch.full_like(batch["actions"], neg))
+    sched = FlowMatchSchedule(shift=m.shift)
+    ts = sched.warp_list(m.timesteps[:steps])
+    renoise = torch.Generator().manual_seed(11)
 
-    def x0_of(ctx: torch.Tensor) -> torch.Tensor:  # every chunk's 1-step x0; chunk k sees context frames < k only
+    def flow_of(ctx: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         def flow(b: dict[str, torch.Tensor]) -> torch.Tensor:
-            inp = T._sequence_inputs(dit, m, b, ctx, z, torch.full((1, n), 1000.0), 0, t_ctx)
+            inp = T._sequence_inputs(dit, m, b, ctx, noisy, t, 0, t_ctx)
             return dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:]
 
         f = flow(batch)
-        if guidance > 0:
-            f = torch.where(guided, f + guidance * (f - flow(idle)), f)
-        return z - f
+        return torch.where(guided, f + guidance * (f - flow(idle)), f) if guidance > 0 else f
+
+    def x0_of(ctx: torch.Tensor) -> torch.Tensor:  # every chunk's x0 after `steps` steps; chunk k sees frames < k
+        if steps == 1:  # one pass serves every chunk (the mask)
+            return z - flow_of(ctx, z, torch.full((1, n), 1000.0))
+        out = torch.zeros_like(lat)
+        for k in range(0, n, chunk):
+            x = z.clone()
+            for i, tv in enumerate(ts):  # the sampler's steps: x0 = x - sigma * flow, then re-noised to the next
+                x0 = sched.to_x0_at(x, flow_of(ctx, x, torch.full((1, n), float(tv))), float(tv))
+                if i + 1 < len(ts):
+                    x = sched.renoise(x0, torch.randn(x0.shape, generator=renoise), ts[i + 1]).float()
+            out[:, k:k + chunk] = x0[:, k:k + chunk]
+        return out
 
     ctx = (1 - s_ctx) * lat + s_ctx * eps
-    forced = x0_of(ctx)  # the world's context: one pass serves every chunk (the mask)
+    forced = x0_of(ctx)  # the world's context
     own = torch.zeros_like(lat)
     for k in range(0, n, chunk):  # its own: each chunk's x0 becomes the next chunks' context
         pred = x0_of(ctx)
@@ -100,6 +117,7 @@ def main() -> None:
     p.add_argument("--action", default="heart")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--steps", type=int, default=1, help="the sampler's steps (model.timesteps[:steps], re-noised between)")
     p.add_argument("--cache")
     p.add_argument("--model", default="liveidol-g64", help="the preset the checkpoints take ('default': none)")
     a = p.parse_args()
@@ -124,7 +142,7 @@ def main() -> None:
     strips = [strip(batch["latents"].float())]
     for spec in a.specs:
         gen = first if spec == a.specs[0] else _load(spec, a.model)
-        strips += [strip(x) for x in rows(gen, batch, n, chunk, a.guidance)]
+        strips += [strip(x) for x in rows(gen, batch, n, chunk, a.guidance, a.steps)]
     Image.fromarray((np.concatenate(strips, 0) * 255).astype(np.uint8)).save(a.out, quality=90)
 
 
