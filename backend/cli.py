@@ -214,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "frames after each command switch, so the model learns to start a motion from the command "
                         "(default 0: off)")
     p.add_argument("--lr", type=_finite, metavar="PEAK",
-                   help="dit/selfforcing: a warm restart of the learning rate: up to PEAK over 200 steps, then a cosine "
-                        "to 10%% of it by the end of this call, --anneal's decay built in (default: the planned schedule, 4e-4 "
-                        "down to 4e-5 over 40,000 steps)")
+                   help="dit/selfforcing: a warm restart of the learning rate: up to PEAK over 200 steps, then a "
+                        "cosine to 10%% of it by the end of this call, --anneal's decay built in (default: the "
+                        "planned schedule, 4e-4 down to 4e-5 over 40,000 steps)")
     p.add_argument("--teacher-steps", type=int, choices=[1, 2, 3, 4],
                    help="distill: the student learns the end point of the teacher's sampler at this many steps, from "
                         "every step count (default 4, or what the run started with)")

@@ -61,6 +61,7 @@ from backend.model.dit import EXTRA_PREFIXES, CausalDiT, block_count, deepen_sta
 from backend.model.generator import ACTION_FPS, EMOTION_RAMP_S
 from backend.model.sampler import FlowMatchSchedule
 from backend.training.data import ClipSpec, face_boxes, make_specs, region_weights, render_clips
+from backend.training.train_autoencoder import cosine_to_tenth
 from backend.world.render import straight_alpha
 
 __all__ = ["block_causal_mask", "controls_from_labels", "emotion_progress_from_labels", "progress_from_labels",
@@ -820,11 +821,10 @@ def dit_learning_rate(step: int, resumed_at: int, done: float, *, anneal: bool =
     in the plan the planned rate is a seventh of its peak and an EMA of 0.999 holds a few hundred steps' change to
     half, so a new skill (starting a motion from the command) needs the rate back up to be learnt in one call."""
     warm = min(1.0, (step - resumed_at + 1) / 200)
-    by_call = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
+    by_call = cosine_to_tenth(done)
     if peak is not None:
         return peak * warm * by_call
-    planned = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / DIT_PLANNED_STEPS, 1.0)))
-    return DIT_PEAK_LR * warm * planned * (by_call if anneal else 1.0)
+    return DIT_PEAK_LR * warm * cosine_to_tenth(step / DIT_PLANNED_STEPS) * (by_call if anneal else 1.0)
 
 
 def _rollout_length(chunk: int, n: int, most: int, gen: torch.Generator) -> int:

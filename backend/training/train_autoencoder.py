@@ -88,12 +88,16 @@ def reconstruction_losses(recon: Tensor, target: Tensor, latents: Tensor | None 
     return losses
 
 
+def cosine_to_tenth(progress: float) -> float:
+    """The training schedules' decay: a cosine from 1 at ``progress`` 0 to 0.1 at 1 (clamped to [0, 1])."""
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
 def _lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to lr/10 at ``total``."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return lr * cosine_to_tenth((step - warmup) / max(1, total - warmup))
 
 
 def _autocast_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype | None:

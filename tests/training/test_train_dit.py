@@ -702,7 +702,8 @@ def test_the_dit_learning_rate_plans_and_restarts() -> None:
 
     # the plan: a 200-step warm-up from where the call resumed, the peak, a cosine to 10% over the planned steps
     assert dit_learning_rate(0, 0, 0.0) == pytest.approx(DIT_PEAK_LR / 200)
-    assert dit_learning_rate(199, 0, 0.5) == pytest.approx(DIT_PEAK_LR * (1 - 0.9 * 0.5 * (1 - math.cos(math.pi * 199 / DIT_PLANNED_STEPS))))
+    assert dit_learning_rate(199, 0, 0.5) == pytest.approx(
+        DIT_PEAK_LR * (1 - 0.9 * 0.5 * (1 - math.cos(math.pi * 199 / DIT_PLANNED_STEPS))))
     assert dit_learning_rate(DIT_PLANNED_STEPS + 5000, 0, 0.3) == pytest.approx(0.1 * DIT_PEAK_LR)
     late = dit_learning_rate(34_254 + 400, 34_254, 0.0)
     assert late == pytest.approx(DIT_PEAK_LR * (0.1 + 0.45 * (1 + math.cos(math.pi * 34_654 / DIT_PLANNED_STEPS))))

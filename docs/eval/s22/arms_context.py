@@ -10,8 +10,9 @@ frame of each latent from the switch on, the middle half of the width.
         CKPT:PRED:SHIFT [...]
 
 --steps N: the sampler's first N timesteps per chunk (x0 re-noised between, as the generator samples; the own rollout
-is then ~N times slower: each chunk is sampled alone). --guidance G: the generator's action guidance f + G (f - f_idle) on the frames it guides (the first
-model.guidance_frames latents of the action); --cache: keep the world window in F.pt (the pool renders ~9 min).
+is then ~N times slower: each chunk is sampled alone). --guidance G: the generator's action guidance f + G (f - f_idle)
+on the frames it guides (the first model.guidance_frames latents of the action); --cache: keep the world window in
+F.pt (the pool renders ~9 min).
 """
 
 import argparse
@@ -117,7 +118,8 @@ def main() -> None:
     p.add_argument("--action", default="heart")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--guidance", type=float, default=0.0)
-    p.add_argument("--steps", type=int, default=1, help="the sampler's steps (model.timesteps[:steps], re-noised between)")
+    p.add_argument("--steps", type=int, default=1,
+                   help="the sampler's steps (model.timesteps[:steps], re-noised between)")
     p.add_argument("--cache")
     p.add_argument("--model", default="liveidol-g64", help="the preset the checkpoints take ('default': none)")
     a = p.parse_args()
