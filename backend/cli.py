@@ -5,7 +5,7 @@
     liveidol bench --live --minutes N                          a soak: memory slope, stalls, repeated frames
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F] [--dit-only] [--teacher-steps N]
-                   [--rollout-share P] [--rollout-latents N] [--context-lag N]
+                   [--rollout-share P] [--rollout-latents N] [--context-lag N] [--lr PEAK] [--critic [--critic-weight W]]
                    [--checkpoint F [--teacher T | --grow | --repatch | --repredict]]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
@@ -228,7 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="import: where a DiT-only checkpoint or teacher takes its autoencoder from (default: the "
                         "shipped weights; the fingerprints must agree)")
     p.add_argument("--critic", action="store_true",
-                   help="hires: sharpen the detail decoder with a patch discriminator (crisper, but can dither edges)")
+                   help="hires: sharpen the detail decoder with a patch discriminator (crisper, but can dither edges); "
+                        "dit/selfforcing: a latent critic (heads over a frozen copy of the DiT) judges the predicted "
+                        "clean latents against the world's, so the 1-step picture commits to a pose instead of the mean")
+    p.add_argument("--critic-weight", type=_finite, metavar="W",
+                   help="dit/selfforcing with --critic: the adversarial term's weight beside the squared error, after "
+                        "the balance of their gradients (default 0.5)")
     p.add_argument("--decoder", choices=["hires", "mid"], default="hires",
                    help="hires: which detail decoder to train: 'hires' (960x540, hires.pt) or 'mid' (480x270, the "
                         "CPU's; mid.pt)")
@@ -405,7 +410,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                          teacher=args.teacher, grow=args.grow, autoencoder=args.autoencoder, dit_only=args.dit_only,
                          repatch=args.repatch, repredict=args.repredict, teacher_steps=args.teacher_steps,
                          rollout_share=args.rollout_share, rollout_latents=args.rollout_latents,
-                         context_lag=args.context_lag, peak_lr=args.lr, **out)
+                         context_lag=args.context_lag, peak_lr=args.lr, critic_weight=args.critic_weight, **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

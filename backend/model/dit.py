@@ -464,6 +464,25 @@ class CausalDiT(nn.Module):
         assert attn_mask.shape == (f, f) and attn_mask.dtype == torch.bool, (
             f"attn_mask must be bool (F, F) = {(f, f)}, got {tuple(attn_mask.shape)} {attn_mask.dtype}")
         latents = x
+        x, e, grid = self._train_blocks(x, t, context, controls, frame_pos, attn_mask, flex, None)
+        return self.finish(x, e, grid, latents, t)
+
+    def block_features(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *,
+                       controls: torch.Tensor | None, frame_pos: torch.Tensor, attn_mask: torch.Tensor,
+                       flex: FlexAttention | None = None) -> list[torch.Tensor]:
+        """Every block's output tokens ``(B, F*T, C)`` for :meth:`forward_train`'s inputs (the head is not run):
+        the features a latent critic reads (``backend.training.critic``)."""
+        assert self.sizes.patch_size[0] == 1, "block_features needs a time patch of 1"
+        features: list[torch.Tensor] = []
+        self._train_blocks(x, t, context, controls, frame_pos, attn_mask, flex, features)
+        return features
+
+    def _train_blocks(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, controls: torch.Tensor | None,
+                      frame_pos: torch.Tensor, attn_mask: torch.Tensor, flex: FlexAttention | None,
+                      features: list[torch.Tensor] | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+        """The blocks of a cache-free training pass: the last block's tokens, the time embedding and the token
+        grid; each block's output appended to ``features`` when given."""
         x, e, e0, (gf, gh, gw) = self._embed(x, t, controls, context)
         frame_tokens = gh * gw
         context = self.embed_context(context, x.dtype)
@@ -478,7 +497,9 @@ class CausalDiT(nn.Module):
             mask = attn_mask.repeat_interleave(frame_tokens, 0).repeat_interleave(frame_tokens, 1)  # (S, S)
         for i, block in enumerate(self.blocks):
             x = block(x, e0, self.cross_kv(i, context, None), rope, attn, None, None, i, mask)
-        return self.finish(x, e, (gf, gh, gw), latents, t)
+            if features is not None:
+                features.append(x)
+        return x, e, (gf, gh, gw)
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         b = x.shape[0]

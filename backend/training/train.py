@@ -60,6 +60,19 @@ from backend.model.checkpoint import (
 from backend.model.dit import EXTRA_PREFIXES, CausalDiT, block_count, deepen_state
 from backend.model.generator import ACTION_FPS, EMOTION_RAMP_S
 from backend.model.sampler import FlowMatchSchedule
+from backend.training.critic import (
+    CRITIC_ONE_STEP_SHARE,
+    CRITIC_RAMP,
+    CRITIC_SIGMA,
+    CRITIC_WEIGHT,
+    LAMBDA_EVERY,
+    LatentCritic,
+    adaptive_weight,
+    critic_checkpoint,
+    critic_noised,
+    hinge_critic_loss,
+    token_weights,
+)
 from backend.training.data import ClipSpec, face_boxes, make_specs, region_weights, render_clips
 from backend.training.train_autoencoder import cosine_to_tenth
 from backend.world.render import straight_alpha
@@ -834,20 +847,118 @@ def _rollout_length(chunk: int, n: int, most: int, gen: torch.Generator) -> int:
     return chunk * int(torch.randint(1, max(2, chunks + 1), (1,), generator=gen).item())
 
 
+class _Judge:
+    """The latent critic of a DiT stage (``--critic``; :mod:`backend.training.critic`): its frozen backbone, its
+    heads and their optimiser, and one step's draws (the critic sigma and noise, the sequence the candidates sit in,
+    the token weights), shared by the generator's term and the critic's own step."""
+
+    def __init__(self, cfg: ModelConfig, backbone: CausalDiT, critic: LatentCritic, opt: torch.optim.Optimizer,
+                 weight: float) -> None:
+        self.cfg, self.backbone, self.critic, self.opt, self.weight = cfg, backbone, critic, opt, weight
+        self.lam, self.adv = 1.0, 0.0
+        self.fake_feats: list[Tensor] = []
+        self.stats: list[tuple[float, ...]] = []
+        # one step's draws (:meth:`draw`)
+        self.sigma = self.eps = self.weights = torch.empty(0)
+        self.labels: tuple[Tensor, Tensor] = (torch.empty(0), torch.empty(0))
+        self.seq: tuple[Any, ...] = ()
+
+    @classmethod
+    def start(cls, cfg: ModelConfig, run: Run, ema: CausalDiT, device: torch.device, weight: float) -> _Judge:
+        backbone = copy.deepcopy(ema).requires_grad_(False).eval()
+        critic = LatentCritic(cfg.dit).to(device)
+        opt = torch.optim.Adam(critic.parameters(), lr=2e-4, betas=(0.5, 0.9))
+        saved = run.load("critic.pt")
+        if saved is not None:
+            try:
+                critic.load_state_dict(saved["model"])
+                opt.load_state_dict(saved["optimizer"])
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise SystemExit(f"{run.path / 'critic.pt'}: not this model's critic ({exc}); move it away to start "
+                                 "a fresh one") from None
+        log.info("latent critic: %s heads over a frozen copy of the DiT at sigma %.1f-%.1f, weight %.2f%s",
+                 len(critic.out), *CRITIC_SIGMA, weight, " (resumed)" if saved is not None else "")
+        return cls(cfg, backbone, critic, opt, weight)
+
+    def draw(self, batch: dict[str, Tensor], context: Tensor, t_context: Tensor, offset: int, mask: Tensor,
+             flex: FlexAttention | None, frame_weight: Tensor, first_frame: int, gen: torch.Generator,
+             noise_gen: torch.Generator) -> None:
+        lat = batch["latents"]
+        lo, hi = CRITIC_SIGMA
+        self.sigma = (lo + (hi - lo) * torch.rand(lat.shape[0], generator=gen)).to(lat.device)
+        self.eps = _randn(lat.shape, noise_gen).to(lat.device)
+        self.seq = (batch, context, t_context, offset, mask, flex)
+        patch = self.cfg.dit.patch_size[1:]
+        self.weights = token_weights(batch["regions"], frame_weight, (patch[0], patch[1]), first_frame)
+        self.labels = (batch["actions"], batch["emotions"])
+
+    def features(self, clean: Tensor) -> list[Tensor]:
+        """The backbone's per-block features of the candidate frames (B, n, T, C) for clean latents (B, n, ...)."""
+        batch, context, t_context, offset, mask, flex = self.seq
+        b, n, _, h, w = clean.shape
+        t_d = (1000 * self.sigma).view(b, 1).expand(b, n)
+        cuda = clean.device.type == "cuda"
+        with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+            inp = _sequence_inputs(self.backbone, self.cfg, batch, context, critic_noised(clean, self.sigma, self.eps),
+                                   t_d, offset, t_context)
+            feats = self.backbone.block_features(**inp, attn_mask=mask, flex=flex)
+        tokens = self.backbone.frame_tokens(h, w)
+        return [f[:, (1 + n) * tokens:].unflatten(1, (n, tokens)) for f in feats]
+
+    def generator_term(self, rec: Tensor, x0_pred: Tensor, dit: CausalDiT, call_step: int) -> Tensor:
+        """The adversarial term added to the stage's loss ``rec`` for the predicted clean latents ``x0_pred``."""
+        self.fake_feats = self.features(x0_pred)
+        adv = -(self.critic(self.fake_feats, *self.labels) * self.weights).sum()
+        if call_step % LAMBDA_EVERY == 0:
+            self.lam = adaptive_weight(rec, adv, dit.head.head.weight)
+        self.adv = adv.item()
+        return self.weight * min(1.0, (call_step + 1) / CRITIC_RAMP) * self.lam * adv
+
+    def critic_step(self, clean: Tensor) -> None:
+        """One hinge step of the heads: the world's clean latents against this step's prediction."""
+        with torch.no_grad():
+            real_feats = self.features(clean)
+        real = self.critic(real_feats, *self.labels)
+        fake = self.critic([f.detach() for f in self.fake_feats], *self.labels)
+        loss = hinge_critic_loss(real, fake, self.weights)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.fake_feats = []
+        w = self.weights
+        self.stats.append((loss.item(), (real.detach() * w).sum().item(), (fake.detach() * w).sum().item(),
+                           self.adv, self.lam))
+        del self.stats[:-100]
+
+    def record(self) -> dict[str, float]:
+        """The last 100 steps' means: critic loss, real and fake logits, the adversarial term, its weight."""
+        keys = ("critic_loss", "critic_real", "critic_fake", "adv", "adv_lambda")
+        n = max(1, len(self.stats))
+        return {k: round(sum(row[i] for row in self.stats) / n, 4) for i, k in enumerate(keys)}
+
+    def report(self) -> str:
+        return " " + " ".join(f"{k}={v:.3f}" for k, v in self.record().items())
+
+
 def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device, *, selfforcing: bool,
                     anneal: bool = False, kernel: str = "auto", compile: bool | None = None,
                     rollout_share: float = ROLLOUT_SHARE, rollout_latents: int = ROLLOUT_LATENTS,
-                    context_lag: int = 0, peak_lr: float | None = None) -> None:
+                    context_lag: int = 0, peak_lr: float | None = None, critic: bool = False,
+                    critic_weight: float = CRITIC_WEIGHT) -> None:
     """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
     planned schedule's value to 10% of it by the deadline (a final polish before export). ``selfforcing``: a
     ``rollout_share`` of the steps see the model's own rollout of up to ``rollout_latents`` frames as context
     (:func:`_context_kind`, :func:`_rollout_length`). ``context_lag`` > 0: ``HOLD_SHARE`` of the steps on the
     world's context hold it still for up to that many latents after each command switch (:func:`held_context`).
-    ``peak_lr``: a warm restart instead of the planned schedule (:func:`dit_learning_rate`)."""
+    ``peak_lr``: a warm restart instead of the planned schedule (:func:`dit_learning_rate`). ``critic``: a latent
+    critic judges the predicted clean latents against the world's (:mod:`backend.training.critic`; its heads resume
+    from the run's ``critic.pt``), its term weighed ``critic_weight`` beside the squared error."""
     if peak_lr is not None and not 0.0 < peak_lr <= 1e-2:
         raise SystemExit(f"--lr must be in (0, 0.01] (got {peak_lr})")
     if context_lag < 0:
         raise SystemExit(f"--context-lag must be >= 0 (got {context_lag})")
+    if not 0.0 < critic_weight <= 100.0:
+        raise SystemExit(f"--critic-weight must be in (0, 100] (got {critic_weight})")
     if not 0.0 <= rollout_share <= 1.0 or rollout_latents < 1:
         raise SystemExit(f"selfforcing: --rollout-share must be in [0, 1] (got {rollout_share}) and --rollout-latents "
                          f">= 1 (got {rollout_latents})")
@@ -872,7 +983,8 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
                   optional_prefixes=EXTRA_PREFIXES)
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(dit.parameters(), lr=4e-4, betas=(0.9, 0.99), weight_decay=0.01, fused=cuda or None)
-    flex, compile = training_kernels(kernel, compile, device, dit)
+    judge = _Judge.start(mcfg, run, ema, device, critic_weight) if critic else None
+    flex, compile = training_kernels(kernel, compile, device, dit, *([judge.backbone] if judge else []))
     log.info("dit training attention kernel=%s compiled=%s", "flex" if flex else "sdpa", compile)
     if context_lag:
         log.info("context held still after a switch: up to %d latents in %.0f%% of the world-context steps",
@@ -924,7 +1036,10 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         context, t_context = _noised_context(context, _context_sigma(b, mcfg, gen, device), noise_gen)
         n_chunks = math.ceil(n / chunk)
         draws = b // 2 if twins else b  # twins share their timesteps and noise
-        t_chunk = _sample_t(n_chunks, draws, mcfg, sched, gen).to(device).repeat(b // draws, 1)
+        t_draw = _sample_t(n_chunks, draws, mcfg, sched, gen)
+        if judge is not None:  # more chunks from pure noise: the 1-step picture is what the critic is for
+            t_draw = torch.where(torch.rand(t_draw.shape, generator=gen) < CRITIC_ONE_STEP_SHARE, 1000.0, t_draw)
+        t_chunk = t_draw.to(device).repeat(b // draws, 1)
         t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n]
         sigma = (t_noisy / 1000).view(b, n, 1, 1, 1)
         eps = _randn((draws, *lat.shape[1:]), noise_gen).to(device).repeat(b // draws, 1, 1, 1, 1)
@@ -939,18 +1054,27 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         # the first second after a command is where the model must act on the condition alone: weigh it up
         weight = loss_weights(batch["since"], batch["since_emotion"])  # (B, F)
         loss = dit_loss(pred - target, batch["regions"].float(), weight, first_loss_frame, TWIN_WEIGHT)
+        if judge is not None:
+            judge.draw(batch, context, t_context, offset, mask, flex, weight, first_loss_frame, gen, noise_gen)
+            loss = loss + judge.generator_term(loss, noisy - sigma * pred, dit, step - resumed_at)
         done = min(1.0, (time.monotonic() - t_start) / max(1.0, deadline - t_start))
         lr = dit_learning_rate(step, resumed_at, done, anneal=anneal, peak=peak_lr)
         optimizer_step(opt, dit, ema, loss, lr=lr, step=step, ema_decay=0.999)
+        if judge is not None:
+            judge.critic_step(lat.float())
         step += 1
         losses.append(loss.item())
         step_times.append(time.monotonic() - t0)
         if step % 100 == 0:
             mean = sum(losses[-100:]) / len(losses[-100:])
-            log.info("dit step=%d loss=%.4f lr=%.2e step_ms=%.0f selfforcing=%s", step, mean, lr,
-                     1000 * sum(step_times[-100:]) / len(step_times[-100:]), selfforcing)
-            run.log(stage="selfforcing" if selfforcing else "dit", step=step, loss=mean, lr=lr)
+            log.info("dit step=%d loss=%.4f lr=%.2e step_ms=%.0f selfforcing=%s%s", step, mean, lr,
+                     1000 * sum(step_times[-100:]) / len(step_times[-100:]), selfforcing,
+                     judge.report() if judge else "")
+            run.log(stage="selfforcing" if selfforcing else "dit", step=step, loss=mean, lr=lr,
+                    **(judge.record() if judge else {}))
     _save_dit(run, dit, ema, {"step": step, "sf_step": sf_step})
+    if judge is not None:
+        run.save("critic.pt", critic_checkpoint(judge.critic, judge.opt, step))
     log.info("dit saved step=%d selfforcing_steps=%d seconds=%.0f last_loss=%.4f", step, sf_step,
              time.monotonic() - t_start, sum(losses[-100:]) / max(1, len(losses[-100:])))
 
@@ -1173,14 +1297,16 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
               decoder: str = "hires", teacher: str | None = None, grow: bool = False, autoencoder: str | None = None,
               dit_only: bool = False, repatch: bool = False, repredict: bool = False,
               teacher_steps: int | None = None, rollout_share: float | None = None,
-              rollout_latents: int | None = None, context_lag: int = 0, peak_lr: float | None = None) -> int:
+              rollout_latents: int | None = None, context_lag: int = 0, peak_lr: float | None = None,
+              critic_weight: float | None = None) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
     ``teacher``, ``grow``, ``autoencoder``, ``repredict``: import only (see :func:`import_stage`); ``repatch``: import the blocks
     only (:func:`import_blocks_stage`); ``dit_only``: export only; ``teacher_steps``: distill only (the teacher's
     sampler steps the student learns the end point of); ``rollout_share``, ``rollout_latents``: selfforcing only
-    (None: ``ROLLOUT_SHARE``, ``ROLLOUT_LATENTS``); ``context_lag``, ``peak_lr``: dit and selfforcing only."""
+    (None: ``ROLLOUT_SHARE``, ``ROLLOUT_LATENTS``); ``context_lag``, ``peak_lr``: dit and selfforcing only;
+    ``critic_weight``: dit and selfforcing with ``critic`` (None: ``CRITIC_WEIGHT``)."""
     if teacher_steps is not None and stage != "distill":
         raise SystemExit(f"--teacher-steps is for the distill stage, not {stage}")
     if (rollout_share is not None or rollout_latents is not None) and stage != "selfforcing":
@@ -1189,6 +1315,10 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
         raise SystemExit(f"--context-lag is for the dit and selfforcing stages, not {stage}")
     if peak_lr is not None and stage not in ("dit", "selfforcing"):
         raise SystemExit(f"--lr is for the dit and selfforcing stages, not {stage}")
+    if critic and stage not in ("hires", "dit", "selfforcing"):
+        raise SystemExit(f"--critic is for the hires, dit and selfforcing stages, not {stage}")
+    if critic_weight is not None and not (critic and stage in ("dit", "selfforcing")):
+        raise SystemExit("--critic-weight is for the dit and selfforcing stages with --critic")
     if teacher is not None and stage != "import":
         raise SystemExit(f"--teacher is for the import stage (to go on distilling a distilled checkpoint), not {stage}")
     if grow and stage != "import":
@@ -1217,7 +1347,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
         train_dit_stage(cfg, run, deadline, device, selfforcing=stage == "selfforcing", anneal=anneal, kernel=kernel,
                         compile=compile, rollout_share=ROLLOUT_SHARE if rollout_share is None else rollout_share,
                         rollout_latents=ROLLOUT_LATENTS if rollout_latents is None else rollout_latents,
-                        context_lag=context_lag, peak_lr=peak_lr)
+                        context_lag=context_lag, peak_lr=peak_lr, critic=critic,
+                        critic_weight=CRITIC_WEIGHT if critic_weight is None else critic_weight)
     elif stage == "distill":
         from backend.training.distill import train_distill_stage
 
