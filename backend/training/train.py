@@ -1061,7 +1061,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         lr = dit_learning_rate(step, resumed_at, done, anneal=anneal, peak=peak_lr)
         optimizer_step(opt, dit, ema, loss, lr=lr, step=step, ema_decay=0.999)
         if judge is not None:
-            judge.critic_step(lat.float())
+            judge.critic_step(x0)
         step += 1
         losses.append(loss.item())
         step_times.append(time.monotonic() - t0)

@@ -37,6 +37,17 @@ def _rgb(frame: torch.Tensor) -> np.ndarray:
     return np.clip(y[..., :3] * a + 0.66 * (1 - a), 0, 1)
 
 
+def strip(ae, lat: torch.Tensor, n: int) -> np.ndarray:
+    """One row of the picture: the last decoded frame of each of the ``n`` latents ``lat`` from the third on."""
+    video = ae.decode(lat, which="mid")[0]  # (n*tf, 4, H, W)
+    tf = video.shape[0] // n
+    return np.concatenate([_rgb(video[(k + 1) * tf - 1]) for k in range(2, n)], 1)
+
+
+def save_rows(path: str, rows: list[np.ndarray]) -> None:
+    Image.fromarray((np.concatenate(rows, 0) * 255).astype(np.uint8)).save(path, quality=90)
+
+
 def _overrides(model: str) -> dict:
     return {} if model == "default" else _preset(model)
 
@@ -135,17 +146,11 @@ def main() -> None:
         if a.cache:
             torch.save(batch, a.cache)
     ae = first.autoencoder
-
-    def strip(lat: torch.Tensor) -> np.ndarray:
-        video = ae.decode(lat, which="mid")[0]  # (n*tf, 4, H, W)
-        tf = video.shape[0] // n
-        return np.concatenate([_rgb(video[(k + 1) * tf - 1]) for k in range(2, n)], 1)
-
-    strips = [strip(batch["latents"].float())]
+    strips = [strip(ae, batch["latents"].float(), n)]
     for spec in a.specs:
         gen = first if spec == a.specs[0] else _load(spec, a.model)
-        strips += [strip(x) for x in rows(gen, batch, n, chunk, a.guidance, a.steps)]
-    Image.fromarray((np.concatenate(strips, 0) * 255).astype(np.uint8)).save(a.out, quality=90)
+        strips += [strip(ae, x, n) for x in rows(gen, batch, n, chunk, a.guidance, a.steps)]
+    save_rows(a.out, strips)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "s22"))
 import arms_context as AC
@@ -85,18 +83,12 @@ def main() -> None:
                   f"({time.monotonic() - t0:.0f} s)", flush=True)
             dit.train()
     dit.eval()
-    ae = gen.autoencoder
-
-    def strip(x: torch.Tensor) -> np.ndarray:
-        video = ae.decode(x, which="mid")[0]
-        tf = video.shape[0] // n
-        return np.concatenate([AC._rgb(video[(k + 1) * tf - 1]) for k in range(2, n)], 1)
-
     print(f"control (the command after the switch set to idle): teacher-forced / own {error(gen, idle)}", flush=True)
     with torch.no_grad():
-        strips = [strip(lat)] + [strip(x) for g, b in ((before, batch), (gen, batch), (gen, idle))
-                                 for x in AC.rows(g, b, n, chunk)]
-    Image.fromarray((np.concatenate(strips, 0) * 255).astype(np.uint8)).save(a.out, quality=90)
+        strips = [AC.strip(gen.autoencoder, lat, n)] + [AC.strip(gen.autoencoder, x, n)
+                                                        for g, b in ((before, batch), (gen, batch), (gen, idle))
+                                                        for x in AC.rows(g, b, n, chunk)]
+    AC.save_rows(a.out, strips)
 
 
 if __name__ == "__main__":
