@@ -6,6 +6,7 @@
     liveidol bench --model wan-1.3b --stages [--fixtures DIR]    the open tier's speed by stage, and each approximation's error
     liveidol train {autoencoder,dit,selfforcing,distill,probe,export,import} --run DIR [--minutes M] [--anneal] [--kernel K] [--[no-]compile] [--out F] [--dit-only] [--teacher-steps N]
                    [--rollout-share P] [--rollout-latents N] [--context-lag N] [--lr PEAK] [--critic [--critic-weight W]]
+                   [--one-step-share P]
                    [--checkpoint F [--teacher T | --grow | --repatch | --repredict]]
     liveidol eval [--checkpoint F] [--commands N] [--minutes M] [--seed N] [--character NAME | --all-characters]
                   [--steps 1,2,3,4] [--chunks 1,2] [--stride N] [--no-quality] [--sheet PATH.png]
@@ -234,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critic-weight", type=_finite, metavar="W",
                    help="dit/selfforcing with --critic: the adversarial term's weight beside the squared error, after "
                         "the balance of their gradients (default 0.5)")
+    p.add_argument("--one-step-share", type=_finite, metavar="P",
+                   help="dit/selfforcing: this share of the chunks start from pure noise, the 1-step sampler's state, "
+                        "on top of the stage's timesteps (default 0; 0.5 with --critic)")
     p.add_argument("--decoder", choices=["hires", "mid"], default="hires",
                    help="hires: which detail decoder to train: 'hires' (960x540, hires.pt) or 'mid' (480x270, the "
                         "CPU's; mid.pt)")
@@ -410,7 +414,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                          teacher=args.teacher, grow=args.grow, autoencoder=args.autoencoder, dit_only=args.dit_only,
                          repatch=args.repatch, repredict=args.repredict, teacher_steps=args.teacher_steps,
                          rollout_share=args.rollout_share, rollout_latents=args.rollout_latents,
-                         context_lag=args.context_lag, peak_lr=args.lr, critic_weight=args.critic_weight, **out)
+                         context_lag=args.context_lag, peak_lr=args.lr, critic_weight=args.critic_weight,
+                         one_step_share=args.one_step_share, **out)
 
     if args.command == "eval":
         cfg = _config(args, **{"model.checkpoint": args.checkpoint, "model.device": args.device,

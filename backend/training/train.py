@@ -631,6 +631,15 @@ def _sample_t(n_chunks: int, b: int, cfg: ModelConfig, sched: FlowMatchSchedule,
     return torch.where(use_inf, pick, cont)
 
 
+def one_step_draws(t: Tensor, share: float, gen: torch.Generator) -> Tensor:
+    """``t`` with a ``share`` of its entries set to 1000, pure noise: the state the 1-step sampler predicts from,
+    where the prediction must commit to a pose (a command's first chunk above all). 0 leaves ``t`` as it is and
+    draws nothing from ``gen``."""
+    if share <= 0.0:
+        return t
+    return torch.where(torch.rand(t.shape, generator=gen) < share, 1000.0, t)
+
+
 def _randn(shape: torch.Size | tuple[int, ...], gen: torch.Generator) -> Tensor:
     """Standard normal noise drawn on ``gen``'s device (training's large noise tensors come from a generator on
     the training device: drawing them on the CPU and copying cost tens of ms a step)."""
@@ -944,7 +953,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
                     anneal: bool = False, kernel: str = "auto", compile: bool | None = None,
                     rollout_share: float = ROLLOUT_SHARE, rollout_latents: int = ROLLOUT_LATENTS,
                     context_lag: int = 0, peak_lr: float | None = None, critic: bool = False,
-                    critic_weight: float = CRITIC_WEIGHT) -> None:
+                    critic_weight: float = CRITIC_WEIGHT, one_step_share: float | None = None) -> None:
     """Train the DiT until ``deadline``, resuming the run. ``anneal`` decays the learning rate from the
     planned schedule's value to 10% of it by the deadline (a final polish before export). ``selfforcing``: a
     ``rollout_share`` of the steps see the model's own rollout of up to ``rollout_latents`` frames as context
@@ -952,7 +961,13 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
     world's context hold it still for up to that many latents after each command switch (:func:`held_context`).
     ``peak_lr``: a warm restart instead of the planned schedule (:func:`dit_learning_rate`). ``critic``: a latent
     critic judges the predicted clean latents against the world's (:mod:`backend.training.critic`; its heads resume
-    from the run's ``critic.pt``), its term weighed ``critic_weight`` beside the squared error."""
+    from the run's ``critic.pt``), its term weighed ``critic_weight`` beside the squared error. ``one_step_share``:
+    that share of the chunks start from pure noise on top of the stage's timesteps (:func:`one_step_draws`; None:
+    ``CRITIC_ONE_STEP_SHARE`` with the critic, else none)."""
+    if one_step_share is None:
+        one_step_share = CRITIC_ONE_STEP_SHARE if critic else 0.0
+    if not 0.0 <= one_step_share <= 1.0:
+        raise SystemExit(f"--one-step-share must be in [0, 1] (got {one_step_share})")
     if peak_lr is not None and not 0.0 < peak_lr <= 1e-2:
         raise SystemExit(f"--lr must be in (0, 0.01] (got {peak_lr})")
     if context_lag < 0:
@@ -1037,8 +1052,7 @@ def train_dit_stage(cfg: Config, run: Run, deadline: float, device: torch.device
         n_chunks = math.ceil(n / chunk)
         draws = b // 2 if twins else b  # twins share their timesteps and noise
         t_draw = _sample_t(n_chunks, draws, mcfg, sched, gen)
-        if judge is not None:  # more chunks from pure noise: the 1-step picture is what the critic is for
-            t_draw = torch.where(torch.rand(t_draw.shape, generator=gen) < CRITIC_ONE_STEP_SHARE, 1000.0, t_draw)
+        t_draw = one_step_draws(t_draw, one_step_share, gen)
         t_chunk = t_draw.to(device).repeat(b // draws, 1)
         t_noisy = t_chunk.repeat_interleave(chunk, dim=1)[:, :n]
         sigma = (t_noisy / 1000).view(b, n, 1, 1, 1)
@@ -1298,7 +1312,7 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
               dit_only: bool = False, repatch: bool = False, repredict: bool = False,
               teacher_steps: int | None = None, rollout_share: float | None = None,
               rollout_latents: int | None = None, context_lag: int = 0, peak_lr: float | None = None,
-              critic_weight: float | None = None) -> int:
+              critic_weight: float | None = None, one_step_share: float | None = None) -> int:
     """Run one stage for at most ``minutes`` and save; calling again continues. ``kernel``: the DiT
     stages' masked attention ('auto' = flex on CUDA, SDPA on CPU; 'flex'; 'sdpa'); ``compile``: torch.compile
     the DiT blocks for those stages (None: on CUDA only); ``decoder``: the detail decoder the hires stage trains;
@@ -1306,7 +1320,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
     only (:func:`import_blocks_stage`); ``dit_only``: export only; ``teacher_steps``: distill only (the teacher's
     sampler steps the student learns the end point of); ``rollout_share``, ``rollout_latents``: selfforcing only
     (None: ``ROLLOUT_SHARE``, ``ROLLOUT_LATENTS``); ``context_lag``, ``peak_lr``: dit and selfforcing only;
-    ``critic_weight``: dit and selfforcing with ``critic`` (None: ``CRITIC_WEIGHT``)."""
+    ``critic_weight``: dit and selfforcing with ``critic`` (None: ``CRITIC_WEIGHT``); ``one_step_share``: dit and
+    selfforcing (None: the stage's own, :func:`train_dit_stage`)."""
     if teacher_steps is not None and stage != "distill":
         raise SystemExit(f"--teacher-steps is for the distill stage, not {stage}")
     if (rollout_share is not None or rollout_latents is not None) and stage != "selfforcing":
@@ -1317,6 +1332,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
         raise SystemExit(f"--lr is for the dit and selfforcing stages, not {stage}")
     if critic and stage not in ("hires", "dit", "selfforcing"):
         raise SystemExit(f"--critic is for the hires, dit and selfforcing stages, not {stage}")
+    if one_step_share is not None and stage not in ("dit", "selfforcing"):
+        raise SystemExit(f"--one-step-share is for the dit and selfforcing stages, not {stage}")
     if critic_weight is not None and not (critic and stage in ("dit", "selfforcing")):
         raise SystemExit("--critic-weight is for the dit and selfforcing stages with --critic")
     if teacher is not None and stage != "import":
@@ -1348,7 +1365,8 @@ def run_stage(cfg: Config, stage: str, run_dir: Path, *, minutes: float, export_
                         compile=compile, rollout_share=ROLLOUT_SHARE if rollout_share is None else rollout_share,
                         rollout_latents=ROLLOUT_LATENTS if rollout_latents is None else rollout_latents,
                         context_lag=context_lag, peak_lr=peak_lr, critic=critic,
-                        critic_weight=CRITIC_WEIGHT if critic_weight is None else critic_weight)
+                        critic_weight=CRITIC_WEIGHT if critic_weight is None else critic_weight,
+                        one_step_share=one_step_share)
     elif stage == "distill":
         from backend.training.distill import train_distill_stage
 

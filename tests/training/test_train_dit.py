@@ -681,8 +681,12 @@ def test_the_dit_stage_trains_with_held_context(tmp_path) -> None:
     run = Run(tmp_path / "run")
     import_stage(cfg, run)
     train_dit_stage(cfg, run, time.monotonic() + 4.0, torch.device("cpu"), selfforcing=False, context_lag=4,
-                    peak_lr=2e-4)
+                    peak_lr=2e-4, one_step_share=0.3)
     assert json.loads((run.path / "dit_state.json").read_text())["step"] > 123
+    with pytest.raises(SystemExit, match="--one-step-share is for the dit and selfforcing stages, not hires"):
+        run_stage(cfg, "hires", Path(run.path), minutes=0.01, one_step_share=0.5)
+    with pytest.raises(SystemExit, match=r"--one-step-share must be in \[0, 1\] \(got 1.5\)"):
+        train_dit_stage(cfg, run, time.monotonic() + 1.0, torch.device("cpu"), selfforcing=False, one_step_share=1.5)
     with pytest.raises(SystemExit, match="--lr is for the dit and selfforcing stages, not distill"):
         run_stage(cfg, "distill", Path(run.path), minutes=0.01, peak_lr=1e-4)
     from backend.cli import main
@@ -715,3 +719,16 @@ def test_the_dit_learning_rate_plans_and_restarts() -> None:
     assert dit_learning_rate(34_454, 34_254, 0.0, peak=2e-4) == pytest.approx(2e-4)
     assert dit_learning_rate(34_454, 34_254, 0.5, peak=2e-4) == pytest.approx(2e-4 * 0.55)
     assert dit_learning_rate(40_454, 34_254, 1.0, peak=2e-4) == pytest.approx(2e-5)
+
+
+def test_one_step_draws_sets_that_share_of_the_chunks_to_pure_noise() -> None:
+    from backend.training.train import one_step_draws
+
+    t = torch.full((400, 8), 250.0)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    assert one_step_draws(t, 0.0, gen) is t and torch.equal(gen.get_state(), state)  # 0: nothing drawn
+    assert (one_step_draws(t, 1.0, gen) == 1000.0).all()
+    out = one_step_draws(t, 0.3, gen)
+    share = (out == 1000.0).float().mean().item()
+    assert abs(share - 0.3) < 0.03 and ((out == 1000.0) | (out == 250.0)).all()
