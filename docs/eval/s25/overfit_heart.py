@@ -28,6 +28,26 @@ import arms_context as AC
 from backend.training import train as T
 
 
+def sigma1_loss(dit, m, batch: dict[str, torch.Tensor], switch: int, mask: torch.Tensor,
+                rng: torch.Generator) -> torch.Tensor:
+    """The fit's loss on a batch of windows (B, n): every chunk's 1-step x0 from pure noise, the context the world's
+    or, for half the rows, held at the pre-switch latent for 1-4 latents after the switch, re-noised to
+    model.context_noise; squared error on the frames from the switch on."""
+    lat = batch["latents"].float()
+    b, n = lat.shape[:2]
+    ctx = lat.clone()
+    for r in range(b):
+        if torch.rand((), generator=rng) < 0.5:
+            lag = int(torch.randint(1, 5, (1,), generator=rng))
+            ctx[r, switch:switch + lag] = lat[r, switch - 1:switch]
+    s_ctx = m.context_noise
+    ctx = (1 - s_ctx) * ctx + s_ctx * torch.randn(ctx.shape, generator=rng)
+    z = torch.randn(lat.shape, generator=rng)
+    inp = T._sequence_inputs(dit, m, batch, ctx, z, torch.full((b, n), 1000.0), 0, torch.full((b,), 1000 * s_ctx))
+    x0 = z - dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
+    return (x0[:, switch:] - lat[:, switch:]).square().mean()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -46,8 +66,6 @@ def main() -> None:
     lat = batch["latents"].float()
     switch = int((batch["since"][0] == 0).nonzero()[0])
     mask = T.block_causal_mask(n, chunk, m.window_frames, m.sink_frames > 0)
-    s_ctx = m.context_noise
-    t_ctx = torch.full((1,), 1000 * s_ctx)
     rng = torch.Generator().manual_seed(0)
 
     idle = dict(batch, actions=batch["actions"].clone(), progress=batch["progress"].clone())
@@ -65,15 +83,7 @@ def main() -> None:
     print(f"step 0: squared error after the switch teacher-forced / own rollout {error(gen)}", flush=True)
     t0 = time.monotonic()
     for step in range(1, a.steps + 1):
-        ctx = lat.clone()
-        if torch.rand((), generator=rng) < 0.5:  # hold the pre-switch latent for 1-4 latents after the switch
-            lag = int(torch.randint(1, 5, (1,), generator=rng))
-            ctx[:, switch:switch + lag] = lat[:, switch - 1:switch]
-        ctx = (1 - s_ctx) * ctx + s_ctx * torch.randn(ctx.shape, generator=rng)
-        z = torch.randn(lat.shape, generator=rng)
-        inp = T._sequence_inputs(dit, m, batch, ctx, z, torch.full((1, n), 1000.0), 0, t_ctx)
-        x0 = z - dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
-        loss = (x0[:, switch:] - lat[:, switch:]).square().mean()
+        loss = sigma1_loss(dit, m, batch, switch, mask, rng)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -24,6 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "s22"))
 import arms_context as AC
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "s25"))
+import overfit_heart as OH
+
 from backend.config import load_config
 from backend.training import train as T
 
@@ -88,7 +91,6 @@ def main() -> None:
     fit, held = ws[:a.train], ws[a.train:a.train + a.held]
     dit, m = gen.dit, gen.cfg
     mask = T.block_causal_mask(n, chunk, m.window_frames, m.sink_frames > 0)
-    s_ctx = m.context_noise
     rng = torch.Generator().manual_seed(0)
 
     def own_error(g, group: list[dict[str, torch.Tensor]]) -> float:
@@ -111,18 +113,7 @@ def main() -> None:
     for step in range(1, a.steps + 1):
         pick = torch.randperm(len(fit), generator=rng)[:a.batch].tolist()
         b = {k: torch.cat([fit[i][k] for i in pick]) for k in fit[0]}
-        lat = b["latents"].float()
-        ctx = lat.clone()
-        for r in range(len(pick)):  # half the rows hold the pre-switch latent for 1-4 latents after the switch
-            if torch.rand((), generator=rng) < 0.5:
-                lag = int(torch.randint(1, 5, (1,), generator=rng))
-                ctx[r, switch:switch + lag] = lat[r, switch - 1:switch]
-        ctx = (1 - s_ctx) * ctx + s_ctx * torch.randn(ctx.shape, generator=rng)
-        z = torch.randn(lat.shape, generator=rng)
-        bs = len(pick)
-        inp = T._sequence_inputs(dit, m, b, ctx, z, torch.full((bs, n), 1000.0), 0, torch.full((bs,), 1000 * s_ctx))
-        x0 = z - dit.forward_train(**inp, attn_mask=mask).permute(0, 2, 1, 3, 4)[:, 1 + n:].float()
-        loss = (x0[:, switch:] - lat[:, switch:]).square().mean()
+        loss = OH.sigma1_loss(dit, m, b, switch, mask, rng)
         opt.zero_grad()
         loss.backward()
         opt.step()
